@@ -1,0 +1,48 @@
+/* cpu/cpu_ops.h — the CPU kernels behind the CPU backend (cpu/backend_cpu.c).
+ *
+ * Every op has a plain-C reference (`*_ref`, single-threaded, obviously correct:
+ * the test oracle) and a dispatching version that picks the fastest variant the
+ * running CPU supports (AVX-512 / AVX2+FMA+F16C, detected at run time, scalar
+ * otherwise) and spreads work over the thread pool. All activations are float32,
+ * row-major, contiguous; accumulation is fp32. Weights stay in their checkpoint
+ * dtype (engine/weight.h): FP8 e4m3 is dequantised per 128x128 block inside the
+ * kernel; BF16/F16/F32 are read directly. Ops never allocate per call except
+ * from per-thread scratch owned by the pool's caller; they are safe to call
+ * from one thread at a time per pool. */
+#ifndef MS_CPU_OPS_H
+#define MS_CPU_OPS_H
+
+#include <stdint.h>
+
+#include "common/threadpool.h"
+#include "engine/weight.h"
+
+/* y[m][n] = Σ_k x[m][k] · W[n][k]   (x: [m, w->cols], y: [m, w->rows]) */
+void cpu_linear(threadpool *pool, const weight *w, const float *x, float *y, int m);
+void cpu_linear_ref(const weight *w, const float *x, float *y, int m);
+
+/* y[m][k] = Σ_n x[m][n] · W[n][k]   (x: [m, w->rows], y: [m, w->cols]) — the
+ * transposed product, used by absorbed MLA (q_nope · W_UK). */
+void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, int m);
+void cpu_linear_t_ref(const weight *w, const float *x, float *y, int m);
+
+/* y[i] = x[i] / sqrt(mean(x[i]²) + eps) * g   for each of m rows of d values; g: [d] weight
+ * (any dtype, one row). y may alias x. */
+void cpu_rmsnorm(threadpool *pool, const weight *g, const float *x, float *y, int m, int d, float eps);
+void cpu_rmsnorm_ref(const weight *g, const float *x, float *y, int m, int d, float eps);
+
+/* y[i] = silu(gate[i]) * up[i], silu(z) = z / (1 + e^-z). y may alias gate. */
+void cpu_silu_mul(threadpool *pool, const float *gate, const float *up, float *y, int64_t n);
+void cpu_silu_mul_ref(const float *gate, const float *up, float *y, int64_t n);
+
+/* y[i] = table row ids[i] as float32 (table: [V, D] any dtype). */
+void cpu_embedding(threadpool *pool, const weight *table, const int32_t *ids, int n, float *y);
+void cpu_embedding_ref(const weight *table, const int32_t *ids, int n, float *y);
+
+/* Which variant cpu_linear and friends use on this CPU: "avx512", "avx2" or "scalar".
+ * Chosen once per process; MLASERVE_CPU_SIMD=scalar|avx2 in the environment caps it.
+ * SIMD variants read the e4m3 NaN codes (0x7F/0xFF, never written by FP8
+ * encoders, which saturate at ±448) as ±480; the references give NaN. */
+const char *cpu_simd_level(void);
+
+#endif

@@ -1,0 +1,287 @@
+/* engine/model.c — model_forward(): one engine step of the DeepSeek-V2/V3 graph
+ * (golden SPEC §5), expressed as backend ops. Comments quote the reference math.
+ * Scratch buffers are owned by the model and grown on demand. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/model.h"
+
+enum {
+    S_H, S_A, S_OUT, S_QA, S_Q, S_KVA, S_C, S_KPE, S_O,                /* per-token */
+    S_CTX_C, S_CTX_PE, S_KVB,                                          /* prefill: per context token */
+    S_QD, S_QN, S_QLAT, S_QPE, S_OLAT, S_TMP, S_VH, S_OD,                    /* absorbed decode */
+    S_RLOG, S_RIDX, S_RW, S_XE, S_GE, S_UE, S_DE, S_G, S_U,            /* MLP / MoE */
+    S_LOGX, S_SEQS, S_CTXLEN, S_ROWS,
+    S_COUNT
+};
+
+typedef struct model_scratch {
+    void *buf[S_COUNT];
+    size_t size[S_COUNT];
+} model_scratch;
+
+void model_scratch_free(model *m) {
+    if (!m->scratch) return;
+    for (int i = 0; i < S_COUNT; i++) m->be->ops->free(m->be, m->scratch->buf[i]);
+    free(m->scratch);
+    m->scratch = NULL;
+}
+
+/* Scratch slot of at least `bytes`; contents are not preserved when it grows. */
+static void *scratch(model *m, int slot, size_t bytes) {
+    model_scratch *s = m->scratch;
+    if (s->size[slot] < bytes) {
+        m->be->ops->free(m->be, s->buf[slot]);
+        s->buf[slot] = m->be->ops->alloc(m->be, bytes);
+        s->size[slot] = s->buf[slot] ? bytes : 0;
+    }
+    return s->buf[slot];
+}
+
+static float *fscratch(model *m, int slot, size_t n) { return scratch(m, slot, n * sizeof(float)); }
+
+/* A run of batch tokens belonging to one sequence. */
+typedef struct { int first, count, seq, pos0; } seq_run;
+
+/* ---------------------------------------------------------------- attention */
+
+/* q = q_b(RMSNorm(q_a(a))) | q_proj(a) -> [n, H, dn+dr]; q_pe = rope(q[..., dn:]) */
+static float *attn_query(model *m, const layer_weights *L, const float *a, int n, const int32_t *pos) {
+    const model_config *c = &m->cfg;
+    const backend_ops *op = m->be->ops;
+    int qdim = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    float *q = fscratch(m, S_Q, (size_t)n * c->n_heads * qdim);
+    if (c->q_lora_rank) {
+        float *qa = fscratch(m, S_QA, (size_t)n * c->q_lora_rank);
+        op->linear(m->be, &L->q_a, a, qa, n);
+        op->rmsnorm(m->be, &L->q_a_norm, qa, qa, n, c->q_lora_rank, c->rms_norm_eps);
+        op->linear(m->be, &L->q_b, qa, q, n);
+    } else {
+        op->linear(m->be, &L->q_proj, a, q, n);
+    }
+    op->rope(m->be, &m->rope, q + c->qk_nope_head_dim, n, c->n_heads, (int64_t)c->n_heads * qdim, qdim, pos);
+    return q;
+}
+
+/* kv = kv_a(a); c = RMSNorm(kv[:, :kvr]); k_pe = rope(kv[:, kvr:]); both cached. */
+static void attn_latent(model *m, kv_cache *kv, int l, const layer_weights *L, const float *a, const model_batch *b,
+                        const seq_run *runs, int n_runs) {
+    const model_config *c = &m->cfg;
+    const backend_ops *op = m->be->ops;
+    int n = b->n_tokens, kvr = c->kv_lora_rank, dr = c->qk_rope_head_dim;
+    float *kva = fscratch(m, S_KVA, (size_t)n * (kvr + dr));
+    float *cc = fscratch(m, S_C, (size_t)n * kvr), *kpe = fscratch(m, S_KPE, (size_t)n * dr);
+    op->linear(m->be, &L->kv_a, a, kva, n);
+    op->copy_2d(m->be, cc, kvr, kva, kvr + dr, n, kvr);
+    op->copy_2d(m->be, kpe, dr, kva + kvr, kvr + dr, n, dr);
+    op->rmsnorm(m->be, &L->kv_a_norm, cc, cc, n, kvr, c->rms_norm_eps);
+    op->rope(m->be, &m->rope, kpe, n, 1, dr, dr, b->pos);
+    for (int r = 0; r < n_runs; r++)
+        op->kv_write(m->be, kv, b->seqs[runs[r].seq], l, runs[r].pos0, runs[r].count,
+                     cc + (size_t)runs[r].first * kvr, kvr, kpe + (size_t)runs[r].first * dr, dr);
+}
+
+/* Expanded causal attention for one run: K/V = kv_b(c) over the whole context. */
+static void attn_naive(model *m, const kv_cache *kv, int l, const layer_weights *L, const model_batch *b,
+                       const seq_run *run, const float *q, float *o) {
+    const model_config *c = &m->cfg;
+    const backend_ops *op = m->be->ops;
+    int H = c->n_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
+    int kvr = c->kv_lora_rank, ctx = run->pos0 + run->count, qdim = dn + dr;
+    float *cc = fscratch(m, S_CTX_C, (size_t)ctx * kvr), *pe = fscratch(m, S_CTX_PE, (size_t)ctx * dr);
+    float *kvb = fscratch(m, S_KVB, (size_t)ctx * H * (dn + dv));
+    op->kv_gather(m->be, kv, b->seqs[run->seq], l, ctx, cc, kvr, pe, dr);
+    op->linear(m->be, &L->kv_b, cc, kvb, ctx);
+    op->mla_prefill(m->be, run->count, run->pos0, H, dn, dr, dv, q + (size_t)run->first * H * qdim, kvb, pe,
+                    m->softmax_scale, o + (size_t)run->first * H * dv);
+}
+
+/* Absorbed attention for the tokens listed in rows (one query token each):
+ * q_lat[h] = W_UK[h]ᵀ q_nope[h]; attend over the latent cache; o[h] = W_UV[h] o_lat[h]. */
+static void attn_absorb(model *m, const kv_cache *kv, int l, const layer_weights *L, const model_batch *b,
+                        const int32_t *rows, int nd, const float *q, float *o) {
+    const model_config *c = &m->cfg;
+    const backend_ops *op = m->be->ops;
+    int H = c->n_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
+    int kvr = c->kv_lora_rank, qdim = dn + dr;
+    float *qd = fscratch(m, S_QD, (size_t)nd * H * qdim), *qn = fscratch(m, S_QN, (size_t)nd * dn);
+    float *qlat = fscratch(m, S_QLAT, (size_t)nd * H * kvr), *qpe = fscratch(m, S_QPE, (size_t)nd * H * dr);
+    float *olat = fscratch(m, S_OLAT, (size_t)nd * H * kvr), *tmp = fscratch(m, S_TMP, (size_t)nd * kvr);
+    float *od = fscratch(m, S_OD, (size_t)nd * H * dv), *vh = fscratch(m, S_VH, (size_t)nd * dv);
+    const kv_seq **seqs = scratch(m, S_SEQS, (size_t)nd * sizeof *seqs);
+    int32_t *ctx = scratch(m, S_CTXLEN, (size_t)nd * sizeof *ctx);
+    for (int i = 0; i < nd; i++) {
+        op->copy_2d(m->be, qd + (size_t)i * H * qdim, 0, q + (size_t)rows[i] * H * qdim, 0, 1, (int64_t)H * qdim);
+        seqs[i] = b->seqs[b->seq[rows[i]]];
+        ctx[i] = b->pos[rows[i]] + 1;
+    }
+    for (int h = 0; h < H; h++) {
+        weight w_uk = weight_rows(&L->kv_b, (int64_t)h * (dn + dv), dn);
+        op->copy_2d(m->be, qn, dn, qd + (size_t)h * qdim, (int64_t)H * qdim, nd, dn);
+        op->linear_t(m->be, &w_uk, qn, tmp, nd);
+        op->copy_2d(m->be, qlat + (size_t)h * kvr, (int64_t)H * kvr, tmp, kvr, nd, kvr);
+        op->copy_2d(m->be, qpe + (size_t)h * dr, (int64_t)H * dr, qd + (size_t)h * qdim + dn, (int64_t)H * qdim, nd, dr);
+    }
+    op->mla_decode(m->be, kv, l, nd, seqs, ctx, H, qlat, qpe, m->softmax_scale, olat);
+    for (int h = 0; h < H; h++) {
+        weight w_uv = weight_rows(&L->kv_b, (int64_t)h * (dn + dv) + dn, dv);
+        op->copy_2d(m->be, tmp, kvr, olat + (size_t)h * kvr, (int64_t)H * kvr, nd, kvr);
+        op->linear(m->be, &w_uv, tmp, vh, nd);
+        op->copy_2d(m->be, od + (size_t)h * dv, (int64_t)H * dv, vh, dv, nd, dv);
+    }
+    for (int i = 0; i < nd; i++)
+        op->copy_2d(m->be, o + (size_t)rows[i] * H * dv, 0, od + (size_t)i * H * dv, 0, 1, (int64_t)H * dv);
+}
+
+static int use_naive(const model *m, const seq_run *run) {
+    return m->attn == ATTN_NAIVE || (m->attn == ATTN_AUTO && run->count > 1);
+}
+
+/* h += o_proj(attention(a)) */
+static void attention(model *m, kv_cache *kv, int l, const float *a, float *out, const model_batch *b,
+                      const seq_run *runs, int n_runs) {
+    const model_config *c = &m->cfg;
+    const layer_weights *L = &m->layers[l];
+    int n = b->n_tokens, H = c->n_heads, dv = c->v_head_dim;
+    float *q = attn_query(m, L, a, n, b->pos);
+    attn_latent(m, kv, l, L, a, b, runs, n_runs);
+    float *o = fscratch(m, S_O, (size_t)n * H * dv);
+    int32_t *rows = scratch(m, S_ROWS, (size_t)n * sizeof *rows);
+    int nd = 0;
+    for (int r = 0; r < n_runs; r++) {
+        if (use_naive(m, &runs[r])) {
+            attn_naive(m, kv, l, L, b, &runs[r], q, o);
+            continue;
+        }
+        for (int i = 0; i < runs[r].count; i++) rows[nd++] = runs[r].first + i;
+    }
+    if (nd) attn_absorb(m, kv, l, L, b, rows, nd, q, o);
+    m->be->ops->linear(m->be, &L->o_proj, o, out, n);
+}
+
+/* -------------------------------------------------------------------- MLP */
+
+/* out = down(silu(gate(x)) * up(x)) for m rows; inter = rows of gate. */
+static void mlp(model *mdl, const weight *g, const weight *u, const weight *d, const float *x, float *out, int m) {
+    const backend_ops *op = mdl->be->ops;
+    float *gb = fscratch(mdl, S_G, (size_t)m * g->rows), *ub = fscratch(mdl, S_U, (size_t)m * u->rows);
+    op->linear(mdl->be, g, x, gb, m);
+    op->linear(mdl->be, u, x, ub, m);
+    op->silu_mul(mdl->be, gb, ub, gb, (int64_t)m * g->rows);
+    op->linear(mdl->be, d, gb, out, m);
+}
+
+/* out = Σ_j w_j · Expert_idx_j(x) + SharedMLP(x); each expert runs once on all its tokens. */
+static void moe(model *m, const layer_weights *L, const float *x, float *out, int n) {
+    const model_config *c = &m->cfg;
+    const backend_ops *op = m->be->ops;
+    int E = c->n_routed_experts, K = c->n_experts_per_tok, D = c->hidden_size;
+    router_params rp = m->router;
+    rp.bias = L->router_bias;
+    float *logits = fscratch(m, S_RLOG, (size_t)n * E), *w = fscratch(m, S_RW, (size_t)n * K);
+    int32_t *idx = scratch(m, S_RIDX, (size_t)n * K * sizeof *idx);
+    op->linear(m->be, &L->router, x, logits, n);
+    op->router(m->be, &rp, logits, n, idx, w);
+    if (c->n_shared_experts) mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, x, out, n);
+    else op->zero(m->be, out, (int64_t)n * D);
+    float *xe = fscratch(m, S_XE, (size_t)n * D), *de = fscratch(m, S_DE, (size_t)n * D);
+    int32_t *rows = scratch(m, S_ROWS, (size_t)n * sizeof *rows);
+    float *rw = fscratch(m, S_GE, (size_t)n);
+    for (int e = 0; e < E; e++) {
+        int me = 0;
+        for (int t = 0; t < n; t++)
+            for (int k = 0; k < K; k++)
+                if (idx[t * K + k] == e) { rows[me] = t; rw[me++] = w[t * K + k]; }
+        if (!me) continue;
+        for (int i = 0; i < me; i++) op->copy_2d(m->be, xe + (size_t)i * D, 0, x + (size_t)rows[i] * D, 0, 1, D);
+        mlp(m, &L->exp_gate[e], &L->exp_up[e], &L->exp_down[e], xe, de, me);
+        for (int i = 0; i < me; i++) op->axpy(m->be, rw[i], de + (size_t)i * D, out + (size_t)rows[i] * D, D);
+    }
+}
+
+/* ------------------------------------------------------------------ driver */
+
+static int make_runs(const model_batch *b, seq_run *runs, ms_err *err) {
+    int n_runs = 0;
+    for (int i = 0; i < b->n_tokens; i++) {
+        if (b->seq[i] < 0 || b->seq[i] >= b->n_seqs) return ms_err_set(err, "batch token %d: bad sequence index", i);
+        if (n_runs && runs[n_runs - 1].seq == b->seq[i]) {
+            seq_run *r = &runs[n_runs - 1];
+            if (b->pos[i] != r->pos0 + r->count) return ms_err_set(err, "batch token %d: positions not consecutive", i);
+            r->count++;
+            continue;
+        }
+        for (int r = 0; r < n_runs; r++)
+            if (runs[r].seq == b->seq[i]) return ms_err_set(err, "batch token %d: sequence tokens not contiguous", i);
+        runs[n_runs++] = (seq_run){i, 1, b->seq[i], b->pos[i]};
+    }
+    return n_runs;
+}
+
+/* Each run continues its sequence's cache: reserve pages up to its last position. */
+static int reserve_pages(kv_cache *kv, const model_batch *b, const seq_run *runs, int n_runs, ms_err *err) {
+    for (int r = 0; r < n_runs; r++) {
+        kv_seq *s = b->seqs[runs[r].seq];
+        if (runs[r].pos0 > s->n_tokens)
+            return ms_err_set(err, "sequence %d: position %d leaves a gap after %d cached tokens", runs[r].seq,
+                              runs[r].pos0, s->n_tokens);
+        if (kv_seq_reserve(kv, s, runs[r].pos0 + runs[r].count, err) != 0) return -1;
+    }
+    return 0;
+}
+
+static void final_logits(model *m, const float *h, const model_batch *b, float *logits) {
+    const backend_ops *op = m->be->ops;
+    int D = m->cfg.hidden_size;
+    if (m->trace) {
+        float *all = fscratch(m, S_A, (size_t)b->n_tokens * D);
+        op->rmsnorm(m->be, &m->final_norm, h, all, b->n_tokens, D, m->cfg.rms_norm_eps);
+        m->trace(m->trace_ctx, m->cfg.n_layers, all, b->n_tokens, D);
+    }
+    if (!b->n_logits) return;
+    float *x = fscratch(m, S_LOGX, (size_t)b->n_logits * D);
+    for (int i = 0; i < b->n_logits; i++)
+        op->copy_2d(m->be, x + (size_t)i * D, 0, h + (size_t)b->logit_rows[i] * D, 0, 1, D);
+    op->rmsnorm(m->be, &m->final_norm, x, x, b->n_logits, D, m->cfg.rms_norm_eps);
+    op->linear(m->be, &m->lm_head, x, logits, b->n_logits);
+}
+
+int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, ms_err *err) {
+    const model_config *c = &m->cfg;
+    const backend_ops *op = m->be->ops;
+    int n = b->n_tokens, D = c->hidden_size;
+    if (n <= 0) return ms_err_set(err, "empty batch");
+    for (int i = 0; i < n; i++)
+        if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab_size)
+            return ms_err_set(err, "token id %d out of range [0, %d)", b->tokens[i], c->vocab_size);
+    for (int i = 0; i < b->n_logits; i++)
+        if (b->logit_rows[i] < 0 || b->logit_rows[i] >= n) return ms_err_set(err, "bad logit row %d", b->logit_rows[i]);
+    if (!m->scratch && !(m->scratch = calloc(1, sizeof *m->scratch))) return ms_err_set(err, "out of memory");
+    seq_run *runs = malloc((size_t)n * sizeof *runs);
+    if (!runs) return ms_err_set(err, "out of memory");
+    int n_runs = make_runs(b, runs, err);
+    if (n_runs < 0 || reserve_pages(kv, b, runs, n_runs, err) != 0) { free(runs); return -1; }
+
+    float *h = fscratch(m, S_H, (size_t)n * D), *a = fscratch(m, S_A, (size_t)n * D);
+    float *out = fscratch(m, S_OUT, (size_t)n * D);
+    op->embedding(m->be, &m->embed, b->tokens, n, h);
+    if (m->trace) m->trace(m->trace_ctx, -1, h, n, D);
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        op->rmsnorm(m->be, &L->attn_norm, h, a, n, D, c->rms_norm_eps);  /* a = RMSNorm(h) */
+        attention(m, kv, l, a, out, b, runs, n_runs);
+        op->axpy(m->be, 1.0f, out, h, (int64_t)n * D);                   /* h = h + attn */
+        op->rmsnorm(m->be, &L->ffn_norm, h, a, n, D, c->rms_norm_eps);   /* b = RMSNorm(h) */
+        if (L->is_moe) moe(m, L, a, out, n);
+        else mlp(m, &L->gate, &L->up, &L->down, a, out, n);
+        op->axpy(m->be, 1.0f, out, h, (int64_t)n * D);                   /* h = h + ffn */
+        if (m->trace) m->trace(m->trace_ctx, l, h, n, D);
+    }
+    for (int r = 0; r < n_runs; r++) {
+        kv_seq *s = b->seqs[runs[r].seq];
+        if (runs[r].pos0 + runs[r].count > s->n_tokens) s->n_tokens = runs[r].pos0 + runs[r].count;
+    }
+    free(runs);
+    final_logits(m, h, b, logits);
+    return 0;
+}

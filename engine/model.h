@@ -1,0 +1,94 @@
+/* engine/model.h — the DeepSeek-V2/V3 model graph, written once against the
+ * backend seam (engine/backend.h).
+ *
+ * model_load() reads config.json, maps the safetensors shards and binds every
+ * tensor the graph needs, checking dtype and shape against the config; a
+ * missing or misshapen tensor fails with its name and file. The MTP layer
+ * (model.layers.<num_hidden_layers>.*) is checked for presence only and kept
+ * mapped for speculative decoding later. Weights stay in their checkpoint dtype.
+ *
+ * model_forward() runs one engine step: a batch of tokens from one or more
+ * sequences (each sequence's tokens contiguous in the batch, at consecutive
+ * positions continuing its cache), writes their latents into the paged KV
+ * cache and returns logits for the requested rows. A sequence with several
+ * tokens in the batch (a prompt chunk) uses the expanded causal attention;
+ * a single token uses the absorbed attention over the latent cache.
+ * One thread drives a model at a time. */
+#ifndef MS_MODEL_H
+#define MS_MODEL_H
+
+#include <stdint.h>
+
+#include "common/err.h"
+#include "common/model_config.h"
+#include "common/safetensors.h"
+#include "engine/backend.h"
+#include "engine/kv.h"
+
+typedef struct layer_weights {
+    int is_moe;
+    weight attn_norm;               /* [D] */
+    weight q_a, q_a_norm, q_b;      /* V3: [qr, D], [qr], [H*(dn+dr), qr] */
+    weight q_proj;                  /* V2-Lite: [H*(dn+dr), D] */
+    weight kv_a, kv_a_norm;         /* [kvr+dr, D], [kvr] */
+    weight kv_b;                    /* [H*(dn+dv), kvr]: per head dn rows W_UK then dv rows W_UV */
+    weight o_proj;                  /* [D, H*dv] */
+    weight ffn_norm;                /* [D] */
+    weight gate, up, down;          /* dense: [I, D], [I, D], [D, I] */
+    weight router;                  /* MoE: [E, D] */
+    const float *router_bias;       /* [E] or NULL */
+    weight *exp_gate, *exp_up, *exp_down; /* [E] each: [Im, D], [Im, D], [D, Im] */
+    weight sh_gate, sh_up, sh_down; /* shared experts: [Im*Ns, D], [Im*Ns, D], [D, Im*Ns] */
+} layer_weights;
+
+typedef enum { ATTN_AUTO, ATTN_ABSORB, ATTN_NAIVE } attn_mode;
+
+typedef struct model model;
+
+/* Called after the embedding (layer -1), after each decoder layer, and with
+ * layer == n_layers for the final-norm output: h is [n_tokens, D]. For tests. */
+typedef void (*model_trace_fn)(void *ctx, int layer, const float *h, int n_tokens, int dim);
+
+struct model {
+    model_config cfg;
+    safetensors *st;
+    backend *be;
+    weight embed, final_norm, lm_head;
+    layer_weights *layers;          /* [n_layers] */
+    double *inv_freq;               /* [rope_dim/2], YaRN-corrected */
+    rope_params rope;
+    router_params router;
+    float softmax_scale;
+    attn_mode attn;                 /* ATTN_AUTO by default */
+    model_trace_fn trace;
+    void *trace_ctx;
+    int has_mtp;
+    struct model_scratch *scratch;  /* grown on demand */
+};
+
+typedef struct model_batch {
+    int n_tokens;
+    const int32_t *tokens;          /* [n_tokens] */
+    const int32_t *pos;             /* [n_tokens] position within its sequence */
+    const int32_t *seq;             /* [n_tokens] index into seqs */
+    kv_seq *const *seqs;
+    int n_seqs;
+    const int32_t *logit_rows;      /* token indices whose logits are wanted */
+    int n_logits;
+} model_batch;
+
+/* Loads dir on be. `progress` (may be NULL) receives load progress lines. */
+model *model_load(const char *dir, backend *be, ms_err *err);
+void model_free(model *m);
+
+/* Runs the batch; logits: [n_logits, vocab_size] floats (host memory).
+ * Reserves KV pages for the batch; fails (nothing written) if none are free. */
+int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, ms_err *err);
+
+/* A KV cache sized for this model holding n_tokens tokens (rounded up to pages). */
+int model_kv_init(const model *m, kv_cache *kv, int n_tokens, ms_err *err);
+
+/* Bytes of weights one decoded token reads (attention + dense/shared + top-k experts + head). */
+double model_active_weight_bytes(const model *m);
+
+#endif
