@@ -39,6 +39,11 @@ void cpu_silu_mul_ref(const float *gate, const float *up, float *y, int64_t n);
 void cpu_embedding(threadpool *pool, const weight *table, const int32_t *ids, int n, float *y);
 void cpu_embedding_ref(const weight *table, const int32_t *ids, int n, float *y);
 
+/* Reads `bytes` (a multiple of 4) of buf the way the decode kernels read weights:
+ * widest vector loads, split over the pool in 1 MiB tasks. Returns a checksum
+ * (so the reads cannot be elided). For memory-bandwidth measurement. */
+double cpu_mem_read(threadpool *pool, const void *buf, size_t bytes);
+
 /* Which variant cpu_linear and friends use on this CPU: "avx512", "avx2" or "scalar".
  * Chosen once per process; MLASERVE_CPU_SIMD=scalar|avx2 in the environment caps it.
  * SIMD variants read the e4m3 NaN codes (0x7F/0xFF, never written by FP8

@@ -31,6 +31,21 @@ for t in test/cli/*.sh; do
     echo "== $t"
     if sh "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi
 done
+# Error paths must not leak: the loader tests again under valgrind (each forked
+# test child is traced; any report in the logs fails the suite).
+if [ -x "$BUILD/test/test_loader" ]; then
+    echo "== valgrind $BUILD/test/test_loader"
+    vgdir=$(mktemp -d)
+    valgrind -q --leak-check=full --errors-for-leak-kinds=definite --trace-children=yes \
+        --log-file="$vgdir/vg.%p.log" "$BUILD/test/test_loader" --jobs 1 >/dev/null 2>&1
+    if cat "$vgdir"/vg.*.log 2>/dev/null | grep -q .; then
+        failed=$((failed + 1)); echo "FAILED: valgrind found errors or leaks:"; cat "$vgdir"/vg.*.log | head -60
+    else
+        passed=$((passed + 1)); echo "valgrind: no errors, no leaks"
+    fi
+    rm -rf "$vgdir"
+fi
+
 echo
 echo "test suites: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

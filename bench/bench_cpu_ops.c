@@ -1,0 +1,181 @@
+/* bench/bench_cpu_ops.c — throughput of the CPU kernels (cpu/cpu_ops.h), one
+ * table row per configuration:
+ *   membw          memory read bandwidth, read the way the decode kernels read
+ *                  (widest vector loads, every thread of the pool) over a buffer
+ *                  far larger than L3; best of several passes
+ *   linear m=1,8   decode: GB/s of weights streamed and % of membw
+ *   linear m=512   prefill: GFLOP/s (2·m·N·K per call)
+ *   linear_t       the absorbed-MLA product [128, 512], GFLOP/s
+ * Weights are laid out as many copies in one large arena and successive calls use
+ * successive copies, so decode numbers come from DRAM, as in a real model whose
+ * layers never fit in cache.
+ * Usage: bench_cpu_ops [--threads N] [--quick]   (N defaults to 2) */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/dtype.h"
+#include "common/threadpool.h"
+#include "cpu/cpu_ops.h"
+
+#define ARENA_BYTES ((size_t)1 << 30)
+#define MIN_ROTATION_BYTES ((size_t)256 << 20) /* decode weights cycle through ≥ 256 MiB */
+#define CPU_BENCH_DECODE_M 8                    /* above this, calls are compute-bound */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void *alloc_or_die(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 4096, bytes) != 0) {
+        fprintf(stderr, "bench_cpu_ops: cannot allocate %zu MiB\n", bytes >> 20);
+        exit(1);
+    }
+    return p;
+}
+
+/* Bytes that are ordinary numbers both as e4m3 codes and as bf16 halves. */
+static void fill_weights(uint8_t *p, size_t n) {
+    static const uint8_t pattern[8] = {0x3C, 0x35, 0xBB, 0x31, 0x3A, 0xB4, 0x38, 0xB6};
+    for (size_t i = 0; i < n; i++) p[i] = pattern[(i * 7 + (i >> 9)) & 7];
+}
+
+static float *floats_filled(size_t n, float v) {
+    float *p = alloc_or_die(n * sizeof(float) + 64);
+    for (size_t i = 0; i < n; i++) p[i] = v * (float)((i % 13) + 1) / 13.0f;
+    return p;
+}
+
+static void print_header(void) {
+    printf("%-9s %-5s %-14s %4s %10s %8s %7s %9s\n", "op", "dtype", "shape", "m", "time_us", "GB/s",
+           "%bw", "GFLOP/s");
+}
+
+static double bench_membw(threadpool *pool, const uint8_t *arena, int passes) {
+    double best = 1e30, sink = 0;
+    for (int p = 0; p < passes; p++) {
+        double t0 = now_s();
+        sink += cpu_mem_read(pool, arena, ARENA_BYTES);
+        double dt = now_s() - t0;
+        if (dt < best) best = dt;
+    }
+    double gbs = (double)ARENA_BYTES / best / 1e9;
+    printf("%-9s %-5s %-14s %4s %10.0f %8.2f %7s %9s\n", "membw", "-", "1024 MiB", "-", best * 1e6, gbs,
+           "100.0", "-");
+    if (sink == 12345.678) printf(" ");
+    return gbs;
+}
+
+typedef struct { const char *name; int64_t rows, cols; } bench_shape;
+
+/* Times cpu_linear on copies of W laid out back to back in the arena; returns the
+ * best time per call over `rounds` rounds through all the copies. */
+static double time_linear(threadpool *pool, dtype_t dt, const bench_shape *s, int m, uint8_t *arena,
+                          const float *scale, const float *x, float *y, int rounds, int transposed) {
+    size_t bytes = (size_t)(s->rows * s->cols) * dtype_size(dt);
+    size_t stride = (bytes + 4095) & ~(size_t)4095;
+    int copies = (int)(MIN_ROTATION_BYTES / stride) + 1;
+    if ((size_t)copies * stride > ARENA_BYTES) copies = (int)(ARENA_BYTES / stride);
+    if (copies < 1) copies = 1;
+    if (m > CPU_BENCH_DECODE_M) copies = copies < 2 ? copies : 2; /* compute-bound: cache is fine */
+    weight w = {.dtype = dt, .rows = s->rows, .cols = s->cols, .scale = scale};
+    w.data = arena; /* warm-up */
+    transposed ? cpu_linear_t(pool, &w, x, y, m) : cpu_linear(pool, &w, x, y, m);
+    double best = 1e30;
+    for (int r = 0; r < rounds; r++) {
+        double t0 = now_s();
+        for (int c = 0; c < copies; c++) {
+            w.data = arena + (size_t)c * stride;
+            if (transposed)
+                cpu_linear_t(pool, &w, x, y, m);
+            else
+                cpu_linear(pool, &w, x, y, m);
+        }
+        double dt = (now_s() - t0) / copies;
+        if (dt < best) best = dt;
+    }
+    return best;
+}
+
+static void bench_linear(threadpool *pool, dtype_t dt, const bench_shape *s, int m, uint8_t *arena,
+                         const float *scale, double membw, int rounds, int transposed) {
+    int64_t in = transposed ? s->rows : s->cols, out = transposed ? s->cols : s->rows;
+    float *x = floats_filled((size_t)(m * in), 0.5f), *y = floats_filled((size_t)(m * out), 0);
+    double t = time_linear(pool, dt, s, m, arena, scale, x, y, rounds, transposed);
+    double gbs = (double)(s->rows * s->cols) * dtype_size(dt) / t / 1e9;
+    double gflops = 2.0 * m * (double)s->rows * (double)s->cols / t / 1e9;
+    char shape[32];
+    snprintf(shape, sizeof shape, "%s", s->name);
+    printf("%-9s %-5s %-14s %4d %10.1f %8.2f %7.1f %9.1f\n", transposed ? "linear_t" : "linear",
+           dt == DTYPE_F8_E4M3 ? "F8" : dtype_name(dt), shape, m, t * 1e6, gbs, 100.0 * gbs / membw, gflops);
+    fflush(stdout);
+    free(x);
+    free(y);
+}
+
+int main(int argc, char **argv) {
+    int threads = 2, quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--quick") == 0) quick = 1;
+        else {
+            fprintf(stderr, "usage: %s [--threads N] [--quick]\n", argv[0]);
+            return 2;
+        }
+    }
+    threadpool *pool = threadpool_create(threads);
+    if (!pool) {
+        fprintf(stderr, "bench_cpu_ops: cannot create a pool of %d threads\n", threads);
+        return 1;
+    }
+    uint8_t *arena = alloc_or_die(ARENA_BYTES);
+    fill_weights(arena, ARENA_BYTES);
+    /* scales for the largest FP8 shape (129280 x 2048 would need 1010 x 16) */
+    float *scale = floats_filled(1024 * 64, 0.01f);
+
+    printf("# bench_cpu_ops: simd=%s threads=%d\n", cpu_simd_level(), threads);
+    print_header();
+    const int rounds = quick ? 2 : 5;
+    double membw = bench_membw(pool, arena, quick ? 3 : 6);
+
+    static const bench_shape decode_shapes[] = {
+        {"[1408x2048]", 1408, 2048},  /* expert gate/up */
+        {"[2048x1408]", 2048, 1408},  /* expert down */
+        {"[10944x2048]", 10944, 2048}, /* dense gate/up */
+        {"[3072x768]", 3072, 768},    /* q_b: 16 heads x 192, q_lora 768 */
+    };
+    const dtype_t dts[2] = {DTYPE_F8_E4M3, DTYPE_BF16};
+    const int decode_ms[2] = {1, 8};
+    for (int d = 0; d < 2; d++)
+        for (size_t s = 0; s < sizeof decode_shapes / sizeof *decode_shapes; s++)
+            for (int mi = 0; mi < 2; mi++)
+                bench_linear(pool, dts[d], &decode_shapes[s], decode_ms[mi], arena, scale, membw, rounds, 0);
+    static const bench_shape lm_head = {"[129280x2048]", 129280, 2048};
+    for (int mi = 0; mi < 2; mi++)
+        bench_linear(pool, DTYPE_BF16, &lm_head, decode_ms[mi], arena, scale, membw, quick ? 1 : 2, 0);
+
+    static const bench_shape prefill_shapes[] = {
+        {"[1408x2048]", 1408, 2048},
+        {"[2048x1408]", 2048, 1408},
+        {"[3072x768]", 3072, 768},
+    };
+    for (int d = 0; d < 2; d++)
+        for (size_t s = 0; s < sizeof prefill_shapes / sizeof *prefill_shapes; s++)
+            bench_linear(pool, dts[d], &prefill_shapes[s], 512, arena, scale, membw, quick ? 1 : 3, 0);
+
+    static const bench_shape w_uk = {"[128x512]", 128, 512};
+    const int t_ms[3] = {1, 16, 128};
+    for (int d = 0; d < 2; d++)
+        for (int mi = 0; mi < 3; mi++)
+            bench_linear(pool, dts[d], &w_uk, t_ms[mi], arena, scale, membw, rounds, 1);
+
+    free(scale);
+    free(arena);
+    threadpool_free(pool);
+    return 0;
+}

@@ -1,0 +1,52 @@
+/* cpu/cpu_kernels.h — the seam between cpu/cpu_ops.c (references, dispatch,
+ * threading) and the SIMD variants (cpu/cpu_kernels_avx2.c, cpu/cpu_kernels_avx512.c,
+ * both generated from cpu/cpu_kernels.inc).
+ *
+ * A variant is a read-only table of single-threaded kernels that each work on a
+ * slice of the output (a range of rows or columns); cpu_ops.c splits the work
+ * over the thread pool and hands every thread its own scratch buffer. Internal
+ * to cpu/ (and the unit test, which calls the variants directly). */
+#ifndef MS_CPU_KERNELS_H
+#define MS_CPU_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/weight.h"
+
+/* cpu_linear uses the streaming "decode" kernel up to this many rows of x (the
+ * weights are read once, every row of x rides along); above it the tiled GEMM. */
+#define CPU_DECODE_MAX_M 8
+
+typedef struct cpu_kernels {
+    const char *name;          /* "avx2", "avx512" */
+    /* y[i][n] = Σ_k x[i][k]·W[n][k] for n in [n0, n1), i < m <= CPU_DECODE_MAX_M.
+     * x: [m, w->cols], y: [m, w->rows] (row stride w->rows). */
+    void (*linear_rows)(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1);
+    /* The same for any m, tiled: W is dequantised into `scratch` (scratch_floats(...) floats). */
+    void (*linear_tile)(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1,
+                        float *scratch);
+    /* y[i][c] = Σ_n x[i][n]·W[n][c] for c in [c0, c1): x: [m, w->rows], y: [m, w->cols]. */
+    void (*linear_t_tile)(const weight *w, const float *x, float *y, int m, int64_t c0, int64_t c1,
+                          float *scratch);
+    size_t scratch_floats;     /* scratch size the tile kernels need, in floats */
+    /* Row r of the view w, columns [c0, c0+n), dequantised into out. */
+    void (*decode_row)(const weight *w, int64_t r, int64_t c0, int64_t n, float *out);
+    float (*sum_squares)(const float *x, int64_t n);
+    /* Σ x[i] with plain vector loads: the read pattern of the decode kernel, for
+     * measuring memory bandwidth. */
+    float (*read_sum)(const float *x, int64_t n);
+    /* y[i] = x[i] * s * g[i] */
+    void (*scale_mul)(const float *x, float s, const float *g, float *y, int64_t n);
+    /* y[i] = silu(gate[i]) * up[i] */
+    void (*silu_mul)(const float *gate, const float *up, float *y, int64_t n);
+} cpu_kernels;
+
+extern const cpu_kernels cpu_kernels_avx2;
+extern const cpu_kernels cpu_kernels_avx512;
+
+/* The variant in use (NULL = scalar). Chosen once from CPUID, capped by the
+ * environment variable MLASERVE_CPU_SIMD=scalar|avx2|avx512 if set. */
+const cpu_kernels *cpu_kernels_get(void);
+
+#endif

@@ -1,0 +1,97 @@
+/* cpu/cpu_kernels_avx2.c — the AVX2 + FMA + F16C variant of the CPU kernels
+ * (table cpu_kernels_avx2): vector primitives for 8-float vectors, then the
+ * shared body cpu/cpu_kernels.inc. Compiled with -mavx2 -mfma -mf16c (Makefile
+ * rule for *_avx2.c); only called after a run-time CPU check in cpu/cpu_ops.c.
+ * Stateless and thread-safe. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dtype.h"
+#include "cpu/cpu_kernels.h"
+
+#define VW 8
+#define MR 6 /* 6 x 16 micro-kernel: 12 accumulators + 2 panel vectors + 1 broadcast */
+/* 16 ymm registers: up to 4 rows of x get split accumulators */
+#define DECODE_NA(M) ((M) <= 2 ? 4 : (M) <= 4 ? 2 : 1)
+#define VARIANT_TABLE cpu_kernels_avx2
+#define VARIANT_NAME "avx2"
+
+typedef __m256 vf;
+
+static inline vf v_zero(void) { return _mm256_setzero_ps(); }
+static inline vf v_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void v_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
+static inline vf v_set1(float f) { return _mm256_set1_ps(f); }
+static inline vf v_bcast(const float *p) { return _mm256_broadcast_ss(p); }
+static inline vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+
+static inline float v_hsum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 16 e4m3 codes → value × 2^-8. Unpacking with zero puts a code in the top byte
+ * of a half (s eeee mmm 0…); an arithmetic shift right by one lines eeee mmm up
+ * with the half's exponent and mantissa and copies the sign into bit 14, which
+ * the mask clears. The half is then exactly value × 2^-8, subnormals included. */
+static inline void w_load2_f8(const uint8_t *p, vf *a, vf *b) {
+    const __m128i c = _mm_loadu_si128((const __m128i *)p);
+    const __m128i zero = _mm_setzero_si128(), mask = _mm_set1_epi16((short)0xBFFF);
+    const __m128i lo = _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(zero, c), 1), mask);
+    const __m128i hi = _mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(zero, c), 1), mask);
+    *a = _mm256_cvtph_ps(lo);
+    *b = _mm256_cvtph_ps(hi);
+}
+
+static inline vf bf16x8(const uint16_t *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static inline void w_load2_bf16(const uint16_t *p, vf *a, vf *b) {
+    *a = bf16x8(p);
+    *b = bf16x8(p + 8);
+}
+
+static inline void w_load2_f16(const uint16_t *p, vf *a, vf *b) {
+    *a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    *b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)));
+}
+
+static inline void w_load2_f32(const float *p, vf *a, vf *b) {
+    *a = _mm256_loadu_ps(p);
+    *b = _mm256_loadu_ps(p + 8);
+}
+
+/* e^x, Cephes-style: x = n·ln2 + r, e^r by a degree-6 polynomial, 2^n by the
+ * exponent bits. Relative error ~2 ulp on [-87, 88] (inputs are clamped there). */
+static inline vf v_exp(vf x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    vf n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    vf p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* silu(g)·u = g·u / (1 + e^-g); g·u first so a NaN gate stays NaN. */
+static inline vf v_silu_mul(vf g, vf u) {
+    vf den = _mm256_add_ps(_mm256_set1_ps(1.0f), v_exp(_mm256_sub_ps(_mm256_setzero_ps(), g)));
+    return _mm256_div_ps(_mm256_mul_ps(g, u), den);
+}
+
+#include "cpu/cpu_kernels.inc"

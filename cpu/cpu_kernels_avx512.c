@@ -1,0 +1,85 @@
+/* cpu/cpu_kernels_avx512.c — the AVX-512 (F/BW/VL/DQ) variant of the CPU kernels
+ * (table cpu_kernels_avx512): vector primitives for 16-float vectors, then the
+ * shared body cpu/cpu_kernels.inc, which is tested through the AVX2 variant.
+ * Compiled with the Makefile's AVX-512 flags (*_avx512.c); only called after a
+ * run-time CPU check in cpu/cpu_ops.c. No bf16 instructions are used, so CPUs
+ * without AVX512_BF16 can run it. Stateless and thread-safe. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dtype.h"
+#include "cpu/cpu_kernels.h"
+
+#define VW 16
+#define MR 12 /* 12 x 32 micro-kernel: 24 accumulators of the 32 zmm registers */
+#define DECODE_NA(M) ((M) <= 2 ? 4 : 2)
+#define VARIANT_TABLE cpu_kernels_avx512
+#define VARIANT_NAME "avx512"
+
+typedef __m512 vf;
+
+static inline vf v_zero(void) { return _mm512_setzero_ps(); }
+static inline vf v_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void v_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf v_set1(float f) { return _mm512_set1_ps(f); }
+static inline vf v_bcast(const float *p) { return _mm512_set1_ps(*p); }
+static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline float v_hsum(vf v) { return _mm512_reduce_add_ps(v); }
+
+/* 32 e4m3 codes → value × 2^-8; the same bit move as the AVX2 variant (code in
+ * the top byte of a half, arithmetic shift right by one, clear bit 14). */
+static inline void w_load2_f8(const uint8_t *p, vf *a, vf *b) {
+    __m512i h = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    h = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(h, 8), 1), _mm512_set1_epi16((short)0xBFFF));
+    *a = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+    *b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+}
+
+static inline vf bf16x16(const uint16_t *p) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+
+static inline void w_load2_bf16(const uint16_t *p, vf *a, vf *b) {
+    *a = bf16x16(p);
+    *b = bf16x16(p + 16);
+}
+
+static inline void w_load2_f16(const uint16_t *p, vf *a, vf *b) {
+    *a = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    *b = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16)));
+}
+
+static inline void w_load2_f32(const float *p, vf *a, vf *b) {
+    *a = _mm512_loadu_ps(p);
+    *b = _mm512_loadu_ps(p + 16);
+}
+
+/* e^x as in the AVX2 variant (Cephes polynomial, inputs clamped to [-87, 88]). */
+static inline vf v_exp(vf x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    vf p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+static inline vf v_silu_mul(vf g, vf u) {
+    vf den = _mm512_add_ps(_mm512_set1_ps(1.0f), v_exp(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+    return _mm512_div_ps(_mm512_mul_ps(g, u), den);
+}
+
+#include "cpu/cpu_kernels.inc"

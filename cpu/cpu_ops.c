@@ -1,0 +1,352 @@
+/* cpu/cpu_ops.c — see cpu_ops.h: the plain-C references, the choice of SIMD
+ * variant (cpu/cpu_kernels.h), and the split of each op over the thread pool.
+ *
+ * Work is split over the output (rows of y's columns for cpu_linear, columns for
+ * cpu_linear_t, rows for the elementwise ops) into tasks that the pool's
+ * threads claim; FP8 linear tasks are aligned to the weight's physical 128-row
+ * blocks when they are that large. Scratch for the tiled kernels is per thread,
+ * allocated on first use and kept (freed when the thread exits); allocation
+ * failure there aborts, since these ops have no error path.
+ * State: the chosen variant and the scratch key, both set once (pthread_once). */
+#include "cpu/cpu_ops.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/cpu_kernels.h"
+
+/* ---- variant choice ------------------------------------------------------- */
+
+static const cpu_kernels *kernels_chosen;
+static pthread_once_t kernels_once = PTHREAD_ONCE_INIT;
+
+static void kernels_choose(void) {
+    __builtin_cpu_init();
+    int level = 0; /* 0 scalar, 1 avx2, 2 avx512 */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        level = 1;
+    if (level == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        level = 2;
+    const char *cap = getenv("MLASERVE_CPU_SIMD");
+    if (cap && strcmp(cap, "scalar") == 0) level = 0;
+    if (cap && strcmp(cap, "avx2") == 0 && level > 1) level = 1;
+    kernels_chosen = level == 2 ? &cpu_kernels_avx512 : level == 1 ? &cpu_kernels_avx2 : NULL;
+}
+
+const cpu_kernels *cpu_kernels_get(void) {
+    pthread_once(&kernels_once, kernels_choose);
+    return kernels_chosen;
+}
+
+const char *cpu_simd_level(void) {
+    const cpu_kernels *k = cpu_kernels_get();
+    return k ? k->name : "scalar";
+}
+
+/* ---- per-thread scratch ---------------------------------------------------- */
+
+enum { SCRATCH_TILE, SCRATCH_VEC, SCRATCH_SLOTS };
+
+typedef struct {
+    float *buf[SCRATCH_SLOTS];
+    size_t cap[SCRATCH_SLOTS]; /* floats */
+} scratch_set;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_set_free(void *p) {
+    scratch_set *s = p;
+    for (int i = 0; i < SCRATCH_SLOTS; i++) free(s->buf[i]);
+    free(s);
+}
+
+static void scratch_key_init(void) {
+    if (pthread_key_create(&scratch_key, scratch_set_free) != 0) abort();
+}
+
+/* A 64-byte aligned buffer of at least n floats owned by the calling thread. */
+static float *thread_scratch(int slot, size_t n) {
+    pthread_once(&scratch_once, scratch_key_init);
+    scratch_set *s = pthread_getspecific(scratch_key);
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s || pthread_setspecific(scratch_key, s) != 0) abort();
+    }
+    if (s->cap[slot] < n) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, n * sizeof(float)) != 0) abort();
+        free(s->buf[slot]);
+        s->buf[slot] = p;
+        s->cap[slot] = n;
+    }
+    return s->buf[slot];
+}
+
+/* ---- splitting work ------------------------------------------------------- */
+
+/* Below this many multiply-adds, waking the pool costs more than it saves. */
+#define PARALLEL_MIN_MACS (1 << 16)
+
+/* A chunk size (power of two in [min_chunk, 128]) giving each thread several tasks. */
+static int64_t pick_chunk(int64_t n, int threads, int64_t min_chunk) {
+    int64_t c = 128;
+    while (c > min_chunk && n / c < 8 * threads) c /= 2;
+    return c;
+}
+
+typedef struct {
+    const cpu_kernels *k;
+    const weight *w;
+    const float *x;
+    float *y;
+    int m;
+    int64_t n_out;    /* outputs being split */
+    int64_t chunk;    /* task t covers [t*chunk - shift, (t+1)*chunk - shift) ∩ [0, n_out) */
+    int64_t shift;
+    int mode;         /* LINEAR_* */
+} linear_job;
+
+enum { LINEAR_ROWS, LINEAR_TILE, LINEAR_T_TILE, LINEAR_REF, LINEAR_T_REF };
+
+static void linear_ref_range(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1);
+static void linear_t_ref_range(const weight *w, const float *x, float *y, int m, int64_t c0, int64_t c1);
+
+static void linear_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const linear_job *j = ctx;
+    int64_t o0 = (int64_t)task * j->chunk - j->shift, o1 = o0 + j->chunk;
+    if (o0 < 0) o0 = 0;
+    if (o1 > j->n_out) o1 = j->n_out;
+    if (o0 >= o1) return;
+    switch (j->mode) {
+    case LINEAR_ROWS: j->k->linear_rows(j->w, j->x, j->y, j->m, o0, o1); break;
+    case LINEAR_TILE:
+        j->k->linear_tile(j->w, j->x, j->y, j->m, o0, o1, thread_scratch(SCRATCH_TILE, j->k->scratch_floats));
+        break;
+    case LINEAR_T_TILE:
+        j->k->linear_t_tile(j->w, j->x, j->y, j->m, o0, o1,
+                            thread_scratch(SCRATCH_TILE, j->k->scratch_floats));
+        break;
+    case LINEAR_REF: linear_ref_range(j->w, j->x, j->y, j->m, o0, o1); break;
+    default: linear_t_ref_range(j->w, j->x, j->y, j->m, o0, o1); break;
+    }
+}
+
+static void linear_run(threadpool *pool, linear_job *j, int64_t min_chunk, int align_fp8_rows) {
+    const int threads = threadpool_size(pool);
+    j->chunk = pick_chunk(j->n_out, threads, min_chunk);
+    j->shift = align_fp8_rows && j->w->dtype == DTYPE_F8_E4M3 ? j->w->row0 % j->chunk : 0;
+    const int64_t tasks = (j->n_out + j->shift + j->chunk - 1) / j->chunk;
+    const int64_t macs = (int64_t)j->m * j->w->rows * j->w->cols;
+    threadpool_run(macs < PARALLEL_MIN_MACS ? NULL : pool, (int)tasks, linear_task, j);
+}
+
+/* ---- linear ----------------------------------------------------------------- */
+
+void cpu_linear(threadpool *pool, const weight *w, const float *x, float *y, int m) {
+    if (m <= 0 || w->rows <= 0) return;
+    if (w->cols <= 0) { memset(y, 0, (size_t)m * (size_t)w->rows * sizeof *y); return; }
+    const cpu_kernels *k = cpu_kernels_get();
+    linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->rows};
+    j.mode = !k ? LINEAR_REF : m <= CPU_DECODE_MAX_M ? LINEAR_ROWS : LINEAR_TILE;
+    linear_run(pool, &j, j.mode == LINEAR_TILE ? 32 : 16, 1);
+}
+
+void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, int m) {
+    if (m <= 0 || w->cols <= 0) return;
+    if (w->rows <= 0) { memset(y, 0, (size_t)m * (size_t)w->cols * sizeof *y); return; }
+    const cpu_kernels *k = cpu_kernels_get();
+    linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->cols};
+    j.mode = k ? LINEAR_T_TILE : LINEAR_T_REF;
+    linear_run(pool, &j, 32, 0);
+}
+
+/* References: every element through weight_get, sums in double. */
+static void linear_ref_range(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1) {
+    const int64_t K = w->cols, N = w->rows;
+    for (int i = 0; i < m; i++)
+        for (int64_t n = n0; n < n1; n++) {
+            double acc = 0.0;
+            for (int64_t k = 0; k < K; k++) acc += (double)x[(size_t)i * K + k] * weight_get(w, n, k);
+            y[(size_t)i * N + n] = (float)acc;
+        }
+}
+
+void cpu_linear_ref(const weight *w, const float *x, float *y, int m) {
+    linear_ref_range(w, x, y, m, 0, w->rows);
+}
+
+static void linear_t_ref_range(const weight *w, const float *x, float *y, int m, int64_t c0, int64_t c1) {
+    const int64_t N = w->rows, C = w->cols;
+    for (int i = 0; i < m; i++)
+        for (int64_t c = c0; c < c1; c++) {
+            double acc = 0.0;
+            for (int64_t n = 0; n < N; n++) acc += (double)x[(size_t)i * N + n] * weight_get(w, n, c);
+            y[(size_t)i * C + c] = (float)acc;
+        }
+}
+
+void cpu_linear_t_ref(const weight *w, const float *x, float *y, int m) {
+    linear_t_ref_range(w, x, y, m, 0, w->cols);
+}
+
+/* ---- rmsnorm ------------------------------------------------------------------ */
+
+typedef struct {
+    const cpu_kernels *k;
+    const float *g, *x;
+    float *y;
+    int m, d, rows_per_task;
+    float eps;
+} rmsnorm_job;
+
+static void rmsnorm_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const rmsnorm_job *j = ctx;
+    for (int i = task * j->rows_per_task; i < j->m && i < (task + 1) * j->rows_per_task; i++) {
+        const float *xi = j->x + (size_t)i * j->d;
+        float ss = j->k->sum_squares(xi, j->d);
+        float s = 1.0f / sqrtf(ss / (float)j->d + j->eps);
+        j->k->scale_mul(xi, s, j->g, j->y + (size_t)i * j->d, j->d);
+    }
+}
+
+void cpu_rmsnorm(threadpool *pool, const weight *g, const float *x, float *y, int m, int d, float eps) {
+    const cpu_kernels *k = cpu_kernels_get();
+    if (!k) { cpu_rmsnorm_ref(g, x, y, m, d, eps); return; }
+    if (m <= 0 || d <= 0) return;
+    const float *gf;
+    if (g->dtype == DTYPE_F32) {
+        gf = (const float *)g->data + (size_t)(g->row0 * g->cols);
+    } else {
+        float *buf = thread_scratch(SCRATCH_VEC, (size_t)d);
+        k->decode_row(g, 0, 0, d, buf);
+        gf = buf;
+    }
+    rmsnorm_job j = {.k = k, .g = gf, .x = x, .y = y, .m = m, .d = d, .eps = eps};
+    j.rows_per_task = 16384 / d > 1 ? 16384 / d : 1;
+    const int tasks = (m + j.rows_per_task - 1) / j.rows_per_task;
+    threadpool_run(tasks > 1 ? pool : NULL, tasks, rmsnorm_task, &j);
+}
+
+void cpu_rmsnorm_ref(const weight *g, const float *x, float *y, int m, int d, float eps) {
+    for (int i = 0; i < m; i++) {
+        const float *xi = x + (size_t)i * d;
+        double ss = 0.0;
+        for (int c = 0; c < d; c++) ss += (double)xi[c] * xi[c];
+        double s = 1.0 / sqrt(ss / d + eps);
+        for (int c = 0; c < d; c++) y[(size_t)i * d + c] = (float)(xi[c] * s * weight_get(g, 0, c));
+    }
+}
+
+/* ---- silu_mul ------------------------------------------------------------------ */
+
+#define ELEMS_PER_TASK 16384
+
+typedef struct {
+    const cpu_kernels *k;
+    const float *gate, *up;
+    float *y;
+    int64_t n;
+} silu_job;
+
+static void silu_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const silu_job *j = ctx;
+    int64_t i0 = (int64_t)task * ELEMS_PER_TASK, i1 = i0 + ELEMS_PER_TASK;
+    if (i1 > j->n) i1 = j->n;
+    j->k->silu_mul(j->gate + i0, j->up + i0, j->y + i0, i1 - i0);
+}
+
+void cpu_silu_mul(threadpool *pool, const float *gate, const float *up, float *y, int64_t n) {
+    const cpu_kernels *k = cpu_kernels_get();
+    if (!k) { cpu_silu_mul_ref(gate, up, y, n); return; }
+    if (n <= 0) return;
+    silu_job j = {.k = k, .gate = gate, .up = up, .y = y, .n = n};
+    const int tasks = (int)((n + ELEMS_PER_TASK - 1) / ELEMS_PER_TASK);
+    threadpool_run(tasks > 1 ? pool : NULL, tasks, silu_task, &j);
+}
+
+void cpu_silu_mul_ref(const float *gate, const float *up, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        double g = gate[i];
+        y[i] = (float)(g / (1.0 + exp(-g)) * up[i]);
+    }
+}
+
+/* ---- memory read probe -------------------------------------------------------------- */
+
+#define READ_TASK_FLOATS (1 << 18) /* 1 MiB */
+
+typedef struct {
+    const cpu_kernels *k;
+    const float *buf;
+    int64_t n;
+    double partial[64];
+} read_job;
+
+static void read_task(void *ctx, int task, int thread) {
+    read_job *j = ctx;
+    int64_t i0 = (int64_t)task * READ_TASK_FLOATS, i1 = i0 + READ_TASK_FLOATS;
+    if (i1 > j->n) i1 = j->n;
+    float s = 0.0f;
+    if (j->k) s = j->k->read_sum(j->buf + i0, i1 - i0);
+    else
+        for (int64_t i = i0; i < i1; i++) s += j->buf[i];
+    j->partial[thread % 64] += s; /* one slot per thread: no race */
+}
+
+double cpu_mem_read(threadpool *pool, const void *buf, size_t bytes) {
+    read_job j = {.k = cpu_kernels_get(), .buf = buf, .n = (int64_t)(bytes / sizeof(float))};
+    const int tasks = (int)((j.n + READ_TASK_FLOATS - 1) / READ_TASK_FLOATS);
+    threadpool_run(pool, tasks, read_task, &j);
+    double sum = 0.0;
+    for (int i = 0; i < 64; i++) sum += j.partial[i];
+    return sum;
+}
+
+/* ---- embedding ------------------------------------------------------------------ */
+
+typedef struct {
+    const cpu_kernels *k;
+    const weight *table;
+    const int32_t *ids;
+    float *y;
+    int n, rows_per_task;
+} embed_job;
+
+static void embed_row(const cpu_kernels *k, const weight *t, int32_t id, float *out) {
+    if (id < 0 || id >= t->rows) {
+        fprintf(stderr, "cpu_embedding: token id %d outside [0, %lld)\n", id, (long long)t->rows);
+        abort(); /* the engine validates ids before they get here */
+    }
+    if (k) {
+        k->decode_row(t, id, 0, t->cols, out);
+        return;
+    }
+    for (int64_t c = 0; c < t->cols; c++) out[c] = weight_get(t, id, c);
+}
+
+static void embed_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const embed_job *j = ctx;
+    for (int i = task * j->rows_per_task; i < j->n && i < (task + 1) * j->rows_per_task; i++)
+        embed_row(j->k, j->table, j->ids[i], j->y + (size_t)i * (size_t)j->table->cols);
+}
+
+void cpu_embedding(threadpool *pool, const weight *table, const int32_t *ids, int n, float *y) {
+    if (n <= 0 || table->cols <= 0) return;
+    embed_job j = {.k = cpu_kernels_get(), .table = table, .ids = ids, .y = y, .n = n};
+    j.rows_per_task = (int)(ELEMS_PER_TASK / table->cols > 1 ? ELEMS_PER_TASK / table->cols : 1);
+    const int tasks = (n + j.rows_per_task - 1) / j.rows_per_task;
+    threadpool_run(tasks > 1 ? pool : NULL, tasks, embed_task, &j);
+}
+
+void cpu_embedding_ref(const weight *table, const int32_t *ids, int n, float *y) {
+    for (int i = 0; i < n; i++) embed_row(NULL, table, ids[i], y + (size_t)i * (size_t)table->cols);
+}

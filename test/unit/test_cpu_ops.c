@@ -1,0 +1,463 @@
+/* test/unit/test_cpu_ops.c — the CPU kernels of cpu/cpu_ops.h.
+ *
+ * References: the plain-C `_ref` functions are checked against hand-computed
+ * tiny cases and against an independent float64 computation (weights decoded
+ * here with common/dtype, scale indexed by the physical row); every fast op is
+ * then checked against its `_ref` on random inputs with fresh seeds (printed on
+ * failure), all weight dtypes, awkward shapes (partial 128-blocks, m = 1..300)
+ * and row-band views that cross FP8 block boundaries, through pools of 1, 2 and
+ * 3 threads. Errors are measured as max|fast − ref| / max|ref|; NaN never passes. */
+#include <criterion/criterion.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/dtype.h"
+#include "cpu/cpu_ops.h"
+
+#define TOL 1e-5
+
+/* ---- random numbers (xorshift64*, fresh seed per test) -------------------- */
+
+typedef struct { uint64_t s; } rng;
+
+static uint64_t rng_fresh_seed(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ((uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)getpid();
+}
+
+static uint64_t rng_next(rng *r) {
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 0x2545F4914F6CDD1Dull;
+}
+
+/* Uniform in [lo, hi). */
+static float rng_uniform(rng *r, float lo, float hi) {
+    return lo + (hi - lo) * (float)((rng_next(r) >> 40) * 0x1p-24);
+}
+
+static rng rng_start(uint64_t *seed_out) {
+    uint64_t seed = rng_fresh_seed() | 1;
+    *seed_out = seed;
+    return (rng){seed};
+}
+
+/* ---- test weights ----------------------------------------------------------- */
+
+typedef struct {
+    weight w;        /* the full matrix (row0 = 0) */
+    void *data;
+    float *scale;
+} test_weight;
+
+/* Random finite values: every e4m3 code but NaN; f16 and bf16 of moderate range. */
+static test_weight weight_random(rng *r, dtype_t dt, int64_t rows, int64_t cols) {
+    test_weight t = {.w = {.dtype = dt, .rows = rows, .cols = cols}};
+    size_t n = (size_t)(rows * cols);
+    t.data = malloc(n * dtype_size(dt) + 1);
+    cr_assert(t.data);
+    for (size_t i = 0; i < n; i++) {
+        switch (dt) {
+        case DTYPE_F8_E4M3: {
+            uint8_t c;
+            do c = (uint8_t)rng_next(r); while ((c & 0x7f) == 0x7f);
+            ((uint8_t *)t.data)[i] = c;
+            break;
+        }
+        case DTYPE_BF16: ((uint16_t *)t.data)[i] = f32_to_bf16(rng_uniform(r, -2, 2)); break;
+        case DTYPE_F16: { /* exponent 5..20: magnitudes 2^-10 .. 2^6 */
+            uint16_t e = (uint16_t)(5 + rng_next(r) % 16), m = (uint16_t)(rng_next(r) & 0x3ff);
+            ((uint16_t *)t.data)[i] = (uint16_t)((rng_next(r) & 0x8000) | (e << 10) | m);
+            break;
+        }
+        default: ((float *)t.data)[i] = rng_uniform(r, -2, 2); break;
+        }
+    }
+    if (dt == DTYPE_F8_E4M3) {
+        size_t ns = (size_t)(((rows + 127) / 128) * ((cols + 127) / 128));
+        t.scale = malloc(ns * sizeof(float));
+        cr_assert(t.scale);
+        for (size_t i = 0; i < ns; i++) t.scale[i] = rng_uniform(r, 1e-4f, 1e-2f);
+    }
+    t.w.data = t.data;
+    t.w.scale = t.scale;
+    return t;
+}
+
+static void weight_free(test_weight *t) {
+    free(t->data);
+    free(t->scale);
+}
+
+static float *floats_random(rng *r, size_t n, float lo, float hi) {
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    cr_assert(p);
+    for (size_t i = 0; i < n; i++) p[i] = rng_uniform(r, lo, hi);
+    return p;
+}
+
+static float *floats_alloc(size_t n) {
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    cr_assert(p);
+    for (size_t i = 0; i < n; i++) p[i] = NAN; /* anything not written shows up */
+    return p;
+}
+
+/* ---- comparison --------------------------------------------------------------- */
+
+/* max|got − want| / max|want| (max|want| at least 1e-30); +inf when anything is not finite. */
+static double rel_err(const float *got, const float *want, size_t n) {
+    double max_want = 1e-30, max_diff = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i]) || !isfinite(want[i])) return INFINITY;
+        max_want = fmax(max_want, fabs((double)want[i]));
+        max_diff = fmax(max_diff, fabs((double)got[i] - (double)want[i]));
+    }
+    return max_diff / max_want;
+}
+
+#define ASSERT_CLOSE(got, want, n, tol, fmt, ...)                                          \
+    do {                                                                                   \
+        double e_ = rel_err((got), (want), (n));                                           \
+        cr_assert(e_ <= (tol), "rel err %.3g > %.1g: " fmt, e_, (double)(tol), __VA_ARGS__); \
+    } while (0)
+
+static const dtype_t all_dtypes[] = {DTYPE_F8_E4M3, DTYPE_BF16, DTYPE_F16, DTYPE_F32};
+
+/* ---- independent float64 oracle -------------------------------------------------- */
+
+static double f64_weight(const test_weight *t, int64_t prow, int64_t c) {
+    size_t i = (size_t)(prow * t->w.cols + c);
+    switch (t->w.dtype) {
+    case DTYPE_F8_E4M3:
+        return (double)e4m3_to_f32(((const uint8_t *)t->data)[i]) *
+               t->scale[(prow / 128) * ((t->w.cols + 127) / 128) + c / 128];
+    case DTYPE_BF16: return bf16_to_f32(((const uint16_t *)t->data)[i]);
+    case DTYPE_F16: return f16_to_f32(((const uint16_t *)t->data)[i]);
+    default: return ((const float *)t->data)[i];
+    }
+}
+
+/* ---- the comparison test itself ---------------------------------------------------- */
+
+Test(cpu_ops, rel_err_rejects_nan_and_inf) {
+    float want[3] = {1, 2, 3}, got[3] = {1, 2, 3};
+    cr_assert_eq(rel_err(got, want, 3), 0.0);
+    got[1] = NAN;
+    cr_assert(!(rel_err(got, want, 3) <= TOL));
+    got[1] = INFINITY;
+    cr_assert(!(rel_err(got, want, 3) <= TOL));
+    got[1] = 2;
+    want[2] = NAN;
+    cr_assert(!(rel_err(got, want, 3) <= TOL), "a NaN reference must not pass either");
+}
+
+/* ---- references against hand-computed values ---------------------------------------- */
+
+Test(cpu_ops, linear_ref_hand_f32) {
+    const float w_data[6] = {1, 2, 3, 4, 5, 6}; /* [2, 3] */
+    weight w = {.dtype = DTYPE_F32, .rows = 2, .cols = 3, .data = w_data};
+    const float x[3] = {1, 0.5f, -1};
+    float y[2], yf[2];
+    cpu_linear_ref(&w, x, y, 1);
+    cr_assert_float_eq(y[0], 1 + 1 - 3, 0); /* 1·1 + 2·0.5 + 3·(−1) */
+    cr_assert_float_eq(y[1], 4 + 2.5f - 6, 0);
+    cpu_linear(NULL, &w, x, yf, 1);
+    cr_assert_float_eq(yf[0], y[0], 0);
+    cr_assert_float_eq(yf[1], y[1], 0);
+
+    const float xt[2] = {1, 2};
+    float yt[3], ytf[3];
+    cpu_linear_t_ref(&w, xt, yt, 1); /* [1, 2] · [[1,2,3],[4,5,6]] = [9, 12, 15] */
+    cr_assert_float_eq(yt[0], 9, 0);
+    cr_assert_float_eq(yt[1], 12, 0);
+    cr_assert_float_eq(yt[2], 15, 0);
+    cpu_linear_t(NULL, &w, xt, ytf, 1);
+    for (int i = 0; i < 3; i++) cr_assert_float_eq(ytf[i], yt[i], 0);
+}
+
+Test(cpu_ops, linear_ref_hand_fp8_view) {
+    /* Physical [130, 3] e4m3 matrix, scales [2, 1] = {2, 0.25}; the view is rows
+     * 127..128, which straddle the block boundary: row 127 scales by 2, row 128 by 0.25.
+     * Codes: 0x38 = 1, 0x40 = 2, 0xB0 = −0.5, 0x01 = 2^-9 (subnormal), 0x44 = 3. */
+    uint8_t data[130 * 3] = {0};
+    const uint8_t r127[3] = {0x38, 0x40, 0xB0}, r128[3] = {0x01, 0x44, 0x38};
+    memcpy(data + 127 * 3, r127, 3);
+    memcpy(data + 128 * 3, r128, 3);
+    const float scale[2] = {2.0f, 0.25f};
+    weight full = {.dtype = DTYPE_F8_E4M3, .rows = 130, .cols = 3, .data = data, .scale = scale};
+    weight w = weight_rows(&full, 127, 2);
+    const float x[3] = {1, 1, 2};
+    float y[2], yf[2];
+    cpu_linear_ref(&w, x, y, 1);
+    cr_assert_float_eq(y[0], 2.0f * (1 + 2 - 1), 0);
+    cr_assert_float_eq(y[1], 0.25f * (0x1p-9f + 3 + 2), 1e-9);
+    cpu_linear(NULL, &w, x, yf, 1);
+    cr_assert_float_eq(yf[0], y[0], 1e-6);
+    cr_assert_float_eq(yf[1], y[1], 1e-6);
+}
+
+Test(cpu_ops, elementwise_ref_hand) {
+    const float g_data[2] = {1, 2};
+    weight g = {.dtype = DTYPE_F32, .rows = 1, .cols = 2, .data = g_data};
+    const float x[2] = {3, 4}; /* mean square 12.5 */
+    float y[2];
+    cpu_rmsnorm_ref(&g, x, y, 1, 2, 0.0f);
+    cr_assert_float_eq(y[0], 3 / sqrtf(12.5f), 1e-6);
+    cr_assert_float_eq(y[1], 2 * 4 / sqrtf(12.5f), 1e-6);
+
+    const float gate[2] = {0, 1}, up[2] = {5, 2};
+    cpu_silu_mul_ref(gate, up, y, 2); /* silu(0) = 0, silu(1) = 1/(1+e^-1) */
+    cr_assert_float_eq(y[0], 0, 0);
+    cr_assert_float_eq(y[1], 2 / (1 + expf(-1)), 1e-6);
+
+    const uint16_t table[4] = {0x3F80, 0x4000, 0xBF80, 0x4040}; /* bf16 1, 2, −1, 3 as [2, 2] */
+    weight t = {.dtype = DTYPE_BF16, .rows = 2, .cols = 2, .data = table};
+    const int32_t ids[3] = {1, 0, 1};
+    float e[6];
+    cpu_embedding_ref(&t, ids, 3, e);
+    const float want[6] = {-1, 3, 1, 2, -1, 3};
+    for (int i = 0; i < 6; i++) cr_assert_float_eq(e[i], want[i], 0);
+}
+
+/* ---- references against float64 on random data ---------------------------------------- */
+
+Test(cpu_ops, linear_refs_vs_float64) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    for (size_t d = 0; d < sizeof all_dtypes / sizeof *all_dtypes; d++) {
+        test_weight t = weight_random(&r, all_dtypes[d], 300, 200);
+        weight w = weight_rows(&t.w, 100, 150); /* physical rows 100..249 */
+        const int m = 3;
+        float *x = floats_random(&r, (size_t)m * 200, -1, 1), *xt = floats_random(&r, (size_t)m * 150, -1, 1);
+        float *y = floats_alloc((size_t)m * 150), *want = floats_alloc((size_t)m * 150);
+        float *yt = floats_alloc((size_t)m * 200), *want_t = floats_alloc((size_t)m * 200);
+        cpu_linear_ref(&w, x, y, m);
+        cpu_linear_t_ref(&w, xt, yt, m);
+        for (int i = 0; i < m; i++) {
+            for (int n = 0; n < 150; n++) {
+                double acc = 0;
+                for (int k = 0; k < 200; k++) acc += (double)x[i * 200 + k] * f64_weight(&t, 100 + n, k);
+                want[i * 150 + n] = (float)acc;
+            }
+            for (int c = 0; c < 200; c++) {
+                double acc = 0;
+                for (int n = 0; n < 150; n++) acc += (double)xt[i * 150 + n] * f64_weight(&t, 100 + n, c);
+                want_t[i * 200 + c] = (float)acc;
+            }
+        }
+        ASSERT_CLOSE(y, want, (size_t)m * 150, 1e-6, "linear_ref %s seed %llu", dtype_name(all_dtypes[d]),
+                     (unsigned long long)seed);
+        ASSERT_CLOSE(yt, want_t, (size_t)m * 200, 1e-6, "linear_t_ref %s seed %llu",
+                     dtype_name(all_dtypes[d]), (unsigned long long)seed);
+        free(x), free(xt), free(y), free(want), free(yt), free(want_t);
+        weight_free(&t);
+    }
+}
+
+/* ---- fast vs reference ------------------------------------------------------------------ */
+
+typedef struct { int64_t phys_rows, row0, rows, cols; } shape;
+
+/* View shapes: partial blocks, tiny, bands across 128-row boundaries. */
+static const shape linear_shapes[] = {
+    {1, 0, 1, 1},        {5, 0, 5, 7},          {64, 0, 64, 128},   {130, 0, 130, 300},
+    {300, 100, 170, 200}, {257, 1, 255, 129},   {400, 120, 150, 33}, {96, 0, 96, 1000},
+};
+static const int linear_ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 64, 300};
+
+static void check_linear(threadpool *pool, dtype_t dt, const shape *s, int m, rng *r, uint64_t seed,
+                         int transposed) {
+    test_weight t = weight_random(r, dt, s->phys_rows, s->cols);
+    weight w = weight_rows(&t.w, s->row0, s->rows);
+    const int64_t in = transposed ? w.rows : w.cols, out = transposed ? w.cols : w.rows;
+    float *x = floats_random(r, (size_t)(m * in), -1, 1);
+    float *y = floats_alloc((size_t)(m * out)), *want = floats_alloc((size_t)(m * out));
+    if (transposed) {
+        cpu_linear_t(pool, &w, x, y, m);
+        cpu_linear_t_ref(&w, x, want, m);
+    } else {
+        cpu_linear(pool, &w, x, y, m);
+        cpu_linear_ref(&w, x, want, m);
+    }
+    ASSERT_CLOSE(y, want, (size_t)(m * out), TOL,
+                 "%s %s [%lld rows from %lld, %lld cols] m=%d threads=%d simd=%s seed %llu",
+                 transposed ? "linear_t" : "linear", dtype_name(dt), (long long)s->rows,
+                 (long long)s->row0, (long long)s->cols, m, threadpool_size(pool), cpu_simd_level(),
+                 (unsigned long long)seed);
+    free(x), free(y), free(want);
+    weight_free(&t);
+}
+
+static void linear_sweep(int transposed) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pools[3] = {NULL, threadpool_create(2), threadpool_create(3)};
+    cr_assert(pools[1] && pools[2]);
+    int run = 0;
+    for (size_t d = 0; d < sizeof all_dtypes / sizeof *all_dtypes; d++)
+        for (size_t s = 0; s < sizeof linear_shapes / sizeof *linear_shapes; s++)
+            for (size_t mi = 0; mi < sizeof linear_ms / sizeof *linear_ms; mi++) {
+                const shape *sh = &linear_shapes[s];
+                int m = linear_ms[mi];
+                if (m == 300 && sh->rows * sh->cols > 40000) continue; /* keep the reference quick */
+                check_linear(pools[run++ % 3], all_dtypes[d], sh, m, &r, seed, transposed);
+            }
+    threadpool_free(pools[1]);
+    threadpool_free(pools[2]);
+}
+
+Test(cpu_ops, linear_vs_ref, .timeout = 120) { linear_sweep(0); }
+Test(cpu_ops, linear_t_vs_ref, .timeout = 120) { linear_sweep(1); }
+
+/* The model's absorbed-MLA shape: W_UK of one head [128, 512] (a band of kv_b_proj). */
+Test(cpu_ops, linear_t_mla_shapes, .timeout = 60) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pool = threadpool_create(2);
+    const shape s = {1024, 256, 128, 512};
+    const int ms[] = {1, 16, 100};
+    for (size_t d = 0; d < sizeof all_dtypes / sizeof *all_dtypes; d++)
+        for (size_t i = 0; i < 3; i++) check_linear(pool, all_dtypes[d], &s, ms[i], &r, seed, 1);
+    threadpool_free(pool);
+}
+
+/* Every non-NaN e4m3 code through both linear paths and the row decoder, exactly. */
+Test(cpu_ops, fp8_every_code_exact) {
+    enum { CODES = 256, COLS = 40 };
+    uint8_t *data = malloc(CODES * COLS);
+    float scale[2 * 1] = {0.375f, 3.0f}; /* rows 0..127, 128..255 */
+    for (int c = 0; c < CODES; c++) memset(data + c * COLS, c, COLS);
+    weight w = {.dtype = DTYPE_F8_E4M3, .rows = CODES, .cols = COLS, .data = data, .scale = scale};
+    float x[9 * COLS] = {0};
+    for (int i = 0; i < 9; i++) x[i * COLS + 17 + i] = 1.0f; /* one-hot: y[i][c] = W[c][17+i] */
+    float y[9 * CODES], e[CODES * COLS];
+    int32_t ids[CODES];
+    for (int c = 0; c < CODES; c++) ids[c] = c;
+    cpu_embedding(NULL, &w, ids, CODES, e);
+    for (int m = 1; m <= 9; m += 8) {
+        cpu_linear(NULL, &w, x, y, m);
+        for (int c = 0; c < CODES; c++) {
+            if ((c & 0x7f) == 0x7f) continue; /* NaN codes: see cpu_ops.h */
+            float want = e4m3_to_f32((uint8_t)c) * scale[c / 128];
+            for (int i = 0; i < m; i++)
+                cr_assert_eq(y[i * CODES + c], want, "code 0x%02x m=%d: %g != %g", c, m, y[i * CODES + c], want);
+            for (int k = 0; k < COLS; k++) cr_assert_eq(e[c * COLS + k], want, "embedding code 0x%02x", c);
+        }
+    }
+    free(data);
+}
+
+Test(cpu_ops, rmsnorm_vs_ref) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pool = threadpool_create(2);
+    const int ds[] = {1, 7, 64, 2048, 7168}, ms[] = {1, 3, 17};
+    for (size_t dt = 0; dt < 4; dt++)
+        for (size_t di = 0; di < 5; di++)
+            for (size_t mi = 0; mi < 3; mi++) {
+                int d = ds[di], m = ms[mi];
+                test_weight t = weight_random(&r, all_dtypes[dt], 3, d);
+                weight g = weight_rows(&t.w, 2, 1);
+                float *x = floats_random(&r, (size_t)m * d, -3, 3), *want = floats_alloc((size_t)m * d);
+                float *y = floats_alloc((size_t)m * d);
+                cpu_rmsnorm_ref(&g, x, want, m, d, 1e-6f);
+                cpu_rmsnorm(pool, &g, x, y, m, d, 1e-6f);
+                ASSERT_CLOSE(y, want, (size_t)m * d, TOL, "rmsnorm %s d=%d m=%d seed %llu",
+                             dtype_name(all_dtypes[dt]), d, m, (unsigned long long)seed);
+                cpu_rmsnorm(pool, &g, x, x, m, d, 1e-6f); /* in place */
+                ASSERT_CLOSE(x, want, (size_t)m * d, TOL, "rmsnorm in place seed %llu", (unsigned long long)seed);
+                free(x), free(y), free(want);
+                weight_free(&t);
+            }
+    threadpool_free(pool);
+}
+
+Test(cpu_ops, silu_mul_vs_ref) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pool = threadpool_create(2);
+    const int64_t ns[] = {1, 7, 8, 9, 1000, 100003};
+    for (size_t i = 0; i < 6; i++) {
+        int64_t n = ns[i];
+        float *g = floats_random(&r, (size_t)n, -20, 20), *u = floats_random(&r, (size_t)n, -2, 2);
+        float *y = floats_alloc((size_t)n), *want = floats_alloc((size_t)n);
+        if (n > 8) g[3] = -200, g[4] = 200, g[5] = -87.5f, g[6] = 0; /* clamp edges */
+        cpu_silu_mul_ref(g, u, want, n);
+        cpu_silu_mul(pool, g, u, y, n);
+        /* elementwise: compare each value against its own magnitude (plus a floor) */
+        for (int64_t k = 0; k < n; k++)
+            cr_assert(fabsf(y[k] - want[k]) <= 4e-6f * fabsf(want[k]) + 1e-30f,
+                      "silu_mul[%lld] g=%g: %g vs %g seed %llu", (long long)k, g[k], y[k], want[k],
+                      (unsigned long long)seed);
+        cpu_silu_mul(pool, g, u, g, n); /* in place */
+        ASSERT_CLOSE(g, want, (size_t)n, TOL, "silu_mul in place seed %llu", (unsigned long long)seed);
+        free(g), free(u), free(y), free(want);
+    }
+    threadpool_free(pool);
+}
+
+Test(cpu_ops, silu_mul_nan_propagates) {
+    float g[8] = {NAN, 1, 2, 3, 4, 5, 6, 7}, u[8] = {1, 1, 1, 1, 1, 1, 1, NAN}, y[8];
+    cpu_silu_mul(NULL, g, u, y, 8);
+    cr_assert(isnan(y[0]) && isnan(y[7]));
+}
+
+Test(cpu_ops, embedding_vs_ref) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pool = threadpool_create(2);
+    const int64_t cols[] = {1, 200, 2048};
+    for (size_t dt = 0; dt < 4; dt++)
+        for (size_t ci = 0; ci < 3; ci++) {
+            test_weight t = weight_random(&r, all_dtypes[dt], 300, cols[ci]);
+            weight w = weight_rows(&t.w, 20, 270);
+            int32_t ids[50];
+            for (int i = 0; i < 50; i++) ids[i] = (int32_t)(rng_next(&r) % 270);
+            float *y = floats_alloc(50 * (size_t)cols[ci]), *want = floats_alloc(50 * (size_t)cols[ci]);
+            cpu_embedding_ref(&w, ids, 50, want);
+            cpu_embedding(pool, &w, ids, 50, y);
+            ASSERT_CLOSE(y, want, 50 * (size_t)cols[ci], 0, "embedding %s cols=%lld seed %llu",
+                         dtype_name(all_dtypes[dt]), (long long)cols[ci], (unsigned long long)seed);
+            free(y), free(want);
+            weight_free(&t);
+        }
+    threadpool_free(pool);
+}
+
+/* The scalar fallback (what a CPU without AVX2 runs). Criterion runs each test in
+ * its own process, so the variable is read before the variant is chosen. */
+Test(cpu_ops, scalar_fallback_vs_ref) {
+    setenv("MLASERVE_CPU_SIMD", "scalar", 1);
+    if (strcmp(cpu_simd_level(), "scalar") != 0) cr_skip_test("variant chosen before setenv (no-fork mode)");
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pool = threadpool_create(2);
+    const shape s = {300, 100, 170, 200};
+    for (size_t d = 0; d < 4; d++) {
+        check_linear(pool, all_dtypes[d], &s, 3, &r, seed, 0);
+        check_linear(pool, all_dtypes[d], &s, 20, &r, seed, 1);
+    }
+    float g[100], u[100], y[100], want[100];
+    for (int i = 0; i < 100; i++) g[i] = rng_uniform(&r, -5, 5), u[i] = rng_uniform(&r, -1, 1);
+    cpu_silu_mul(pool, g, u, y, 100);
+    cpu_silu_mul_ref(g, u, want, 100);
+    ASSERT_CLOSE(y, want, 100, TOL, "scalar silu seed %llu", (unsigned long long)seed);
+    threadpool_free(pool);
+}
+
+Test(cpu_ops, simd_level_names) {
+    const char *l = cpu_simd_level();
+    cr_assert(strcmp(l, "scalar") == 0 || strcmp(l, "avx2") == 0 || strcmp(l, "avx512") == 0, "%s", l);
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("MLASERVE_CPU_SIMD"))
+        cr_assert(strcmp(l, "scalar") != 0, "an AVX2 CPU must not fall back to scalar");
+#endif
+}
