@@ -181,6 +181,8 @@ static int render_assistant(const json_t *msg, size_t i, const chat_template_opt
                             strbuf *text, template_ns *ns, ms_err *err) {
     int has = content_read(msg, i, text, err);
     if (has < 0) return -1;
+    if (!json_object_get(msg, "content") && !json_object_get(msg, "tool_calls"))
+        return ms_err_set(err, "messages[%zu].content: an assistant message needs content or tool_calls", i);
     if (!has) return render_tool_calls(msg, i, out, ns, err);
     if (opts->strip_reasoning) strip_reasoning(text);
     sb_puts(out, ns->is_tool ? TOK_OUTPUTS_END : TOK_ASSISTANT);

@@ -24,14 +24,17 @@
  *     with tool outputs (then the render ends with "<｜tool▁outputs▁end｜>").
  *
  * Input: a jansson array of message objects {role, content, tool_calls?}.
- * role is system | user | assistant | tool. content is a string or an array
- * of {"type":"text","text":…} parts, concatenated without separator. Where the
+ * role is system | user | assistant | tool. content is a string, or (an
+ * extension: the Jinja template itself needs strings) an array of
+ * {"type":"text","text":…} parts, concatenated without separator. Where the
  * template would fail (Jinja `str + None`), so does this: system/user/tool need
- * content. An assistant message whose content is null or absent renders its
- * tool_calls (absent/null tool_calls render nothing, as the template's loop
- * over an undefined value does). Each tool call needs type, function.name and
- * function.arguments as strings (arguments is the JSON text, as in OpenAI's API).
- * Other fields (name, id, tool_call_id) are ignored, as by the template.
+ * content. An assistant message whose content is null renders its tool_calls;
+ * absent content is treated the same (OpenAI lets clients omit it next to
+ * tool_calls; Jinja would fail on the undefined value), but absent content
+ * with absent tool_calls is an error. Otherwise absent or null tool_calls
+ * render nothing (the template's loop over an undefined value). Each tool call needs type, function.name and function.arguments as
+ * strings (arguments is the JSON text, as in OpenAI's API). Other fields
+ * (name, id, tool_call_id) are ignored, as by the template.
  *
  * Reasoning: this template does NOT drop "<think>…</think>" from earlier
  * assistant turns (that is DeepSeek-R1's template). `strip_reasoning` adds the

@@ -66,19 +66,38 @@ void modelgen_masters(uint64_t state0, double amp, int64_t off, uint64_t first, 
 
 float modelgen_fp8_scale(float amax) { return amax > 0 ? (float)(amax / 448.0f) : 1.0f; }
 
+/* SPEC §4.6 e4m3_encode on the float's bits. For |x| in [2^-6, 448) the top
+ * bits (a >> 20) are exactly (float exponent << 3 | 3 mantissa bits), so the
+ * code is (a >> 20) - (120 << 3) after rounding the 20 dropped bits to
+ * nearest even (same trick as BF16, §4.4); a carry out of the mantissa bumps
+ * the exponent exactly like "q == 16: q = 8; e += 1". Branch-free on the
+ * common path because the rounding direction is a coin flip. */
+uint8_t modelgen_e4m3(float x) {
+    uint32_t a = f32_bits(x) & 0x7FFFFFFFu;
+    uint8_t sign = x < 0 ? 0x80 : 0x00;
+    if (a >= 0x43E00000u) return sign | 0x7E; /* |x| >= 448: saturate */
+    if (a < 0x3C800000u) {                    /* |x| < 2^-6: subnormal, rne(|x| * 512) */
+        volatile float t = f32_from_bits(a) * 512.0f; /* exact: scaling by 2^9 */
+        float q = (t + 8388608.0f) - 8388608.0f;      /* RNE to an integer, 0..8 */
+        return sign | (uint8_t)q;
+    }
+    return sign | (uint8_t)(((a + 0x7FFFFu + ((a >> 20) & 1u)) >> 20) - (120u << 3));
+}
+
 void modelgen_fp8_band(const float *w, size_t rows, size_t cols, uint8_t *q, float *scales) {
-    size_t n_blocks = (cols + MODELGEN_FP8_BLOCK - 1) / MODELGEN_FP8_BLOCK;
-    for (size_t b = 0; b < n_blocks; b++) scales[b] = 0.0f;
-    for (size_t r = 0; r < rows; r++) /* amax per block, accumulated in scales[] */
-        for (size_t c = 0; c < cols; c++) {
-            float a = fabsf(w[r * cols + c]);
-            float *m = &scales[c / MODELGEN_FP8_BLOCK];
-            if (a > *m) *m = a;
-        }
-    for (size_t b = 0; b < n_blocks; b++) scales[b] = modelgen_fp8_scale(scales[b]);
-    for (size_t r = 0; r < rows; r++)
-        for (size_t c = 0; c < cols; c++)
-            q[r * cols + c] = e4m3_from_f32(w[r * cols + c] / scales[c / MODELGEN_FP8_BLOCK]);
+    size_t B = MODELGEN_FP8_BLOCK, n_blocks = (cols + B - 1) / B;
+    for (size_t b = 0; b < n_blocks; b++) {
+        size_t c0 = b * B, c1 = c0 + B < cols ? c0 + B : cols;
+        float amax = 0.0f;
+        for (size_t r = 0; r < rows; r++)
+            for (size_t c = c0; c < c1; c++) {
+                float a = fabsf(w[r * cols + c]);
+                if (a > amax) amax = a;
+            }
+        float s = scales[b] = modelgen_fp8_scale(amax);
+        for (size_t r = 0; r < rows; r++)
+            for (size_t c = c0; c < c1; c++) q[r * cols + c] = modelgen_e4m3(w[r * cols + c] / s);
+    }
 }
 
 /* ---- §3 tensor inventory --------------------------------------------------- */

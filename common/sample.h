@@ -18,9 +18,11 @@
  *   6. draw from the softmax of what is left with the sampler's own RNG
  *      (splitmix64 seeded by params.seed): same seed + same logits sequence =>
  *      same tokens, on any thread, whatever other samplers do.
- * NaN logits count as -inf. Cost: O(vocab) per step plus O(k log k) for top-k
- * (a k-heap) and, for top-p, a threshold scan plus partial selection of only
- * as many tokens as the nucleus needs (no full sort of the vocabulary).
+ * NaN logits count as -inf. Cost per step: a few O(vocab) passes (copy,
+ * scale, exp) plus, for top-k, a k-entry heap over the vocabulary (O(vocab log k)
+ * worst case, ~O(vocab) in practice) and, for top-p, a scan gathering the tokens
+ * near the maximum and a mass-weighted quickselect that finds the nucleus cut in
+ * expected linear time: the vocabulary is never sorted.
  *
  * A sampler belongs to one request and is used by one thread at a time; the
  * free functions (sample_params_*, sample_logprobs) are pure and thread-safe. */

@@ -23,13 +23,15 @@ typedef struct cpu_kernels {
     /* y[i][n] = Σ_k x[i][k]·W[n][k] for n in [n0, n1), i < m <= CPU_DECODE_MAX_M.
      * x: [m, w->cols], y: [m, w->rows] (row stride w->rows). */
     void (*linear_rows)(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1);
-    /* The same for any m, tiled: W is dequantised into `scratch` (scratch_floats(...) floats). */
-    void (*linear_tile)(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1,
+    /* The same for any m, tiled: W is dequantised into `scratch` (scratch_floats
+     * floats, per thread); x comes packed by cpu_pack_x with this variant's mr. */
+    void (*linear_tile)(const weight *w, const float *xp, float *y, int m, int64_t n0, int64_t n1,
                         float *scratch);
-    /* y[i][c] = Σ_n x[i][n]·W[n][c] for c in [c0, c1): x: [m, w->rows], y: [m, w->cols]. */
-    void (*linear_t_tile)(const weight *w, const float *x, float *y, int m, int64_t c0, int64_t c1,
+    /* y[i][c] = Σ_n x[i][n]·W[n][c] for c in [c0, c1): x: [m, w->rows] packed, y: [m, w->cols]. */
+    void (*linear_t_tile)(const weight *w, const float *xp, float *y, int m, int64_t c0, int64_t c1,
                           float *scratch);
     size_t scratch_floats;     /* scratch size the tile kernels need, in floats */
+    int mr;                    /* rows of x per micro-kernel (packing block) */
     /* Row r of the view w, columns [c0, c0+n), dequantised into out. */
     void (*decode_row)(const weight *w, int64_t r, int64_t c0, int64_t n, float *out);
     float (*sum_squares)(const float *x, int64_t n);
@@ -41,6 +43,13 @@ typedef struct cpu_kernels {
     /* y[i] = silu(gate[i]) * up[i] */
     void (*silu_mul)(const float *gate, const float *up, float *y, int64_t n);
 } cpu_kernels;
+
+/* Packs x [m, k] for the tile kernels: blocks of mr rows, each [k][mr]
+ * (xp[((i/mr)·k + c)·mr + i%mr] = x[i][c]); xp holds cpu_pack_x_floats(m, k, mr). */
+void cpu_pack_x(const float *x, int m, int64_t k, int mr, float *xp);
+static inline size_t cpu_pack_x_floats(int m, int64_t k, int mr) {
+    return (size_t)((m + mr - 1) / mr) * (size_t)k * (size_t)mr;
+}
 
 extern const cpu_kernels cpu_kernels_avx2;
 extern const cpu_kernels cpu_kernels_avx512;

@@ -49,7 +49,7 @@ const char *cpu_simd_level(void) {
 
 /* ---- per-thread scratch ---------------------------------------------------- */
 
-enum { SCRATCH_TILE, SCRATCH_VEC, SCRATCH_SLOTS };
+enum { SCRATCH_TILE, SCRATCH_VEC, SCRATCH_X, SCRATCH_SLOTS };
 
 typedef struct {
     float *buf[SCRATCH_SLOTS];
@@ -102,7 +102,7 @@ static int64_t pick_chunk(int64_t n, int threads, int64_t min_chunk) {
 typedef struct {
     const cpu_kernels *k;
     const weight *w;
-    const float *x;
+    const float *x;   /* packed (cpu_pack_x) for the tile modes */
     float *y;
     int m;
     int64_t n_out;    /* outputs being split */
@@ -148,12 +148,31 @@ static void linear_run(threadpool *pool, linear_job *j, int64_t min_chunk, int a
 
 /* ---- linear ----------------------------------------------------------------- */
 
+void cpu_pack_x(const float *x, int m, int64_t k, int mr, float *xp) {
+    for (int b = 0; b * mr < m; b++) {
+        float *blk = xp + (size_t)b * (size_t)k * (size_t)mr;
+        const int rows = m - b * mr < mr ? m - b * mr : mr;
+        for (int r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)(b * mr + r) * (size_t)k;
+            for (int64_t c = 0; c < k; c++) blk[c * mr + r] = xr[c];
+        }
+    }
+}
+
+/* x packed into the calling thread's scratch (read by every thread of the run). */
+static const float *pack_x_scratch(const cpu_kernels *k, const float *x, int m, int64_t cols) {
+    float *xp = thread_scratch(SCRATCH_X, cpu_pack_x_floats(m, cols, k->mr));
+    cpu_pack_x(x, m, cols, k->mr, xp);
+    return xp;
+}
+
 void cpu_linear(threadpool *pool, const weight *w, const float *x, float *y, int m) {
     if (m <= 0 || w->rows <= 0) return;
     if (w->cols <= 0) { memset(y, 0, (size_t)m * (size_t)w->rows * sizeof *y); return; }
     const cpu_kernels *k = cpu_kernels_get();
     linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->rows};
     j.mode = !k ? LINEAR_REF : m <= CPU_DECODE_MAX_M ? LINEAR_ROWS : LINEAR_TILE;
+    if (j.mode == LINEAR_TILE) j.x = pack_x_scratch(k, x, m, w->cols);
     linear_run(pool, &j, j.mode == LINEAR_TILE ? 32 : 16, 1);
 }
 
@@ -163,6 +182,7 @@ void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, i
     const cpu_kernels *k = cpu_kernels_get();
     linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->cols};
     j.mode = k ? LINEAR_T_TILE : LINEAR_T_REF;
+    if (k) j.x = pack_x_scratch(k, x, m, w->rows);
     linear_run(pool, &j, 32, 0);
 }
 

@@ -241,6 +241,8 @@ Test(chat_template, errors_name_index_and_field) {
     expect_error("[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{}}]}]",
                  "messages[0].content[0].type");
     expect_error("[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":1}]}]", "messages[0].content[0].text");
+    expect_error("[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"assistant\"}]",
+                 "messages[1].content: an assistant message needs content or tool_calls");
     expect_error("[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":{}}]", "messages[0].tool_calls");
     expect_error("[{\"role\":\"assistant\",\"tool_calls\":[1]}]", "messages[0].tool_calls[0]");
     expect_error("[{\"role\":\"assistant\",\"tool_calls\":[" TC("1") ",{\"type\":\"function\"}]}]",

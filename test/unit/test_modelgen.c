@@ -131,6 +131,29 @@ Test(dtype, e4m3_encoder_matches_nearest_value_oracle) {
     cr_expect_eq(e4m3_from_f32(0.0f), 0x00);
 }
 
+static void expect_same_e4m3(float x) {
+    cr_assert_eq(modelgen_e4m3(x), e4m3_from_f32(x), "x=%a (bits %08x)", (double)x, f32_bits(x));
+    cr_assert_eq(modelgen_e4m3(-x), e4m3_from_f32(-x), "x=%a (bits %08x)", (double)-x, f32_bits(-x));
+}
+
+/* modelgen's bit-level encoder against dtype.h's (itself checked above):
+ * the subnormal range (stride 4099, plus every rounding midpoint k/1024 with
+ * its float neighbours), every 2^20-aligned rounding boundary of the normal
+ * range with its neighbours, and a stride-613 sweep up to +inf. */
+Test(dtype, modelgen_e4m3_equals_e4m3_from_f32) {
+    for (uint32_t a = 0; a < 0x3C800000u; a += 4099) expect_same_e4m3(f32_from_bits(a));
+    for (int k = 0; k <= 16; k++) {
+        float mid = (float)k / 1024.0f;
+        expect_same_e4m3(mid);
+        expect_same_e4m3(nextafterf(mid, 0));
+        expect_same_e4m3(nextafterf(mid, 1));
+    }
+    for (uint32_t base = 0x3C800000u; base <= 0x44000000u; base += 0x80000u)
+        for (int d = -2; d <= 2; d++)
+            expect_same_e4m3(f32_from_bits(base + (uint32_t)d));
+    for (uint32_t a = 0x3C800000u; a < 0x7F800000u; a += 613) expect_same_e4m3(f32_from_bits(a));
+}
+
 Test(dtype, bf16_rounding_matches_nearest_value_oracle) {
     uint64_t state = 99;
     for (int i = 0; i < 1000000; i++) {
