@@ -84,20 +84,25 @@ uint8_t modelgen_e4m3(float x) {
     return sign | (uint8_t)(((a + 0x7FFFFu + ((a >> 20) & 1u)) >> 20) - (120u << 3));
 }
 
+/* Quantises one block of rows x cols values (row strides ld_w, ld_q) and
+ * returns its scale. */
+static float fp8_block(const float *w, size_t rows, size_t cols, size_t ld_w, uint8_t *q, size_t ld_q) {
+    float amax = 0.0f;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) {
+            float a = fabsf(w[r * ld_w + c]);
+            if (a > amax) amax = a;
+        }
+    float s = modelgen_fp8_scale(amax);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) q[r * ld_q + c] = modelgen_e4m3(w[r * ld_w + c] / s);
+    return s;
+}
+
 void modelgen_fp8_band(const float *w, size_t rows, size_t cols, uint8_t *q, float *scales) {
-    size_t B = MODELGEN_FP8_BLOCK, n_blocks = (cols + B - 1) / B;
-    for (size_t b = 0; b < n_blocks; b++) {
-        size_t c0 = b * B, c1 = c0 + B < cols ? c0 + B : cols;
-        float amax = 0.0f;
-        for (size_t r = 0; r < rows; r++)
-            for (size_t c = c0; c < c1; c++) {
-                float a = fabsf(w[r * cols + c]);
-                if (a > amax) amax = a;
-            }
-        float s = scales[b] = modelgen_fp8_scale(amax);
-        for (size_t r = 0; r < rows; r++)
-            for (size_t c = c0; c < c1; c++) q[r * cols + c] = modelgen_e4m3(w[r * cols + c] / s);
-    }
+    size_t B = MODELGEN_FP8_BLOCK;
+    for (size_t c0 = 0; c0 < cols; c0 += B)
+        scales[c0 / B] = fp8_block(w + c0, rows, cols - c0 < B ? cols - c0 : B, cols, q + c0, cols);
 }
 
 /* ---- §3 tensor inventory --------------------------------------------------- */
@@ -598,7 +603,7 @@ typedef struct gen_job {
     size_t n;         /* BF16/F32: elements in the chunk */
     uint8_t *out;     /* the chunk's bytes */
     float *scales;    /* FP8: the whole tensor's weight_scale_inv */
-    float **scratch;  /* FP8: per thread, 128 * cols floats */
+    float **scratch;  /* FP8: per thread, one 128x128 block of masters */
 } gen_job;
 
 static void gen_plain_task(void *ctx, int task, int thread) {
@@ -615,14 +620,18 @@ static void gen_plain_task(void *ctx, int task, int thread) {
     }
 }
 
+/* One 128x128 block (edge blocks partial) of the chunk's bands. */
 static void gen_fp8_task(void *ctx, int task, int thread) {
     const gen_job *j = ctx;
-    uint64_t rows = j->t->shape[0], cols = j->t->shape[1], blk = MODELGEN_FP8_BLOCK;
-    uint64_t band = j->first + (uint64_t)task, r0 = band * blk;
-    size_t nr = rows - r0 < blk ? rows - r0 : blk;
+    uint64_t rows = j->t->shape[0], cols = j->t->shape[1], B = MODELGEN_FP8_BLOCK;
+    uint64_t n_col_blocks = (cols + B - 1) / B;
+    uint64_t band = j->first + (uint64_t)task / n_col_blocks, cb = (uint64_t)task % n_col_blocks;
+    uint64_t r0 = band * B, c0 = cb * B;
+    size_t nr = rows - r0 < B ? rows - r0 : B, nc = cols - c0 < B ? cols - c0 : B;
     float *w = j->scratch[thread];
-    modelgen_masters(j->state0, j->amp, j->off, r0 * cols, nr * cols, w);
-    modelgen_fp8_band(w, nr, cols, j->out + (size_t)task * blk * cols, j->scales + band * ((cols + blk - 1) / blk));
+    for (size_t r = 0; r < nr; r++) modelgen_masters(j->state0, j->amp, j->off, (r0 + r) * cols + c0, nc, w + r * nc);
+    uint8_t *q = j->out + (band - j->first) * B * cols + c0;
+    j->scales[band * n_col_blocks + cb] = fp8_block(w, nr, nc, nc, q, cols);
 }
 
 typedef struct progress_state {
@@ -648,7 +657,7 @@ static void progress_show(progress_state *p, const char *name, int force) {
 typedef struct writer {
     const modelgen_plan *plan;
     threadpool *pool;
-    float **scratch; /* per thread, for FP8 bands */
+    float **scratch; /* per thread, one FP8 block of masters */
     uint8_t *chunk;  /* CHUNK_BYTES, or one FP8 band if bigger */
     float *scales;   /* largest scale tensor */
     progress_state progress;
@@ -682,7 +691,7 @@ static int write_tensor(writer *w, const modelgen_tensor *t, int fd, uint64_t da
     for (uint64_t first = 0; first < n_bands; first += per_chunk) {
         uint64_t nb = n_bands - first < per_chunk ? n_bands - first : per_chunk;
         j.first = first;
-        threadpool_run(w->pool, (int)nb, gen_fp8_task, &j);
+        threadpool_run(w->pool, (int)(nb * ((cols + blk - 1) / blk)), gen_fp8_task, &j);
         uint64_t r_end = (first + nb) * blk < t->shape[0] ? (first + nb) * blk : t->shape[0];
         size_t bytes = (size_t)((r_end - first * blk) * cols);
         if (pwrite_all(fd, w->chunk, bytes, data_base + t->offset + first * band_bytes, path, err))
@@ -740,7 +749,7 @@ static int writer_init(writer *w, const modelgen_plan *plan, int n_threads, ms_e
     w->scratch = calloc((size_t)n, sizeof *w->scratch);
     if (!w->chunk || !w->scales || !w->scratch) return ms_err_set(err, "out of memory");
     for (int i = 0; max_cols && i < n; i++)
-        if (!(w->scratch[i] = malloc(MODELGEN_FP8_BLOCK * max_cols * sizeof(float))))
+        if (!(w->scratch[i] = malloc(MODELGEN_FP8_BLOCK * MODELGEN_FP8_BLOCK * sizeof(float))))
             return ms_err_set(err, "out of memory");
     return 0;
 }

@@ -634,7 +634,7 @@ typedef struct {
     uint32_t len, hash, off, n;
 } word_slot;
 
-#define BPE_SMALL 256       /* pieces up to this many bytes: array BPE, else heap */
+#define BPE_SMALL 64        /* pieces up to this many bytes: array BPE, else heap */
 #define CACHE_MIN_TEXT 2048 /* texts shorter than this are encoded without a cache */
 #define CACHE_MAX_PIECE 64
 
