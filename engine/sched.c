@@ -1,0 +1,589 @@
+/* engine/sched.c — see sched.h. The engine thread and its queues.
+ *
+ * Sequence life: WAITING (in s->waiting, FCFS; preempted ones go back to the
+ * front) -> RUNNING (in s->running, ordered by admission; KV pages held) ->
+ * finished (stream closed, pages released). A running sequence computes
+ * tokens[n_computed .. n_tokens) each step — one token when decoding, a chunk
+ * when its prompt (or a recomputation after preemption) is being prefilled —
+ * and samples when the chunk reaches its last token. */
+#include "engine/sched.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/sched_text.h"
+
+/* ------------------------------------------------------------ the stream */
+
+typedef struct event_node {
+    sched_event ev;
+    struct event_node *next;
+} event_node;
+
+struct sched_stream {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    event_node *head, *tail;
+    int refs;               /* engine + client */
+    int closed;             /* the final event was queued */
+    atomic_int cancelled;
+    sched *owner;
+};
+
+static void stream_unref(sched_stream *st) {
+    pthread_mutex_lock(&st->mu);
+    int left = --st->refs;
+    pthread_mutex_unlock(&st->mu);
+    if (left) return;
+    for (event_node *n = st->head, *next; n; n = next) {
+        next = n->next;
+        free(n->ev.text);
+        free(n);
+    }
+    pthread_mutex_destroy(&st->mu);
+    pthread_cond_destroy(&st->cv);
+    free(st);
+}
+
+/* Queues ev (takes ownership of ev->text). */
+static void stream_push(sched_stream *st, const sched_event *ev) {
+    event_node *n = malloc(sizeof *n);
+    pthread_mutex_lock(&st->mu);
+    if (!n) { /* out of memory: deliver at least the end of the stream */
+        free(ev->text);
+        if (!st->closed) {
+            static const sched_event oom = {.token = -1, .finish = FINISH_ERROR, .error = "out of memory"};
+            n = malloc(sizeof *n); /* last try; if this fails too the client times out */
+            if (n) n->ev = oom;
+        }
+    } else {
+        n->ev = *ev;
+    }
+    if (n && !st->closed) {
+        n->next = NULL;
+        if (st->tail) st->tail->next = n; else st->head = n;
+        st->tail = n;
+        if (n->ev.finish != FINISH_NONE) st->closed = 1;
+        pthread_cond_signal(&st->cv);
+    } else if (n) {
+        free(n->ev.text);
+        free(n);
+    }
+    pthread_mutex_unlock(&st->mu);
+}
+
+int sched_stream_next(sched_stream *st, sched_event *ev, int timeout_ms) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    if (timeout_ms >= 0) {
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) deadline.tv_sec++, deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&st->mu);
+    while (!st->head) {
+        if (timeout_ms < 0) pthread_cond_wait(&st->cv, &st->mu);
+        else if (pthread_cond_timedwait(&st->cv, &st->mu, &deadline) == ETIMEDOUT) break;
+    }
+    event_node *n = st->head;
+    if (n) {
+        st->head = n->next;
+        if (!st->head) st->tail = NULL;
+    }
+    pthread_mutex_unlock(&st->mu);
+    if (!n) return 0;
+    *ev = n->ev;
+    free(n);
+    return 1;
+}
+
+/* ------------------------------------------------------------ sequences */
+
+typedef struct seq {
+    sched_stream *stream;
+    int32_t *tokens;        /* prompt + generated */
+    int n_tokens, cap_tokens;
+    int n_prompt, n_generated, n_computed;
+    int max_tokens, ignore_eos, top_logprobs;
+    kv_seq kv;
+    sampler *smp;
+    sched_text text;        /* detokenizer + stop-string holdback */
+    uint64_t admitted;      /* admission order: larger = younger */
+    struct seq *next;       /* waiting list link */
+} seq;
+
+struct sched {
+    model *m;
+    const tokenizer *tok;
+    sched_config cfg;
+    kv_cache kv;
+    pthread_t thread;
+    pthread_mutex_t mu;     /* guards waiting, n_waiting, stopping, stats */
+    pthread_cond_t wake;
+    seq *waiting, *waiting_tail;
+    int n_waiting;
+    int stopping;
+    seq **running;          /* engine thread only */
+    int n_running;
+    uint64_t admissions;
+    sched_stats stats;
+    float *logits;          /* [max_num_seqs, vocab] */
+    /* per-step batch arrays, sized max_batched_tokens + max_num_seqs */
+    int32_t *b_tokens, *b_pos, *b_seq, *b_rows;
+    kv_seq **b_seqs;
+    seq **b_owner;          /* sequence of each batch run */
+    int *b_samples;         /* per run: 1 if its last token's logits are sampled */
+};
+
+static void seq_free(seq *q) {
+    if (!q) return;
+    free(q->tokens);
+    sampler_free(q->smp);
+    sched_text_free(&q->text);
+    free(q);
+}
+
+/* Ends q's stream with `reason` (flushing held-back text unless cancelled). */
+static void seq_finish(sched *s, seq *q, finish_reason reason, const char *error) {
+    sched_event ev = {.token = -1, .finish = reason};
+    if (reason == FINISH_STOP || reason == FINISH_LENGTH) ev.text = sched_text_flush(&q->text, &ev.text_len);
+    if (error) snprintf(ev.error, sizeof ev.error, "%s", error);
+    ev.prompt_tokens = q->n_prompt;
+    ev.completion_tokens = q->n_generated;
+    kv_seq_release(&s->kv, &q->kv);
+    pthread_mutex_lock(&s->mu); /* counted before the client can see the end */
+    s->stats.requests_finished++;
+    pthread_mutex_unlock(&s->mu);
+    stream_push(q->stream, &ev);
+    stream_unref(q->stream);
+    seq_free(q);
+}
+
+static int seq_append(seq *q, int32_t tok) {
+    if (q->n_tokens == q->cap_tokens) {
+        int cap = q->cap_tokens * 2;
+        int32_t *g = realloc(q->tokens, (size_t)cap * sizeof *g);
+        if (!g) return -1;
+        q->tokens = g;
+        q->cap_tokens = cap;
+    }
+    q->tokens[q->n_tokens++] = tok;
+    return 0;
+}
+
+/* ------------------------------------------------------------ submit */
+
+static int validate(const sched *s, const sched_request *r, ms_err *err) {
+    if (r->n_prompt < 1) return ms_err_set(err, "the prompt is empty");
+    if (r->max_tokens < 1) return ms_err_set(err, "max_tokens must be at least 1, got %d", r->max_tokens);
+    if ((long)r->n_prompt + r->max_tokens > s->cfg.max_model_len)
+        return ms_err_set(err, "this model's maximum context length is %d tokens; the request has %d prompt tokens "
+                          "and asks for %d completion tokens", s->cfg.max_model_len, r->n_prompt, r->max_tokens);
+    int V = s->m->cfg.vocab_size;
+    for (int i = 0; i < r->n_prompt; i++)
+        if (r->prompt[i] < 0 || r->prompt[i] >= V)
+            return ms_err_set(err, "prompt token %d is out of range [0, %d)", r->prompt[i], V);
+    if (r->top_logprobs > SCHED_MAX_TOP_LOGPROBS)
+        return ms_err_set(err, "top_logprobs must be at most %d", SCHED_MAX_TOP_LOGPROBS);
+    if (r->n_stop < 0 || r->n_stop > SCHED_MAX_STOP) return ms_err_set(err, "at most %d stop strings", SCHED_MAX_STOP);
+    return sample_params_validate(&r->sampling, err);
+}
+
+static seq *seq_create(sched *s, const sched_request *r, ms_err *err) {
+    seq *q = calloc(1, sizeof *q);
+    if (!q) { ms_err_set(err, "out of memory"); return NULL; }
+    q->cap_tokens = r->n_prompt + 16;
+    q->tokens = malloc((size_t)q->cap_tokens * sizeof *q->tokens);
+    q->smp = sampler_create(&r->sampling, s->m->cfg.vocab_size, err);
+    if (!q->tokens || !q->smp || sched_text_init(&q->text, s->tok, r->skip_special, r->stop, r->n_stop, err) != 0) {
+        if (!q->tokens) ms_err_set(err, "out of memory");
+        seq_free(q);
+        return NULL;
+    }
+    memcpy(q->tokens, r->prompt, (size_t)r->n_prompt * sizeof *q->tokens);
+    q->n_tokens = q->n_prompt = r->n_prompt;
+    q->max_tokens = r->max_tokens;
+    q->ignore_eos = r->ignore_eos;
+    q->top_logprobs = r->top_logprobs;
+    sampler_add_prompt(q->smp, r->prompt, (size_t)r->n_prompt);
+    return q;
+}
+
+static sched_stream *stream_create(sched *s) {
+    sched_stream *st = calloc(1, sizeof *st);
+    if (!st) return NULL;
+    pthread_mutex_init(&st->mu, NULL);
+    pthread_cond_init(&st->cv, NULL);
+    st->refs = 2;
+    st->owner = s;
+    return st;
+}
+
+sched_stream *sched_submit(sched *s, const sched_request *r, int *queue_full, ms_err *err) {
+    if (queue_full) *queue_full = 0;
+    if (validate(s, r, err) != 0) return NULL;
+    seq *q = seq_create(s, r, err);
+    sched_stream *st = q ? stream_create(s) : NULL;
+    if (!st) {
+        if (q) ms_err_set(err, "out of memory");
+        seq_free(q);
+        return NULL;
+    }
+    q->stream = st;
+    pthread_mutex_lock(&s->mu);
+    if (s->n_waiting >= s->cfg.max_queue || s->stopping) {
+        int full = s->n_waiting >= s->cfg.max_queue;
+        pthread_mutex_unlock(&s->mu);
+        if (queue_full) *queue_full = 1;
+        ms_err_set(err, full ? "the server is busy: %d requests are waiting" : "the server is shutting down",
+                   s->cfg.max_queue);
+        st->refs = 1;
+        stream_unref(st);
+        seq_free(q);
+        return NULL;
+    }
+    if (s->waiting_tail) s->waiting_tail->next = q; else s->waiting = q;
+    s->waiting_tail = q;
+    s->n_waiting++;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->mu);
+    return st;
+}
+
+void sched_stream_cancel(sched_stream *st) {
+    atomic_store(&st->cancelled, 1);
+    sched *s = st->owner;
+    pthread_mutex_lock(&s->mu);
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void sched_stream_free(sched_stream *st) {
+    if (!st) return;
+    sched_stream_cancel(st);
+    stream_unref(st);
+}
+
+/* ------------------------------------------------------------ the engine step */
+
+static void running_remove(sched *s, int i) {
+    memmove(&s->running[i], &s->running[i + 1], (size_t)(s->n_running - i - 1) * sizeof *s->running);
+    s->n_running--;
+}
+
+/* Frees q's pages and puts it back at the front of the waiting queue; it will
+ * recompute prompt + generated tokens when admitted again. */
+static void preempt(sched *s, int i) {
+    seq *q = s->running[i];
+    running_remove(s, i);
+    kv_seq_release(&s->kv, &q->kv);
+    q->n_computed = 0;
+    pthread_mutex_lock(&s->mu);
+    q->next = s->waiting;
+    s->waiting = q;
+    if (!s->waiting_tail) s->waiting_tail = q;
+    s->n_waiting++;
+    s->stats.preemptions++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int youngest_running(const sched *s) {
+    int y = 0;
+    for (int i = 1; i < s->n_running; i++)
+        if (s->running[i]->admitted > s->running[y]->admitted) y = i;
+    return y;
+}
+
+/* Pages q needs to hold n more computed tokens. */
+static int pages_needed(const seq *q, int n) { return kv_pages_for(q->n_computed + n) - q->kv.n_pages; }
+
+static void finish_cancelled(sched *s) {
+    for (int i = 0; i < s->n_running;) {
+        seq *q = s->running[i];
+        if (!atomic_load(&q->stream->cancelled)) { i++; continue; }
+        running_remove(s, i);
+        seq_finish(s, q, FINISH_CANCELLED, NULL);
+    }
+    pthread_mutex_lock(&s->mu);
+    seq **link = &s->waiting, *prev = NULL;
+    seq *dead = NULL;
+    while (*link) {
+        seq *q = *link;
+        if (atomic_load(&q->stream->cancelled) || s->stopping) {
+            *link = q->next;
+            s->n_waiting--;
+            q->next = dead;
+            dead = q;
+        } else {
+            prev = q;
+            link = &q->next;
+        }
+    }
+    s->waiting_tail = prev;
+    pthread_mutex_unlock(&s->mu);
+    while (dead) {
+        seq *q = dead;
+        dead = q->next;
+        seq_finish(s, q, FINISH_CANCELLED, NULL);
+    }
+}
+
+/* Makes room for every decoding sequence's next token, preempting the youngest
+ * running sequences while pages are short. */
+static void ensure_decode_pages(sched *s) {
+    for (;;) {
+        int need = 0;
+        for (int i = 0; i < s->n_running; i++) {
+            seq *q = s->running[i];
+            if (q->n_tokens - q->n_computed == 1) need += pages_needed(q, 1);
+        }
+        if (need <= s->kv.n_free || s->n_running == 0) return;
+        preempt(s, youngest_running(s));
+    }
+}
+
+/* Pops waiting sequences while slots, pages (for the whole prompt) and the token budget allow. */
+static void admit(sched *s, int budget_left) {
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        seq *q = s->waiting;
+        int ok = q && s->n_running < s->cfg.max_num_seqs && budget_left > 0 &&
+                 kv_pages_for(q->n_tokens + 1) + s->n_running <= s->kv.n_free;
+        if (ok) {
+            s->waiting = q->next;
+            if (!s->waiting) s->waiting_tail = NULL;
+            s->n_waiting--;
+            q->next = NULL;
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (!ok) return;
+        if (!q->admitted) {
+            pthread_mutex_lock(&s->mu);
+            s->stats.prompt_tokens += (uint64_t)q->n_prompt;
+            pthread_mutex_unlock(&s->mu);
+        }
+        q->admitted = ++s->admissions;
+        s->running[s->n_running++] = q;
+        budget_left -= q->n_tokens;
+    }
+}
+
+typedef struct { int n_tokens, n_runs, n_logits; } batch_size;
+
+/* Adds tokens [n_computed, n_computed + n) of q as one run. */
+static void batch_add(sched *s, batch_size *bs, seq *q, int n) {
+    int run = bs->n_runs++;
+    for (int i = 0; i < n; i++) {
+        int k = bs->n_tokens++;
+        s->b_tokens[k] = q->tokens[q->n_computed + i];
+        s->b_pos[k] = q->n_computed + i;
+        s->b_seq[k] = run;
+    }
+    s->b_seqs[run] = &q->kv;
+    s->b_owner[run] = q;
+    s->b_samples[run] = q->n_computed + n == q->n_tokens;
+    if (s->b_samples[run]) s->b_rows[bs->n_logits++] = bs->n_tokens - 1;
+}
+
+/* Decodes first (one token each), then prompt chunks under the budget and free pages. */
+static batch_size build_batch(sched *s) {
+    batch_size bs = {0, 0, 0};
+    int budget = s->cfg.max_batched_tokens, free_pages = s->kv.n_free;
+    for (int i = 0; i < s->n_running; i++) {
+        seq *q = s->running[i];
+        if (q->n_tokens - q->n_computed != 1) continue;
+        free_pages -= pages_needed(q, 1);
+        batch_add(s, &bs, q, 1);
+        budget--;
+    }
+    for (int i = 0; i < s->n_running && budget > 0; i++) {
+        seq *q = s->running[i];
+        int left = q->n_tokens - q->n_computed;
+        if (left <= 1) continue;
+        int n = left < budget ? left : budget;
+        while (n > 0 && pages_needed(q, n) > free_pages) n = n > 64 ? n - 64 : n - 1;
+        if (n <= 0) continue;
+        free_pages -= pages_needed(q, n);
+        batch_add(s, &bs, q, n);
+        budget -= n;
+    }
+    return bs;
+}
+
+/* Samples the next token of q from its logits row and streams it. Returns 1 if q finished. */
+static int sample_and_emit(sched *s, seq *q, const float *logits) {
+    ms_err err = {{0}};
+    int32_t tok = sampler_sample(q->smp, logits, &err);
+    if (tok < 0 || seq_append(q, tok) != 0) {
+        seq_finish(s, q, FINISH_ERROR, tok < 0 ? err.msg : "out of memory");
+        return 1;
+    }
+    q->n_generated++;
+    sched_event ev = {.token = tok};
+    if (q->top_logprobs >= 0)
+        ev.n_top = sample_logprobs(logits, s->m->cfg.vocab_size, tok, q->top_logprobs, (sample_logprob *)ev.top,
+                                   &ev.logprob, NULL);
+    if (ev.n_top < 0) ev.n_top = 0;
+    int is_eos = tok == s->m->cfg.eos_token_id && !q->ignore_eos;
+    int stopped = 0;
+    if (!is_eos) ev.text = sched_text_push(&q->text, tok, &ev.text_len, &stopped);
+    if (!is_eos && !ev.text) {
+        seq_finish(s, q, FINISH_ERROR, "out of memory");
+        return 1;
+    }
+    ev.prompt_tokens = q->n_prompt;
+    ev.completion_tokens = q->n_generated;
+    finish_reason end = is_eos || stopped ? FINISH_STOP
+                        : (q->n_generated >= q->max_tokens || q->n_tokens >= s->cfg.max_model_len) ? FINISH_LENGTH
+                                                                                                     : FINISH_NONE;
+    stream_push(q->stream, &ev);
+    if (end == FINISH_NONE) return 0;
+    if (end == FINISH_STOP && stopped) q->text.stopped = 1;
+    seq_finish(s, q, end, NULL);
+    return 1;
+}
+
+static void step(sched *s) {
+    finish_cancelled(s);
+    ensure_decode_pages(s);
+    admit(s, s->cfg.max_batched_tokens - s->n_running);
+    batch_size bs = build_batch(s);
+    if (bs.n_tokens == 0) return;
+    model_batch b = {bs.n_tokens, s->b_tokens, s->b_pos, s->b_seq, s->b_seqs, bs.n_runs, s->b_rows, bs.n_logits};
+    ms_err err = {{0}};
+    if (model_forward(s->m, &s->kv, &b, s->logits, &err) != 0) {
+        /* A failed step fails the sequences in it; the engine keeps serving. */
+        for (int r = 0; r < bs.n_runs; r++) {
+            for (int i = 0; i < s->n_running; i++)
+                if (s->running[i] == s->b_owner[r]) { running_remove(s, i); break; }
+            seq_finish(s, s->b_owner[r], FINISH_ERROR, err.msg);
+        }
+        return;
+    }
+    int row = 0;
+    for (int r = 0; r < bs.n_runs; r++) {
+        seq *q = s->b_owner[r];
+        q->n_computed = q->kv.n_tokens; /* model_forward advanced it past this run */
+        if (!s->b_samples[r]) continue;
+        const float *l = s->logits + (size_t)row++ * s->m->cfg.vocab_size;
+        int idx = -1;
+        for (int i = 0; i < s->n_running; i++)
+            if (s->running[i] == q) idx = i;
+        if (sample_and_emit(s, q, l) && idx >= 0) running_remove(s, idx);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->stats.steps++;
+    s->stats.generation_tokens += (uint64_t)bs.n_logits;
+    s->stats.running = s->n_running;
+    s->stats.kv_pages_free = s->kv.n_free;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void *engine_main(void *arg) {
+    sched *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->stopping && s->n_running == 0 && s->n_waiting == 0) pthread_cond_wait(&s->wake, &s->mu);
+        int stopping = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (stopping) break;
+        step(s);
+    }
+    while (s->n_running) {
+        seq *q = s->running[--s->n_running];
+        seq_finish(s, q, FINISH_CANCELLED, NULL);
+    }
+    finish_cancelled(s); /* drains the waiting queue: stopping cancels all */
+    return NULL;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void fill_defaults(sched_config *c, const model *m) {
+    if (c->max_num_seqs <= 0) c->max_num_seqs = 16;
+    if (c->max_batched_tokens <= 0) c->max_batched_tokens = 512;
+    if (c->kv_cache_tokens <= 0) c->kv_cache_tokens = 16384;
+    if (c->max_queue <= 0) c->max_queue = 256;
+    int cap = c->kv_cache_tokens < m->cfg.max_position_embeddings ? c->kv_cache_tokens : m->cfg.max_position_embeddings;
+    if (c->max_model_len <= 0 || c->max_model_len > cap) c->max_model_len = cap;
+    if (c->max_batched_tokens < c->max_num_seqs) c->max_batched_tokens = c->max_num_seqs;
+}
+
+static int alloc_arrays(sched *s) {
+    size_t nt = (size_t)s->cfg.max_batched_tokens + (size_t)s->cfg.max_num_seqs, ns = (size_t)s->cfg.max_num_seqs;
+    s->running = calloc(ns, sizeof *s->running);
+    s->logits = malloc(ns * (size_t)s->m->cfg.vocab_size * sizeof *s->logits);
+    s->b_tokens = malloc(nt * sizeof(int32_t));
+    s->b_pos = malloc(nt * sizeof(int32_t));
+    s->b_seq = malloc(nt * sizeof(int32_t));
+    s->b_rows = malloc(ns * sizeof(int32_t));
+    s->b_seqs = malloc(ns * sizeof(kv_seq *));
+    s->b_owner = malloc(ns * sizeof(seq *));
+    s->b_samples = malloc(ns * sizeof(int));
+    return s->running && s->logits && s->b_tokens && s->b_pos && s->b_seq && s->b_rows && s->b_seqs && s->b_owner &&
+                   s->b_samples ? 0 : -1;
+}
+
+static void free_arrays(sched *s) {
+    free(s->running);
+    free(s->logits);
+    free(s->b_tokens);
+    free(s->b_pos);
+    free(s->b_seq);
+    free(s->b_rows);
+    free(s->b_seqs);
+    free(s->b_owner);
+    free(s->b_samples);
+}
+
+sched *sched_create(model *m, const tokenizer *tok, const sched_config *cfg, ms_err *err) {
+    sched *s = calloc(1, sizeof *s);
+    if (!s) { ms_err_set(err, "out of memory"); return NULL; }
+    s->m = m;
+    s->tok = tok;
+    if (cfg) s->cfg = *cfg;
+    fill_defaults(&s->cfg, m);
+    if (alloc_arrays(s) != 0) { ms_err_set(err, "out of memory"); goto fail; }
+    if (model_kv_init(m, &s->kv, s->cfg.kv_cache_tokens, err) != 0) goto fail;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->wake, NULL);
+    s->stats.kv_pages_total = s->stats.kv_pages_free = s->kv.n_pages;
+    if (pthread_create(&s->thread, NULL, engine_main, s) != 0) {
+        ms_err_set(err, "cannot start the engine thread");
+        kv_cache_free(&s->kv);
+        goto fail;
+    }
+    return s;
+fail:
+    free_arrays(s);
+    free(s);
+    return NULL;
+}
+
+void sched_free(sched *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    kv_cache_free(&s->kv);
+    free_arrays(s);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->wake);
+    free(s);
+}
+
+const sched_config *sched_get_config(const sched *s) { return &s->cfg; }
+
+void sched_get_stats(sched *s, sched_stats *out) {
+    pthread_mutex_lock(&s->mu);
+    *out = s->stats;
+    out->waiting = s->n_waiting;
+    pthread_mutex_unlock(&s->mu);
+}

@@ -1,0 +1,114 @@
+/* engine/sched.h — the engine thread: a request queue feeding iteration-level
+ * (continuous) batching over the model, with per-request event streams.
+ *
+ * Threads: sched_submit / sched_stream_next / sched_stream_cancel /
+ * sched_stream_free / sched_stats are called from any thread (HTTP workers);
+ * the model runs only on the scheduler's own engine thread, which never blocks
+ * on a client. They meet in a mutex-protected waiting queue (requests in) and a
+ * per-request stream of events (tokens out).
+ *
+ * Every engine step: running sequences each contribute one decode token; waiting
+ * requests are admitted FCFS while free KV pages and the token budget
+ * (max_batched_tokens) allow, long prompts split into chunks; all of it runs as
+ * one model_forward. When pages run out during decode, the youngest running
+ * sequence is preempted (pages freed, prompt + generated tokens recomputed later,
+ * its stream unaffected). Finished or cancelled sequences leave at once.
+ *
+ * Text: the engine detokenizes incrementally (never half a UTF-8 character) and
+ * applies stop strings itself: text that could be the start of a stop string is
+ * held back until it is known not to be, and a matched stop string never reaches
+ * the stream. Greedy output of a request does not depend on the batch. */
+#ifndef MS_SCHED_H
+#define MS_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "common/sample.h"
+#include "common/tokenizer.h"
+#include "engine/model.h"
+
+#define SCHED_MAX_STOP 8
+#define SCHED_MAX_TOP_LOGPROBS 20
+
+typedef enum {
+    FINISH_NONE = 0,
+    FINISH_STOP,      /* EOS, a stop token or a stop string */
+    FINISH_LENGTH,    /* max_tokens or the context limit */
+    FINISH_CANCELLED, /* the client went away (sched_stream_cancel) */
+    FINISH_ERROR      /* the engine failed this request; message in the event */
+} finish_reason;
+
+typedef struct sched_config {
+    int max_num_seqs;        /* running sequences at most (default 16) */
+    int max_batched_tokens;  /* tokens per step at most (default 512) */
+    int kv_cache_tokens;     /* KV pool size in tokens (default 16384) */
+    int max_model_len;       /* prompt + completion limit (default: the model's, capped by the pool) */
+    int max_queue;           /* waiting requests at most; submit fails beyond (default 256) */
+} sched_config;
+
+typedef struct sched_request {
+    const int32_t *prompt;   /* copied by sched_submit */
+    int n_prompt;
+    int max_tokens;          /* completion tokens at most (>= 1) */
+    sample_params sampling;
+    int ignore_eos;
+    const char *stop[SCHED_MAX_STOP]; /* stop strings (copied), NULL-terminated or n_stop */
+    int n_stop;
+    int top_logprobs;        /* -1: no logprobs; 0..20: chosen token's logprob + that many alternatives */
+    int skip_special;        /* detokenize without special tokens (default 1 for chat) */
+} sched_request;
+
+typedef struct sched_logprob {
+    int32_t id;
+    float logprob;
+} sched_logprob;
+
+/* One event of a stream: a generated token and the text it completed (possibly
+ * empty while a UTF-8 character or a possible stop string is pending), or the
+ * end of the stream (finish != FINISH_NONE, possibly with final text). */
+typedef struct sched_event {
+    int32_t token;           /* -1 for a pure finish event */
+    char *text;              /* malloc'd, NUL-terminated; owned by the caller after next() */
+    size_t text_len;
+    float logprob;           /* of token, when requested */
+    int n_top;
+    sched_logprob top[SCHED_MAX_TOP_LOGPROBS];
+    finish_reason finish;
+    char error[256];         /* FINISH_ERROR only */
+    int prompt_tokens, completion_tokens; /* running totals */
+} sched_event;
+
+typedef struct sched sched;
+typedef struct sched_stream sched_stream;
+
+typedef struct sched_stats {
+    int running, waiting;
+    int kv_pages_total, kv_pages_free;
+    uint64_t requests_finished, prompt_tokens, generation_tokens, preemptions, steps;
+} sched_stats;
+
+/* Starts the engine thread over model m (not owned) and tok (not owned). */
+sched *sched_create(model *m, const tokenizer *tok, const sched_config *cfg, ms_err *err);
+/* Stops the engine thread; waiting and running requests finish with FINISH_CANCELLED. */
+void sched_free(sched *s);
+/* The effective limits (defaults filled in). */
+const sched_config *sched_get_config(const sched *s);
+
+/* Queues a request. Returns a stream, or NULL with err when the request is
+ * invalid (the message names the field: prompt too long for the context, ...)
+ * or the queue is full (*queue_full set to 1). */
+sched_stream *sched_submit(sched *s, const sched_request *req, int *queue_full, ms_err *err);
+/* Blocks until the next event (or timeout_ms passes: returns 0 with no event;
+ * timeout_ms < 0 waits forever). Returns 1 with *ev filled. After an event with
+ * finish != FINISH_NONE there are no more. */
+int sched_stream_next(sched_stream *st, sched_event *ev, int timeout_ms);
+/* Asks the engine to stop the request at its next step (idempotent). */
+void sched_stream_cancel(sched_stream *st);
+/* Releases the caller's handle (cancels the request if it is still running). */
+void sched_stream_free(sched_stream *st);
+
+void sched_get_stats(sched *s, sched_stats *out);
+
+#endif

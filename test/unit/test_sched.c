@@ -1,0 +1,299 @@
+/* test/unit/test_sched.c — the continuous-batching scheduler on tiny-v3.
+ * References: the golden greedy continuations (test/golden/tiny-v3/results) and
+ * the engine's own single-request output (batch independence, preemption). */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cpu/backend_cpu.h"
+#include "engine/sched.h"
+
+static const char *env_or(const char *name, const char *dflt) {
+    const char *v = getenv(name);
+    return v && *v ? v : dflt;
+}
+
+typedef struct {
+    backend *be;
+    model *m;
+    tokenizer *tok;
+    sched *s;
+} fixture;
+
+static void open_fixture(fixture *f, sched_config cfg) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tiny-v3", env_or("MLASERVE_TEST_MODELS", "build/models"));
+    ms_err err = {{0}};
+    f->be = backend_cpu_create(2, &err);
+    f->m = model_load(dir, f->be, &err);
+    cr_assert(f->m, "%s", err.msg);
+    f->tok = tokenizer_load(dir, &err);
+    cr_assert(f->tok, "%s", err.msg);
+    f->s = sched_create(f->m, f->tok, &cfg, &err);
+    cr_assert(f->s, "%s", err.msg);
+}
+
+static void close_fixture(fixture *f) {
+    sched_free(f->s);
+    tokenizer_free(f->tok);
+    model_free(f->m);
+    backend_cpu_free(f->be);
+}
+
+static sched_request greedy_request(const int32_t *ids, int n, int max_tokens) {
+    sched_request r;
+    memset(&r, 0, sizeof r);
+    r.prompt = ids;
+    r.n_prompt = n;
+    r.max_tokens = max_tokens;
+    r.sampling = sample_params_default();
+    r.sampling.temperature = 0;
+    r.ignore_eos = 1;
+    r.top_logprobs = -1;
+    r.skip_special = 1;
+    return r;
+}
+
+typedef struct {
+    int32_t tokens[512];
+    int n;
+    char text[8192];
+    size_t text_len;
+    finish_reason finish;
+    int completion_tokens;
+} result;
+
+/* Reads a stream to its end (bounded: 60 s without an event fails). */
+static void drain(sched_stream *st, result *res) {
+    memset(res, 0, sizeof *res);
+    for (;;) {
+        sched_event ev;
+        cr_assert_eq(sched_stream_next(st, &ev, 60000), 1, "no event within 60 s");
+        if (ev.token >= 0 && res->n < 512) res->tokens[res->n++] = ev.token;
+        if (ev.text && res->text_len + ev.text_len < sizeof res->text) {
+            memcpy(res->text + res->text_len, ev.text, ev.text_len);
+            res->text_len += ev.text_len;
+        }
+        free(ev.text);
+        if (ev.finish != FINISH_NONE) {
+            res->finish = ev.finish;
+            res->completion_tokens = ev.completion_tokens;
+            break;
+        }
+    }
+    sched_stream_free(st);
+}
+
+static void run_one(fixture *f, const int32_t *ids, int n, int max_tokens, result *res) {
+    sched_request r = greedy_request(ids, n, max_tokens);
+    ms_err err = {{0}};
+    sched_stream *st = sched_submit(f->s, &r, NULL, &err);
+    cr_assert(st, "%s", err.msg);
+    drain(st, res);
+}
+
+static json_t *golden(const char *prompt) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tiny-v3/results/%s.json", env_or("MLASERVE_GOLDEN", "test/golden"), prompt);
+    json_t *j = json_load_file(path, 0, NULL);
+    cr_assert(j, "cannot read %s", path);
+    return j;
+}
+
+static int32_t *ids_of(json_t *arr, int *n) {
+    *n = (int)json_array_size(arr);
+    int32_t *ids = malloc((size_t)*n * sizeof *ids);
+    for (int i = 0; i < *n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
+    return ids;
+}
+
+static const char *prompts[] = {"bos_only", "en_short", "code_py", "zh", "en_long", "mixed", "chat"};
+
+Test(sched, greedy_matches_golden) {
+    fixture f;
+    open_fixture(&f, (sched_config){0});
+    json_t *g = golden("en_short");
+    int n, nw;
+    int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
+    int32_t *want = ids_of(json_object_get(json_object_get(g, "greedy"), "new_tokens"), &nw);
+    result res;
+    run_one(&f, ids, n, nw, &res);
+    cr_expect_eq(res.finish, FINISH_LENGTH);
+    cr_assert_eq(res.n, nw);
+    for (int i = 0; i < nw; i++) cr_expect_eq(res.tokens[i], want[i], "step %d", i);
+    free(ids);
+    free(want);
+    json_decref(g);
+    close_fixture(&f);
+}
+
+typedef struct {
+    fixture *f;
+    int32_t *ids;
+    int n, max_tokens;
+    result res;
+} client;
+
+static void *client_main(void *p) {
+    client *c = p;
+    sched_request r = greedy_request(c->ids, c->n, c->max_tokens);
+    sched_stream *st = sched_submit(c->f->s, &r, NULL, NULL);
+    if (!st) return NULL;
+    drain(st, &c->res);
+    return NULL;
+}
+
+/* 16 concurrent requests (7 prompts, repeated) each equal their solo run. */
+static void concurrent_equals_solo(sched_config cfg, int max_tokens, int expect_preemption) {
+    fixture f;
+    open_fixture(&f, cfg);
+    client cl[16];
+    result solo[7];
+    for (int p = 0; p < 7; p++) {
+        json_t *g = golden(prompts[p]);
+        int n;
+        int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
+        run_one(&f, ids, n, max_tokens, &solo[p]);
+        free(ids);
+        json_decref(g);
+    }
+    pthread_t th[16];
+    for (int i = 0; i < 16; i++) {
+        json_t *g = golden(prompts[i % 7]);
+        cl[i].f = &f;
+        cl[i].ids = ids_of(json_object_get(g, "ids"), &cl[i].n);
+        cl[i].max_tokens = max_tokens;
+        json_decref(g);
+        pthread_create(&th[i], NULL, client_main, &cl[i]);
+    }
+    for (int i = 0; i < 16; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 16; i++) {
+        const result *want = &solo[i % 7];
+        cr_expect_eq(cl[i].res.n, want->n, "client %d: %d tokens, solo %d", i, cl[i].res.n, want->n);
+        cr_expect_eq(memcmp(cl[i].res.tokens, want->tokens, (size_t)want->n * 4), 0, "client %d (%s) differs from solo",
+                     i, prompts[i % 7]);
+        cr_expect_eq(cl[i].res.text_len, want->text_len);
+        free(cl[i].ids);
+    }
+    sched_stats st;
+    sched_get_stats(f.s, &st);
+    cr_expect_eq(st.requests_finished, 23);
+    if (expect_preemption) cr_expect(st.preemptions > 0, "the small KV pool should have forced preemption");
+    close_fixture(&f);
+}
+
+Test(sched, concurrent_requests_equal_solo_runs, .timeout = 300) {
+    concurrent_equals_solo((sched_config){.max_num_seqs = 8, .max_batched_tokens = 96}, 24, 0);
+}
+
+Test(sched, preemption_keeps_outputs, .timeout = 300) {
+    /* 6 pages of 64 tokens for up to 8 sequences that each grow by 2 pages while decoding. */
+    concurrent_equals_solo((sched_config){.max_num_seqs = 8, .max_batched_tokens = 128, .kv_cache_tokens = 384}, 100, 1);
+}
+
+Test(sched, stop_string_never_leaks) {
+    fixture f;
+    open_fixture(&f, (sched_config){0});
+    json_t *g = golden("en_short");
+    int n;
+    int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
+    result full;
+    run_one(&f, ids, n, 20, &full);
+    cr_assert(full.text_len > 12);
+    /* A stop string straddling the middle of the generated text. */
+    char stop[8];
+    size_t at = full.text_len / 2;
+    while (at > 0 && ((unsigned char)full.text[at] & 0xC0) == 0x80) at--; /* start of a UTF-8 char */
+    size_t sl = 0;
+    while (sl < 5 && at + sl < full.text_len) sl++;
+    while (at + sl < full.text_len && ((unsigned char)full.text[at + sl] & 0xC0) == 0x80) sl++;
+    cr_assert(sl < sizeof stop);
+    memcpy(stop, full.text + at, sl);
+    stop[sl] = '\0';
+    const char *first = strstr(full.text, stop);
+    sched_request r = greedy_request(ids, n, 20);
+    r.stop[0] = stop;
+    r.n_stop = 1;
+    sched_stream *st = sched_submit(f.s, &r, NULL, NULL);
+    result res;
+    drain(st, &res);
+    cr_expect_eq(res.finish, FINISH_STOP);
+    cr_expect_eq(res.text_len, (size_t)(first - full.text), "text ends right before the stop string");
+    cr_expect_eq(memcmp(res.text, full.text, res.text_len), 0);
+    cr_expect_null(strstr(res.text, stop));
+    free(ids);
+    json_decref(g);
+    close_fixture(&f);
+}
+
+Test(sched, rejects_bad_requests) {
+    fixture f;
+    open_fixture(&f, (sched_config){.kv_cache_tokens = 256});
+    int32_t ids[300] = {0};
+    ms_err err = {{0}};
+    sched_request r = greedy_request(ids, 200, 100);
+    cr_expect_null(sched_submit(f.s, &r, NULL, &err));
+    cr_expect(strstr(err.msg, "256"), "names the limit: %s", err.msg);
+    r = greedy_request(ids, 0, 10);
+    cr_expect_null(sched_submit(f.s, &r, NULL, &err));
+    ids[0] = 999999;
+    r = greedy_request(ids, 1, 10);
+    cr_expect_null(sched_submit(f.s, &r, NULL, &err));
+    cr_expect(strstr(err.msg, "out of range"), "%s", err.msg);
+    r = greedy_request(ids + 1, 1, 10);
+    r.sampling.top_p = 2;
+    cr_expect_null(sched_submit(f.s, &r, NULL, &err));
+    cr_expect(strstr(err.msg, "top_p"), "%s", err.msg);
+    close_fixture(&f);
+}
+
+Test(sched, cancel_frees_pages) {
+    fixture f;
+    open_fixture(&f, (sched_config){0});
+    int32_t ids[4] = {0, 671, 4787, 13769};
+    sched_request r = greedy_request(ids, 4, 5000);
+    sched_stream *st = sched_submit(f.s, &r, NULL, NULL);
+    cr_assert(st);
+    sched_event ev;
+    cr_assert_eq(sched_stream_next(st, &ev, 60000), 1);
+    free(ev.text);
+    sched_stream_cancel(st);
+    int finished = 0;
+    for (int i = 0; i < 10000 && !finished; i++) {
+        cr_assert_eq(sched_stream_next(st, &ev, 60000), 1);
+        finished = ev.finish == FINISH_CANCELLED;
+        free(ev.text);
+    }
+    cr_expect(finished);
+    sched_stream_free(st);
+    sched_stats s;
+    for (int i = 0; i < 100; i++) { /* the engine frees pages when it retires the sequence */
+        sched_get_stats(f.s, &s);
+        if (s.running == 0) break;
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    close_fixture(&f);
+}
+
+Test(sched, queue_full_is_reported) {
+    fixture f;
+    open_fixture(&f, (sched_config){.max_num_seqs = 1, .max_queue = 2});
+    int32_t ids[2] = {0, 671};
+    sched_stream *st[8];
+    int n_ok = 0, full = 0;
+    for (int i = 0; i < 8; i++) {
+        sched_request r = greedy_request(ids, 2, 200);
+        int qf = 0;
+        st[n_ok] = sched_submit(f.s, &r, &qf, NULL);
+        if (st[n_ok]) n_ok++;
+        full |= qf;
+    }
+    cr_expect(full, "the queue of 2 must overflow with 8 quick submits");
+    for (int i = 0; i < n_ok; i++) sched_stream_free(st[i]);
+    close_fixture(&f);
+}
