@@ -77,7 +77,7 @@ uint8_t modelgen_e4m3(float x) {
     uint8_t sign = x < 0 ? 0x80 : 0x00;
     if (a >= 0x43E00000u) return sign | 0x7E; /* |x| >= 448: saturate */
     if (a < 0x3C800000u) {                    /* |x| < 2^-6: subnormal, rne(|x| * 512) */
-        volatile float t = f32_from_bits(a) * 512.0f; /* exact: scaling by 2^9 */
+        float t = f32_from_bits(a) * 512.0f;     /* exact: scaling by 2^9 */
         float q = (t + 8388608.0f) - 8388608.0f;      /* RNE to an integer, 0..8 */
         return sign | (uint8_t)q;
     }

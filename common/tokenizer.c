@@ -6,10 +6,17 @@
  *   per id:   spelling (str_off into str_blob), decoded bytes (bytes_off/len into
  *             bytes_blob), flags (present / added / special)
  *   str_tab:  open-addressing hash, spelling -> id (added tokens win, like HF)
- *   merges:   open-addressing hash, (left id, right id) -> (rank, merged id)
+ *   merges:   open-addressing hash of packed 8-byte (left, right, rank) entries,
+ *             merge_id[rank] -> merged id (the table is BPE's cache-miss hot spot)
  *   trie[2]:  byte tries of the added tokens, pass 0 = not normalized, pass 1 =
  *             normalized (HF AddedVocabulary extracts them in that order)
- *   re[]:     the Split regexes of the pre_tokenizer Sequence, PCRE2 (UTF|UCP, JIT). */
+ *   re[]:     the Split regexes of the pre_tokenizer Sequence, PCRE2 (UTF|UCP, JIT).
+ * Encode = split_added (pass 0, pass 1) -> pretokenize (regex levels, recursive,
+ * no piece lists) -> bpe (array BPE for short pieces, heap BPE as in HF for long
+ * ones; inputs >= 2 KB also get a per-call piece -> ids cache). Differences from
+ * HF worth knowing: lstrip/rstrip of added tokens absorb ASCII whitespace only;
+ * single_word is ignored (neither is used by the DeepSeek files); PCRE2's \s is
+ * Unicode White_Space (+U+180E), like Oniguruma's. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "common/tokenizer.h"
 
@@ -28,11 +35,13 @@
 #define MAX_SPLITS 8
 #define NO_OFF UINT32_MAX
 
-typedef struct {
-    uint64_t key; /* (left << 32) | right, UINT64_MAX = empty */
-    int32_t rank;
-    int32_t id;
-} merge_slot;
+/* A merge packed in 8 bytes, so that the table (the hot, cache-missing part of
+ * BPE) is half the size: left id << 40 | right id << 20 | rank; all ones =
+ * empty. Ids and ranks must be below 2^20 (checked at load). */
+typedef uint64_t merge_slot;
+#define MERGE_BITS 20
+#define MERGE_MAX ((1 << MERGE_BITS) - 1)
+#define MERGE_EMPTY UINT64_MAX
 
 /* Byte trie over added-token contents: children as sibling lists. */
 typedef struct {
@@ -81,6 +90,7 @@ struct tokenizer {
 
     merge_slot *merges; /* [merge_mask+1] */
     uint32_t merge_mask;
+    int32_t *merge_id; /* [n merges] rank -> merged token id */
 
     int32_t byte_id[256]; /* id of the single-byte token for each byte */
 
@@ -189,24 +199,26 @@ static void str_insert(tokenizer *t, int32_t id) {
     t->str_tab[i] = (str_slot){h, id};
 }
 
-static const merge_slot *merge_lookup(const tokenizer *t, int32_t a, int32_t b) {
-    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-    uint32_t i = (uint32_t)hash_u64(key) & t->merge_mask;
-    for (;; i = (i + 1) & t->merge_mask) {
-        const merge_slot *m = &t->merges[i];
-        if (m->key == key) return m;
-        if (m->key == UINT64_MAX) return NULL;
+static uint64_t merge_key(int32_t a, int32_t b) { return ((uint64_t)a << MERGE_BITS | (uint64_t)b) << MERGE_BITS; }
+
+/* Rank of the merge (a, b), -1 if none. */
+static int32_t merge_lookup(const tokenizer *t, int32_t a, int32_t b) {
+    uint64_t key = merge_key(a, b);
+    for (uint32_t i = (uint32_t)hash_u64(key) & t->merge_mask;; i = (i + 1) & t->merge_mask) {
+        merge_slot m = t->merges[i];
+        if ((m & ~(uint64_t)MERGE_MAX) == key && m != MERGE_EMPTY) return (int32_t)(m & MERGE_MAX);
+        if (m == MERGE_EMPTY) return -1;
     }
 }
 
-static void merge_insert(tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t id) {
-    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+static void merge_insert(tokenizer *t, int32_t a, int32_t b, int32_t rank) {
+    uint64_t key = merge_key(a, b);
     uint32_t i = (uint32_t)hash_u64(key) & t->merge_mask;
-    while (t->merges[i].key != UINT64_MAX) {
-        if (t->merges[i].key == key) return; /* duplicate merge: first rank wins */
+    while (t->merges[i] != MERGE_EMPTY) {
+        if ((t->merges[i] & ~(uint64_t)MERGE_MAX) == key) return; /* duplicate merge: first rank wins */
         i = (i + 1) & t->merge_mask;
     }
-    t->merges[i] = (merge_slot){key, rank, id};
+    t->merges[i] = key | (uint64_t)rank;
 }
 
 static int trie_add(trie *tr, const char *s, size_t n, int32_t token) {
@@ -434,9 +446,12 @@ static int load_merges(tokenizer *t, json_t *model, const char *path, ms_err *er
     if (!json_is_array(arr)) return ms_err_set(err, "%s: model.merges is not an array", path);
     size_t n = json_array_size(arr);
     t->merge_mask = table_size(n) - 1;
+    if (n > MERGE_MAX || t->n_ids > MERGE_MAX)
+        return ms_err_set(err, "%s: more than %d merges or token ids are not supported", path, MERGE_MAX);
     t->merges = malloc(((size_t)t->merge_mask + 1) * sizeof *t->merges);
-    if (!t->merges) return ms_err_set(err, "%s: out of memory", path);
-    for (size_t i = 0; i <= t->merge_mask; i++) t->merges[i].key = UINT64_MAX;
+    t->merge_id = malloc((n ? n : 1) * sizeof *t->merge_id);
+    if (!t->merges || !t->merge_id) return ms_err_set(err, "%s: out of memory", path);
+    for (size_t i = 0; i <= t->merge_mask; i++) t->merges[i] = MERGE_EMPTY;
     buf cat = {0};
     int rc = 0;
     if (buf_add(&cat, "", 0)) return ms_err_set(err, "%s: out of memory", path);
@@ -459,7 +474,8 @@ static int load_merges(tokenizer *t, json_t *model, const char *path, ms_err *er
                             (int)na, a, (int)nb, b);
             break;
         }
-        merge_insert(t, ia, ib, (int32_t)i, im);
+        t->merge_id[i] = im;
+        merge_insert(t, ia, ib, (int32_t)i);
     }
     free(cat.p);
     return rc;
@@ -607,6 +623,7 @@ void tokenizer_free(tokenizer *t) {
     free(t->str_tab);
     free(t->str_len);
     free(t->merges);
+    free(t->merge_id);
     free(t->added);
     free(t->trie[0].nodes);
     free(t->trie[1].nodes);
@@ -695,8 +712,8 @@ static bpe_item heap_pop(bpe_item *h, size_t *n) {
 static void push_pair(const tokenizer *t, bpe_sym *s, int32_t pos, bpe_item *h, size_t *nh) {
     int32_t nx = s[pos].next;
     if (nx < 0) return;
-    const merge_slot *m = merge_lookup(t, s[pos].id, s[nx].id);
-    if (m) heap_push(h, nh, (bpe_item){m->rank, pos, m->id});
+    int32_t rank = merge_lookup(t, s[pos].id, s[nx].id);
+    if (rank >= 0) heap_push(h, nh, (bpe_item){rank, pos, t->merge_id[rank]});
 }
 
 /* BPE of one pre-token (raw bytes), as HF Word::merge_all: repeatedly apply the
@@ -723,8 +740,8 @@ static int bpe_heap(enc_ctx *c, const unsigned char *s, size_t n) {
         bpe_sym *a = &sy[top.pos];
         if (a->len == 0 || a->next < 0) continue;
         bpe_sym *b = &sy[a->next];
-        const merge_slot *m = merge_lookup(t, a->id, b->id);
-        if (!m || m->id != top.id) continue;
+        int32_t rank = merge_lookup(t, a->id, b->id);
+        if (rank < 0 || t->merge_id[rank] != top.id) continue;
         a->id = top.id;
         a->len += b->len;
         b->len = 0;
@@ -739,10 +756,10 @@ static int bpe_heap(enc_ctx *c, const unsigned char *s, size_t n) {
 }
 
 static int32_t pair_rank(const tokenizer *t, int32_t a, int32_t b, int32_t *merged) {
-    const merge_slot *m = merge_lookup(t, a, b);
-    if (!m) return INT32_MAX;
-    *merged = m->id;
-    return m->rank;
+    int32_t rank = merge_lookup(t, a, b);
+    if (rank < 0) return INT32_MAX;
+    *merged = t->merge_id[rank];
+    return rank;
 }
 
 /* The same BPE for short pieces on flat arrays: the lowest rank, leftmost,

@@ -4,7 +4,8 @@
  * Work is split over the output (rows of y's columns for cpu_linear, columns for
  * cpu_linear_t, rows for the elementwise ops) into tasks that the pool's
  * threads claim; FP8 linear tasks are aligned to the weight's physical 128-row
- * blocks when they are that large. Scratch for the tiled kernels is per thread,
+ * blocks when they are that large. For the tiled kernels the caller's thread
+ * packs x once into its scratch, read by all threads. Scratch is per thread,
  * allocated on first use and kept (freed when the thread exits); allocation
  * failure there aborts, since these ops have no error path.
  * State: the chosen variant and the scratch key, both set once (pthread_once). */

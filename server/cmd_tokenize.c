@@ -27,7 +27,7 @@ static void tokenize_usage(FILE *f) {
             "A malformed line gives {\"error\": ...} (and exit status 1 at the end).\n");
 }
 
-/* Shared by tokenize/detokenize in spirit: --model DIR [--help]. */
+/* --model DIR [--help] (cmd_detokenize.c has the same parser). */
 static int parse_model_arg(int argc, char **argv, const char **model, int *help) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { *help = 1; return 0; }

@@ -11,6 +11,7 @@ typedef struct {
 } subcommand;
 
 static const subcommand subcommands[] = {
+    {"serve", cmd_serve, "OpenAI-compatible HTTP server (chat/completions, streaming, metrics)"},
     {"generate", cmd_generate, "generate a continuation of a prompt or chat message"},
     {"logits", cmd_logits, "print top logits per position and a greedy continuation as JSON"},
     {"tokenize", cmd_tokenize, "JSON lines {\"text\"} on stdin -> {\"ids\"}"},

@@ -29,6 +29,9 @@
 #include "common/presets.h"
 #include "common/sha256.h"
 
+/* snprintf into an array, failing the test on truncation. */
+#define FMT(buf, ...) cr_assert(snprintf(buf, sizeof buf, __VA_ARGS__) < (int)sizeof buf, "path too long")
+
 static const char *golden_dir(void) {
     const char *g = getenv("MLASERVE_GOLDEN");
     return g && *g ? g : "test/golden";
@@ -328,7 +331,7 @@ static void check_gen_example(const modelgen_plan *plan, const char *name, json_
 
 static void check_gen_examples(const char *model) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s/gen_examples.json", golden_dir(), model);
+    FMT(path, "%s/%s/gen_examples.json", golden_dir(), model);
     if (access(path, R_OK) != 0) cr_skip_test("%s not present in this golden copy", path);
     json_t *g = load_json(path);
     modelgen_plan plan = preset_plan(model);
@@ -347,7 +350,7 @@ Test(gen_examples, tiny_v2) { check_gen_examples("tiny-v2"); }
 
 static void check_inventory(const char *model) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s/checksums.json", golden_dir(), model);
+    FMT(path, "%s/%s/checksums.json", golden_dir(), model);
     json_t *sums = load_json(path);
     json_t *tensors = json_object_get(sums, "tensors");
     modelgen_plan plan = preset_plan(model);
@@ -370,7 +373,7 @@ static void check_inventory(const char *model) {
     }
     cr_expect_eq(plan.total_bytes, total);
     /* The preset's config.json is the golden one, byte for byte. */
-    snprintf(path, sizeof path, "%s/%s/config.json", golden_dir(), model);
+    FMT(path, "%s/%s/config.json", golden_dir(), model);
     FILE *f = fopen(path, "rb");
     cr_assert(f, "%s", path);
     static char buf[1 << 16];
@@ -425,12 +428,12 @@ static void model_dir(const char *model, char dir[4096], char tmp[4096]) {
     const char *models = getenv("MLASERVE_TEST_MODELS");
     tmp[0] = '\0';
     if (models && *models) {
-        snprintf(dir, 4096, "%s/%s", models, model);
+        cr_assert(snprintf(dir, 4096, "%s/%s", models, model) < 4096);
         return;
     }
     snprintf(tmp, 4096, "/tmp/test_modelgen-XXXXXX");
     cr_assert(mkdtemp(tmp));
-    snprintf(dir, 4096, "%s/%s", tmp, model);
+    cr_assert(snprintf(dir, 4096, "%s/%s", tmp, model) < 4096);
     const model_preset *p = model_preset_find(model);
     modelgen_opts o = {.config_json = p->config_json, .gen_json = p->gen_json,
                        .generation_config_json = p->generation_config_json, .tokenizer_dir = tokenizer_dir(),
@@ -446,7 +449,7 @@ static void remove_tree(const char *tmp, const char *dir) {
     char path[8192];
     while (d && (e = readdir(d)))
         if (e->d_name[0] != '.') {
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            FMT(path, "%s/%s", dir, e->d_name);
             unlink(path);
         }
     if (d) closedir(d);
@@ -457,7 +460,7 @@ static void remove_tree(const char *tmp, const char *dir) {
 /* Checks every tensor of one shard; returns how many it saw. */
 static size_t check_shard(const char *dir, const char *file, json_t *want_tensors) {
     char path[8192];
-    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FMT(path, "%s/%s", dir, file);
     size_t n;
     char *buf = read_all(path, &n);
     cr_assert_geq(n, 8u, "%s too short", path);
@@ -500,23 +503,23 @@ static size_t check_shard(const char *dir, const char *file, json_t *want_tensor
 }
 
 static void check_checkpoint(const char *model) {
-    char dir[4096], tmp[4096], path[8192];
+    char dir[4096], tmp[4096], path[4096];
     model_dir(model, dir, tmp);
-    snprintf(path, sizeof path, "%s/%s/checksums.json", golden_dir(), model);
+    FMT(path, "%s/%s/checksums.json", golden_dir(), model);
     json_t *sums = load_json(path);
     json_t *want_tensors = json_object_get(sums, "tensors");
     size_t seen = 0;
     for (int s = 0; s < MODELGEN_SHARDS; s++) seen += check_shard(dir, modelgen_shard_file(s), want_tensors);
     cr_expect_eq(seen, json_object_size(want_tensors), "%s: tensor count", model);
 
-    snprintf(path, sizeof path, "%s/%s/SHA256SUMS", golden_dir(), model);
+    FMT(path, "%s/%s/SHA256SUMS", golden_dir(), model);
     FILE *f = fopen(path, "r");
     cr_assert(f, "%s", path);
     char line[1024], want[128], file[512];
     int files = 0;
     while (fgets(line, sizeof line, f))
         if (sscanf(line, "%127s %511s", want, file) == 2) {
-            snprintf(path, sizeof path, "%s/%s", dir, file);
+            FMT(path, "%s/%s", dir, file);
             size_t n;
             char *buf = read_all(path, &n), hex[SHA256_HEX_CHARS];
             sha256_hex_of(buf, n, hex);
@@ -564,7 +567,7 @@ static int dir_entries_starting(const char *parent, const char *prefix) {
 Test(errors, small_model_round_trip_and_refuses_to_overwrite) {
     char tmp[] = "/tmp/test_modelgen-XXXXXX", out[256];
     cr_assert(mkdtemp(tmp));
-    snprintf(out, sizeof out, "%s/m/", tmp); /* trailing slash: temp dir must still be a sibling */
+    FMT(out, "%s/m/", tmp); /* trailing slash: temp dir must still be a sibling */
     ms_err err = {{0}};
     cr_assert_eq(write_model(small_config, gen_json_for_tests(), tokenizer_dir(), out, &err), 0, "%s", err.msg);
     cr_expect_eq(dir_entries_starting(tmp, "m"), 1, "only the final directory is left");
@@ -572,14 +575,14 @@ Test(errors, small_model_round_trip_and_refuses_to_overwrite) {
     cr_expect_eq(write_model(small_config, gen_json_for_tests(), tokenizer_dir(), out, &err), -1);
     cr_expect(strstr(err.msg, "not empty"), "%s", err.msg);
     cr_expect_eq(dir_entries_starting(tmp, "m"), 1);
-    snprintf(out, sizeof out, "%s/m", tmp);
+    FMT(out, "%s/m", tmp);
     remove_tree(tmp, out);
 }
 
 Test(errors, bad_inputs_name_the_file_and_leave_nothing) {
     char tmp[] = "/tmp/test_modelgen-XXXXXX", out[256];
     cr_assert(mkdtemp(tmp));
-    snprintf(out, sizeof out, "%s/m", tmp);
+    FMT(out, "%s/m", tmp);
     ms_err err = {{0}};
     cr_expect_eq(write_model("{not json", gen_json_for_tests(), tokenizer_dir(), out, &err), -1);
     cr_expect(strstr(err.msg, "config.json"), "%s", err.msg);

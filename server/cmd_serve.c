@@ -1,0 +1,273 @@
+/* server/cmd_serve.c — `mlaserve serve`: the OpenAI-compatible server.
+ *
+ * Order of events: parse options (exit 2 on a bad one), bind the HTTP port
+ * (so /health answers and /ready says 503 while loading; a port in use fails
+ * before a long load), load tokenizer + model on the CPU backend, start the
+ * engine thread (engine/sched.h), mark ready, print the banner. SIGINT/SIGTERM:
+ * stop accepting, let in-flight requests finish for --drain-timeout seconds,
+ * cancel the rest, exit 0. A signal during loading exits at once (0). Load
+ * failures exit 1 with the loader's message. Owns everything it creates; the
+ * only state shared with the signal thread is an atomic flag and a semaphore. */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cpu/backend_cpu.h"
+#include "engine/model.h"
+#include "engine/sched.h"
+#include "server/cli.h"
+#include "server/cli_engine.h"
+#include "server/http.h"
+
+typedef struct serve_args {
+    const char *model_dir, *host, *api_key, *served_name;
+    long port, threads, max_body_bytes, drain_timeout_s, max_connections;
+    sched_config sc;
+    int log_json;
+} serve_args;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: mlaserve serve --model DIR [options]\n"
+            "  --host ADDR                  listen address (default 127.0.0.1)\n"
+            "  --port N                     listen port (default 8000; 0 picks a free one)\n"
+            "  --api-key KEY                require 'Authorization: Bearer KEY' on /v1/* and /tokenize\n"
+            "                               (default: $MLASERVE_API_KEY)\n"
+            "  --served-model-name NAME     model id clients send (default: the model directory's name)\n"
+            "  --max-model-len N            prompt + completion tokens at most (default: the model's, capped by the KV pool)\n"
+            "  --max-num-seqs N             running sequences at most (default 16)\n"
+            "  --max-num-batched-tokens N   tokens per engine step at most (default 512)\n"
+            "  --kv-cache-tokens N          KV cache size in tokens (default 16384); also SIZE with K/M/G suffix = bytes\n"
+            "  --threads N                  CPU threads for the model (default: all CPUs)\n"
+            "  --max-queue N                waiting requests at most; beyond, 429 (default 256)\n"
+            "  --max-body-bytes N           request bodies at most (default 8 MiB); beyond, 413\n"
+            "  --max-connections N          concurrent HTTP connections at most (default 256)\n"
+            "  --drain-timeout S            on SIGINT/SIGTERM, seconds in-flight requests may take (default 30)\n"
+            "  --log-format text|json       request log format on stderr (default text)\n");
+}
+
+/* KV size: a token count, or a memory size ("4G", "512M") converted with the model's bytes per token later. */
+typedef struct kv_size {
+    long tokens;
+    double bytes;
+} kv_size;
+
+static int parse_kv_size(const char *v, kv_size *out) {
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno || end == v || d <= 0) return -1;
+    double mult = 0;
+    if (!*end) {
+        if (d != (long)d || d > 1 << 30) return -1;
+        out->tokens = (long)d;
+        return 0;
+    }
+    switch (*end) {
+    case 'K': case 'k': mult = 1024.0; break;
+    case 'M': case 'm': mult = 1024.0 * 1024; break;
+    case 'G': case 'g': mult = 1024.0 * 1024 * 1024; break;
+    default: return -1;
+    }
+    if (end[1] && strcmp(end + 1, "B") && strcmp(end + 1, "iB") && strcmp(end + 1, "b")) return -1;
+    out->bytes = d * mult;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
+    memset(a, 0, sizeof *a);
+    memset(kv, 0, sizeof *kv);
+    a->host = "127.0.0.1";
+    a->port = 8000;
+    a->max_body_bytes = 8L << 20;
+    a->drain_timeout_s = 30;
+    a->max_connections = 256;
+    a->api_key = getenv("MLASERVE_API_KEY");
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
+            usage(stdout);
+            exit(CLI_OK);
+        }
+        if (!v) {
+            fprintf(stderr, "mlaserve serve: %s needs a value\n", o);
+            return -1;
+        }
+        i++;
+        long n;
+        int bad = 0;
+        if (!strcmp(o, "--model")) a->model_dir = v;
+        else if (!strcmp(o, "--host")) a->host = v;
+        else if (!strcmp(o, "--port")) bad = cli_parse_int(v, 0, 65535, &a->port);
+        else if (!strcmp(o, "--api-key")) a->api_key = v;
+        else if (!strcmp(o, "--served-model-name")) bad = !*(a->served_name = v);
+        else if (!strcmp(o, "--max-model-len")) bad = cli_parse_int(v, 1, 1 << 30, &n), a->sc.max_model_len = (int)n;
+        else if (!strcmp(o, "--max-num-seqs")) bad = cli_parse_int(v, 1, 1 << 16, &n), a->sc.max_num_seqs = (int)n;
+        else if (!strcmp(o, "--max-num-batched-tokens")) bad = cli_parse_int(v, 1, 1 << 24, &n), a->sc.max_batched_tokens = (int)n;
+        else if (!strcmp(o, "--kv-cache-tokens")) bad = parse_kv_size(v, kv);
+        else if (!strcmp(o, "--threads")) bad = cli_parse_int(v, 0, 4096, &a->threads);
+        else if (!strcmp(o, "--max-queue")) bad = cli_parse_int(v, 1, 1 << 24, &n), a->sc.max_queue = (int)n;
+        else if (!strcmp(o, "--max-body-bytes")) bad = cli_parse_int(v, 64, 1L << 34, &a->max_body_bytes);
+        else if (!strcmp(o, "--max-connections")) bad = cli_parse_int(v, 1, 1 << 16, &a->max_connections);
+        else if (!strcmp(o, "--drain-timeout")) bad = cli_parse_int(v, 0, 86400, &a->drain_timeout_s);
+        else if (!strcmp(o, "--log-format") && (!strcmp(v, "text") || !strcmp(v, "json"))) a->log_json = !strcmp(v, "json");
+        else bad = 1;
+        if (bad) {
+            fprintf(stderr, "mlaserve serve: bad option or value: %s %s\n", o, v);
+            return -1;
+        }
+    }
+    if (!a->model_dir) {
+        fprintf(stderr, "mlaserve serve: --model DIR is required\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- signals: a dedicated thread turns SIGINT/SIGTERM into a semaphore post ---- */
+
+typedef struct sig_state {
+    sigset_t set;
+    sem_t stop;
+    atomic_int loading;
+    atomic_int signo;
+} sig_state;
+
+static void *signal_thread(void *arg) {
+    sig_state *ss = arg;
+    int sig = 0;
+    while (sigwait(&ss->set, &sig) != 0) {}
+    atomic_store(&ss->signo, sig);
+    if (atomic_load(&ss->loading)) {
+        fprintf(stderr, "mlaserve serve: %s during loading, exiting\n", strsignal(sig));
+        _exit(CLI_OK);
+    }
+    sem_post(&ss->stop);
+    return NULL;
+}
+
+static double model_params(const model *m) {
+    double n = 0;
+    for (size_t i = 0; i < m->st->n_tensors; i++) {
+        const st_tensor *t = &m->st->tensors[i];
+        if (strstr(t->name, "scale_inv")) continue; /* FP8 block scales are not parameters */
+        double p = 1;
+        for (int d = 0; d < t->n_dims; d++) p *= (double)t->shape[d];
+        n += p;
+    }
+    return n;
+}
+
+static void banner(const serve_args *a, const char *name, const model *m, sched *s, int port, int n_threads) {
+    const model_config *c = &m->cfg;
+    const sched_config *sc = sched_get_config(s);
+    sched_stats st;
+    sched_get_stats(s, &st);
+    double params = model_params(m);
+    printf("mlaserve serve: model %s (%s)\n", name, a->model_dir);
+    printf("  arch DeepSeek-V%d, %d layers (%d MoE, %d experts, top-%d), hidden %d, vocab %d, %.3g%s parameters%s\n",
+           (int)c->arch, c->n_layers, c->n_layers - c->first_k_dense, c->n_routed_experts, c->n_experts_per_tok,
+           c->hidden_size, c->vocab_size, params >= 1e9 ? params / 1e9 : params / 1e6, params >= 1e9 ? "B" : "M",
+           c->fp8 ? ", FP8 weights" : "");
+    printf("  KV cache %d pages x 64 tokens = %d tokens; max model len %d; max %d seqs, %d tokens/step, queue %d; %d CPU threads\n",
+           st.kv_pages_total, st.kv_pages_total * 64, sc->max_model_len, sc->max_num_seqs, sc->max_batched_tokens,
+           sc->max_queue, n_threads);
+    printf("  API key %s\n", a->api_key && *a->api_key ? "required" : "not required");
+    printf("listening on http://%s%s%s:%d  (try: curl http://%s%s%s:%d/v1/chat/completions -H 'Content-Type: application/json' "
+           "-d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"max_tokens\":16}')\n",
+           strchr(a->host, ':') ? "[" : "", a->host, strchr(a->host, ':') ? "]" : "", port, strchr(a->host, ':') ? "[" : "",
+           a->host, strchr(a->host, ':') ? "]" : "", port, name);
+    fflush(stdout);
+}
+
+/* Bytes one token's latent KV takes over all layers (fp32 entries, as engine/kv stores them). */
+static double kv_bytes_per_token(const model *m) {
+    return (double)m->cfg.n_layers * (m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim) * sizeof(float);
+}
+
+int cmd_serve(int argc, char **argv) {
+    serve_args a;
+    kv_size kv;
+    if (parse_args(argc, argv, &a, &kv) != 0) {
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    char dirbuf[PATH_MAX];
+    snprintf(dirbuf, sizeof dirbuf, "%s", a.model_dir);
+    size_t dl = strlen(dirbuf);
+    while (dl > 1 && dirbuf[dl - 1] == '/') dirbuf[--dl] = 0;
+    const char *name = a.served_name ? a.served_name : basename(dirbuf);
+
+    /* every thread created from here on inherits the blocked signals; the signal thread waits for them */
+    sig_state ss;
+    sigemptyset(&ss.set);
+    sigaddset(&ss.set, SIGINT);
+    sigaddset(&ss.set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &ss.set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    sem_init(&ss.stop, 0, 0);
+    atomic_store(&ss.loading, 1);
+    atomic_store(&ss.signo, 0);
+    pthread_t sig_tid;
+    if (pthread_create(&sig_tid, NULL, signal_thread, &ss) != 0) {
+        fprintf(stderr, "mlaserve serve: cannot start the signal thread\n");
+        return CLI_FAIL;
+    }
+
+    ms_err err = {{0}};
+    http_config hc = {a.host, (int)a.port, a.api_key, name, a.model_dir, (size_t)a.max_body_bytes, (int)a.max_connections,
+                      a.log_json};
+    http_server *h = http_start(&hc, &err);
+    if (!h) {
+        fprintf(stderr, "mlaserve serve: %s\n", err.msg);
+        return CLI_FAIL;
+    }
+    serve_log(a.log_json, "INFO", "loading %s (HTTP on port %d answers /health; /ready says 503 until loaded)", a.model_dir,
+              http_port(h));
+
+    int rc = CLI_FAIL;
+    tokenizer *tok = tokenizer_load(a.model_dir, &err);
+    backend *be = NULL;
+    model *m = NULL;
+    sched *s = NULL;
+    if (!tok) goto done;
+    int n_threads = a.threads > 0 ? (int)a.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (!(be = backend_cpu_create((int)a.threads, &err))) goto done;
+    if (!(m = model_load(a.model_dir, be, &err))) goto done;
+    a.sc.kv_cache_tokens = kv.tokens ? (int)kv.tokens
+                         : kv.bytes > 0 ? (int)(kv.bytes / kv_bytes_per_token(m) < 1 << 30 ? kv.bytes / kv_bytes_per_token(m) : 1 << 30)
+                                        : 0;
+    if (kv.bytes > 0 && a.sc.kv_cache_tokens < 64) {
+        ms_err_set(&err, "--kv-cache-tokens: %.0f bytes hold fewer than one 64-token page (%.0f bytes per token)", kv.bytes,
+                   kv_bytes_per_token(m));
+        goto done;
+    }
+    if (!(s = sched_create(m, tok, &a.sc, &err))) goto done;
+    http_set_engine(h, s, tok, m->cfg.vocab_size);
+    atomic_store(&ss.loading, 0);
+    banner(&a, name, m, s, http_port(h), n_threads);
+
+    while (sem_wait(&ss.stop) != 0 && errno == EINTR) {}
+    serve_log(a.log_json, "INFO", "%s: draining (up to %lds for in-flight requests)", strsignal(atomic_load(&ss.signo)),
+              a.drain_timeout_s);
+    int cancelled = http_drain(h, (int)a.drain_timeout_s * 1000);
+    if (cancelled) serve_log(a.log_json, "WARN", "%d request(s) cancelled at the drain timeout", cancelled);
+    rc = CLI_OK;
+done:
+    if (rc != CLI_OK) fprintf(stderr, "mlaserve: %s\n", err.msg);
+    http_stop(h);
+    sched_free(s);
+    model_free(m);
+    backend_cpu_free(be);
+    tokenizer_free(tok);
+    if (rc == CLI_OK) serve_log(a.log_json, "INFO", "stopped");
+    return rc;
+}

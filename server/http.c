@@ -1,0 +1,1003 @@
+/* server/http.c — see http.h.
+ *
+ * One MHD thread per connection, so a worker may block: a non-streaming
+ * generation waits for its events inside the access handler; a streaming one
+ * waits inside the response's content-reader callback, which MHD calls again
+ * as soon as the previous SSE chunk is on the socket (so chunks are not
+ * buffered). Both wait in slices of STREAM_POLL_MS and between slices look at
+ * the client socket: a hung-up client cancels its requests (the engine frees
+ * their KV pages at its next step). */
+#include "server/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/chat_template.h"
+#include "common/sha256.h"
+#include "server/openai.h"
+
+#define STREAM_POLL_MS 100     /* wait slice between client-disconnect checks (one stream) */
+#define MULTI_POLL_MS 5        /* the same with n > 1 streams read round-robin */
+#define SSE_BLOCK_BYTES 65536
+#define SUMMARY_SAMPLES 1024   /* TTFT / latency quantiles over the last this many requests */
+#define CONNECTION_TIMEOUT_S 300
+
+/* ------------------------------------------------------------ logging */
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void serve_log(int json, const char *level, const char *fmt, ...) {
+    char msg[2048], ts[64];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct tm tm;
+    gmtime_r(&now.tv_sec, &tm);
+    size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof ts - n, ".%03ldZ", now.tv_nsec / 1000000);
+    pthread_mutex_lock(&log_mu);
+    if (json) {
+        json_t *o = json_pack("{s:s,s:s,s:o}", "ts", ts, "level", level, "msg", oai_json_string_lossy(msg, strlen(msg)));
+        char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        fprintf(stderr, "%s\n", s ? s : msg);
+        free(s);
+        json_decref(o);
+    } else {
+        fprintf(stderr, "%s %-5s %s\n", ts, level, msg);
+    }
+    fflush(stderr);
+    pthread_mutex_unlock(&log_mu);
+}
+
+/* ------------------------------------------------------------ metrics */
+
+typedef struct summary {
+    double samples[SUMMARY_SAMPLES];
+    uint64_t count;
+    double sum;
+} summary;
+
+static void summary_add(summary *s, double v) {
+    s->samples[s->count % SUMMARY_SAMPLES] = v;
+    s->count++;
+    s->sum += v;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ------------------------------------------------------------ server state */
+
+struct http_server {
+    http_config cfg;
+    char *host, *api_key, *served_model, *model_root; /* copies */
+    struct MHD_Daemon *daemon;
+    int port;
+    char fingerprint[32];
+    long created;
+    sched *engine;           /* NULL while loading */
+    const tokenizer *tok;
+    int vocab_size;
+    atomic_int ready, draining, abort_all;
+    atomic_int inflight;     /* generations between submit and their last event */
+    pthread_mutex_t mu;      /* guards the summaries */
+    summary ttft_s, latency_s;
+    atomic_uint_least64_t status_count[600];
+    atomic_uint_least64_t gen_ok, gen_failed, gen_cancelled;
+};
+
+typedef enum { R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_READY, R_METRICS, R_TOKENIZE, R_DETOKENIZE } route_id;
+
+typedef struct route {
+    const char *path;
+    route_id id;
+    const char *method;      /* the one allowed */
+    int auth;                /* needs the API key */
+} route;
+
+static const route routes[] = {
+    {"/v1/chat/completions", R_CHAT, "POST", 1},
+    {"/v1/completions", R_COMPLETIONS, "POST", 1},
+    {"/v1/models", R_MODELS, "GET", 1},
+    {"/health", R_HEALTH, "GET", 0},
+    {"/ready", R_READY, "GET", 0},
+    {"/metrics", R_METRICS, "GET", 0},
+    {"/tokenize", R_TOKENIZE, "POST", 1},
+    {"/detokenize", R_DETOKENIZE, "POST", 1},
+};
+
+/* Per-connection (per-request) state: MHD's con_cls. */
+typedef struct conn_state {
+    const route *rt;
+    char *body;
+    size_t len, cap;
+    int too_large;
+    int status;              /* of the response queued */
+    double t_start;
+    char method[8];
+    char path[128];
+} conn_state;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------ responses */
+
+static enum MHD_Result queue_json(struct MHD_Connection *c, conn_state *cs, int status, json_t *j) {
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(j);
+    if (!s) s = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}"),
+            status = 500;
+    if (!s) return MHD_NO;
+    size_t n = strlen(s);
+    s[n] = 0;
+    char *body = realloc(s, n + 2); /* newline-terminated: friendlier to curl users */
+    if (body) body[n++] = '\n', s = body;
+    struct MHD_Response *r = MHD_create_response_from_buffer(n, s, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(s);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (status == 405 && cs && cs->rt) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, cs->rt->method);
+    if (status == 429 || status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (cs) cs->status = status;
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result queue_error(struct MHD_Connection *c, conn_state *cs, const oai_error *e) {
+    return queue_json(c, cs, e->status, oai_error_json(e));
+}
+
+static enum MHD_Result queue_text(struct MHD_Connection *c, conn_state *cs, int status, const char *ctype, char *text) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    cs->status = status;
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* ------------------------------------------------------------ client liveness */
+
+/* 1 if the client hung up (or the socket failed). */
+static int client_gone(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return 1;
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) < 0) return errno != EINTR;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+/* ------------------------------------------------------------ generation */
+
+typedef struct gen_choice {
+    sched_stream *stream;
+    oai_choice acc;          /* non-streaming: the whole text; streaming: counters only */
+    int role_sent;
+    int done;
+} gen_choice;
+
+typedef struct gen_job {
+    http_server *h;
+    struct MHD_Connection *conn;
+    oai_request req;
+    gen_choice *ch;
+    int n_ch, n_done;
+    char **echo;             /* completions echo: prompt text per prompt, else NULL */
+    char id[64];
+    long created;
+    double t_start, t_first;
+    int failed;              /* a choice ended with FINISH_ERROR */
+    char error[256];
+    int cancelled;
+    /* streaming output */
+    char *out;
+    size_t out_len, out_pos, out_cap;
+    int finished;            /* [DONE] queued */
+    int counted;             /* inflight released */
+} gen_job;
+
+static void job_release_inflight(gen_job *j) {
+    if (j->counted) return;
+    j->counted = 1;
+    http_server *h = j->h;
+    double t_end = now_s();
+    if (j->cancelled) atomic_fetch_add(&h->gen_cancelled, 1);
+    else if (j->failed) atomic_fetch_add(&h->gen_failed, 1);
+    else atomic_fetch_add(&h->gen_ok, 1);
+    if (!j->cancelled && !j->failed) {
+        pthread_mutex_lock(&h->mu);
+        if (j->t_first > 0) summary_add(&h->ttft_s, j->t_first - j->t_start);
+        summary_add(&h->latency_s, t_end - j->t_start);
+        pthread_mutex_unlock(&h->mu);
+    }
+    atomic_fetch_sub(&h->inflight, 1);
+}
+
+static void job_free(gen_job *j) {
+    if (!j) return;
+    for (int i = 0; i < j->n_ch; i++) {
+        if (j->ch[i].stream) sched_stream_free(j->ch[i].stream); /* cancels if still running */
+        oai_choice_free(&j->ch[i].acc);
+    }
+    if (j->n_done < j->n_ch) j->cancelled = 1;
+    job_release_inflight(j);
+    for (int i = 0; j->echo && i < j->req.n_prompts; i++) free(j->echo[i]);
+    free(j->echo);
+    free(j->ch);
+    free(j->out);
+    oai_request_free(&j->req);
+    free(j);
+}
+
+static void job_cancel(gen_job *j) {
+    j->cancelled = 1;
+    for (int i = 0; i < j->n_ch; i++)
+        if (!j->ch[i].done) sched_stream_cancel(j->ch[i].stream);
+}
+
+static void random_hex(char *out, int n_hex) {
+    unsigned char b[32];
+    int nb = (n_hex + 1) / 2;
+    if (getrandom(b, (size_t)nb, 0) != nb) {
+        uint64_t x = (uint64_t)now_s() * 1000003u ^ (uint64_t)(uintptr_t)out;
+        for (int i = 0; i < nb; i++) x = x * 6364136223846793005ull + 1442695040888963407ull, b[i] = (unsigned char)(x >> 56);
+    }
+    for (int i = 0; i < n_hex; i++) out[i] = "0123456789abcdef"[(b[i / 2] >> (i % 2 ? 0 : 4)) & 15];
+    out[n_hex] = 0;
+}
+
+static uint64_t random_seed(void) {
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = (uint64_t)(now_s() * 1e9);
+    return s;
+}
+
+/* Submits every choice. 0, or -1 with e filled (nothing left submitted). */
+static int job_submit(gen_job *j, oai_error *e) {
+    http_server *h = j->h;
+    uint64_t base_seed = random_seed();
+    for (int i = 0; i < j->n_ch; i++) {
+        sched_request sr;
+        oai_sched_request(&j->req, i, base_seed, &sr);
+        int queue_full = 0;
+        ms_err err = {{0}};
+        j->ch[i].stream = sched_submit(h->engine, &sr, &queue_full, &err);
+        if (!j->ch[i].stream) {
+            for (int k = 0; k < i; k++) sched_stream_free(j->ch[k].stream), j->ch[k].stream = NULL;
+            if (queue_full)
+                oai_error_set(e, 429, "rate_limit_error", NULL, "queue_full",
+                              "The server's request queue is full; retry later (%s)", err.msg);
+            else
+                oai_error_set(e, 400, "invalid_request_error", NULL, NULL, "%s", err.msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Waits for the next event of any unfinished choice: 1 with *which and *ev set,
+ * 0 on timeout (one slice). */
+static int job_next(gen_job *j, int *which, sched_event *ev) {
+    int active = j->n_ch - j->n_done;
+    if (active == 1) {
+        for (int i = 0; i < j->n_ch; i++)
+            if (!j->ch[i].done) {
+                *which = i;
+                return sched_stream_next(j->ch[i].stream, ev, STREAM_POLL_MS);
+            }
+    }
+    for (int round = 0; round * MULTI_POLL_MS < STREAM_POLL_MS; round++)
+        for (int i = 0; i < j->n_ch; i++) {
+            if (j->ch[i].done) continue;
+            if (sched_stream_next(j->ch[i].stream, ev, round ? MULTI_POLL_MS / 2 : 0)) {
+                *which = i;
+                return 1;
+            }
+        }
+    return 0;
+}
+
+/* Bookkeeping common to both modes after an event of choice i. */
+static void job_note(gen_job *j, int i, const sched_event *ev) {
+    if (ev->token >= 0 && j->t_first == 0) j->t_first = now_s();
+    if (ev->finish != FINISH_NONE) {
+        j->ch[i].done = 1;
+        j->n_done++;
+        if (ev->finish == FINISH_ERROR) {
+            j->failed = 1;
+            snprintf(j->error, sizeof j->error, "%s", ev->error);
+        }
+    }
+}
+
+static oai_usage job_usage(const gen_job *j) {
+    oai_usage u = {0, 0};
+    for (int p = 0; p < j->req.n_prompts; p++) u.prompt_tokens += j->req.prompts[p].n_ids;
+    for (int i = 0; i < j->n_ch; i++) u.completion_tokens += j->ch[i].acc.completion_tokens;
+    return u;
+}
+
+static gen_job *job_create(http_server *h, struct MHD_Connection *c, oai_request *req) {
+    gen_job *j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+    j->h = h;
+    j->conn = c;
+    j->req = *req;
+    memset(req, 0, sizeof *req);
+    j->n_ch = j->req.n_prompts * j->req.n;
+    j->ch = calloc((size_t)j->n_ch, sizeof *j->ch);
+    if (!j->ch) {
+        oai_request_free(&j->req);
+        free(j);
+        return NULL;
+    }
+    j->counted = 1; /* not in flight until submitted */
+    if (j->req.echo && (j->echo = calloc((size_t)j->req.n_prompts, sizeof *j->echo)))
+        for (int p = 0; p < j->req.n_prompts; p++)
+            j->echo[p] = tokenizer_decode(h->tok, j->req.prompts[p].ids, (size_t)j->req.prompts[p].n_ids, 0);
+    for (int i = 0; i < j->n_ch; i++) {
+        const char *e = j->echo ? j->echo[i / j->req.n] : NULL;
+        oai_choice_init(&j->ch[i].acc, &j->req, e ? strlen(e) : 0);
+    }
+    snprintf(j->id, sizeof j->id, "%s", j->req.kind == OAI_CHAT ? "chatcmpl-" : "cmpl-");
+    random_hex(j->id + strlen(j->id), 24);
+    j->created = (long)time(NULL);
+    j->t_start = now_s();
+    return j;
+}
+
+/* Non-streaming: collect everything, then answer once. */
+static enum MHD_Result generate_blocking(gen_job *j, conn_state *cs) {
+    http_server *h = j->h;
+    sched_event ev;
+    int which;
+    while (j->n_done < j->n_ch) {
+        if (!job_next(j, &which, &ev)) {
+            if (client_gone(j->conn) || atomic_load(&h->abort_all)) job_cancel(j);
+            continue;
+        }
+        oai_choice_add(&j->ch[which].acc, &j->req, h->tok, &ev);
+        free(ev.text);
+        job_note(j, which, &ev);
+    }
+    enum MHD_Result ret;
+    if (j->cancelled && client_gone(j->conn)) {
+        ret = MHD_NO; /* nobody to answer */
+        cs->status = 499;
+    } else if (j->failed) {
+        oai_error e;
+        oai_error_set(&e, 500, "server_error", NULL, NULL, "The engine failed this request: %s", j->error);
+        ret = queue_error(j->conn, cs, &e);
+    } else {
+        oai_usage u = job_usage(j);
+        oai_choice *flat = malloc((size_t)j->n_ch * sizeof *flat); /* oai_response_json wants them contiguous */
+        json_t *resp = NULL;
+        if (flat) {
+            for (int i = 0; i < j->n_ch; i++) flat[i] = j->ch[i].acc;
+            resp = oai_response_json(&j->req, j->id, j->created, h->fingerprint, flat, j->n_ch,
+                                     (const char *const *)j->echo, &u);
+            free(flat);
+        }
+        ret = queue_json(j->conn, cs, 200, resp);
+    }
+    job_free(j);
+    return ret;
+}
+
+/* ---- streaming ---- */
+
+static int out_append(gen_job *j, const char *s, size_t n) {
+    if (j->out_len + n > j->out_cap) {
+        size_t cap = (j->out_len + n) * 2 + 256;
+        char *o = realloc(j->out, cap);
+        if (!o) return -1;
+        j->out = o, j->out_cap = cap;
+    }
+    memcpy(j->out + j->out_len, s, n);
+    j->out_len += n;
+    return 0;
+}
+
+/* "data: <json>\n\n" (steals the reference) */
+static int out_event(gen_job *j, json_t *o) {
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    if (!s) return -1;
+    int rc = out_append(j, "data: ", 6) || out_append(j, s, strlen(s)) || out_append(j, "\n\n", 2);
+    free(s);
+    return rc ? -1 : 0;
+}
+
+static void stream_first_chunks(gen_job *j) {
+    for (int i = 0; i < j->n_ch; i++) {
+        if (j->req.kind == OAI_CHAT)
+            out_event(j, oai_chunk_json(&j->req, j->id, j->created, j->h->fingerprint, i, "assistant", "", 0, NULL,
+                                        FINISH_NONE));
+        else if (j->echo && j->echo[i / j->req.n])
+            out_event(j, oai_chunk_json(&j->req, j->id, j->created, j->h->fingerprint, i, NULL, j->echo[i / j->req.n],
+                                        strlen(j->echo[i / j->req.n]), NULL, FINISH_NONE));
+        j->ch[i].role_sent = 1;
+    }
+}
+
+/* Turns one event into SSE chunks. */
+static void stream_event(gen_job *j, int i, const sched_event *ev) {
+    http_server *h = j->h;
+    oai_choice *acc = &j->ch[i].acc;
+    json_t *lp = oai_event_logprobs(&j->req, h->tok, ev, acc->text_offset);
+    if (ev->text_len || lp)
+        out_event(j, oai_chunk_json(&j->req, j->id, j->created, h->fingerprint, i, NULL, ev->text ? ev->text : "",
+                                    ev->text_len, lp, FINISH_NONE));
+    acc->text_offset += ev->text_len;
+    if (ev->completion_tokens > acc->completion_tokens) acc->completion_tokens = ev->completion_tokens;
+    if (ev->finish == FINISH_ERROR) {
+        oai_error e;
+        oai_error_set(&e, 500, "server_error", NULL, NULL, "The engine failed this request: %s", ev->error);
+        out_event(j, oai_error_json(&e));
+    } else if (ev->finish != FINISH_NONE) {
+        out_event(j, oai_chunk_json(&j->req, j->id, j->created, h->fingerprint, i, NULL, NULL, 0, NULL, ev->finish));
+    }
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    gen_job *j = cls;
+    (void)pos;
+    while (j->out_pos == j->out_len) {
+        j->out_pos = j->out_len = 0;
+        if (j->finished) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (j->n_done == j->n_ch) {
+            if (j->req.include_usage) {
+                oai_usage u = job_usage(j);
+                out_event(j, oai_usage_chunk_json(&j->req, j->id, j->created, j->h->fingerprint, &u));
+            }
+            out_append(j, "data: [DONE]\n\n", 14);
+            j->finished = 1;
+            job_release_inflight(j);
+            continue;
+        }
+        sched_event ev;
+        int which;
+        if (!job_next(j, &which, &ev)) {
+            if (client_gone(j->conn)) {
+                job_cancel(j);
+                return MHD_CONTENT_READER_END_WITH_ERROR; /* job_free cancels and frees */
+            }
+            if (atomic_load(&j->h->abort_all)) job_cancel(j); /* the streams end with FINISH_CANCELLED */
+            continue;
+        }
+        job_note(j, which, &ev);
+        stream_event(j, which, &ev);
+        free(ev.text);
+    }
+    size_t n = j->out_len - j->out_pos;
+    if (n > max) n = max;
+    memcpy(buf, j->out + j->out_pos, n);
+    j->out_pos += n;
+    return (ssize_t)n;
+}
+
+static void stream_free_cb(void *cls) { job_free(cls); }
+
+static enum MHD_Result generate_streaming(gen_job *j, conn_state *cs) {
+    stream_first_chunks(j);
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK_BYTES, stream_reader, j,
+                                                               stream_free_cb);
+    if (!r) {
+        job_free(j);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    cs->status = 200;
+    enum MHD_Result ret = MHD_queue_response(j->conn, MHD_HTTP_OK, r);
+    MHD_destroy_response(r); /* the job is freed with the response (stream_free_cb) */
+    return ret;
+}
+
+static int not_ready_error(http_server *h, oai_error *e) {
+    if (atomic_load(&h->draining))
+        return oai_error_set(e, 503, "service_unavailable", NULL, "shutting_down", "The server is shutting down");
+    if (!atomic_load(&h->ready))
+        return oai_error_set(e, 503, "service_unavailable", NULL, "loading", "The model is still loading; retry later");
+    return 0;
+}
+
+static oai_ctx parse_ctx(http_server *h) {
+    return (oai_ctx){h->tok, h->served_model, sched_get_config(h->engine)->max_model_len, h->vocab_size};
+}
+
+static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c, conn_state *cs, oai_kind kind) {
+    oai_error e;
+    if (not_ready_error(h, &e)) return queue_error(c, cs, &e);
+    oai_ctx ctx = parse_ctx(h);
+    oai_request req;
+    if (oai_parse_request(kind, cs->body ? cs->body : "", cs->len, &ctx, &req, &e) != 0) return queue_error(c, cs, &e);
+    gen_job *j = job_create(h, c, &req);
+    if (!j) {
+        oai_request_free(&req);
+        oai_error_set(&e, 503, "service_unavailable", NULL, NULL, "out of memory");
+        return queue_error(c, cs, &e);
+    }
+    atomic_fetch_add(&h->inflight, 1);
+    j->counted = 0;
+    if (job_submit(j, &e) != 0) {
+        j->counted = 1;
+        atomic_fetch_sub(&h->inflight, 1);
+        job_free(j);
+        return queue_error(c, cs, &e);
+    }
+    return j->req.stream ? generate_streaming(j, cs) : generate_blocking(j, cs);
+}
+
+/* ------------------------------------------------------------ other routes */
+
+static enum MHD_Result handle_models(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *id) {
+    int max_len = h->engine ? sched_get_config(h->engine)->max_model_len : 0;
+    json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:s,s:i}", "id", h->served_model, "object", "model", "created",
+                          (json_int_t)h->created, "owned_by", "mlaserve", "root", h->model_root, "max_model_len", max_len);
+    if (id) {
+        if (strcmp(id, h->served_model)) {
+            json_decref(m);
+            oai_error e;
+            oai_error_set(&e, 404, "invalid_request_error", "model", "model_not_found", "The model `%.200s` does not exist.", id);
+            return queue_error(c, cs, &e);
+        }
+        return queue_json(c, cs, 200, m);
+    }
+    return queue_json(c, cs, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
+}
+
+static void metric(FILE *f, const char *name, const char *type, const char *help, double v) {
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
+}
+
+static void metric_summary(FILE *f, const char *name, const char *help, const summary *s) {
+    fprintf(f, "# HELP %s %s\n# TYPE %s summary\n", name, help, name);
+    uint64_t n = s->count < SUMMARY_SAMPLES ? s->count : SUMMARY_SAMPLES;
+    double sorted[SUMMARY_SAMPLES];
+    memcpy(sorted, s->samples, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, cmp_double);
+    static const double qs[] = {0.5, 0.9, 0.99};
+    for (int i = 0; i < 3; i++) {
+        if (n) fprintf(f, "%s{quantile=\"%g\"} %.6f\n", name, qs[i], sorted[(size_t)ceil(qs[i] * (double)n) - 1]);
+        else fprintf(f, "%s{quantile=\"%g\"} NaN\n", name, qs[i]);
+    }
+    fprintf(f, "%s_sum %.6f\n%s_count %llu\n", name, s->sum, name, (unsigned long long)s->count);
+}
+
+static enum MHD_Result handle_metrics(http_server *h, struct MHD_Connection *c, conn_state *cs) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return MHD_NO;
+    sched_stats st = {0};
+    if (h->engine) sched_get_stats(h->engine, &st);
+    metric(f, "mlaserve_ready", "gauge", "1 when the model is loaded and the server accepts requests",
+           atomic_load(&h->ready) && !atomic_load(&h->draining));
+    metric(f, "mlaserve_num_requests_running", "gauge", "Sequences in the running batch", st.running);
+    metric(f, "mlaserve_num_requests_waiting", "gauge", "Requests waiting for admission", st.waiting);
+    metric(f, "mlaserve_kv_pages_total", "gauge", "KV cache pages (64 tokens each)", st.kv_pages_total);
+    metric(f, "mlaserve_kv_pages_free", "gauge", "Free KV cache pages", st.kv_pages_free);
+    metric(f, "mlaserve_kv_cache_usage_ratio", "gauge", "Fraction of KV pages in use",
+           st.kv_pages_total ? 1.0 - (double)st.kv_pages_free / st.kv_pages_total : 0.0);
+    metric(f, "mlaserve_engine_requests_finished_total", "counter", "Sequences the engine finished",
+           (double)st.requests_finished);
+    metric(f, "mlaserve_prompt_tokens_total", "counter", "Prompt tokens processed", (double)st.prompt_tokens);
+    metric(f, "mlaserve_generation_tokens_total", "counter", "Tokens generated", (double)st.generation_tokens);
+    metric(f, "mlaserve_preemptions_total", "counter", "Sequences preempted for lack of KV pages",
+           (double)st.preemptions);
+    metric(f, "mlaserve_engine_steps_total", "counter", "Engine steps (model forwards)", (double)st.steps);
+    metric(f, "mlaserve_inflight_requests", "gauge", "Generation requests being answered",
+           atomic_load(&h->inflight));
+    fprintf(f, "# HELP mlaserve_generation_requests_total Generation requests by outcome\n"
+               "# TYPE mlaserve_generation_requests_total counter\n"
+               "mlaserve_generation_requests_total{outcome=\"ok\"} %llu\n"
+               "mlaserve_generation_requests_total{outcome=\"failed\"} %llu\n"
+               "mlaserve_generation_requests_total{outcome=\"cancelled\"} %llu\n",
+            (unsigned long long)atomic_load(&h->gen_ok), (unsigned long long)atomic_load(&h->gen_failed),
+            (unsigned long long)atomic_load(&h->gen_cancelled));
+    fprintf(f, "# HELP mlaserve_http_requests_total HTTP responses by status code\n"
+               "# TYPE mlaserve_http_requests_total counter\n");
+    for (int code = 100; code < 600; code++) {
+        uint64_t n = atomic_load(&h->status_count[code]);
+        if (n) fprintf(f, "mlaserve_http_requests_total{code=\"%d\"} %llu\n", code, (unsigned long long)n);
+    }
+    pthread_mutex_lock(&h->mu);
+    metric_summary(f, "mlaserve_time_to_first_token_seconds", "Time from request to first generated token", &h->ttft_s);
+    metric_summary(f, "mlaserve_e2e_request_latency_seconds", "Time from request to last token", &h->latency_s);
+    pthread_mutex_unlock(&h->mu);
+    fclose(f);
+    return queue_text(c, cs, 200, "text/plain; version=0.0.4", text);
+}
+
+static int check_model_field(http_server *h, json_t *b, oai_error *e) {
+    json_t *m = json_object_get(b, "model");
+    if (!m || json_is_null(m)) return 0;
+    if (!json_is_string(m)) return oai_error_set(e, 400, "invalid_request_error", "model", NULL, "'model' must be a string");
+    if (strcmp(json_string_value(m), h->served_model))
+        return oai_error_set(e, 404, "invalid_request_error", "model", "model_not_found", "The model `%.200s` does not exist.",
+                             json_string_value(m));
+    return 0;
+}
+
+static json_t *load_body(conn_state *cs, oai_error *e) {
+    json_error_t je;
+    json_t *b = json_loadb(cs->body ? cs->body : "", cs->len, JSON_REJECT_DUPLICATES, &je);
+    if (!b) oai_error_set(e, 400, "invalid_request_error", NULL, "invalid_json", "Invalid JSON body: %s", je.text);
+    else if (!json_is_object(b)) {
+        json_decref(b);
+        b = NULL;
+        oai_error_set(e, 400, "invalid_request_error", NULL, "invalid_json", "The request body must be a JSON object");
+    }
+    return b;
+}
+
+static int opt_bool(json_t *b, const char *name, int dflt, int *out, oai_error *e) {
+    json_t *v = json_object_get(b, name);
+    if (!v || json_is_null(v)) return *out = dflt, 0;
+    if (!json_is_boolean(v)) return oai_error_set(e, 400, "invalid_request_error", name, NULL, "'%s' must be a boolean", name);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* vLLM's /tokenize: {"prompt", "add_special_tokens"=true} or {"messages", "add_generation_prompt"=true}. */
+static enum MHD_Result handle_tokenize(http_server *h, struct MHD_Connection *c, conn_state *cs) {
+    oai_error e;
+    if (not_ready_error(h, &e)) return queue_error(c, cs, &e);
+    json_t *b = load_body(cs, &e);
+    if (!b) return queue_error(c, cs, &e);
+    json_t *prompt = json_object_get(b, "prompt"), *msgs = json_object_get(b, "messages");
+    char *text = NULL;
+    size_t len = 0;
+    int special = 0, gen_prompt = 0, rc = check_model_field(h, b, &e);
+    if (!rc && json_is_string(prompt)) {
+        rc = opt_bool(b, "add_special_tokens", 1, &special, &e);
+        if (!rc && !(text = malloc(json_string_length(prompt) + 1))) rc = oai_error_set(&e, 503, "service_unavailable", NULL, NULL, "out of memory");
+        if (!rc) memcpy(text, json_string_value(prompt), (len = json_string_length(prompt)) + 1);
+    } else if (!rc && json_is_array(msgs)) {
+        rc = opt_bool(b, "add_generation_prompt", 1, &gen_prompt, &e);
+        chat_template_opts opts = {.add_generation_prompt = gen_prompt};
+        ms_err err = {{0}};
+        if (!rc && chat_template_render(msgs, &opts, &text, &len, &err) != 0)
+            rc = oai_error_set(&e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);
+    } else if (!rc) {
+        rc = oai_error_set(&e, 400, "invalid_request_error", "prompt", NULL, "a string 'prompt' or a 'messages' array is required");
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    ms_err err = {{0}};
+    if (!rc && tokenizer_encode(h->tok, text, len, &ids, &n, &err) != 0)
+        rc = oai_error_set(&e, 400, "invalid_request_error", json_is_string(prompt) ? "prompt" : "messages", NULL, "%s", err.msg);
+    free(text);
+    json_decref(b);
+    if (rc) return queue_error(c, cs, &e);
+    json_t *arr = json_array();
+    int bos = special && tokenizer_add_bos(h->tok) && tokenizer_bos_id(h->tok) >= 0;
+    if (bos) json_array_append_new(arr, json_integer(tokenizer_bos_id(h->tok)));
+    for (size_t i = 0; i < n; i++) json_array_append_new(arr, json_integer(ids[i]));
+    free(ids);
+    return queue_json(c, cs, 200, json_pack("{s:i,s:i,s:o}", "count", (int)n + bos, "max_model_len",
+                                            sched_get_config(h->engine)->max_model_len, "tokens", arr));
+}
+
+static enum MHD_Result handle_detokenize(http_server *h, struct MHD_Connection *c, conn_state *cs) {
+    oai_error e;
+    if (not_ready_error(h, &e)) return queue_error(c, cs, &e);
+    json_t *b = load_body(cs, &e);
+    if (!b) return queue_error(c, cs, &e);
+    int rc = check_model_field(h, b, &e);
+    json_t *toks = json_object_get(b, "tokens");
+    size_t n = json_array_size(toks);
+    int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
+    if (!rc && !json_is_array(toks))
+        rc = oai_error_set(&e, 400, "invalid_request_error", "tokens", NULL, "'tokens' must be an array of token ids");
+    if (!rc && !ids) rc = oai_error_set(&e, 503, "service_unavailable", NULL, NULL, "out of memory");
+    for (size_t i = 0; !rc && i < n; i++) {
+        json_t *v = json_array_get(toks, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= h->vocab_size)
+            rc = oai_error_set(&e, 400, "invalid_request_error", "tokens", NULL,
+                               "'tokens'[%zu] must be a token id in [0, %d)", i, h->vocab_size);
+        else
+            ids[i] = (int32_t)json_integer_value(v);
+    }
+    json_decref(b);
+    if (rc) {
+        free(ids);
+        return queue_error(c, cs, &e);
+    }
+    size_t len = 0;
+    char *text = tokenizer_decode_len(h->tok, ids, n, 0, &len);
+    free(ids);
+    if (!text) {
+        oai_error_set(&e, 503, "service_unavailable", NULL, NULL, "out of memory");
+        return queue_error(c, cs, &e);
+    }
+    json_t *o = json_pack("{s:o}", "prompt", oai_json_string_lossy(text, len));
+    free(text);
+    return queue_json(c, cs, 200, o);
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+/* Constant-time comparison of the Bearer token with the key (through SHA-256,
+ * so the time depends on neither content nor length difference). */
+static int auth_ok(http_server *h, struct MHD_Connection *c) {
+    if (!h->api_key) return 1;
+    const char *hdr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!hdr || strncasecmp(hdr, "Bearer ", 7)) return 0;
+    const char *tok = hdr + 7;
+    while (*tok == ' ') tok++;
+    uint8_t a[SHA256_DIGEST_BYTES], b[SHA256_DIGEST_BYTES];
+    sha256_ctx sa, sb;
+    sha256_init(&sa);
+    sha256_update(&sa, tok, strlen(tok));
+    sha256_final(&sa, a);
+    sha256_init(&sb);
+    sha256_update(&sb, h->api_key, strlen(h->api_key));
+    sha256_final(&sb, b);
+    volatile uint8_t diff = 0;
+    for (int i = 0; i < SHA256_DIGEST_BYTES; i++) diff |= a[i] ^ b[i];
+    return diff == 0;
+}
+
+static const route *find_route(const char *url, const char **model_id) {
+    *model_id = NULL;
+    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
+        if (!strcmp(url, routes[i].path)) return &routes[i];
+    if (!strncmp(url, "/v1/models/", 11) && url[11]) {
+        static const route model_route = {"/v1/models/{id}", R_MODEL, "GET", 1};
+        *model_id = url + 11;
+        return &model_route;
+    }
+    return NULL;
+}
+
+static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *url) {
+    const char *model_id;
+    find_route(url, &model_id);
+    switch (cs->rt->id) {
+    case R_CHAT: return handle_generate(h, c, cs, OAI_CHAT);
+    case R_COMPLETIONS: return handle_generate(h, c, cs, OAI_COMPLETION);
+    case R_MODELS: return handle_models(h, c, cs, NULL);
+    case R_MODEL: return handle_models(h, c, cs, model_id);
+    case R_HEALTH: return queue_json(c, cs, 200, json_pack("{s:s}", "status", "ok"));
+    case R_READY: {
+        int ok = atomic_load(&h->ready) && !atomic_load(&h->draining);
+        return queue_json(c, cs, ok ? 200 : 503,
+                          json_pack("{s:s}", "status", ok ? "ready" : atomic_load(&h->draining) ? "draining" : "loading"));
+    }
+    case R_METRICS: return handle_metrics(h, c, cs);
+    case R_TOKENIZE: return handle_tokenize(h, c, cs);
+    case R_DETOKENIZE: return handle_detokenize(h, c, cs);
+    }
+    return MHD_NO;
+}
+
+/* First call for a request: route, method, auth and declared body size are
+ * checked before any body is read (an early error closes the connection). */
+static enum MHD_Result first_call(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *url,
+                                  const char *method, int *answered) {
+    oai_error e;
+    const char *model_id;
+    *answered = 1;
+    cs->rt = find_route(url, &model_id);
+    if (!cs->rt) {
+        oai_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "No route %.100s %.100s", method, url);
+        return queue_error(c, cs, &e);
+    }
+    if (strcmp(method, cs->rt->method)) {
+        oai_error_set(&e, 405, "invalid_request_error", NULL, "method_not_allowed", "%.100s %s: use %s", method,
+                      cs->rt->path, cs->rt->method);
+        return queue_error(c, cs, &e);
+    }
+    if (cs->rt->auth && !auth_ok(h, c)) {
+        oai_error_set(&e, 401, "authentication_error", NULL, "invalid_api_key",
+                      "Missing or invalid API key (send 'Authorization: Bearer <key>')");
+        return queue_error(c, cs, &e);
+    }
+    const char *clen = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (clen && strtoull(clen, NULL, 10) > h->cfg.max_body_bytes) {
+        oai_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",
+                      "The request body (%.30s bytes) is larger than the limit of %zu bytes", clen, h->cfg.max_body_bytes);
+        return queue_error(c, cs, &e);
+    }
+    *answered = 0;
+    return MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+    http_server *h = cls;
+    (void)version;
+    conn_state *cs = *con_cls;
+    if (!cs) {
+        if (!(cs = calloc(1, sizeof *cs))) return MHD_NO;
+        *con_cls = cs;
+        cs->t_start = now_s();
+        snprintf(cs->method, sizeof cs->method, "%s", method);
+        snprintf(cs->path, sizeof cs->path, "%s", url);
+        int answered;
+        enum MHD_Result r = first_call(h, c, cs, url, method, &answered);
+        if (answered || strcmp(method, "POST")) return answered ? r : dispatch(h, c, cs, url);
+        return MHD_YES; /* wait for the body */
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (cs->too_large || cs->len + n > h->cfg.max_body_bytes) {
+            cs->too_large = 1; /* keep reading and dropping it: then answer 413 */
+            return MHD_YES;
+        }
+        if (cs->len + n + 1 > cs->cap) {
+            size_t cap = (cs->len + n + 1) * 2;
+            if (cap > h->cfg.max_body_bytes + 1) cap = h->cfg.max_body_bytes + 1;
+            char *b = realloc(cs->body, cap);
+            if (!b) return MHD_NO;
+            cs->body = b, cs->cap = cap;
+        }
+        memcpy(cs->body + cs->len, upload_data, n);
+        cs->len += n;
+        cs->body[cs->len] = 0;
+        return MHD_YES;
+    }
+    if (cs->status) return MHD_YES; /* already answered */
+    if (cs->too_large) {
+        oai_error e;
+        oai_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",
+                      "The request body is larger than the limit of %zu bytes", h->cfg.max_body_bytes);
+        return queue_error(c, cs, &e);
+    }
+    return dispatch(h, c, cs, url);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    http_server *h = cls;
+    conn_state *cs = *con_cls;
+    (void)c;
+    if (!cs) return;
+    int status = cs->status ? cs->status : 499;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200) status = 499; /* client went away mid-response */
+    if (status >= 100 && status < 600) atomic_fetch_add(&h->status_count[status], 1);
+    if (!cs->rt || (cs->rt->id != R_HEALTH && cs->rt->id != R_READY && cs->rt->id != R_METRICS) || status >= 400) {
+        double ms = (now_s() - cs->t_start) * 1e3;
+        if (h->cfg.log_json) {
+            json_t *o = json_pack("{s:s,s:o,s:i,s:f}", "method", cs->method, "path",
+                                  oai_json_string_lossy(cs->path, strlen(cs->path)), "status", status, "duration_ms", ms);
+            char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+            serve_log(1, "info", "request %s", s ? s : "");
+            free(s);
+            json_decref(o);
+        } else {
+            serve_log(0, "INFO", "\"%s %s\" %d %.1fms", cs->method, cs->path, status, ms);
+        }
+    }
+    free(cs->body);
+    free(cs);
+    *con_cls = NULL;
+}
+
+/* ------------------------------------------------------------ life cycle */
+
+static char *dup_or_null(const char *s) { return s && *s ? strdup(s) : NULL; }
+
+static void server_free(http_server *h) {
+    free(h->host);
+    free(h->api_key);
+    free(h->served_model);
+    free(h->model_root);
+    pthread_mutex_destroy(&h->mu);
+    free(h);
+}
+
+http_server *http_start(const http_config *cfg, ms_err *err) {
+    http_server *h = calloc(1, sizeof *h);
+    if (!h) {
+        ms_err_set(err, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&h->mu, NULL);
+    h->cfg = *cfg;
+    h->host = strdup(cfg->host ? cfg->host : "127.0.0.1");
+    h->api_key = dup_or_null(cfg->api_key);
+    h->served_model = strdup(cfg->served_model ? cfg->served_model : "model");
+    h->model_root = strdup(cfg->model_root ? cfg->model_root : "");
+    h->created = (long)time(NULL);
+    char hex[SHA256_HEX_CHARS];
+    sha256_hex_of(h->served_model, strlen(h->served_model), hex);
+    snprintf(h->fingerprint, sizeof h->fingerprint, "fp_%.10s", hex);
+    if (!h->host || !h->served_model || !h->model_root) {
+        server_free(h);
+        ms_err_set(err, "out of memory");
+        return NULL;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    char port[16];
+    snprintf(port, sizeof port, "%d", cfg->port);
+    int gai = getaddrinfo(h->host, port, &hints, &ai);
+    if (gai != 0) {
+        ms_err_set(err, "--host %s: %s", h->host, gai_strerror(gai));
+        server_free(h);
+        return NULL;
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
+                     (ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+    h->daemon = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
+                                 ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
+                                 (unsigned)(cfg->max_connections > 0 ? cfg->max_connections : 256),
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!h->daemon) {
+        ms_err_set(err, "cannot listen on %s:%d (address in use or not available?)", h->host, cfg->port);
+        server_free(h);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : cfg->port;
+    return h;
+}
+
+int http_port(const http_server *h) { return h->port; }
+
+void http_set_engine(http_server *h, sched *s, const tokenizer *tok, int vocab_size) {
+    h->tok = tok;
+    h->vocab_size = vocab_size;
+    h->engine = s;
+    atomic_store(&h->ready, 1);
+}
+
+int http_drain(http_server *h, int timeout_ms) {
+    atomic_store(&h->draining, 1);
+    MHD_socket lsock = MHD_quiesce_daemon(h->daemon);
+    if (lsock != MHD_INVALID_SOCKET) close(lsock);
+    double deadline = now_s() + timeout_ms / 1e3;
+    while (atomic_load(&h->inflight) > 0 && now_s() < deadline) usleep(20000);
+    int left = atomic_load(&h->inflight);
+    if (left > 0) {
+        atomic_store(&h->abort_all, 1); /* workers cancel their streams at their next poll slice */
+        deadline = now_s() + 5.0;
+        while (atomic_load(&h->inflight) > 0 && now_s() < deadline) usleep(20000);
+    }
+    return left;
+}
+
+void http_stop(http_server *h) {
+    if (!h) return;
+    atomic_store(&h->abort_all, 1);
+    if (h->daemon) MHD_stop_daemon(h->daemon);
+    server_free(h);
+}

@@ -1,0 +1,55 @@
+/* server/http.h — the HTTP front end of `mlaserve serve` (libmicrohttpd).
+ *
+ * Owns: the MHD daemon (one thread per connection), per-connection request
+ * state, the HTTP-level metrics (request counters, TTFT and latency
+ * summaries) and the route table:
+ *   POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/{id}],
+ *   GET /health, GET /ready, GET /metrics, POST /tokenize, POST /detokenize.
+ * Every error is an OpenAI error object (server/openai.h) with its status.
+ *
+ * Life cycle (called by server/cmd_serve.c, one thread):
+ *   http_start()       binds and serves; generation routes answer 503 and
+ *                      /ready 503 until the engine is attached
+ *   http_set_engine()  attaches the scheduler + tokenizer: ready
+ *   http_drain()       stops accepting, /ready 503, waits for in-flight
+ *                      generations up to a bound, then cancels what is left
+ *   http_stop()        stops the daemon (joins connection threads), frees
+ * HTTP worker threads never run the model: they submit to the scheduler and
+ * read its event streams (engine/sched.h). A client that disconnects has its
+ * requests cancelled. All functions are safe to call while workers run. */
+#ifndef MS_HTTP_H
+#define MS_HTTP_H
+
+#include <stddef.h>
+
+#include "common/err.h"
+#include "common/tokenizer.h"
+#include "engine/sched.h"
+
+typedef struct http_config {
+    const char *host;          /* numeric address or name; "127.0.0.1" */
+    int port;                  /* 0: any free port (see http_port) */
+    const char *api_key;       /* NULL or "": no authentication */
+    const char *served_model;  /* the model id clients must send */
+    const char *model_root;    /* shown as "root" in /v1/models */
+    size_t max_body_bytes;     /* larger request bodies get 413 */
+    int max_connections;       /* concurrent connections at most */
+    int log_json;              /* request log lines as JSON instead of text */
+} http_config;
+
+typedef struct http_server http_server;
+
+http_server *http_start(const http_config *cfg, ms_err *err);
+/* The port actually bound. */
+int http_port(const http_server *h);
+/* Attaches the engine (not owned; must outlive http_stop) and turns ready. */
+void http_set_engine(http_server *h, sched *s, const tokenizer *tok, int vocab_size);
+/* Graceful stop, part 1: see above. Returns the number of generations that
+ * had to be cancelled after timeout_ms. */
+int http_drain(http_server *h, int timeout_ms);
+void http_stop(http_server *h);
+
+/* One log line to stderr, text or JSON ({"ts","level","msg"}). Thread-safe. */
+void serve_log(int json, const char *level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+#endif

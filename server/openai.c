@@ -1,0 +1,586 @@
+/* server/openai.c — see openai.h. Parsing follows OpenAI's documented types and
+ * ranges, with vLLM's extensions (top_k, min_p, repetition_penalty, ignore_eos,
+ * token-id prompts); response objects follow OpenAI's field order. */
+#include "server/openai.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/chat_template.h"
+#include "common/utf8.h"
+
+#define BAD "invalid_request_error"
+
+int oai_error_set(oai_error *err, int status, const char *type, const char *param, const char *code,
+                  const char *fmt, ...) {
+    if (!err) return -1;
+    err->status = status;
+    err->type = type;
+    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+    snprintf(err->code, sizeof err->code, "%s", code ? code : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+json_t *oai_json_string_lossy(const char *s, size_t len) {
+    if (utf8_validate(s, len) == len) return json_stringn(s, len);
+    char *buf = malloc(3 * len + 1);
+    if (!buf) return NULL;
+    size_t n = utf8_lossy(s, len, buf, 1, NULL);
+    json_t *j = json_stringn(buf, n);
+    free(buf);
+    return j;
+}
+
+/* json_string or JSON null for "" */
+static json_t *str_or_null(const char *s) { return s && *s ? oai_json_string_lossy(s, strlen(s)) : json_null(); }
+
+json_t *oai_error_json(const oai_error *err) {
+    return json_pack("{s:{s:o,s:s,s:o,s:o}}", "error", "message", oai_json_string_lossy(err->message, strlen(err->message)),
+                     "type", err->type ? err->type : BAD, "param", str_or_null(err->param), "code",
+                     str_or_null(err->code));
+}
+
+void oai_request_free(oai_request *r) {
+    if (!r) return;
+    free(r->model);
+    for (int i = 0; i < r->n_prompts; i++) free(r->prompts[i].ids);
+    free(r->prompts);
+    for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- typed field access: null counts as absent ---- */
+
+static json_t *field(const json_t *body, const char *name) {
+    json_t *v = json_object_get(body, name);
+    return json_is_null(v) ? NULL : v;
+}
+
+/* A number in [lo, hi] (lo excluded when lo_open). 1 present, 0 absent, -1 bad. */
+static int get_number(const json_t *body, const char *name, double lo, double hi, int lo_open, double *out,
+                      oai_error *err) {
+    json_t *v = field(body, name);
+    if (!v) return 0;
+    if (!json_is_number(v)) return oai_error_set(err, 400, BAD, name, NULL, "'%s' must be a number", name);
+    double d = json_number_value(v);
+    if (!isfinite(d) || d > hi || (lo_open ? d <= lo : d < lo))
+        return oai_error_set(err, 400, BAD, name, NULL, "'%s' must be in %c%g, %g], got %g", name, lo_open ? '(' : '[',
+                             lo, hi, d);
+    *out = d;
+    return 1;
+}
+
+/* An integer (a real with an integral value counts) in [lo, hi]. */
+static int get_int(const json_t *body, const char *name, long long lo, long long hi, long long *out, oai_error *err) {
+    json_t *v = field(body, name);
+    if (!v) return 0;
+    double d = json_is_real(v) ? json_real_value(v) : 0;
+    if (!json_is_integer(v) && !(json_is_real(v) && d == floor(d) && fabs(d) < 9e15))
+        return oai_error_set(err, 400, BAD, name, NULL, "'%s' must be an integer", name);
+    long long x = json_is_integer(v) ? (long long)json_integer_value(v) : (long long)d;
+    if (x < lo || x > hi)
+        return oai_error_set(err, 400, BAD, name, NULL, "'%s' must be in [%lld, %lld], got %lld", name, lo, hi, x);
+    *out = x;
+    return 1;
+}
+
+static int get_bool(const json_t *body, const char *name, int *out, oai_error *err) {
+    json_t *v = field(body, name);
+    if (!v) return 0;
+    if (!json_is_boolean(v)) return oai_error_set(err, 400, BAD, name, NULL, "'%s' must be a boolean", name);
+    *out = json_is_true(v);
+    return 1;
+}
+
+/* ---- parameters shared by both endpoints ---- */
+
+static int parse_sampling(const json_t *b, oai_request *r, oai_error *err) {
+    sample_params *sp = &r->sampling;
+    double d;
+    long long i;
+    int rc;
+    if ((rc = get_number(b, "temperature", 0, 2, 0, &d, err)) < 0) return -1;
+    if (rc) sp->temperature = (float)d;
+    if ((rc = get_number(b, "top_p", 0, 1, 1, &d, err)) < 0) return -1;
+    if (rc) sp->top_p = (float)d;
+    if ((rc = get_int(b, "top_k", -1, 1 << 30, &i, err)) < 0) return -1;
+    if (rc) sp->top_k = (int32_t)i;
+    if ((rc = get_number(b, "min_p", 0, 1, 0, &d, err)) < 0) return -1;
+    if (rc) sp->min_p = (float)d;
+    if ((rc = get_number(b, "presence_penalty", -2, 2, 0, &d, err)) < 0) return -1;
+    if (rc) sp->presence_penalty = (float)d;
+    if ((rc = get_number(b, "frequency_penalty", -2, 2, 0, &d, err)) < 0) return -1;
+    if (rc) sp->frequency_penalty = (float)d;
+    if ((rc = get_number(b, "repetition_penalty", 0, 100, 1, &d, err)) < 0) return -1;
+    if (rc) sp->repetition_penalty = (float)d;
+    if ((rc = get_int(b, "seed", INT64_MIN, INT64_MAX, &i, err)) < 0) return -1;
+    if (rc) sp->seed = (uint64_t)i, r->seed_given = 1;
+    ms_err e = {{0}};
+    if (sample_params_validate(sp, &e) != 0) return oai_error_set(err, 400, BAD, NULL, NULL, "%s", e.msg);
+    return 0;
+}
+
+static int add_stop(oai_request *r, const json_t *s, oai_error *err) {
+    if (!json_is_string(s)) return oai_error_set(err, 400, BAD, "stop", NULL, "'stop' must be a string or an array of strings");
+    if (json_string_length(s) == 0) return 0; /* an empty stop string matches nothing useful: ignored */
+    if (r->n_stop >= SCHED_MAX_STOP)
+        return oai_error_set(err, 400, BAD, "stop", NULL, "'stop' may hold at most %d strings", SCHED_MAX_STOP);
+    if (memchr(json_string_value(s), 0, json_string_length(s)))
+        return oai_error_set(err, 400, BAD, "stop", NULL, "'stop' strings must not contain NUL");
+    if (!(r->stop[r->n_stop] = strdup(json_string_value(s))))
+        return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+    r->n_stop++;
+    return 0;
+}
+
+static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    json_t *m = json_object_get(b, "model");
+    if (!json_is_string(m)) return oai_error_set(err, 400, BAD, "model", NULL, "'model' is required and must be a string");
+    if (!(r->model = strdup(json_string_value(m)))) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+    if (strcmp(r->model, ctx->served_model))
+        return oai_error_set(err, 404, BAD, "model", "model_not_found", "The model `%.200s` does not exist.",
+                             r->model);
+    r->sampling = sample_params_default();
+    if (parse_sampling(b, r, err)) return -1;
+    long long i;
+    int rc;
+    r->n = 1;
+    if ((rc = get_int(b, "n", 1, OAI_MAX_N, &i, err)) < 0) return -1;
+    if (rc) r->n = (int)i;
+    if (get_bool(b, "stream", &r->stream, err) < 0) return -1;
+    json_t *so = field(b, "stream_options");
+    if (so) {
+        if (!json_is_object(so)) return oai_error_set(err, 400, BAD, "stream_options", NULL, "'stream_options' must be an object");
+        if (!r->stream)
+            return oai_error_set(err, 400, BAD, "stream_options", NULL, "'stream_options' is only allowed when 'stream' is true");
+        if (get_bool(so, "include_usage", &r->include_usage, err) < 0) {
+            snprintf(err->param, sizeof err->param, "stream_options.include_usage");
+            return -1;
+        }
+    }
+    if (get_bool(b, "ignore_eos", &r->ignore_eos, err) < 0) return -1;
+    json_t *stop = field(b, "stop");
+    if (json_is_array(stop)) {
+        size_t k;
+        json_t *s;
+        json_array_foreach(stop, k, s) if (add_stop(r, s, err)) return -1;
+    } else if (stop && add_stop(r, stop, err)) {
+        return -1;
+    }
+    json_t *user = field(b, "user");
+    if (user && !json_is_string(user)) return oai_error_set(err, 400, BAD, "user", NULL, "'user' must be a string");
+    /* max_completion_tokens wins over the deprecated max_tokens (as vLLM). */
+    long long mt = 0;
+    if ((rc = get_int(b, "max_completion_tokens", 1, INT32_MAX, &mt, err)) < 0) return -1;
+    if (!rc && (rc = get_int(b, "max_tokens", 1, INT32_MAX, &mt, err)) < 0) return -1;
+    r->max_tokens_given = rc;
+    r->max_tokens = rc ? (int)mt : 0;
+    /* Parameters that change the output's meaning and are not implemented: refuse, don't ignore. */
+    static const char *unsupported[] = {"tools", "functions", "logit_bias", "suffix", "response_format", "best_of"};
+    for (size_t k = 0; k < sizeof unsupported / sizeof *unsupported; k++) {
+        json_t *v = field(b, unsupported[k]);
+        if (!v) continue;
+        if (!strcmp(unsupported[k], "best_of") && json_is_integer(v) && json_integer_value(v) <= 1) continue;
+        if (!strcmp(unsupported[k], "response_format") && json_is_object(v) &&
+            json_is_string(json_object_get(v, "type")) && !strcmp(json_string_value(json_object_get(v, "type")), "text"))
+            continue;
+        if ((json_is_array(v) && json_array_size(v) == 0) || (json_is_object(v) && json_object_size(v) == 0)) continue;
+        return oai_error_set(err, 400, BAD, unsupported[k], NULL, "'%s' is not supported by this server", unsupported[k]);
+    }
+    return 0;
+}
+
+/* ---- prompts ---- */
+
+static int encode_text(const oai_ctx *ctx, const char *text, size_t len, int bos, oai_prompt *p, const char *param,
+                       oai_error *err) {
+    ms_err e = {{0}};
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (tokenizer_encode(ctx->tok, text, len, &ids, &n, &e) != 0)
+        return oai_error_set(err, 400, BAD, param, NULL, "'%s': %s", param, e.msg);
+    bos = bos && tokenizer_add_bos(ctx->tok) && tokenizer_bos_id(ctx->tok) >= 0;
+    p->ids = malloc((n + (size_t)bos + 1) * sizeof *p->ids);
+    if (!p->ids) {
+        free(ids);
+        return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+    }
+    if (bos) p->ids[0] = tokenizer_bos_id(ctx->tok);
+    if (n) memcpy(p->ids + bos, ids, n * sizeof *ids);
+    p->n_ids = (int)n + bos;
+    free(ids);
+    return 0;
+}
+
+/* messages with "developer" roles renamed to "system" (OpenAI's newer name):
+ * a new reference, the same array when there is nothing to rename. */
+static json_t *normalize_messages(json_t *msgs) {
+    size_t i;
+    json_t *m;
+    int need = 0;
+    json_array_foreach(msgs, i, m) {
+        json_t *role = json_object_get(m, "role");
+        if (json_is_string(role) && !strcmp(json_string_value(role), "developer")) need = 1;
+    }
+    if (!need) return json_incref(msgs);
+    json_t *copy = json_deep_copy(msgs);
+    json_array_foreach(copy, i, m) {
+        json_t *role = json_object_get(m, "role");
+        if (json_is_string(role) && !strcmp(json_string_value(role), "developer"))
+            json_object_set_new(m, "role", json_string("system"));
+    }
+    return copy;
+}
+
+/* Content parts other than text are refused with the part named. */
+static int check_content(const json_t *msgs, oai_error *err) {
+    size_t i, k;
+    json_t *m, *part;
+    json_array_foreach(msgs, i, m) {
+        if (!json_is_object(m)) return oai_error_set(err, 400, BAD, "messages", NULL, "messages[%zu] must be an object", i);
+        json_t *c = json_object_get(m, "content");
+        if (!json_is_array(c)) continue;
+        json_array_foreach(c, k, part) {
+            json_t *type = json_object_get(part, "type");
+            if (!json_is_object(part) || !json_is_string(type))
+                return oai_error_set(err, 400, BAD, "messages", NULL, "messages[%zu].content[%zu] must be a content part object", i, k);
+            if (strcmp(json_string_value(type), "text"))
+                return oai_error_set(err, 400, BAD, "messages", NULL,
+                                     "messages[%zu].content[%zu]: content type '%.40s' is not supported (text only)", i, k,
+                                     json_string_value(type));
+            if (!json_is_string(json_object_get(part, "text")))
+                return oai_error_set(err, 400, BAD, "messages", NULL, "messages[%zu].content[%zu].text must be a string", i, k);
+        }
+    }
+    return 0;
+}
+
+static int parse_messages(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    json_t *msgs = json_object_get(b, "messages");
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+        return oai_error_set(err, 400, BAD, "messages", NULL, "'messages' is required and must be a non-empty array");
+    if (check_content(msgs, err)) return -1;
+    json_t *norm = normalize_messages(msgs);
+    if (!norm) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+    chat_template_opts opts = {.add_generation_prompt = true};
+    char *text = NULL;
+    size_t len = 0;
+    ms_err e = {{0}};
+    int rc = chat_template_render(norm, &opts, &text, &len, &e);
+    json_decref(norm);
+    if (rc != 0) return oai_error_set(err, 400, BAD, "messages", NULL, "%s", e.msg);
+    r->prompts = calloc(1, sizeof *r->prompts);
+    if (!r->prompts) {
+        free(text);
+        return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+    }
+    r->n_prompts = 1;
+    rc = encode_text(ctx, text, len, 0, &r->prompts[0], "messages", err);
+    free(text);
+    return rc;
+}
+
+static int is_token_array(const json_t *a) {
+    size_t i;
+    json_t *v;
+    if (!json_is_array(a) || json_array_size(a) == 0) return 0;
+    json_array_foreach(a, i, v) if (!json_is_integer(v)) return 0;
+    return 1;
+}
+
+static int token_prompt(const json_t *a, const oai_ctx *ctx, oai_prompt *p, oai_error *err) {
+    size_t i, n = json_array_size(a);
+    json_t *v;
+    if (!(p->ids = malloc(n * sizeof *p->ids))) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+    json_array_foreach(a, i, v) {
+        json_int_t id = json_integer_value(v);
+        if (id < 0 || id >= ctx->vocab_size)
+            return oai_error_set(err, 400, BAD, "prompt", NULL, "token id %lld in 'prompt' is outside the vocabulary [0, %d)",
+                                 (long long)id, ctx->vocab_size);
+        p->ids[i] = (int32_t)id;
+    }
+    p->n_ids = (int)n;
+    return 0;
+}
+
+/* prompt: string | [string, ...] | [int, ...] | [[int, ...], ...] */
+static int parse_prompt(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    json_t *p = json_object_get(b, "prompt");
+    const char *shape = "'prompt' must be a string, an array of strings, an array of token ids or an array of those";
+    if (!json_is_string(p) && !json_is_array(p)) return oai_error_set(err, 400, BAD, "prompt", NULL, "%s", shape);
+    size_t n = json_is_string(p) || is_token_array(p) ? 1 : json_array_size(p);
+    if (n == 0) return oai_error_set(err, 400, BAD, "prompt", NULL, "'prompt' must not be empty");
+    if (n > OAI_MAX_PROMPTS) return oai_error_set(err, 400, BAD, "prompt", NULL, "'prompt' may hold at most %d prompts", OAI_MAX_PROMPTS);
+    if (!(r->prompts = calloc(n, sizeof *r->prompts))) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+    r->n_prompts = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *item = json_is_string(p) || is_token_array(p) ? p : json_array_get(p, i);
+        int rc;
+        if (json_is_string(item))
+            rc = encode_text(ctx, json_string_value(item), json_string_length(item), 1, &r->prompts[i], "prompt", err);
+        else if (is_token_array(item))
+            rc = token_prompt(item, ctx, &r->prompts[i], err);
+        else
+            rc = oai_error_set(err, 400, BAD, "prompt", NULL, "%s", shape);
+        if (rc) return -1;
+        if (r->prompts[i].n_ids == 0) return oai_error_set(err, 400, BAD, "prompt", NULL, "'prompt' encodes to no tokens");
+    }
+    return 0;
+}
+
+static int parse_logprobs(oai_kind kind, const json_t *b, oai_request *r, oai_error *err) {
+    long long i;
+    int rc;
+    if (kind == OAI_CHAT) {
+        if (get_bool(b, "logprobs", &r->logprobs, err) < 0) return -1;
+        if ((rc = get_int(b, "top_logprobs", 0, SCHED_MAX_TOP_LOGPROBS, &i, err)) < 0) return -1;
+        if (rc && !r->logprobs)
+            return oai_error_set(err, 400, BAD, "top_logprobs", NULL, "'top_logprobs' needs 'logprobs' set to true");
+        r->top_logprobs = rc ? (int)i : 0;
+    } else {
+        if ((rc = get_int(b, "logprobs", 0, SCHED_MAX_TOP_LOGPROBS, &i, err)) < 0) return -1;
+        r->logprobs = rc;
+        r->top_logprobs = rc ? (int)i : 0;
+        if (get_bool(b, "echo", &r->echo, err) < 0) return -1;
+    }
+    return 0;
+}
+
+/* The context check: every prompt plus max_tokens must fit. */
+static int check_context(const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    const char *pname = r->kind == OAI_CHAT ? "messages" : "prompt";
+    int longest = 0;
+    for (int i = 0; i < r->n_prompts; i++)
+        if (r->prompts[i].n_ids > longest) longest = r->prompts[i].n_ids;
+    if (longest >= ctx->max_model_len)
+        return oai_error_set(err, 400, BAD, pname, "context_length_exceeded",
+                             "This model's maximum context length is %d tokens. However, your %s has %d tokens, "
+                             "leaving no room for a completion. Please reduce the length of the %s.",
+                             ctx->max_model_len, pname, longest, pname);
+    if (!r->max_tokens_given) {
+        r->max_tokens = ctx->max_model_len - longest;
+    } else if ((long long)longest + r->max_tokens > ctx->max_model_len) {
+        return oai_error_set(err, 400, BAD, "max_tokens", "context_length_exceeded",
+                             "This model's maximum context length is %d tokens. However, you requested %lld tokens "
+                             "(%d in the %s, %d for the completion). Please reduce the length of the %s or the "
+                             "completion.",
+                             ctx->max_model_len, (long long)longest + r->max_tokens, longest, pname, r->max_tokens, pname);
+    }
+    return 0;
+}
+
+int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx *ctx, oai_request *r,
+                      oai_error *err) {
+    memset(r, 0, sizeof *r);
+    r->kind = kind;
+    r->skip_special = 1;
+    json_error_t je;
+    json_t *b = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!b) {
+        oai_error_set(err, 400, BAD, NULL, "invalid_json", "Invalid JSON body: %s (line %d, column %d)", je.text, je.line,
+                      je.column);
+        return -1;
+    }
+    int rc = -1;
+    if (!json_is_object(b)) {
+        oai_error_set(err, 400, BAD, NULL, "invalid_json", "The request body must be a JSON object");
+    } else if (parse_common(b, ctx, r, err) == 0 && parse_logprobs(kind, b, r, err) == 0 &&
+               (kind == OAI_CHAT ? parse_messages(b, ctx, r, err) : parse_prompt(b, ctx, r, err)) == 0 &&
+               check_context(ctx, r, err) == 0) {
+        rc = 0;
+    }
+    json_decref(b);
+    if (rc) oai_request_free(r);
+    return rc;
+}
+
+void oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sched_request *out) {
+    memset(out, 0, sizeof *out);
+    const oai_prompt *p = &r->prompts[choice / r->n];
+    out->prompt = p->ids;
+    out->n_prompt = p->n_ids;
+    out->max_tokens = r->max_tokens;
+    out->sampling = r->sampling;
+    out->sampling.seed = (r->seed_given ? r->sampling.seed : base_seed) + (uint64_t)choice;
+    out->ignore_eos = r->ignore_eos;
+    for (int i = 0; i < r->n_stop; i++) out->stop[i] = r->stop[i];
+    out->n_stop = r->n_stop;
+    out->top_logprobs = r->logprobs ? r->top_logprobs : -1;
+    out->skip_special = r->skip_special;
+}
+
+/* ---- responses ---- */
+
+const char *oai_finish_string(finish_reason f) {
+    switch (f) {
+    case FINISH_NONE: return NULL;
+    case FINISH_LENGTH: return "length";
+    default: return "stop";
+    }
+}
+
+json_t *oai_token_text(const tokenizer *tok, int32_t id) {
+    size_t n = 0;
+    const char *b = tokenizer_token_bytes(tok, id, &n);
+    return b ? oai_json_string_lossy(b, n) : json_string("");
+}
+
+static json_t *token_bytes(const tokenizer *tok, int32_t id) {
+    size_t n = 0;
+    const unsigned char *b = (const unsigned char *)tokenizer_token_bytes(tok, id, &n);
+    json_t *a = json_array();
+    for (size_t i = 0; b && i < n; i++) json_array_append_new(a, json_integer(b[i]));
+    return a;
+}
+
+/* logprob as JSON: -inf is not JSON, OpenAI clients expect a number (vLLM uses -9999). */
+static json_t *lp_json(float lp) { return json_real(isfinite(lp) ? lp : -9999.0); }
+
+json_t *oai_event_logprobs(const oai_request *r, const tokenizer *tok, const sched_event *ev, size_t text_offset) {
+    if (!r->logprobs || ev->token < 0) return NULL;
+    if (r->kind == OAI_CHAT) {
+        json_t *tops = json_array();
+        for (int i = 0; i < ev->n_top && i < r->top_logprobs; i++)
+            json_array_append_new(tops, json_pack("{s:o,s:o,s:o}", "token", oai_token_text(tok, ev->top[i].id), "logprob",
+                                                  lp_json(ev->top[i].logprob), "bytes", token_bytes(tok, ev->top[i].id)));
+        json_t *entry = json_pack("{s:o,s:o,s:o,s:o}", "token", oai_token_text(tok, ev->token), "logprob",
+                                  lp_json(ev->logprob), "bytes", token_bytes(tok, ev->token), "top_logprobs", tops);
+        return json_pack("{s:[o]}", "content", entry);
+    }
+    json_t *tops = json_object();
+    for (int i = 0; i < ev->n_top && i < r->top_logprobs; i++) {
+        json_t *t = oai_token_text(tok, ev->top[i].id);
+        /* two tokens may share a spelling: keep the first (most likely) */
+        if (!json_object_get(tops, json_string_value(t))) json_object_set_new(tops, json_string_value(t), lp_json(ev->top[i].logprob));
+        json_decref(t);
+    }
+    return json_pack("{s:[o],s:[o],s:[o],s:[I]}", "tokens", oai_token_text(tok, ev->token), "token_logprobs",
+                     lp_json(ev->logprob), "top_logprobs", tops, "text_offset", (json_int_t)text_offset);
+}
+
+void oai_choice_init(oai_choice *c, const oai_request *r, size_t echo_len) {
+    memset(c, 0, sizeof *c);
+    c->text_offset = echo_len;
+    if (r->logprobs)
+        c->logprobs = r->kind == OAI_CHAT ? json_pack("{s:[]}", "content")
+                                          : json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs",
+                                                      "text_offset");
+}
+
+void oai_choice_free(oai_choice *c) {
+    free(c->text);
+    json_decref(c->logprobs);
+    memset(c, 0, sizeof *c);
+}
+
+int oai_choice_add(oai_choice *c, const oai_request *r, const tokenizer *tok, const sched_event *ev) {
+    if (ev->text_len) {
+        if (c->text_len + ev->text_len + 1 > c->text_cap) {
+            size_t cap = (c->text_len + ev->text_len + 1) * 2;
+            char *t = realloc(c->text, cap);
+            if (!t) return -1;
+            c->text = t, c->text_cap = cap;
+        }
+        memcpy(c->text + c->text_len, ev->text, ev->text_len);
+        c->text_len += ev->text_len;
+        c->text[c->text_len] = 0;
+    }
+    json_t *lp = c->logprobs ? oai_event_logprobs(r, tok, ev, c->text_offset) : NULL;
+    if (lp) {
+        const char *key;
+        json_t *arr;
+        json_object_foreach(lp, key, arr) json_array_extend(json_object_get(c->logprobs, key), arr);
+        json_decref(lp);
+    }
+    c->text_offset += ev->text_len;
+    if (ev->completion_tokens > c->completion_tokens) c->completion_tokens = ev->completion_tokens;
+    if (ev->finish != FINISH_NONE) c->finish = ev->finish;
+    return 0;
+}
+
+static json_t *finish_json(finish_reason f) {
+    const char *s = oai_finish_string(f);
+    return s ? json_string(s) : json_null();
+}
+
+static json_t *usage_json(const oai_usage *u) {
+    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", u->prompt_tokens, "completion_tokens", u->completion_tokens,
+                     "total_tokens", u->prompt_tokens + u->completion_tokens);
+}
+
+static json_t *envelope(const oai_request *r, const char *object, const char *id, long created, const char *fingerprint) {
+    return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", id, "object", object, "created", (json_int_t)created, "model", r->model,
+                     "system_fingerprint", fingerprint);
+}
+
+json_t *oai_response_json(const oai_request *r, const char *id, long created, const char *fingerprint,
+                          const oai_choice *choices, int n_choices, const char *const *echo_texts,
+                          const oai_usage *usage) {
+    json_t *o = envelope(r, r->kind == OAI_CHAT ? "chat.completion" : "text_completion", id, created, fingerprint);
+    json_t *arr = json_array();
+    for (int i = 0; i < n_choices; i++) {
+        const oai_choice *c = &choices[i];
+        json_t *lp = c->logprobs ? json_incref(c->logprobs) : json_null();
+        json_t *text = oai_json_string_lossy(c->text ? c->text : "", c->text_len);
+        json_t *ch;
+        if (r->kind == OAI_CHAT) {
+            ch = json_pack("{s:i,s:{s:s,s:o},s:o,s:o}", "index", i, "message", "role", "assistant", "content", text,
+                           "logprobs", lp, "finish_reason", finish_json(c->finish));
+        } else {
+            const char *echo = echo_texts ? echo_texts[i / r->n] : NULL;
+            if (echo) {
+                size_t el = strlen(echo);
+                char *joined = malloc(el + c->text_len + 1);
+                if (joined) {
+                    memcpy(joined, echo, el);
+                    if (c->text_len) memcpy(joined + el, c->text, c->text_len);
+                    json_decref(text);
+                    text = oai_json_string_lossy(joined, el + c->text_len);
+                    free(joined);
+                }
+            }
+            ch = json_pack("{s:i,s:o,s:o,s:o}", "index", i, "text", text, "logprobs", lp, "finish_reason",
+                           finish_json(c->finish));
+        }
+        json_array_append_new(arr, ch);
+    }
+    json_object_set_new(o, "choices", arr);
+    json_object_set_new(o, "usage", usage_json(usage));
+    return o;
+}
+
+json_t *oai_chunk_json(const oai_request *r, const char *id, long created, const char *fingerprint, int index,
+                       const char *role, const char *text, size_t len, json_t *logprobs, finish_reason finish) {
+    int chat = r->kind == OAI_CHAT;
+    json_t *o = envelope(r, chat ? "chat.completion.chunk" : "text_completion", id, created, fingerprint);
+    json_t *ch = json_pack("{s:i}", "index", index);
+    json_t *content = text ? oai_json_string_lossy(text, len) : NULL;
+    if (chat) {
+        json_t *delta = json_object();
+        if (role) json_object_set_new(delta, "role", json_string(role));
+        if (content) json_object_set_new(delta, "content", content);
+        json_object_set_new(ch, "delta", delta);
+    } else {
+        json_object_set_new(ch, "text", content ? content : json_string(""));
+    }
+    json_object_set_new(ch, "logprobs", logprobs ? logprobs : json_null());
+    json_object_set_new(ch, "finish_reason", finish_json(finish));
+    json_object_set_new(o, "choices", json_pack("[o]", ch));
+    if (r->include_usage) json_object_set_new(o, "usage", json_null());
+    return o;
+}
+
+json_t *oai_usage_chunk_json(const oai_request *r, const char *id, long created, const char *fingerprint,
+                             const oai_usage *usage) {
+    json_t *o = envelope(r, r->kind == OAI_CHAT ? "chat.completion.chunk" : "text_completion", id, created, fingerprint);
+    json_object_set_new(o, "choices", json_array());
+    json_object_set_new(o, "usage", usage_json(usage));
+    return o;
+}

@@ -1,0 +1,142 @@
+/* server/openai.h — the OpenAI API surface: request parsing/validation and
+ * response formatting, with no HTTP and no engine calls in it.
+ *
+ * oai_parse_*() turn a request body (bytes as received) into an oai_request:
+ * every parameter type- and range-checked, the prompt rendered (chat template)
+ * and tokenized, max_tokens resolved against the context. Failures fill an
+ * oai_error: the HTTP status, the OpenAI error type, the offending `param`
+ * and a message — never a 500 for anything a client can send.
+ * The oai_*_json() helpers build the response objects (final JSON, SSE chunks,
+ * error objects) from what the engine streamed.
+ *
+ * Who calls it: server/http.c (one HTTP worker thread per request) and
+ * test/unit/test_openai.c. Everything here is a pure function of its
+ * arguments (the tokenizer is only read): thread-safe. Ownership: an
+ * oai_request owns its strings and prompt arrays (oai_request_free). */
+#ifndef MS_OPENAI_H
+#define MS_OPENAI_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/tokenizer.h"
+#include "engine/sched.h"
+
+#define OAI_MAX_N 64          /* choices per prompt at most */
+#define OAI_MAX_PROMPTS 64    /* prompts in one completions request at most */
+
+typedef enum { OAI_CHAT, OAI_COMPLETION } oai_kind;
+
+typedef struct oai_error {
+    int status;               /* HTTP status: 400, 401, 404, 405, 413, 429, 503 */
+    const char *type;         /* "invalid_request_error", "authentication_error", ... */
+    char param[64];           /* offending parameter, "" for none (JSON null) */
+    char code[48];            /* "" for none (JSON null) */
+    char message[1024];
+} oai_error;
+
+/* What the parser needs to know about the server. */
+typedef struct oai_ctx {
+    const tokenizer *tok;
+    const char *served_model;  /* the only `model` value accepted */
+    int max_model_len;         /* prompt + completion tokens at most */
+    int vocab_size;            /* token ids in prompts must be below this */
+} oai_ctx;
+
+typedef struct oai_prompt {
+    int32_t *ids;              /* malloc'd */
+    int n_ids;
+} oai_prompt;
+
+typedef struct oai_request {
+    oai_kind kind;
+    char *model;               /* as sent (== served_model after validation) */
+    oai_prompt *prompts;       /* chat: 1; completions: one per prompt */
+    int n_prompts;
+    int n;                     /* choices per prompt */
+    int max_tokens;            /* resolved: sent value, else the rest of the context (of the longest prompt) */
+    int max_tokens_given;
+    sample_params sampling;    /* seed: the request's, else chosen by the caller (seed_given 0) */
+    int seed_given;
+    char *stop[SCHED_MAX_STOP];
+    int n_stop;
+    int stream, include_usage;
+    int logprobs;              /* chat: logprobs true; completions: logprobs not null */
+    int top_logprobs;          /* alternatives per token (chat top_logprobs / completions logprobs) */
+    int ignore_eos;
+    int echo;                  /* completions: prepend the prompt text */
+    int skip_special;
+} oai_request;
+
+void oai_request_free(oai_request *r);
+
+/* Parses a POST /v1/chat/completions or /v1/completions body. Returns 0, or -1
+ * with err filled (r then holds nothing to free). */
+int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx *ctx, oai_request *r,
+                      oai_error *err);
+
+/* The sched_request for choice `choice` (0 .. n_prompts*n-1: prompt choice/n)
+ * of r. Seeds: request seed (or base_seed when none was sent) + choice. The
+ * result points into r. */
+void oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sched_request *out);
+
+/* Fills err (returns -1 for `return oai_error_set(...)`). param/code may be NULL. */
+int oai_error_set(oai_error *err, int status, const char *type, const char *param, const char *code,
+                  const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* {"error":{"message","type","param","code"}} (new reference). */
+json_t *oai_error_json(const oai_error *err);
+
+/* ---- responses ---- */
+
+/* One choice as the engine produced it. */
+typedef struct oai_choice {
+    char *text;                /* generated text (echo excluded), malloc'd */
+    size_t text_len, text_cap;
+    finish_reason finish;
+    int completion_tokens;
+    json_t *logprobs;          /* chat: array of content entries; completions: object of arrays; NULL if not asked */
+    size_t text_offset;        /* completions logprobs: offset of the next token's text */
+} oai_choice;
+
+void oai_choice_init(oai_choice *c, const oai_request *r, size_t echo_len);
+void oai_choice_free(oai_choice *c);
+/* Appends an event's text and logprobs (if asked) to c. 0, or -1 out of memory. */
+int oai_choice_add(oai_choice *c, const oai_request *r, const tokenizer *tok, const sched_event *ev);
+
+/* "stop" / "length" (cancelled and error map to "stop"; NONE to JSON null). */
+const char *oai_finish_string(finish_reason f);
+
+/* The logprobs of one token event, as a streaming chunk carries them: chat
+ * {"content":[{"token","logprob","bytes","top_logprobs"}]}; completions
+ * {"tokens","token_logprobs","top_logprobs","text_offset"} with one entry each.
+ * NULL when the event has no token or logprobs were not asked. */
+json_t *oai_event_logprobs(const oai_request *r, const tokenizer *tok, const sched_event *ev, size_t text_offset);
+/* The token's text for logprobs (lossy UTF-8 of its bytes), new reference. */
+json_t *oai_token_text(const tokenizer *tok, int32_t id);
+
+typedef struct oai_usage {
+    int prompt_tokens, completion_tokens;
+} oai_usage;
+
+/* Final non-streaming response. echo_texts[prompt] (completions echo) may be NULL. */
+json_t *oai_response_json(const oai_request *r, const char *id, long created, const char *fingerprint,
+                          const oai_choice *choices, int n_choices, const char *const *echo_texts,
+                          const oai_usage *usage);
+
+/* One streaming chunk for choice `index`:
+ *   role      non-NULL: chat delta carries {"role": role} (first chunk)
+ *   text      delta content / completion text (len bytes; may be NULL for none)
+ *   logprobs  this chunk's logprobs (stolen reference) or NULL
+ *   finish    FINISH_NONE for null
+ * With r->include_usage every chunk carries "usage": null. */
+json_t *oai_chunk_json(const oai_request *r, const char *id, long created, const char *fingerprint, int index,
+                       const char *role, const char *text, size_t len, json_t *logprobs, finish_reason finish);
+/* The closing usage chunk (choices: []). */
+json_t *oai_usage_chunk_json(const oai_request *r, const char *id, long created, const char *fingerprint,
+                             const oai_usage *usage);
+
+/* JSON string from possibly invalid UTF-8 bytes (lossy), new reference. */
+json_t *oai_json_string_lossy(const char *s, size_t len);
+
+#endif

@@ -1,0 +1,158 @@
+// test/integration/openai_sdk.mjs — the official `openai` npm client against a
+// running `mlaserve serve` (started by test/cli/server.sh).
+//
+// Reference: the server's own greedy output (temperature 0) is the oracle for
+// the streaming and seed checks (a stream must concatenate to the same text as
+// the non-stream answer; the same seed must give the same sample); shapes and
+// error classes are those the SDK itself defines.
+// Env: MLASERVE_BASE_URL (http://127.0.0.1:PORT/v1), MLASERVE_API_KEY, MLASERVE_MODEL_NAME.
+// Exit status 0 when every check passed.
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+
+const baseURL = process.env.MLASERVE_BASE_URL;
+const apiKey = process.env.MLASERVE_API_KEY || 'none';
+const model = process.env.MLASERVE_MODEL_NAME;
+if (!baseURL || !model) {
+  console.error('openai_sdk: set MLASERVE_BASE_URL and MLASERVE_MODEL_NAME');
+  process.exit(2);
+}
+const client = new OpenAI({ baseURL, apiKey, maxRetries: 0, timeout: 120_000 });
+const messages = [{ role: 'user', content: 'Tell me about the sea.' }];
+let passed = 0;
+const failures = [];
+
+async function check(name, fn) {
+  try {
+    await fn();
+    passed++;
+  } catch (e) {
+    failures.push(`${name}: ${e && e.stack ? e.stack : e}`);
+  }
+}
+
+async function expectError(cls, status, fn, param) {
+  let err = null;
+  try {
+    await fn();
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(err, `expected ${cls.name}, got success`);
+  assert.ok(err instanceof cls, `expected ${cls.name}, got ${err && err.constructor && err.constructor.name}: ${err}`);
+  assert.equal(err.status, status);
+  if (param !== undefined) assert.equal(err.param, param);
+}
+
+let greedy = null;
+await check('models.list', async () => {
+  const list = await client.models.list();
+  assert.equal(list.data[0].id, model);
+  const m = await client.models.retrieve(model);
+  assert.equal(m.id, model);
+});
+
+await check('chat non-stream', async () => {
+  const r = await client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 0, ignore_eos: true });
+  assert.equal(r.object, 'chat.completion');
+  assert.match(r.id, /^chatcmpl-/);
+  assert.equal(r.model, model);
+  assert.equal(typeof r.created, 'number');
+  assert.equal(typeof r.system_fingerprint, 'string');
+  assert.equal(r.choices.length, 1);
+  assert.equal(r.choices[0].message.role, 'assistant');
+  assert.equal(r.choices[0].finish_reason, 'length');
+  assert.equal(r.usage.completion_tokens, 10);
+  assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + 10);
+  greedy = r.choices[0].message.content;
+  assert.ok(greedy.length > 0);
+});
+
+await check('chat stream with include_usage', async () => {
+  const stream = await client.chat.completions.create({
+    model, messages, max_tokens: 10, temperature: 0, ignore_eos: true, stream: true,
+    stream_options: { include_usage: true },
+  });
+  let text = '', role = null, finish = [], usage = null, chunks = 0;
+  for await (const chunk of stream) {
+    chunks++;
+    assert.equal(chunk.object, 'chat.completion.chunk');
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      if (c.delta.role) role = c.delta.role;
+      if (c.delta.content) text += c.delta.content;
+      if (c.finish_reason) finish.push(c.finish_reason);
+    }
+  }
+  assert.equal(role, 'assistant');
+  assert.deepEqual(finish, ['length']);
+  assert.equal(text, greedy, 'stream concatenation differs from the non-stream answer');
+  assert.ok(usage && usage.completion_tokens === 10, `usage ${JSON.stringify(usage)}`);
+  assert.ok(chunks >= 10, `only ${chunks} chunks for 10 tokens`);
+});
+
+await check('chat logprobs', async () => {
+  const r = await client.chat.completions.create({
+    model, messages, max_tokens: 5, temperature: 0, ignore_eos: true, logprobs: true, top_logprobs: 3,
+  });
+  const content = r.choices[0].logprobs.content;
+  assert.equal(content.length, 5);
+  for (const e of content) {
+    assert.equal(typeof e.token, 'string');
+    assert.ok(e.logprob <= 0);
+    assert.equal(e.top_logprobs.length, 3);
+    // greedy: the chosen token is the most likely one
+    assert.equal(e.top_logprobs[0].logprob, e.logprob);
+  }
+});
+
+await check('completions', async () => {
+  const r = await client.completions.create({ model, prompt: 'The sea is', max_tokens: 6, temperature: 0, ignore_eos: true, logprobs: 2 });
+  assert.equal(r.object, 'text_completion');
+  assert.match(r.id, /^cmpl-/);
+  assert.equal(r.choices[0].finish_reason, 'length');
+  assert.equal(r.usage.completion_tokens, 6);
+  assert.equal(r.choices[0].logprobs.tokens.length, 6);
+  assert.equal(r.choices[0].logprobs.tokens.join(''), r.choices[0].text);
+  const s = await client.completions.create({ model, prompt: 'The sea is', max_tokens: 6, temperature: 0, ignore_eos: true, stream: true });
+  let text = '';
+  for await (const chunk of s) for (const c of chunk.choices) text += c.text;
+  assert.equal(text, r.choices[0].text);
+});
+
+await check('n=2 and seed reproducibility', async () => {
+  const req = { model, messages, max_tokens: 8, temperature: 1.0, seed: 1234, n: 2, ignore_eos: true };
+  const a = await client.chat.completions.create(req);
+  const b = await client.chat.completions.create(req);
+  assert.equal(a.choices.length, 2);
+  assert.deepEqual(a.choices.map((c) => c.index), [0, 1]);
+  assert.deepEqual(a.choices.map((c) => c.message.content), b.choices.map((c) => c.message.content));
+  assert.equal(a.usage.completion_tokens, 16);
+});
+
+await check('stop', async () => {
+  const chars = Array.from(greedy);
+  const k = Math.floor(chars.length / 2);
+  const stop = chars.slice(k, k + 2).join('');
+  const want = greedy.slice(0, greedy.indexOf(stop));
+  const r = await client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 0, ignore_eos: true, stop: [stop] });
+  assert.equal(r.choices[0].message.content, want);
+  assert.equal(r.choices[0].finish_reason, 'stop');
+});
+
+await check('errors', async () => {
+  await expectError(OpenAI.NotFoundError, 404, () =>
+    client.chat.completions.create({ model: 'no-such-model', messages, max_tokens: 2 }), 'model');
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.chat.completions.create({ model, messages, max_tokens: 2, temperature: 7 }), 'temperature');
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.completions.create({ model, prompt: 'x', max_tokens: 1 << 30 }), 'max_tokens');
+  const wrong = new OpenAI({ baseURL, apiKey: 'wrong-key', maxRetries: 0, timeout: 30_000 });
+  await expectError(OpenAI.AuthenticationError, 401, () => wrong.models.list());
+});
+
+if (failures.length) {
+  for (const f of failures) console.error('FAIL: openai_sdk ' + f);
+  process.exit(1);
+}
+console.log(`openai_sdk: ${passed} checks passed`);

@@ -1,0 +1,336 @@
+/* test/unit/test_openai.c — server/openai: request parsing/validation and the
+ * response objects.
+ *
+ * References: OpenAI's API reference for types, ranges and object shapes
+ * (hand-written expected values below); the tokenizer's own encode of the
+ * hand-rendered chat text ("<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>")
+ * for the prompt ids. server/ is not part of libmlaserve.a, so the module is
+ * compiled into this test directly. Needs MLASERVE_TOKENIZER (run-tests.sh). */
+#include <criterion/criterion.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/openai.c"
+
+static tokenizer *tok;
+
+static void setup(void) {
+    const char *dir = getenv("MLASERVE_TOKENIZER");
+    cr_assert(dir, "MLASERVE_TOKENIZER is not set");
+    ms_err err = {{0}};
+    tok = tokenizer_load(dir, &err);
+    cr_assert(tok, "tokenizer_load: %s", err.msg);
+}
+
+static void teardown(void) { tokenizer_free(tok); }
+
+TestSuite(openai, .init = setup, .fini = teardown);
+
+static oai_ctx ctx(void) { return (oai_ctx){tok, "tiny", 64, 129280}; }
+
+static int parse(oai_kind kind, const char *body, oai_request *r, oai_error *e) {
+    oai_ctx c = ctx();
+    memset(e, 0, sizeof *e);
+    return oai_parse_request(kind, body, strlen(body), &c, r, e);
+}
+
+/* body must fail with status and param ("" for null). */
+static void expect_error(oai_kind kind, const char *body, int status, const char *param) {
+    oai_request r;
+    oai_error e;
+    cr_expect_eq(parse(kind, body, &r, &e), -1, "accepted: %s", body);
+    cr_expect_eq(e.status, status, "%s: status %d, want %d (%s)", body, e.status, status, e.message);
+    cr_expect_str_eq(e.param, param, "%s: param '%s', want '%s' (%s)", body, e.param, param, e.message);
+    cr_expect(e.message[0], "%s: empty message", body);
+}
+
+#define CHAT(rest) "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]" rest "}"
+#define CMPL(rest) "{\"model\":\"tiny\",\"prompt\":\"Hello world\"" rest "}"
+
+Test(openai, chat_minimal) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_CHAT, CHAT(""), &r, &e), 0, "%s", e.message);
+    /* reference: the tokenizer on the hand-rendered template */
+    const char *want_text = "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>";
+    int32_t *ids;
+    size_t n;
+    cr_assert_eq(tokenizer_encode(tok, want_text, strlen(want_text), &ids, &n, NULL), 0);
+    cr_assert_eq(r.n_prompts, 1);
+    cr_assert_eq(r.prompts[0].n_ids, (int)n);
+    cr_expect_arr_eq(r.prompts[0].ids, ids, n * sizeof *ids);
+    free(ids);
+    cr_expect_eq(r.n, 1);
+    cr_expect_eq(r.stream, 0);
+    cr_expect_eq(r.max_tokens_given, 0);
+    cr_expect_eq(r.max_tokens, 64 - (int)n, "max_tokens defaults to the rest of the context");
+    cr_expect_eq(r.sampling.temperature, 1.0f);
+    cr_expect_eq(r.logprobs, 0);
+    oai_request_free(&r);
+}
+
+Test(openai, chat_all_parameters) {
+    oai_request r;
+    oai_error e;
+    const char *body =
+        "{\"model\":\"tiny\",\"messages\":[{\"role\":\"developer\",\"content\":\"Be brief.\"},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Hi\"},{\"type\":\"text\",\"text\":\" there\"}]}],"
+        "\"max_completion_tokens\":7,\"max_tokens\":3,\"temperature\":0.5,\"top_p\":0.9,\"top_k\":40,\"min_p\":0.05,"
+        "\"seed\":-3,\"stop\":[\"a\",\"bc\",\"\"],\"n\":3,\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+        "\"logprobs\":true,\"top_logprobs\":5,\"presence_penalty\":0.5,\"frequency_penalty\":-0.5,"
+        "\"repetition_penalty\":1.1,\"ignore_eos\":true,\"user\":\"u1\",\"tools\":[],\"response_format\":{\"type\":\"text\"}}";
+    cr_assert_eq(parse(OAI_CHAT, body, &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.max_tokens, 7, "max_completion_tokens wins over max_tokens");
+    cr_expect_float_eq(r.sampling.temperature, 0.5f, 1e-7);
+    cr_expect_float_eq(r.sampling.top_p, 0.9f, 1e-7);
+    cr_expect_eq(r.sampling.top_k, 40);
+    cr_expect_float_eq(r.sampling.min_p, 0.05f, 1e-7);
+    cr_expect_eq(r.sampling.seed, (uint64_t)-3);
+    cr_expect_eq(r.seed_given, 1);
+    cr_expect_eq(r.n_stop, 2, "empty stop strings are dropped");
+    cr_expect_str_eq(r.stop[1], "bc");
+    cr_expect_eq(r.n, 3);
+    cr_expect(r.stream && r.include_usage && r.logprobs && r.ignore_eos);
+    cr_expect_eq(r.top_logprobs, 5);
+    cr_expect_float_eq(r.sampling.presence_penalty, 0.5f, 1e-7);
+    cr_expect_float_eq(r.sampling.frequency_penalty, -0.5f, 1e-7);
+    cr_expect_float_eq(r.sampling.repetition_penalty, 1.1f, 1e-6);
+    /* developer became system: the system text sits right after BOS */
+    char *text = tokenizer_decode(tok, r.prompts[0].ids, (size_t)r.prompts[0].n_ids, 0);
+    cr_expect_str_eq(text, "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi there<｜Assistant｜>");
+    free(text);
+    sched_request sr;
+    oai_sched_request(&r, 2, 1000, &sr);
+    cr_expect_eq(sr.sampling.seed, (uint64_t)-3 + 2, "choice seeds derive from the request seed");
+    cr_expect_eq(sr.top_logprobs, 5);
+    cr_expect_eq(sr.n_stop, 2);
+    cr_expect_eq(sr.max_tokens, 7);
+    cr_expect_eq(sr.prompt, r.prompts[0].ids);
+    oai_request_free(&r);
+}
+
+Test(openai, completions_prompts) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"max_tokens\":4"), &r, &e), 0, "%s", e.message);
+    /* tokenizer_config add_bos_token: BOS then "Hello world" = [19923, 2058] (golden encode.jsonl) */
+    cr_assert_eq(r.prompts[0].n_ids, 3);
+    cr_expect_eq(r.prompts[0].ids[0], tokenizer_bos_id(tok));
+    cr_expect_eq(r.prompts[0].ids[1], 19923);
+    cr_expect_eq(r.prompts[0].ids[2], 2058);
+    oai_request_free(&r);
+
+    cr_assert_eq(parse(OAI_COMPLETION, "{\"model\":\"tiny\",\"prompt\":[5,6,7],\"max_tokens\":2,\"n\":2}", &r, &e), 0, "%s",
+                 e.message);
+    cr_assert_eq(r.n_prompts, 1);
+    cr_expect_eq(r.prompts[0].n_ids, 3, "token prompts are used as sent (no BOS)");
+    cr_expect_eq(r.prompts[0].ids[2], 7);
+    oai_request_free(&r);
+
+    cr_assert_eq(parse(OAI_COMPLETION, "{\"model\":\"tiny\",\"prompt\":[\"a\",[1,2],\"b\"],\"max_tokens\":1,\"n\":2,"
+                                       "\"logprobs\":2,\"echo\":true}", &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.n_prompts, 3);
+    cr_expect_eq(r.prompts[1].n_ids, 2);
+    cr_expect(r.logprobs && r.echo);
+    cr_expect_eq(r.top_logprobs, 2);
+    sched_request sr;
+    oai_sched_request(&r, 5, 77, &sr); /* choice 5 = prompt 2, second sample */
+    cr_expect_eq(sr.prompt, r.prompts[2].ids);
+    cr_expect_eq(sr.sampling.seed, 77 + 5);
+    oai_request_free(&r);
+
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"logprobs\":0"), &r, &e), 0, "%s", e.message);
+    cr_expect(r.logprobs, "logprobs 0 still asks for the chosen token's logprob");
+    oai_request_free(&r);
+}
+
+Test(openai, invalid_bodies) {
+    expect_error(OAI_CHAT, "{\"model\":", 400, "");
+    expect_error(OAI_CHAT, "[1,2]", 400, "");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\",\"model\":\"tiny\",\"messages\":[]}", 400, "");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}", 400, "");
+}
+
+Test(openai, parameter_errors) {
+    expect_error(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}", 400, "model");
+    expect_error(OAI_CHAT, "{\"model\":3,\"messages\":[]}", 400, "model");
+    expect_error(OAI_CHAT, "{\"model\":\"other\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}", 404, "model");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\"}", 400, "messages");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\",\"messages\":[]}", 400, "messages");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\",\"messages\":\"Hi\"}", 400, "messages");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\",\"messages\":[{\"role\":\"wizard\",\"content\":\"Hi\"}]}", 400, "messages");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\"}]}", 400, "messages");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
+                 400, "messages");
+    expect_error(OAI_CHAT, CHAT(",\"temperature\":\"hot\""), 400, "temperature");
+    expect_error(OAI_CHAT, CHAT(",\"temperature\":2.5"), 400, "temperature");
+    expect_error(OAI_CHAT, CHAT(",\"temperature\":-0.1"), 400, "temperature");
+    expect_error(OAI_CHAT, CHAT(",\"top_p\":0"), 400, "top_p");
+    expect_error(OAI_CHAT, CHAT(",\"top_p\":1.01"), 400, "top_p");
+    expect_error(OAI_CHAT, CHAT(",\"top_k\":-2"), 400, "top_k");
+    expect_error(OAI_CHAT, CHAT(",\"top_k\":1.5"), 400, "top_k");
+    expect_error(OAI_CHAT, CHAT(",\"min_p\":2"), 400, "min_p");
+    expect_error(OAI_CHAT, CHAT(",\"seed\":\"1\""), 400, "seed");
+    expect_error(OAI_CHAT, CHAT(",\"stop\":5"), 400, "stop");
+    expect_error(OAI_CHAT, CHAT(",\"stop\":[\"a\",1]"), 400, "stop");
+    expect_error(OAI_CHAT, CHAT(",\"stop\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\"]"), 400, "stop");
+    expect_error(OAI_CHAT, CHAT(",\"n\":0"), 400, "n");
+    expect_error(OAI_CHAT, CHAT(",\"n\":1000"), 400, "n");
+    expect_error(OAI_CHAT, CHAT(",\"stream\":\"yes\""), 400, "stream");
+    expect_error(OAI_CHAT, CHAT(",\"stream_options\":{\"include_usage\":true}"), 400, "stream_options");
+    expect_error(OAI_CHAT, CHAT(",\"stream\":true,\"stream_options\":{\"include_usage\":1}"), 400,
+                 "stream_options.include_usage");
+    expect_error(OAI_CHAT, CHAT(",\"logprobs\":1"), 400, "logprobs");
+    expect_error(OAI_CHAT, CHAT(",\"top_logprobs\":2"), 400, "top_logprobs");
+    expect_error(OAI_CHAT, CHAT(",\"logprobs\":true,\"top_logprobs\":21"), 400, "top_logprobs");
+    expect_error(OAI_CHAT, CHAT(",\"presence_penalty\":3"), 400, "presence_penalty");
+    expect_error(OAI_CHAT, CHAT(",\"frequency_penalty\":-2.1"), 400, "frequency_penalty");
+    expect_error(OAI_CHAT, CHAT(",\"repetition_penalty\":0"), 400, "repetition_penalty");
+    expect_error(OAI_CHAT, CHAT(",\"ignore_eos\":0"), 400, "ignore_eos");
+    expect_error(OAI_CHAT, CHAT(",\"user\":5"), 400, "user");
+    expect_error(OAI_CHAT, CHAT(",\"max_tokens\":0"), 400, "max_tokens");
+    expect_error(OAI_CHAT, CHAT(",\"max_tokens\":\"5\""), 400, "max_tokens");
+    expect_error(OAI_CHAT, CHAT(",\"max_completion_tokens\":-1"), 400, "max_completion_tokens");
+    expect_error(OAI_CHAT, CHAT(",\"tools\":[{\"type\":\"function\"}]"), 400, "tools");
+    expect_error(OAI_CHAT, CHAT(",\"logit_bias\":{\"5\":1}"), 400, "logit_bias");
+    expect_error(OAI_COMPLETION, "{\"model\":\"tiny\"}", 400, "prompt");
+    expect_error(OAI_COMPLETION, "{\"model\":\"tiny\",\"prompt\":5}", 400, "prompt");
+    expect_error(OAI_COMPLETION, "{\"model\":\"tiny\",\"prompt\":[]}", 400, "prompt");
+    expect_error(OAI_COMPLETION, "{\"model\":\"tiny\",\"prompt\":[1,-1]}", 400, "prompt");
+    expect_error(OAI_COMPLETION, "{\"model\":\"tiny\",\"prompt\":[1,129280]}", 400, "prompt");
+    expect_error(OAI_COMPLETION, "{\"model\":\"tiny\",\"prompt\":[\"a\",{}]}", 400, "prompt");
+    expect_error(OAI_COMPLETION, CMPL(",\"logprobs\":true"), 400, "logprobs");
+    expect_error(OAI_COMPLETION, CMPL(",\"logprobs\":21"), 400, "logprobs");
+    expect_error(OAI_COMPLETION, CMPL(",\"echo\":\"no\""), 400, "echo");
+    expect_error(OAI_COMPLETION, CMPL(",\"suffix\":\"x\""), 400, "suffix");
+    expect_error(OAI_COMPLETION, CMPL(",\"best_of\":3"), 400, "best_of");
+}
+
+Test(openai, context_limit) {
+    oai_request r;
+    oai_error e;
+    /* "Hello world" with BOS is 3 tokens; the context is 64 */
+    cr_expect_eq(parse(OAI_COMPLETION, CMPL(",\"max_tokens\":61"), &r, &e), 0, "%s", e.message);
+    oai_request_free(&r);
+    expect_error(OAI_COMPLETION, CMPL(",\"max_tokens\":62"), 400, "max_tokens");
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"max_tokens\":62"), &r, &e), -1);
+    cr_expect(strstr(e.message, "maximum context length is 64 tokens"), "message does not say the limit: %s", e.message);
+    cr_expect_str_eq(e.code, "context_length_exceeded");
+    char body[512];
+    snprintf(body, sizeof body, "{\"model\":\"tiny\",\"prompt\":[%s1]}",
+             "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,");
+    expect_error(OAI_COMPLETION, body, 400, "prompt");
+}
+
+Test(openai, error_object) {
+    oai_error e;
+    oai_error_set(&e, 400, "invalid_request_error", "top_p", NULL, "'top_p' must be in (0, 1], got %g", 2.0);
+    json_t *j = oai_error_json(&e);
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    cr_expect_str_eq(s, "{\"error\":{\"message\":\"'top_p' must be in (0, 1], got 2\",\"type\":\"invalid_request_error\","
+                        "\"param\":\"top_p\",\"code\":null}}");
+    free(s);
+    json_decref(j);
+}
+
+static sched_event token_event(int32_t id, const char *text, int completion_tokens, finish_reason f) {
+    sched_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.token = id;
+    ev.text = (char *)text;
+    ev.text_len = strlen(text);
+    ev.logprob = -0.5f;
+    ev.n_top = 2;
+    ev.top[0] = (sched_logprob){19923, -0.5f};
+    ev.top[1] = (sched_logprob){2058, -1.5f};
+    ev.finish = f;
+    ev.prompt_tokens = 3;
+    ev.completion_tokens = completion_tokens;
+    return ev;
+}
+
+Test(openai, chat_response_shape) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_CHAT, CHAT(",\"logprobs\":true,\"top_logprobs\":1"), &r, &e), 0, "%s", e.message);
+    oai_choice c;
+    oai_choice_init(&c, &r, 0);
+    sched_event e1 = token_event(19923, "Hello", 1, FINISH_NONE), e2 = token_event(2058, " world", 2, FINISH_LENGTH);
+    cr_assert_eq(oai_choice_add(&c, &r, tok, &e1), 0);
+    cr_assert_eq(oai_choice_add(&c, &r, tok, &e2), 0);
+    oai_usage u = {3, 2};
+    json_t *j = oai_response_json(&r, "chatcmpl-1", 42, "fp_x", &c, 1, NULL, &u);
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    cr_expect_str_eq(s,
+                     "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":42,\"model\":\"tiny\","
+                     "\"system_fingerprint\":\"fp_x\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                     "\"content\":\"Hello world\"},\"logprobs\":{\"content\":["
+                     "{\"token\":\"Hello\",\"logprob\":-0.5,\"bytes\":[72,101,108,108,111],\"top_logprobs\":"
+                     "[{\"token\":\"Hello\",\"logprob\":-0.5,\"bytes\":[72,101,108,108,111]}]},"
+                     "{\"token\":\" world\",\"logprob\":-0.5,\"bytes\":[32,119,111,114,108,100],\"top_logprobs\":"
+                     "[{\"token\":\"Hello\",\"logprob\":-0.5,\"bytes\":[72,101,108,108,111]}]}]},"
+                     "\"finish_reason\":\"length\"}],"
+                     "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}");
+    free(s);
+    json_decref(j);
+    oai_choice_free(&c);
+    oai_request_free(&r);
+}
+
+Test(openai, completion_response_echo_and_logprobs) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"logprobs\":2,\"echo\":true"), &r, &e), 0, "%s", e.message);
+    oai_choice c;
+    oai_choice_init(&c, &r, strlen("Hello world"));
+    sched_event e1 = token_event(2058, " world", 1, FINISH_STOP);
+    cr_assert_eq(oai_choice_add(&c, &r, tok, &e1), 0);
+    const char *echo[] = {"Hello world"};
+    oai_usage u = {3, 1};
+    json_t *j = oai_response_json(&r, "cmpl-1", 1, "fp", &c, 1, echo, &u);
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    cr_expect_str_eq(json_string_value(json_object_get(j, "object")), "text_completion");
+    cr_expect_str_eq(json_string_value(json_object_get(ch, "text")), "Hello world world");
+    cr_expect_str_eq(json_string_value(json_object_get(ch, "finish_reason")), "stop");
+    json_t *lp = json_object_get(ch, "logprobs");
+    char *s = json_dumps(lp, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    cr_expect_str_eq(s, "{\"tokens\":[\" world\"],\"token_logprobs\":[-0.5],\"top_logprobs\":[{\"Hello\":-0.5,\" world\":-1.5}],"
+                        "\"text_offset\":[11]}");
+    free(s);
+    json_decref(j);
+    oai_choice_free(&c);
+    oai_request_free(&r);
+}
+
+Test(openai, stream_chunks) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_CHAT, CHAT(",\"stream\":true,\"stream_options\":{\"include_usage\":true}"), &r, &e), 0, "%s",
+                 e.message);
+    json_t *j = oai_chunk_json(&r, "c1", 7, "fp", 0, "assistant", "", 0, NULL, FINISH_NONE);
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    cr_expect_str_eq(s, "{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"tiny\","
+                        "\"system_fingerprint\":\"fp\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
+                        "\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}");
+    free(s);
+    json_decref(j);
+    j = oai_chunk_json(&r, "c1", 7, "fp", 1, NULL, NULL, 0, NULL, FINISH_LENGTH);
+    s = json_dumps(json_object_get(j, "choices"), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    cr_expect_str_eq(s, "[{\"index\":1,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"length\"}]");
+    free(s);
+    json_decref(j);
+    oai_usage u = {5, 4};
+    j = oai_usage_chunk_json(&r, "c1", 7, "fp", &u);
+    s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    cr_expect(strstr(s, "\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":4,\"total_tokens\":9}"), "%s", s);
+    free(s);
+    json_decref(j);
+    oai_request_free(&r);
+}
+
+Test(openai, lossy_strings) {
+    json_t *j = oai_json_string_lossy("a\xffz", 3);
+    cr_expect_str_eq(json_string_value(j), "a\xef\xbf\xbdz");
+    json_decref(j);
+}
