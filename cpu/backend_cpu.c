@@ -19,6 +19,22 @@ static cpu_state *state(backend *be) { return be->impl; }
 static void *cpu_alloc(backend *be, size_t bytes) { (void)be; return malloc(bytes ? bytes : 1); }
 static void cpu_free(backend *be, void *p) { (void)be; free(p); }
 
+static void cpu_copy(backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes) memcpy(dst, src, bytes);
+}
+
+static const void *cpu_weight_place(backend *be, const void *host, size_t bytes) {
+    (void)be;
+    (void)bytes;
+    return host; /* the mmap is already where the CPU reads */
+}
+
+static void cpu_weight_release(backend *be, const void *placed) {
+    (void)be;
+    (void)placed;
+}
+
 static void cpu_linear_op(backend *be, const weight *w, const float *x, float *y, int m) {
     if (state(be)->reference) cpu_linear_ref(w, x, y, m);
     else cpu_linear(state(be)->pool, w, x, y, m);
@@ -105,6 +121,10 @@ static const backend_ops cpu_ops_table = {
     .name = "cpu",
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .weight_place = cpu_weight_place,
+    .weight_release = cpu_weight_release,
     .linear = cpu_linear_op,
     .linear_t = cpu_linear_t_op,
     .rmsnorm = cpu_rmsnorm_op,

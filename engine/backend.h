@@ -41,6 +41,15 @@ typedef struct backend_ops {
     /* memory (the CPU backend: plain malloc / memcpy) */
     void *(*alloc)(backend *be, size_t bytes);
     void (*free)(backend *be, void *p);
+    /* host <-> backend memory copies (complete when they return) */
+    void (*upload)(backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(backend *be, void *host_dst, const void *src, size_t bytes);
+    /* Makes `bytes` of checkpoint data at host address `host` (inside the mmap)
+     * usable by the ops: the CPU returns `host` itself (zero-copy); a device
+     * backend copies it into device memory. NULL on failure. Released with
+     * weight_release. */
+    const void *(*weight_place)(backend *be, const void *host, size_t bytes);
+    void (*weight_release)(backend *be, const void *placed);
 
     /* y[m, rows] = x[m, cols] · Wᵀ */
     void (*linear)(backend *be, const weight *w, const float *x, float *y, int m);

@@ -1,16 +1,20 @@
 /* engine/kv.c — see kv.h. */
 #include "engine/kv.h"
 
+#include "engine/backend.h"
+
 #include <stdlib.h>
 #include <string.h>
 
-int kv_cache_init(kv_cache *kv, int n_layers, int kv_lora_rank, int rope_dim, int n_pages, ms_err *err) {
+int kv_cache_init(kv_cache *kv, backend *be, int n_layers, int kv_lora_rank, int rope_dim, int n_pages,
+                  ms_err *err) {
     memset(kv, 0, sizeof *kv);
+    kv->be = be;
     int entry_dim = kv_lora_rank + rope_dim;
     if (n_layers <= 0 || entry_dim <= 0 || n_pages <= 0)
         return ms_err_set(err, "kv cache: layers, entry size and pages must be positive");
     size_t floats = (size_t)n_pages * (size_t)n_layers * KV_PAGE_TOKENS * (size_t)entry_dim;
-    kv->data = malloc(floats * sizeof(float));
+    kv->data = be ? be->ops->alloc(be, floats * sizeof(float)) : malloc(floats * sizeof(float));
     kv->refcount = calloc((size_t)n_pages, sizeof *kv->refcount);
     kv->free_pages = malloc((size_t)n_pages * sizeof *kv->free_pages);
     if (!kv->data || !kv->refcount || !kv->free_pages) {
@@ -28,7 +32,8 @@ int kv_cache_init(kv_cache *kv, int n_layers, int kv_lora_rank, int rope_dim, in
 }
 
 void kv_cache_free(kv_cache *kv) {
-    free(kv->data);
+    if (kv->be && kv->data) kv->be->ops->free(kv->be, kv->data);
+    else free(kv->data);
     free(kv->refcount);
     free(kv->free_pages);
     memset(kv, 0, sizeof *kv);

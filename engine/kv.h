@@ -8,8 +8,8 @@
  * in page table[p / KV_PAGE_TOKENS], slot p % KV_PAGE_TOKENS. Pages are
  * reference-counted so a shared prefix can be reused later.
  *
- * Ownership: the cache owns the page memory (float32, host memory for the CPU
- * backend). A kv_seq owns its block table and holds one reference on each page.
+ * Ownership: the cache owns the page memory (float32, allocated by the backend:
+ * host memory on the CPU, device memory on a GPU — only backend ops touch it). A kv_seq owns its block table and holds one reference on each page.
  * Not thread-safe: used by the engine thread only. */
 #ifndef MS_KV_H
 #define MS_KV_H
@@ -19,9 +19,12 @@
 
 #include "common/err.h"
 
+struct backend;
+
 #define KV_PAGE_TOKENS 64
 
 typedef struct kv_cache {
+    struct backend *be;     /* allocator of data; NULL = malloc */
     int n_layers;
     int kv_lora_rank;       /* latent c_kv values per entry */
     int rope_dim;           /* k_pe values per entry, after the latent */
@@ -39,7 +42,9 @@ typedef struct kv_seq {
     int n_tokens;           /* tokens whose entries are written */
 } kv_seq;
 
-int kv_cache_init(kv_cache *kv, int n_layers, int kv_lora_rank, int rope_dim, int n_pages, ms_err *err);
+/* be == NULL allocates with malloc (tests of the page bookkeeping). */
+int kv_cache_init(kv_cache *kv, struct backend *be, int n_layers, int kv_lora_rank, int rope_dim, int n_pages,
+                  ms_err *err);
 void kv_cache_free(kv_cache *kv);
 
 /* Pages needed to hold n tokens. */

@@ -64,6 +64,8 @@ struct model {
     void *trace_ctx;
     int has_mtp;
     struct model_scratch *scratch;  /* grown on demand */
+    const void **placed;            /* backend copies of weights (weight_place), released at free */
+    int n_placed, cap_placed;
 };
 
 typedef struct model_batch {

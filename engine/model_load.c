@@ -16,6 +16,26 @@ typedef struct {
     ms_err *err;
 } binder;
 
+/* Hands host tensor data to the backend (zero-copy on the CPU) and remembers it. */
+static const void *place(binder *b, const void *host, size_t bytes, const char *name) {
+    model *m = b->m;
+    if (m->n_placed == m->cap_placed) {
+        int cap = m->cap_placed ? m->cap_placed * 2 : 256;
+        const void **g = realloc(m->placed, (size_t)cap * sizeof *g);
+        if (!g) { ms_err_set(b->err, "out of memory"); return NULL; }
+        m->placed = g;
+        m->cap_placed = cap;
+    }
+    const void *p = m->be->ops->weight_place(m->be, host, bytes);
+    if (!p) {
+        ms_err_set(b->err, "%s: cannot place tensor %s (%zu bytes) on the %s backend", b->dir, name, bytes,
+                   m->be->ops->name);
+        return NULL;
+    }
+    m->placed[m->n_placed++] = p;
+    return p;
+}
+
 /* Binds NAME (a 1-D [rows] or 2-D [rows, cols] tensor). Projections may be FP8
  * with NAME_scale_inv beside them; `proj` says whether FP8 is allowed. */
 static int bind(binder *b, weight *w, const char *name, int64_t rows, int64_t cols, int proj) {
@@ -32,7 +52,7 @@ static int bind(binder *b, weight *w, const char *name, int64_t rows, int64_t co
     w->rows = rows;
     w->cols = cols ? cols : rows;
     if (!cols) w->rows = 1;
-    w->data = t->data;
+    if (!(w->data = place(b, t->data, t->nbytes, name))) return -1;
     if (t->dtype != DTYPE_F8_E4M3) return 0;
     if (!proj) return ms_err_set(b->err, "%s: tensor %s is F8_E4M3, which is only supported for projections", file, name);
     char sname[512];
@@ -43,8 +63,7 @@ static int bind(binder *b, weight *w, const char *name, int64_t rows, int64_t co
     if (s->dtype != DTYPE_F32 || s->n_dims != 2 || s->shape[0] != sr || s->shape[1] != sc)
         return ms_err_set(b->err, "%s: tensor %s must be F32 [%lld, %lld]", safetensors_file_of(b->m->st, s), sname,
                           (long long)sr, (long long)sc);
-    w->scale = s->data;
-    return 0;
+    return (w->scale = place(b, s->data, s->nbytes, sname)) ? 0 : -1;
 }
 
 static int bindf(binder *b, weight *w, int64_t rows, int64_t cols, int proj, const char *fmt, ...)
@@ -231,14 +250,16 @@ void model_free(model *m) {
     }
     free(m->layers);
     free(m->inv_freq);
+    for (int i = 0; i < m->n_placed; i++) m->be->ops->weight_release(m->be, m->placed[i]);
+    free(m->placed);
     model_scratch_free(m);
     safetensors_close(m->st);
     free(m);
 }
 
 int model_kv_init(const model *m, kv_cache *kv, int n_tokens, ms_err *err) {
-    return kv_cache_init(kv, m->cfg.n_layers, m->cfg.kv_lora_rank, m->cfg.qk_rope_head_dim, kv_pages_for(n_tokens),
-                         err);
+    return kv_cache_init(kv, m->be, m->cfg.n_layers, m->cfg.kv_lora_rank, m->cfg.qk_rope_head_dim,
+                         kv_pages_for(n_tokens), err);
 }
 
 static double weight_bytes(const weight *w) {
