@@ -109,6 +109,7 @@ typedef struct seq {
     int32_t *tokens;        /* prompt + generated */
     int n_tokens, cap_tokens;
     int n_prompt, n_generated, n_computed;
+    int n_cached;           /* prompt tokens taken from the prefix cache at first admission */
     int max_tokens, ignore_eos, top_logprobs;
     kv_seq kv;
     sampler *smp;
@@ -155,6 +156,7 @@ static void seq_finish(sched *s, seq *q, finish_reason reason, const char *error
     if (error) snprintf(ev.error, sizeof ev.error, "%s", error);
     ev.prompt_tokens = q->n_prompt;
     ev.completion_tokens = q->n_generated;
+    ev.cached_tokens = q->n_cached;
     kv_seq_release(&s->kv, &q->kv);
     pthread_mutex_lock(&s->mu); /* counted before the client can see the end */
     s->stats.requests_finished++;
@@ -342,34 +344,42 @@ static void ensure_decode_pages(sched *s) {
             seq *q = s->running[i];
             if (q->n_tokens - q->n_computed == 1) need += pages_needed(q, 1);
         }
-        if (need <= s->kv.n_free || s->n_running == 0) return;
+        if (need <= kv_available(&s->kv) || s->n_running == 0) return;
         preempt(s, youngest_running(s));
     }
 }
 
-/* Pops waiting sequences while slots, pages (for the whole prompt) and the token budget allow. */
+/* Takes q's cached prefix pages; keeps them if the rest of its tokens (+1) fits
+ * with a spare page per running sequence, else gives them back. */
+static int try_admit(sched *s, seq *q) {
+    int hit = kv_prefix_match(&s->kv, &q->kv, q->tokens, q->n_tokens - 1); /* the last token needs its logits */
+    if (kv_pages_for(q->n_tokens + 1) - q->kv.n_pages + s->n_running > kv_available(&s->kv)) {
+        kv_seq_release(&s->kv, &q->kv);
+        return 0;
+    }
+    q->n_computed = hit;
+    if (!q->admitted) q->n_cached = hit;
+    return 1;
+}
+
+/* Pops waiting sequences (FCFS) while slots, pages and the token budget allow. */
 static void admit(sched *s, int budget_left) {
     for (;;) {
         pthread_mutex_lock(&s->mu);
         seq *q = s->waiting;
-        int ok = q && s->n_running < s->cfg.max_num_seqs && budget_left > 0 &&
-                 kv_pages_for(q->n_tokens + 1) + s->n_running <= s->kv.n_free;
+        int ok = q && s->n_running < s->cfg.max_num_seqs && budget_left > 0 && try_admit(s, q);
         if (ok) {
             s->waiting = q->next;
             if (!s->waiting) s->waiting_tail = NULL;
             s->n_waiting--;
             q->next = NULL;
+            if (!q->admitted) s->stats.prompt_tokens += (uint64_t)q->n_prompt;
         }
         pthread_mutex_unlock(&s->mu);
         if (!ok) return;
-        if (!q->admitted) {
-            pthread_mutex_lock(&s->mu);
-            s->stats.prompt_tokens += (uint64_t)q->n_prompt;
-            pthread_mutex_unlock(&s->mu);
-        }
         q->admitted = ++s->admissions;
         s->running[s->n_running++] = q;
-        budget_left -= q->n_tokens;
+        budget_left -= q->n_tokens - q->n_computed;
     }
 }
 
@@ -393,7 +403,7 @@ static void batch_add(sched *s, batch_size *bs, seq *q, int n) {
 /* Decodes first (one token each), then prompt chunks under the budget and free pages. */
 static batch_size build_batch(sched *s) {
     batch_size bs = {0, 0, 0};
-    int budget = s->cfg.max_batched_tokens, free_pages = s->kv.n_free;
+    int budget = s->cfg.max_batched_tokens, free_pages = kv_available(&s->kv);
     for (int i = 0; i < s->n_running; i++) {
         seq *q = s->running[i];
         if (q->n_tokens - q->n_computed != 1) continue;
@@ -438,6 +448,7 @@ static int sample_and_emit(sched *s, seq *q, const float *logits) {
     }
     ev.prompt_tokens = q->n_prompt;
     ev.completion_tokens = q->n_generated;
+    ev.cached_tokens = q->n_cached;
     finish_reason end = is_eos || stopped ? FINISH_STOP
                         : (q->n_generated >= q->max_tokens || q->n_tokens >= s->cfg.max_model_len) ? FINISH_LENGTH
                                                                                                      : FINISH_NONE;
@@ -469,6 +480,7 @@ static void step(sched *s) {
     for (int r = 0; r < bs.n_runs; r++) {
         seq *q = s->b_owner[r];
         q->n_computed = q->kv.n_tokens; /* model_forward advanced it past this run */
+        kv_prefix_register(&s->kv, &q->kv, q->tokens, q->n_computed);
         if (!s->b_samples[r]) continue;
         const float *l = s->logits + (size_t)row++ * s->m->cfg.vocab_size;
         int idx = -1;
@@ -480,7 +492,9 @@ static void step(sched *s) {
     s->stats.steps++;
     s->stats.generation_tokens += (uint64_t)bs.n_logits;
     s->stats.running = s->n_running;
-    s->stats.kv_pages_free = s->kv.n_free;
+    s->stats.kv_pages_free = kv_available(&s->kv);
+    s->stats.prefix_cache_queries = s->kv.prefix_queries;
+    s->stats.prefix_cache_hits = s->kv.prefix_hits;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -550,6 +564,7 @@ sched *sched_create(model *m, const tokenizer *tok, const sched_config *cfg, ms_
     fill_defaults(&s->cfg, m);
     if (alloc_arrays(s) != 0) { ms_err_set(err, "out of memory"); goto fail; }
     if (model_kv_init(m, &s->kv, s->cfg.kv_cache_tokens, err) != 0) goto fail;
+    kv_cache_set_prefix_caching(&s->kv, !s->cfg.no_prefix_caching);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
     s->stats.kv_pages_total = s->stats.kv_pages_free = s->kv.n_pages;

@@ -46,6 +46,7 @@ typedef struct sched_config {
     int kv_cache_tokens;     /* KV pool size in tokens (default 16384) */
     int max_model_len;       /* prompt + completion limit (default: the model's, capped by the pool) */
     int max_queue;           /* waiting requests at most; submit fails beyond (default 256) */
+    int no_prefix_caching;   /* 1 disables reuse of cached prompt pages */
 } sched_config;
 
 typedef struct sched_request {
@@ -78,6 +79,7 @@ typedef struct sched_event {
     finish_reason finish;
     char error[256];         /* FINISH_ERROR only */
     int prompt_tokens, completion_tokens; /* running totals */
+    int cached_tokens;       /* prompt tokens whose KV came from the prefix cache */
 } sched_event;
 
 typedef struct sched sched;
@@ -87,6 +89,7 @@ typedef struct sched_stats {
     int running, waiting;
     int kv_pages_total, kv_pages_free;
     uint64_t requests_finished, prompt_tokens, generation_tokens, preemptions, steps;
+    uint64_t prefix_cache_queries, prefix_cache_hits; /* prompt tokens looked up / found */
 } sched_stats;
 
 /* Starts the engine thread over model m (not owned) and tok (not owned). */

@@ -64,7 +64,7 @@ typedef struct {
     char text[8192];
     size_t text_len;
     finish_reason finish;
-    int completion_tokens;
+    int completion_tokens, cached_tokens;
 } result;
 
 /* Reads a stream to its end (bounded: 60 s without an event fails). */
@@ -82,6 +82,7 @@ static void drain(sched_stream *st, result *res) {
         if (ev.finish != FINISH_NONE) {
             res->finish = ev.finish;
             res->completion_tokens = ev.completion_tokens;
+            res->cached_tokens = ev.cached_tokens;
             break;
         }
     }
@@ -297,3 +298,30 @@ Test(sched, queue_full_is_reported) {
     for (int i = 0; i < n_ok; i++) sched_stream_free(st[i]);
     close_fixture(&f);
 }
+
+/* The second request with the same 130-token prompt reuses its 2 full pages and
+ * produces the same tokens; with caching off nothing is reused. */
+static void prefix_reuse(int disabled) {
+    fixture f;
+    open_fixture(&f, (sched_config){.no_prefix_caching = disabled});
+    json_t *g = golden("en_long");
+    int n;
+    int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
+    cr_assert_eq(n, 130);
+    result a, b;
+    run_one(&f, ids, n, 16, &a);
+    run_one(&f, ids, n, 16, &b);
+    cr_expect_eq(a.cached_tokens, 0);
+    cr_expect_eq(b.cached_tokens, disabled ? 0 : 128, "cached %d", b.cached_tokens);
+    cr_expect_eq(a.n, b.n);
+    cr_expect_eq(memcmp(a.tokens, b.tokens, (size_t)a.n * sizeof a.tokens[0]), 0, "same continuation");
+    sched_stats st;
+    sched_get_stats(f.s, &st);
+    if (!disabled) cr_expect_eq(st.prefix_cache_hits, 128);
+    free(ids);
+    json_decref(g);
+    close_fixture(&f);
+}
+
+Test(sched, prefix_cache_reuses_full_pages) { prefix_reuse(0); }
+Test(sched, prefix_cache_can_be_disabled) { prefix_reuse(1); }
