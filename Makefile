@@ -26,6 +26,11 @@ ifeq ($(MODE),debug)
 OPT := -O0 -g
 else ifeq ($(MODE),asan)
 OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(MODE),tsan)
+OPT := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
+else ifeq ($(MODE),fuzz)
+# clang only: objects carry libFuzzer's coverage hooks; fuzz/ links -fsanitize=fuzzer.
+OPT := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 else
 OPT := -O2 -g
 endif
@@ -59,12 +64,19 @@ LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcubla
 LIB_OBJ   += $(CU_OBJ)
 CUDA_TEST_BIN := $(patsubst test/cuda/%.c,$(BUILD)/test-cuda/%,$(wildcard test/cuda/*.c))
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
+# The device tests and the CUDA benchmark link only what they use (no jansson /
+# PCRE2 / libmicrohttpd), so `make CUDA=1 cuda-check` builds on a GPU machine
+# that lacks those headers (scripts/gpu-check.sh).
+CUDA_CORE_SRC := $(wildcard cpu/*.c) engine/kv.c engine/weight.c common/dtype.c common/err.c common/threadpool.c
+CUDA_CORE_OBJ := $(CUDA_CORE_SRC:%.c=$(BUILD)/%.o) $(CU_OBJ)
+CUDA_CORE_LIB := $(BUILD)/libmlaserve_cuda_core.a
+CUDA_BENCH_BIN := $(BUILD)/bench/bench_cuda
 endif
 
 BIN := $(BUILD)/mlaserve
 
 .PHONY: all test test-unit run deps clean bench
-all: $(BIN) $(TEST_BIN) $(BENCH_BIN) $(CUDA_TEST_BIN)
+all: $(BIN) $(TEST_BIN) $(BENCH_BIN) $(CUDA_TEST_BIN) $(CUDA_BENCH_BIN)
 
 $(BIN): $(SERVER_OBJ) $(BUILD)/libmlaserve.a
 	$(CC) $(LDFLAGS) -o $@ $(SERVER_OBJ) $(BUILD)/libmlaserve.a $(LDLIBS)
@@ -103,9 +115,9 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libmlaserve.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libmlaserve.a $(LDLIBS)
 
 # GPU kernel tests link without libmicrohttpd/jansson/Criterion (the GPU machine lacks them).
-$(BUILD)/test-cuda/%: test/cuda/%.c $(BUILD)/libmlaserve.a
+$(BUILD)/test-cuda/%: test/cuda/%.c $(CUDA_CORE_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libmlaserve.a $(CUDA_LIBS) -lm
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(CUDA_CORE_LIB) $(CUDA_LIBS) -lm
 
 deps:
 	sh scripts/deps.sh
@@ -118,7 +130,7 @@ test:
 	sh scripts/run-tests.sh $(BUILD)
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
 	    $(MAKE) CUDA=1 BUILD=$(BUILD)-cuda all && \
-	    for t in $(BUILD)-cuda/test-cuda/*; do echo "== $$t"; $$t || exit 1; done; \
+	    for t in $(BUILD)-cuda/test-cuda/*; do [ -x "$$t" ] || continue; echo "== $$t"; $$t || exit 1; done; \
 	else echo "nvcc not found: CUDA backend not built"; fi
 
 run:
@@ -133,4 +145,68 @@ bench:
 clean:
 	rm -rf build build-* 
 
+ifeq ($(CUDA),1)
+.PHONY: cuda-check
+# What scripts/gpu-check.sh needs: the device tests and the CUDA benchmark.
+cuda-check: $(CUDA_TEST_BIN) $(CUDA_BENCH_BIN)
+
+$(CUDA_CORE_LIB): $(CUDA_CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+# nvcc writes no dependency files here: every .cu depends on every cuda/ header.
+$(CU_OBJ): $(wildcard cuda/*.cuh cuda/*.h) engine/backend.h engine/weight.h engine/kv.h common/dtype.h
+
+$(BUILD)/bench/bench_cuda.o: bench/bench_cuda.cu $(wildcard cuda/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+$(CUDA_BENCH_BIN): $(BUILD)/bench/bench_cuda.o $(CUDA_CORE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $< $(CUDA_CORE_LIB) $(CUDA_LIBS) -lm
+endif
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- sanitizers and fuzzing (issue #6; docs/operations.md) -----------------
+# make sanitize    every test under ASan+UBSan (build-asan/), then the engine,
+#                  scheduler, kernel and tokenizer tests under TSan (build-tsan/;
+#                  Criterion cannot run under TSan, so those files are compiled
+#                  against the in-process shim in test/tsan/). Any report fails.
+# make fuzz        builds the libFuzzer targets (clang, build-fuzz/) and runs each
+#                  for FUZZ_SECONDS (default 300); make fuzz-ci: 60 s each.
+TSAN_TESTS   := test_sched test_model_golden test_cpu_ops test_tokenizer
+FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_SECONDS ?= 300
+FUZZ_CC      ?= clang
+
+.PHONY: sanitize sanitize-asan sanitize-tsan fuzz fuzz-build fuzz-ci
+sanitize:
+	sh scripts/deps.sh --if-missing
+	sh scripts/sanitize.sh asan
+	sh scripts/sanitize.sh tsan
+
+sanitize-asan:
+	sh scripts/sanitize.sh asan
+
+sanitize-tsan:
+	sh scripts/sanitize.sh tsan
+
+# Criterion test files built against test/tsan/criterion/criterion.h (no -lcriterion).
+$(BUILD)/test-tsan/%: test/unit/%.c $(BUILD)/libmlaserve.a test/tsan/criterion/criterion.h
+	@mkdir -p $(dir $@)
+	$(CC) -Itest/tsan $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libmlaserve.a $(LDLIBS)
+
+# The library (+ the OpenAI parser) with coverage hooks; each fuzz target links it.
+$(BUILD)/fuzz/%: fuzz/%.c fuzz/fuzz_util.h $(BUILD)/libmlaserve.a $(BUILD)/server/openai.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $< $(BUILD)/server/openai.o $(BUILD)/libmlaserve.a $(LDLIBS)
+
+fuzz-build:
+	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "fuzz: $(FUZZ_CC) not found (apt-get install clang)"; exit 1; }
+	$(MAKE) MODE=fuzz CC=$(FUZZ_CC) BUILD=build-fuzz $(FUZZ_TARGETS:%=build-fuzz/fuzz/%)
+
+fuzz: fuzz-build
+	sh scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-ci: fuzz-build
+	sh scripts/fuzz.sh 60 $(FUZZ_TARGETS)

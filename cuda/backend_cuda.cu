@@ -1,55 +1,109 @@
-/* cuda/backend_cuda.cu — CUDA backend skeleton (see backend_cuda.h): device
- * handling, memory, elementwise kernels. Kernels for GEMM / MLA are issue #4. */
-#include <cuda_runtime.h>
+/* cuda/backend_cuda.cu — the CUDA backend (see backend_cuda.h): device
+ * selection, memory and weight placement, the op table, scratch buffers, and the
+ * small elementwise ops (zero, axpy, silu_mul, copy_2d). The kernel families
+ * live beside it: linear.cu, norm_rope.cu (rmsnorm, embedding, rope),
+ * router.cu, mla.cu (kv_write, kv_gather, mla_decode, mla_prefill).
+ * Everything runs on one non-blocking stream per backend; ops return before
+ * their kernels finish except upload / download / weight_place, which complete. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "cuda/backend_cuda.h"
+#include "cuda/cuda_internal.cuh"
 
-/* Checks a CUDA call; on failure fills err (if any) with call, file, line and returns -1. */
-#define CUDA_TRY(call, err)                                                                             \
-    do {                                                                                                \
-        cudaError_t e_ = (call);                                                                        \
-        if (e_ != cudaSuccess)                                                                          \
-            return ms_err_set((err), "%s failed at %s:%d: %s", #call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
-    } while (0)
+/* ---- launch checking and scratch --------------------------------------------- */
 
-/* For ops with no error return: a failed launch is a broken invariant. */
-#define CUDA_CHECK(call)                                                                                \
-    do {                                                                                                \
-        cudaError_t e_ = (call);                                                                        \
-        if (e_ != cudaSuccess) {                                                                        \
-            fprintf(stderr, "mlaserve: %s failed at %s:%d: %s\n", #call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
-            abort();                                                                                    \
-        }                                                                                               \
-    } while (0)
+void cuda_after_launch(backend *be, const char *file, int line) {
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && cuda_st(be)->sync_each_launch) e = cudaStreamSynchronize(cuda_stream(be));
+    if (e != cudaSuccess) {
+        fprintf(stderr, "mlaserve: kernel launched at %s:%d failed: %s\n", file, line, cudaGetErrorString(e));
+        abort();
+    }
+}
 
-typedef struct {
-    int device;
-    cudaStream_t stream;
-    char name[768];
-} cuda_state;
+void *cuda_dev_scratch(backend *be, int slot, size_t bytes) {
+    cuda_state *st = cuda_st(be);
+    if (bytes == 0) bytes = 1;
+    if (st->dev_cap[slot] < bytes) {
+        size_t cap = st->dev_cap[slot] ? st->dev_cap[slot] : 4096;
+        while (cap < bytes) cap *= 2;
+        if (st->dev_scratch[slot]) {
+            CUDA_CHECK(cudaStreamSynchronize(st->stream)); /* kernels may still read the old buffer */
+            CUDA_CHECK(cudaFree(st->dev_scratch[slot]));
+            st->dev_scratch[slot] = NULL;
+            st->dev_cap[slot] = 0;
+        }
+        CUDA_CHECK(cudaMalloc(&st->dev_scratch[slot], cap));
+        st->dev_cap[slot] = cap;
+    }
+    return st->dev_scratch[slot];
+}
 
-static cuda_state *state(backend *be) { return (cuda_state *)be->impl; }
+void *cuda_host_scratch(backend *be, int slot, size_t bytes) {
+    cuda_state *st = cuda_st(be);
+    if (bytes == 0) bytes = 1;
+    if (st->host_cap[slot] < bytes) {
+        size_t cap = st->host_cap[slot] ? st->host_cap[slot] : 4096;
+        while (cap < bytes) cap *= 2;
+        void *p = realloc(st->host_scratch[slot], cap);
+        CUDA_REQUIRE(p, "out of host memory (%zu bytes of scratch)", cap);
+        st->host_scratch[slot] = p;
+        st->host_cap[slot] = cap;
+    }
+    return st->host_scratch[slot];
+}
+
+void *cuda_upload_scratch(backend *be, int slot, const void *host, size_t bytes) {
+    void *d = cuda_dev_scratch(be, slot, bytes);
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
+    return d;
+}
+
+/* ---- memory ---------------------------------------------------------------------- */
 
 static void *cuda_alloc(backend *be, size_t bytes) {
     void *p = NULL;
     (void)be;
-    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) return NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError(); /* clear the (non-sticky) allocation error */
+        return NULL;
+    }
     return p;
 }
 
 static void cuda_free_op(backend *be, void *p) {
-    (void)be;
-    if (p) CUDA_CHECK(cudaFree(p));
+    if (!p) return;
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be))); /* no kernel may still use it */
+    CUDA_CHECK(cudaFree(p));
 }
 
-static unsigned blocks_for(int64_t n, unsigned threads) { return (unsigned)((n + threads - 1) / threads); }
-
-__global__ void k_zero(float *y, int64_t n) {
-    int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (i < n) y[i] = 0.0f;
+static void cuda_upload_op(backend *be, void *dst, const void *host_src, size_t bytes) {
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be)));
 }
+
+static void cuda_download_op(backend *be, void *host_dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream(be)));
+}
+
+static const void *cuda_weight_place(backend *be, const void *host, size_t bytes) {
+    void *d = cuda_alloc(be, bytes);
+    if (!d) return NULL;
+    if (bytes && (cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice, cuda_stream(be)) != cudaSuccess ||
+                  cudaStreamSynchronize(cuda_stream(be)) != cudaSuccess)) {
+        cudaFree(d);
+        return NULL;
+    }
+    return d;
+}
+
+static void cuda_weight_release(backend *be, const void *placed) { cuda_free_op(be, (void *)placed); }
+
+/* ---- elementwise --------------------------------------------------------------------- */
 
 __global__ void k_axpy(float a, const float *x, float *y, int64_t n) {
     int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -64,49 +118,78 @@ __global__ void k_silu_mul(const float *g, const float *u, float *y, int64_t n) 
     }
 }
 
+/* dst[r][c] = src[r][c], one thread per element (any strides, including 0 for one row). */
+__global__ void k_copy_2d(float *dst, int64_t dst_stride, const float *src, int64_t src_stride, int64_t rows,
+                          int64_t cols) {
+    int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= rows * cols) return;
+    int64_t r = i / cols, c = i % cols;
+    dst[r * dst_stride + c] = src[r * src_stride + c];
+}
+
 static void cuda_zero(backend *be, float *y, int64_t n) {
     if (n <= 0) return;
-    k_zero<<<blocks_for(n, 256), 256, 0, state(be)->stream>>>(y, n);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)n * sizeof *y, cuda_stream(be)));
 }
 
 static void cuda_axpy(backend *be, float a, const float *x, float *y, int64_t n) {
     if (n <= 0) return;
-    k_axpy<<<blocks_for(n, 256), 256, 0, state(be)->stream>>>(a, x, y, n);
-    CUDA_CHECK(cudaGetLastError());
+    k_axpy<<<cuda_blocks_for(n, 256), 256, 0, cuda_stream(be)>>>(a, x, y, n);
+    CUDA_LAUNCHED(be);
 }
 
 static void cuda_silu_mul(backend *be, const float *g, const float *u, float *y, int64_t n) {
     if (n <= 0) return;
-    k_silu_mul<<<blocks_for(n, 256), 256, 0, state(be)->stream>>>(g, u, y, n);
-    CUDA_CHECK(cudaGetLastError());
+    k_silu_mul<<<cuda_blocks_for(n, 256), 256, 0, cuda_stream(be)>>>(g, u, y, n);
+    CUDA_LAUNCHED(be);
 }
 
 static void cuda_copy_2d(backend *be, float *dst, int64_t dst_stride, const float *src, int64_t src_stride,
                          int64_t rows, int64_t cols) {
     if (rows <= 0 || cols <= 0) return;
-    CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)dst_stride * sizeof(float), src, (size_t)src_stride * sizeof(float),
-                                 (size_t)cols * sizeof(float), (size_t)rows, cudaMemcpyDeviceToDevice,
-                                 state(be)->stream));
+    k_copy_2d<<<cuda_blocks_for(rows * cols, 256), 256, 0, cuda_stream(be)>>>(dst, dst_stride, src, src_stride, rows,
+                                                                               cols);
+    CUDA_LAUNCHED(be);
 }
+
+/* ---- the table -------------------------------------------------------------------------- */
 
 static backend_ops make_table(void) {
     backend_ops t = {};
     t.name = "cuda";
     t.alloc = cuda_alloc;
     t.free = cuda_free_op;
+    t.upload = cuda_upload_op;
+    t.download = cuda_download_op;
+    t.weight_place = cuda_weight_place;
+    t.weight_release = cuda_weight_release;
+    t.linear = cuda_linear;
+    t.linear_t = cuda_linear_t;
+    t.rmsnorm = cuda_rmsnorm;
+    t.embedding = cuda_embedding;
+    t.silu_mul = cuda_silu_mul;
     t.zero = cuda_zero;
     t.axpy = cuda_axpy;
-    t.silu_mul = cuda_silu_mul;
     t.copy_2d = cuda_copy_2d;
+    t.rope = cuda_rope;
+    t.router = cuda_router;
+    t.kv_write = cuda_kv_write;
+    t.kv_gather = cuda_kv_gather;
+    t.mla_decode = cuda_mla_decode;
+    t.mla_prefill = cuda_mla_prefill;
     return t;
 }
 
 static const backend_ops cuda_table = make_table();
 
+/* ---- device and backend lifetime ------------------------------------------------------- */
+
 extern "C" int backend_cuda_device_count(void) {
     int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
     return n;
 }
 
@@ -118,8 +201,11 @@ static int init_state(cuda_state *st, int device, ms_err *err) {
     CUDA_TRY(cudaSetDevice(device), err);
     cudaDeviceProp prop;
     CUDA_TRY(cudaGetDeviceProperties(&prop, device), err);
-    snprintf(st->name, sizeof st->name, "%s (sm_%d%d, %.0f GiB)", prop.name, prop.major, prop.minor,
-             prop.totalGlobalMem / 1073741824.0);
+    snprintf(st->name, sizeof st->name, "%s (sm_%d%d, %d SMs, %.0f GiB)", prop.name, prop.major, prop.minor,
+             prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
+    st->n_sm = prop.multiProcessorCount;
+    const char *sync = getenv("MLASERVE_CUDA_SYNC");
+    st->sync_each_launch = sync && strcmp(sync, "1") == 0;
     CUDA_TRY(cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking), err);
     return 0;
 }
@@ -145,25 +231,70 @@ extern "C" backend *backend_cuda_create(int device, ms_err *err) {
 
 extern "C" void backend_cuda_free(backend *be) {
     if (!be) return;
-    cudaStreamDestroy(state(be)->stream);
-    free(be->impl);
+    cuda_state *st = cuda_st(be);
+    cudaStreamSynchronize(st->stream);
+    for (int i = 0; i < SCR_COUNT; i++) {
+        if (st->dev_scratch[i]) cudaFree(st->dev_scratch[i]);
+        free(st->host_scratch[i]);
+    }
+    cudaStreamDestroy(st->stream);
+    free(st);
     free(be);
 }
 
 extern "C" int backend_cuda_upload(backend *be, void *dst, const void *src, size_t bytes, ms_err *err) {
-    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, state(be)->stream), err);
+    if (!bytes) return 0;
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream(be)), err);
+    CUDA_TRY(cudaStreamSynchronize(cuda_stream(be)), err);
     return 0;
 }
 
 extern "C" int backend_cuda_download(backend *be, void *dst, const void *src, size_t bytes, ms_err *err) {
-    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, state(be)->stream), err);
-    CUDA_TRY(cudaStreamSynchronize(state(be)->stream), err);
+    if (!bytes) return 0;
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)), err);
+    CUDA_TRY(cudaStreamSynchronize(cuda_stream(be)), err);
+    return 0;
+}
+
+extern "C" int backend_cuda_memset(backend *be, void *dst, int byte, size_t bytes, ms_err *err) {
+    if (!bytes) return 0;
+    CUDA_TRY(cudaMemsetAsync(dst, byte, bytes, cuda_stream(be)), err);
     return 0;
 }
 
 extern "C" int backend_cuda_sync(backend *be, ms_err *err) {
-    CUDA_TRY(cudaStreamSynchronize(state(be)->stream), err);
+    CUDA_TRY(cudaStreamSynchronize(cuda_stream(be)), err);
+    CUDA_TRY(cudaGetLastError(), err);
     return 0;
 }
 
+extern "C" int backend_cuda_weight_upload(backend *be, const weight *host, weight *dev, ms_err *err) {
+    int64_t phys_rows = host->row0 + host->rows;
+    size_t bytes = (size_t)phys_rows * (size_t)host->cols * dtype_size(host->dtype);
+    *dev = *host;
+    dev->data = NULL;
+    dev->scale = NULL;
+    void *d = NULL, *s = NULL;
+    CUDA_TRY(cudaMalloc(&d, bytes ? bytes : 1), err);
+    dev->data = d;
+    if (bytes) CUDA_TRY(cudaMemcpyAsync(d, host->data, bytes, cudaMemcpyHostToDevice, cuda_stream(be)), err);
+    if (host->dtype == DTYPE_F8_E4M3) {
+        size_t sbytes = (size_t)((phys_rows + 127) / 128) * (size_t)weight_scale_cols(host) * sizeof(float);
+        CUDA_TRY(cudaMalloc(&s, sbytes ? sbytes : 1), err);
+        dev->scale = (const float *)s;
+        if (sbytes) CUDA_TRY(cudaMemcpyAsync(s, host->scale, sbytes, cudaMemcpyHostToDevice, cuda_stream(be)), err);
+    }
+    CUDA_TRY(cudaStreamSynchronize(cuda_stream(be)), err);
+    return 0;
+}
+
+extern "C" void backend_cuda_weight_free(backend *be, weight *dev) {
+    if (dev->data) cuda_free_op(be, (void *)dev->data);
+    if (dev->scale) cuda_free_op(be, (void *)dev->scale);
+    dev->data = NULL;
+    dev->scale = NULL;
+}
+
 extern "C" const char *backend_cuda_device_name(const backend *be) { return ((const cuda_state *)be->impl)->name; }
+
+extern "C" void *backend_cuda_stream(backend *be) { return (void *)cuda_stream(be); }
