@@ -459,12 +459,27 @@ static int sample_and_emit(sched *s, seq *q, const float *logits) {
     return 1;
 }
 
+/* Copies the engine-side counters where sched_get_stats reads them. */
+static void publish_stats(sched *s, int stepped, int generated) {
+    pthread_mutex_lock(&s->mu);
+    s->stats.steps += (uint64_t)stepped;
+    s->stats.generation_tokens += (uint64_t)generated;
+    s->stats.running = s->n_running;
+    s->stats.kv_pages_free = kv_available(&s->kv);
+    s->stats.prefix_cache_queries = s->kv.prefix_queries;
+    s->stats.prefix_cache_hits = s->kv.prefix_hits;
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void step(sched *s) {
     finish_cancelled(s);
     ensure_decode_pages(s);
     admit(s, s->cfg.max_batched_tokens - s->n_running);
     batch_size bs = build_batch(s);
-    if (bs.n_tokens == 0) return;
+    if (bs.n_tokens == 0) {
+        publish_stats(s, 0, 0); /* e.g. the last sequence was cancelled */
+        return;
+    }
     model_batch b = {bs.n_tokens, s->b_tokens, s->b_pos, s->b_seq, s->b_seqs, bs.n_runs, s->b_rows, bs.n_logits};
     ms_err err = {{0}};
     if (model_forward(s->m, &s->kv, &b, s->logits, &err) != 0) {
@@ -474,6 +489,7 @@ static void step(sched *s) {
                 if (s->running[i] == s->b_owner[r]) { running_remove(s, i); break; }
             seq_finish(s, s->b_owner[r], FINISH_ERROR, err.msg);
         }
+        publish_stats(s, 1, 0);
         return;
     }
     int row = 0;
@@ -488,14 +504,7 @@ static void step(sched *s) {
             if (s->running[i] == q) idx = i;
         if (sample_and_emit(s, q, l) && idx >= 0) running_remove(s, idx);
     }
-    pthread_mutex_lock(&s->mu);
-    s->stats.steps++;
-    s->stats.generation_tokens += (uint64_t)bs.n_logits;
-    s->stats.running = s->n_running;
-    s->stats.kv_pages_free = kv_available(&s->kv);
-    s->stats.prefix_cache_queries = s->kv.prefix_queries;
-    s->stats.prefix_cache_hits = s->kv.prefix_hits;
-    pthread_mutex_unlock(&s->mu);
+    publish_stats(s, 1, bs.n_logits);
 }
 
 static void *engine_main(void *arg) {

@@ -48,6 +48,7 @@ static void usage(FILE *f) {
             "  --kv-cache-tokens N          KV cache size in tokens (default 16384); also SIZE with K/M/G suffix = bytes\n"
             "  --threads N                  CPU threads for the model (default: all CPUs)\n"
             "  --max-queue N                waiting requests at most; beyond, 429 (default 256)\n"
+            "  --no-prefix-caching          do not reuse the KV pages of a shared prompt prefix\n"
             "  --max-body-bytes N           request bodies at most (default 8 MiB); beyond, 413\n"
             "  --max-connections N          concurrent HTTP connections at most (default 256)\n"
             "  --drain-timeout S            on SIGINT/SIGTERM, seconds in-flight requests may take (default 30)\n"
@@ -96,6 +97,10 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
             usage(stdout);
             exit(CLI_OK);
+        }
+        if (!strcmp(o, "--no-prefix-caching")) {
+            a->sc.no_prefix_caching = 1;
+            continue;
         }
         if (!v) {
             fprintf(stderr, "mlaserve serve: %s needs a value\n", o);

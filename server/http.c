@@ -221,6 +221,7 @@ typedef struct gen_job {
     int failed;              /* a choice ended with FINISH_ERROR */
     char error[256];
     int cancelled;
+    double t_checked;        /* last client liveness check */
     /* streaming output */
     char *out;
     size_t out_len, out_pos, out_cap;
@@ -307,6 +308,17 @@ static int job_submit(gen_job *j, oai_error *e) {
     return 0;
 }
 
+/* Every STREAM_POLL_MS (events or not): cancels the job if the client hung up
+ * or the server is shutting down. Returns 1 if the client is gone. */
+static int job_check_client(gen_job *j) {
+    double t = now_s();
+    if (t - j->t_checked < STREAM_POLL_MS / 1e3) return 0;
+    j->t_checked = t;
+    int gone = client_gone(j->conn);
+    if ((gone || atomic_load(&j->h->abort_all)) && !j->cancelled) job_cancel(j);
+    return gone;
+}
+
 /* Waits for the next event of any unfinished choice: 1 with *which and *ev set,
  * 0 on timeout (one slice). */
 static int job_next(gen_job *j, int *which, sched_event *ev) {
@@ -343,8 +355,11 @@ static void job_note(gen_job *j, int i, const sched_event *ev) {
 }
 
 static oai_usage job_usage(const gen_job *j) {
-    oai_usage u = {0, 0};
-    for (int p = 0; p < j->req.n_prompts; p++) u.prompt_tokens += j->req.prompts[p].n_ids;
+    oai_usage u = {0, 0, 0};
+    for (int p = 0; p < j->req.n_prompts; p++) {
+        u.prompt_tokens += j->req.prompts[p].n_ids;
+        u.cached_tokens += j->ch[p * j->req.n].acc.cached_tokens; /* prompts are counted once: first choice */
+    }
     for (int i = 0; i < j->n_ch; i++) u.completion_tokens += j->ch[i].acc.completion_tokens;
     return u;
 }
@@ -366,7 +381,8 @@ static gen_job *job_create(http_server *h, struct MHD_Connection *c, oai_request
     j->counted = 1; /* not in flight until submitted */
     if (j->req.echo && (j->echo = calloc((size_t)j->req.n_prompts, sizeof *j->echo)))
         for (int p = 0; p < j->req.n_prompts; p++)
-            j->echo[p] = tokenizer_decode(h->tok, j->req.prompts[p].ids, (size_t)j->req.prompts[p].n_ids, 0);
+            j->echo[p] = j->req.prompts[p].text ? strdup(j->req.prompts[p].text) /* as sent */
+                         : tokenizer_decode(h->tok, j->req.prompts[p].ids, (size_t)j->req.prompts[p].n_ids, 0);
     for (int i = 0; i < j->n_ch; i++) {
         const char *e = j->echo ? j->echo[i / j->req.n] : NULL;
         oai_choice_init(&j->ch[i].acc, &j->req, e ? strlen(e) : 0);
@@ -384,10 +400,8 @@ static enum MHD_Result generate_blocking(gen_job *j, conn_state *cs) {
     sched_event ev;
     int which;
     while (j->n_done < j->n_ch) {
-        if (!job_next(j, &which, &ev)) {
-            if (client_gone(j->conn) || atomic_load(&h->abort_all)) job_cancel(j);
-            continue;
-        }
+        job_check_client(j);
+        if (!job_next(j, &which, &ev)) continue;
         oai_choice_add(&j->ch[which].acc, &j->req, h->tok, &ev);
         free(ev.text);
         job_note(j, which, &ev);
@@ -462,6 +476,7 @@ static void stream_event(gen_job *j, int i, const sched_event *ev) {
                                     ev->text_len, lp, FINISH_NONE));
     acc->text_offset += ev->text_len;
     if (ev->completion_tokens > acc->completion_tokens) acc->completion_tokens = ev->completion_tokens;
+    if (ev->cached_tokens > acc->cached_tokens) acc->cached_tokens = ev->cached_tokens;
     if (ev->finish == FINISH_ERROR) {
         oai_error e;
         oai_error_set(&e, 500, "server_error", NULL, NULL, "The engine failed this request: %s", ev->error);
@@ -489,14 +504,10 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         }
         sched_event ev;
         int which;
-        if (!job_next(j, &which, &ev)) {
-            if (client_gone(j->conn)) {
-                job_cancel(j);
-                return MHD_CONTENT_READER_END_WITH_ERROR; /* job_free cancels and frees */
-            }
-            if (atomic_load(&j->h->abort_all)) job_cancel(j); /* the streams end with FINISH_CANCELLED */
-            continue;
-        }
+        /* a hung-up client ends the response (job_free, via MHD, frees the
+         * streams); at shutdown the streams end with FINISH_CANCELLED */
+        if (job_check_client(j)) return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (!job_next(j, &which, &ev)) continue;
         job_note(j, which, &ev);
         stream_event(j, which, &ev);
         free(ev.text);
@@ -551,6 +562,10 @@ static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c,
         oai_error_set(&e, 503, "service_unavailable", NULL, NULL, "out of memory");
         return queue_error(c, cs, &e);
     }
+    /* A generation is bounded by max_tokens and ends when the client hangs up;
+     * MHD's idle timeout would otherwise fire after a long queue wait or a long
+     * non-streaming answer. on_completed restores it for keep-alive. */
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
     atomic_fetch_add(&h->inflight, 1);
     j->counted = 0;
     if (job_submit(j, &e) != 0) {
@@ -564,8 +579,12 @@ static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c,
 
 /* ------------------------------------------------------------ other routes */
 
+/* The engine once ready (ready is set after engine: reading it first is race-free), else NULL. */
+static sched *engine_of(http_server *h) { return atomic_load(&h->ready) ? h->engine : NULL; }
+
 static enum MHD_Result handle_models(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *id) {
-    int max_len = h->engine ? sched_get_config(h->engine)->max_model_len : 0;
+    sched *eng = engine_of(h);
+    int max_len = eng ? sched_get_config(eng)->max_model_len : 0;
     json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:s,s:i}", "id", h->served_model, "object", "model", "created",
                           (json_int_t)h->created, "owned_by", "mlaserve", "root", h->model_root, "max_model_len", max_len);
     if (id) {
@@ -604,7 +623,8 @@ static enum MHD_Result handle_metrics(http_server *h, struct MHD_Connection *c, 
     FILE *f = open_memstream(&text, &len);
     if (!f) return MHD_NO;
     sched_stats st = {0};
-    if (h->engine) sched_get_stats(h->engine, &st);
+    sched *eng = engine_of(h);
+    if (eng) sched_get_stats(eng, &st);
     metric(f, "mlaserve_ready", "gauge", "1 when the model is loaded and the server accepts requests",
            atomic_load(&h->ready) && !atomic_load(&h->draining));
     metric(f, "mlaserve_num_requests_running", "gauge", "Sequences in the running batch", st.running);
@@ -620,6 +640,10 @@ static enum MHD_Result handle_metrics(http_server *h, struct MHD_Connection *c, 
     metric(f, "mlaserve_preemptions_total", "counter", "Sequences preempted for lack of KV pages",
            (double)st.preemptions);
     metric(f, "mlaserve_engine_steps_total", "counter", "Engine steps (model forwards)", (double)st.steps);
+    metric(f, "mlaserve_prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache",
+           (double)st.prefix_cache_queries);
+    metric(f, "mlaserve_prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache",
+           (double)st.prefix_cache_hits);
     metric(f, "mlaserve_inflight_requests", "gauge", "Generation requests being answered",
            atomic_load(&h->inflight));
     fprintf(f, "# HELP mlaserve_generation_requests_total Generation requests by outcome\n"
@@ -887,8 +911,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
     http_server *h = cls;
     conn_state *cs = *con_cls;
-    (void)c;
     if (!cs) return;
+    /* from 0 (generation) back to the idle timeout; this also restarts its clock */
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S);
     int status = cs->status ? cs->status : 499;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200) status = 499; /* client went away mid-response */
     if (status >= 100 && status < 600) atomic_fetch_add(&h->status_count[status], 1);

@@ -50,7 +50,7 @@ json_t *oai_error_json(const oai_error *err) {
 void oai_request_free(oai_request *r) {
     if (!r) return;
     free(r->model);
-    for (int i = 0; i < r->n_prompts; i++) free(r->prompts[i].ids);
+    for (int i = 0; i < r->n_prompts; i++) free(r->prompts[i].ids), free(r->prompts[i].text);
     free(r->prompts);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     memset(r, 0, sizeof *r);
@@ -323,8 +323,11 @@ static int parse_prompt(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
     for (size_t i = 0; i < n; i++) {
         const json_t *item = json_is_string(p) || is_token_array(p) ? p : json_array_get(p, i);
         int rc;
-        if (json_is_string(item))
+        if (json_is_string(item)) {
             rc = encode_text(ctx, json_string_value(item), json_string_length(item), 1, &r->prompts[i], "prompt", err);
+            if (!rc && r->echo && !(r->prompts[i].text = strdup(json_string_value(item))))
+                rc = oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+        }
         else if (is_token_array(item))
             rc = token_prompt(item, ctx, &r->prompts[i], err);
         else
@@ -501,6 +504,7 @@ int oai_choice_add(oai_choice *c, const oai_request *r, const tokenizer *tok, co
     }
     c->text_offset += ev->text_len;
     if (ev->completion_tokens > c->completion_tokens) c->completion_tokens = ev->completion_tokens;
+    if (ev->cached_tokens > c->cached_tokens) c->cached_tokens = ev->cached_tokens;
     if (ev->finish != FINISH_NONE) c->finish = ev->finish;
     return 0;
 }
@@ -511,8 +515,10 @@ static json_t *finish_json(finish_reason f) {
 }
 
 static json_t *usage_json(const oai_usage *u) {
-    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", u->prompt_tokens, "completion_tokens", u->completion_tokens,
-                     "total_tokens", u->prompt_tokens + u->completion_tokens);
+    return json_pack("{s:i,s:i,s:i,s:{s:i},s:i,s:i}", "prompt_tokens", u->prompt_tokens, "completion_tokens",
+                     u->completion_tokens, "total_tokens", u->prompt_tokens + u->completion_tokens,
+                     "prompt_tokens_details", "cached_tokens", u->cached_tokens, "prompt_cache_hit_tokens",
+                     u->cached_tokens, "prompt_cache_miss_tokens", u->prompt_tokens - u->cached_tokens);
 }
 
 static json_t *envelope(const oai_request *r, const char *object, const char *id, long created, const char *fingerprint) {

@@ -47,6 +47,7 @@ typedef struct oai_ctx {
 typedef struct oai_prompt {
     int32_t *ids;              /* malloc'd */
     int n_ids;
+    char *text;                /* completions: the prompt string as sent (for echo); NULL for token prompts and chat */
 } oai_prompt;
 
 typedef struct oai_request {
@@ -95,6 +96,7 @@ typedef struct oai_choice {
     size_t text_len, text_cap;
     finish_reason finish;
     int completion_tokens;
+    int cached_tokens;         /* prompt tokens served from the prefix cache */
     json_t *logprobs;          /* chat: array of content entries; completions: object of arrays; NULL if not asked */
     size_t text_offset;        /* completions logprobs: offset of the next token's text */
 } oai_choice;
@@ -117,6 +119,7 @@ json_t *oai_token_text(const tokenizer *tok, int32_t id);
 
 typedef struct oai_usage {
     int prompt_tokens, completion_tokens;
+    int cached_tokens;         /* usage.prompt_tokens_details.cached_tokens and DeepSeek's prompt_cache_hit_tokens */
 } oai_usage;
 
 /* Final non-streaming response. echo_texts[prompt] (completions echo) may be NULL. */

@@ -21,7 +21,12 @@ TMP=$(mktemp -d) || exit 1
 PIDS=""
 cleanup() {
     for p in $PIDS; do kill "$p" 2>/dev/null; done
-    sleep 0.2
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        alive=0
+        for p in $PIDS; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive -eq 0 ] && break
+        sleep 0.5
+    done
     for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
     rm -rf "$TMP"
 }
@@ -43,6 +48,7 @@ process.stdout.write(typeof v==="string"?v:JSON.stringify(v)===undefined?"undefi
 start_server() {
     log=$1
     shift
+    : > "$log.err"
     "$BIN" serve --model "$MODEL" --port 0 --threads 2 "$@" > "$log.out" 2> "$log.err" &
     SPID=$!
     PIDS="$PIDS $SPID"
@@ -128,6 +134,10 @@ jget 'j.choices[0].text' "$TMP/cmpl.json" > "$TMP/cmpl.txt"
 printf '%s\n' "$(cat "$TMP/cmpl.txt")" | cmp -s - "$TMP/gen_cmpl.txt" ||
     fail "completions greedy differs from generate: '$(cat "$TMP/cmpl.txt")' vs '$(cat "$TMP/gen_cmpl.txt")'"
 
+# echo: the prompt as sent, then the same greedy continuation
+post /v1/completions '{"model":"tiny-v3","prompt":"The capital of France is","max_tokens":10,"temperature":0,"ignore_eos":true,"echo":true}' "$TMP/echo.json" > /dev/null
+[ "$(jget 'j.choices[0].text' "$TMP/echo.json")" = "The capital of France is$(cat "$TMP/cmpl.txt")" ] || fail "echo: $(cat "$TMP/echo.json")"
+
 # token-id prompt against `logits --greedy` (ids -> text with the detokenize CLI)
 st=$(post /v1/completions '{"model":"tiny-v3","prompt":[0,19923,2058],"max_tokens":8,"temperature":0,"ignore_eos":true}' "$TMP/ids.json")
 [ "$st" = 200 ] || fail "token-id prompt: status $st"
@@ -137,6 +147,15 @@ printf '{"ids":%s,"skip_special_tokens":true}\n' "$(jget 'j.greedy' "$TMP/logits
 [ "$(jget 'j.text' "$TMP/greedy_text.json")" = "$(jget 'j.choices[0].text' "$TMP/ids.json")" ] ||
     fail "token-id prompt differs from logits --greedy: $(cat "$TMP/greedy_text.json") vs $(jget 'j.choices[0].text' "$TMP/ids.json")"
 [ "$(jget 'j.usage.prompt_tokens' "$TMP/ids.json")" = 3 ] || fail "token-id prompt usage"
+
+# prefix caching: the same 130-token prompt twice; the second reuses 2 full KV pages (128 tokens)
+LONG=$(node -e 'console.log(JSON.stringify(Array.from({length: 130}, (_, i) => (i * 7919) % 100000 + 10)))')
+post /v1/completions "{\"model\":\"tiny-v3\",\"prompt\":$LONG,\"max_tokens\":4,\"temperature\":0}" "$TMP/pc1.json" > /dev/null
+post /v1/completions "{\"model\":\"tiny-v3\",\"prompt\":$LONG,\"max_tokens\":4,\"temperature\":0}" "$TMP/pc2.json" > /dev/null
+[ "$(jget '[j.usage.prompt_tokens_details.cached_tokens, j.usage.prompt_cache_hit_tokens, j.usage.prompt_cache_miss_tokens].join(" ")' "$TMP/pc2.json")" = "128 128 2" ] ||
+    fail "prefix cache usage: $(cat "$TMP/pc2.json")"
+[ "$(jget 'j.choices[0].text' "$TMP/pc1.json")" = "$(jget 'j.choices[0].text' "$TMP/pc2.json")" ] || fail "prefix cache changed the output"
+curl -s -m 10 "$URL/metrics" | grep -q '^mlaserve_prefix_cache_hits_total 128' || fail "prefix cache hits not in /metrics"
 
 # ---------------------------------------------------------------- streaming
 SBODY='{"model":"tiny-v3","messages":[{"role":"user","content":"Hello! Who are you?"}],"max_tokens":12,"temperature":0,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}'
@@ -233,16 +252,17 @@ st=$(post /v1/chat/completions '{"model":"tiny-v3","messages":[{"role":"user","c
 [ "$(curl -s -m 10 -o /dev/null -w '%{http_code}' "$URL/health")" = 200 ] || fail "/health after hostile input"
 
 # ---------------------------------------------------------------- 16 concurrent requests
-i=0
+i=0 jobs=""
 while [ $i -lt 16 ]; do
     if [ $((i % 2)) -eq 0 ]; then
         post /v1/completions "$CMPL_BODY" "$TMP/c$i.json" > "$TMP/c$i.st" &
     else
         post /v1/chat/completions "$SBODY" "$TMP/c$i.json" -N > "$TMP/c$i.st" &
     fi
+    jobs="$jobs $!"
     i=$((i + 1))
 done
-wait
+for j in $jobs; do wait "$j"; done
 i=0
 while [ $i -lt 16 ]; do
     [ "$(cat "$TMP/c$i.st")" = 200 ] || fail "concurrent request $i: status $(cat "$TMP/c$i.st")"
@@ -286,13 +306,14 @@ kill -0 "$MAIN_PID" 2>/dev/null || fail "main server died"
 # ---------------------------------------------------------------- queue full, graceful stop
 start_server "$TMP/small" --max-num-seqs 1 --max-queue 1 --log-format json || fail "small server did not start"
 SURL=http://127.0.0.1:$SPORT
-i=0
+i=0 jobs=""
 while [ $i -lt 4 ]; do
     curl -s -m 120 -o "$TMP/q$i.json" -w '%{http_code}' -D "$TMP/q$i.hdr" --data-binary \
         '{"model":"tiny-v3","prompt":"x","max_tokens":40,"ignore_eos":true}' "$SURL/v1/completions" > "$TMP/q$i.st" &
+    jobs="$jobs $!"
     i=$((i + 1))
 done
-wait
+for j in $jobs; do wait "$j"; done
 n429=$(cat "$TMP"/q*.st | tr ' ' '\n' | grep -c 429)
 [ "$n429" -ge 1 ] || fail "queue of 1, 4 requests: no 429 ($(cat "$TMP"/q*.st))"
 for i in 0 1 2 3; do
@@ -333,6 +354,18 @@ timeout 60 "$BIN" serve --model "$TMP/nonexistent" --port 0 > /dev/null 2> "$TMP
 grep -q nonexistent "$TMP/load.err" || fail "load failure does not name the path: $(cat "$TMP/load.err")"
 timeout 60 "$BIN" serve --model "$MODEL" --port "$PORT" > /dev/null 2> "$TMP/bind.err"; rc=$?
 [ $rc -eq 1 ] || fail "port in use: exit $rc, want 1"
+
+# the main server, after all of the above, stops cleanly (exit 0; under ASan this is also the leak check)
+kill -TERM "$MAIN_PID"
+i=0
+while kill -0 "$MAIN_PID" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+if kill -0 "$MAIN_PID" 2>/dev/null; then
+    fail "main server still running 30 s after SIGTERM"
+else
+    wait "$MAIN_PID"
+    rc=$?
+    [ $rc -eq 0 ] || fail "main server exit status after SIGTERM: $rc: $(tail -5 "$TMP/main.err")"
+fi
 
 [ $fails -eq 0 ] && echo "server.sh: all checks passed"
 [ $fails -eq 0 ]

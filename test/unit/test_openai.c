@@ -259,7 +259,7 @@ Test(openai, chat_response_shape) {
     sched_event e1 = token_event(19923, "Hello", 1, FINISH_NONE), e2 = token_event(2058, " world", 2, FINISH_LENGTH);
     cr_assert_eq(oai_choice_add(&c, &r, tok, &e1), 0);
     cr_assert_eq(oai_choice_add(&c, &r, tok, &e2), 0);
-    oai_usage u = {3, 2};
+    oai_usage u = {3, 2, 0};
     json_t *j = oai_response_json(&r, "chatcmpl-1", 42, "fp_x", &c, 1, NULL, &u);
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     cr_expect_str_eq(s,
@@ -271,7 +271,9 @@ Test(openai, chat_response_shape) {
                      "{\"token\":\" world\",\"logprob\":-0.5,\"bytes\":[32,119,111,114,108,100],\"top_logprobs\":"
                      "[{\"token\":\"Hello\",\"logprob\":-0.5,\"bytes\":[72,101,108,108,111]}]}]},"
                      "\"finish_reason\":\"length\"}],"
-                     "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}");
+                     "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5,"
+                     "\"prompt_tokens_details\":{\"cached_tokens\":0},\"prompt_cache_hit_tokens\":0,"
+                     "\"prompt_cache_miss_tokens\":3}}");
     free(s);
     json_decref(j);
     oai_choice_free(&c);
@@ -282,12 +284,13 @@ Test(openai, completion_response_echo_and_logprobs) {
     oai_request r;
     oai_error e;
     cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"logprobs\":2,\"echo\":true"), &r, &e), 0, "%s", e.message);
+    cr_expect_str_eq(r.prompts[0].text, "Hello world", "echo keeps the prompt as sent (no BOS text)");
     oai_choice c;
     oai_choice_init(&c, &r, strlen("Hello world"));
     sched_event e1 = token_event(2058, " world", 1, FINISH_STOP);
     cr_assert_eq(oai_choice_add(&c, &r, tok, &e1), 0);
     const char *echo[] = {"Hello world"};
-    oai_usage u = {3, 1};
+    oai_usage u = {3, 1, 0};
     json_t *j = oai_response_json(&r, "cmpl-1", 1, "fp", &c, 1, echo, &u);
     json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
     cr_expect_str_eq(json_string_value(json_object_get(j, "object")), "text_completion");
@@ -320,10 +323,12 @@ Test(openai, stream_chunks) {
     cr_expect_str_eq(s, "[{\"index\":1,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"length\"}]");
     free(s);
     json_decref(j);
-    oai_usage u = {5, 4};
+    oai_usage u = {5, 4, 0};
     j = oai_usage_chunk_json(&r, "c1", 7, "fp", &u);
     s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    cr_expect(strstr(s, "\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":4,\"total_tokens\":9}"), "%s", s);
+    cr_expect(strstr(s, "\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":4,\"total_tokens\":9,"
+                          "\"prompt_tokens_details\":{\"cached_tokens\":0},\"prompt_cache_hit_tokens\":0,"
+                          "\"prompt_cache_miss_tokens\":5}"), "%s", s);
     free(s);
     json_decref(j);
     oai_request_free(&r);
