@@ -10,21 +10,47 @@ enum {
     S_H, S_A, S_OUT, S_QA, S_Q, S_KVA, S_C, S_KPE, S_O,                /* per-token */
     S_CTX_C, S_CTX_PE, S_KVB,                                          /* prefill: per context token */
     S_QD, S_QN, S_QLAT, S_QPE, S_OLAT, S_TMP, S_VH, S_OD,                    /* absorbed decode */
-    S_RLOG, S_RIDX, S_RW, S_XE, S_GE, S_UE, S_DE, S_G, S_U,            /* MLP / MoE */
-    S_LOGX, S_SEQS, S_CTXLEN, S_ROWS,
+    S_RLOG, S_RIDX, S_RW, S_XE, S_DE, S_G, S_U,                        /* MLP / MoE */
+    S_LOGX, S_LOGITS,
     S_COUNT
 };
 
+/* Host-side bookkeeping the graph reads or writes on the CPU: block-table
+ * pointers, context lengths, token lists, router decisions, traced activations. */
+enum { H_SEQS, H_CTXLEN, H_ROWS, H_RW, H_RIDX, H_RWALL, H_TRACE, H_COUNT };
+
 typedef struct model_scratch {
-    void *buf[S_COUNT];
+    void *buf[S_COUNT];      /* backend memory (device memory on a GPU) */
     size_t size[S_COUNT];
+    void *host[H_COUNT];     /* host memory */
+    size_t host_size[H_COUNT];
 } model_scratch;
 
 void model_scratch_free(model *m) {
     if (!m->scratch) return;
     for (int i = 0; i < S_COUNT; i++) m->be->ops->free(m->be, m->scratch->buf[i]);
+    for (int i = 0; i < H_COUNT; i++) free(m->scratch->host[i]);
     free(m->scratch);
     m->scratch = NULL;
+}
+
+/* Host scratch slot of at least `bytes` (contents not preserved when it grows). */
+static void *hscratch(model *m, int slot, size_t bytes) {
+    model_scratch *s = m->scratch;
+    if (s->host_size[slot] < bytes) {
+        free(s->host[slot]);
+        s->host[slot] = malloc(bytes ? bytes : 1);
+        s->host_size[slot] = s->host[slot] ? bytes : 0;
+    }
+    return s->host[slot];
+}
+
+/* Calls the trace hook with a host copy of backend activations h [n, dim]. */
+static void trace_out(model *m, int layer, const float *h, int n, int dim) {
+    if (!m->trace) return;
+    float *host = hscratch(m, H_TRACE, (size_t)n * dim * sizeof *host);
+    m->be->ops->download(m->be, host, h, (size_t)n * dim * sizeof *host);
+    m->trace(m->trace_ctx, layer, host, n, dim);
 }
 
 /* Scratch slot of at least `bytes`; contents are not preserved when it grows. */
@@ -108,8 +134,8 @@ static void attn_absorb(model *m, const kv_cache *kv, int l, const layer_weights
     float *qlat = fscratch(m, S_QLAT, (size_t)nd * H * kvr), *qpe = fscratch(m, S_QPE, (size_t)nd * H * dr);
     float *olat = fscratch(m, S_OLAT, (size_t)nd * H * kvr), *tmp = fscratch(m, S_TMP, (size_t)nd * kvr);
     float *od = fscratch(m, S_OD, (size_t)nd * H * dv), *vh = fscratch(m, S_VH, (size_t)nd * dv);
-    const kv_seq **seqs = scratch(m, S_SEQS, (size_t)nd * sizeof *seqs);
-    int32_t *ctx = scratch(m, S_CTXLEN, (size_t)nd * sizeof *ctx);
+    const kv_seq **seqs = hscratch(m, H_SEQS, (size_t)nd * sizeof *seqs);
+    int32_t *ctx = hscratch(m, H_CTXLEN, (size_t)nd * sizeof *ctx);
     for (int i = 0; i < nd; i++) {
         op->copy_2d(m->be, qd + (size_t)i * H * qdim, 0, q + (size_t)rows[i] * H * qdim, 0, 1, (int64_t)H * qdim);
         seqs[i] = b->seqs[b->seq[rows[i]]];
@@ -146,7 +172,7 @@ static void attention(model *m, kv_cache *kv, int l, const float *a, float *out,
     float *q = attn_query(m, L, a, n, b->pos);
     attn_latent(m, kv, l, L, a, b, runs, n_runs);
     float *o = fscratch(m, S_O, (size_t)n * H * dv);
-    int32_t *rows = scratch(m, S_ROWS, (size_t)n * sizeof *rows);
+    int32_t *rows = hscratch(m, H_ROWS, (size_t)n * sizeof *rows);
     int nd = 0;
     for (int r = 0; r < n_runs; r++) {
         if (use_naive(m, &runs[r])) {
@@ -178,15 +204,20 @@ static void moe(model *m, const layer_weights *L, const float *x, float *out, in
     int E = c->n_routed_experts, K = c->n_experts_per_tok, D = c->hidden_size;
     router_params rp = m->router;
     rp.bias = L->router_bias;
-    float *logits = fscratch(m, S_RLOG, (size_t)n * E), *w = fscratch(m, S_RW, (size_t)n * K);
-    int32_t *idx = scratch(m, S_RIDX, (size_t)n * K * sizeof *idx);
+    float *logits = fscratch(m, S_RLOG, (size_t)n * E), *dw = fscratch(m, S_RW, (size_t)n * K);
+    int32_t *didx = scratch(m, S_RIDX, (size_t)n * K * sizeof *didx);
     op->linear(m->be, &L->router, x, logits, n);
-    op->router(m->be, &rp, logits, n, idx, w);
+    op->router(m->be, &rp, logits, n, didx, dw);
+    /* The routing decisions drive host-side grouping: bring them over. */
+    int32_t *idx = hscratch(m, H_RIDX, (size_t)n * K * sizeof *idx);
+    float *w = hscratch(m, H_RWALL, (size_t)n * K * sizeof *w);
+    op->download(m->be, idx, didx, (size_t)n * K * sizeof *idx);
+    op->download(m->be, w, dw, (size_t)n * K * sizeof *w);
     if (c->n_shared_experts) mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, x, out, n);
     else op->zero(m->be, out, (int64_t)n * D);
     float *xe = fscratch(m, S_XE, (size_t)n * D), *de = fscratch(m, S_DE, (size_t)n * D);
-    int32_t *rows = scratch(m, S_ROWS, (size_t)n * sizeof *rows);
-    float *rw = fscratch(m, S_GE, (size_t)n);
+    int32_t *rows = hscratch(m, H_ROWS, (size_t)n * sizeof *rows);
+    float *rw = hscratch(m, H_RW, (size_t)n * sizeof *rw);
     for (int e = 0; e < E; e++) {
         int me = 0;
         for (int t = 0; t < n; t++)
@@ -236,14 +267,17 @@ static void final_logits(model *m, const float *h, const model_batch *b, float *
     if (m->trace) {
         float *all = fscratch(m, S_A, (size_t)b->n_tokens * D);
         op->rmsnorm(m->be, &m->final_norm, h, all, b->n_tokens, D, m->cfg.rms_norm_eps);
-        m->trace(m->trace_ctx, m->cfg.n_layers, all, b->n_tokens, D);
+        trace_out(m, m->cfg.n_layers, all, b->n_tokens, D);
     }
     if (!b->n_logits) return;
     float *x = fscratch(m, S_LOGX, (size_t)b->n_logits * D);
     for (int i = 0; i < b->n_logits; i++)
         op->copy_2d(m->be, x + (size_t)i * D, 0, h + (size_t)b->logit_rows[i] * D, 0, 1, D);
     op->rmsnorm(m->be, &m->final_norm, x, x, b->n_logits, D, m->cfg.rms_norm_eps);
-    op->linear(m->be, &m->lm_head, x, logits, b->n_logits);
+    size_t bytes = (size_t)b->n_logits * m->cfg.vocab_size * sizeof *logits;
+    float *dl = scratch(m, S_LOGITS, bytes);
+    op->linear(m->be, &m->lm_head, x, dl, b->n_logits);
+    op->download(m->be, logits, dl, bytes); /* logits = lm_head(RMSNorm(h)), to the caller's host memory */
 }
 
 int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, ms_err *err) {
@@ -265,7 +299,7 @@ int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, m
     float *h = fscratch(m, S_H, (size_t)n * D), *a = fscratch(m, S_A, (size_t)n * D);
     float *out = fscratch(m, S_OUT, (size_t)n * D);
     op->embedding(m->be, &m->embed, b->tokens, n, h);
-    if (m->trace) m->trace(m->trace_ctx, -1, h, n, D);
+    trace_out(m, -1, h, n, D);
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
         op->rmsnorm(m->be, &L->attn_norm, h, a, n, D, c->rms_norm_eps);  /* a = RMSNorm(h) */
@@ -275,7 +309,7 @@ int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, m
         if (L->is_moe) moe(m, L, a, out, n);
         else mlp(m, &L->gate, &L->up, &L->down, a, out, n);
         op->axpy(m->be, 1.0f, out, h, (int64_t)n * D);                   /* h = h + ffn */
-        if (m->trace) m->trace(m->trace_ctx, l, h, n, D);
+        trace_out(m, l, h, n, D);
     }
     for (int r = 0; r < n_runs; r++) {
         kv_seq *s = b->seqs[runs[r].seq];
