@@ -278,7 +278,8 @@ done
 curl -s -N -m 2 -H "Authorization: Bearer $KEY" --data-binary \
     '{"model":"tiny-v3","prompt":"x","max_tokens":240,"ignore_eos":true,"stream":true}' "$URL/v1/completions" > /dev/null 2>&1
 i=0 freed=no
-while [ $i -lt 50 ]; do
+limit=$((50 * ${MLASERVE_TEST_TIME_SCALE:-1}))   # 5 s, longer under the sanitizers
+while [ $i -lt $limit ]; do
     curl -s -m 5 "$URL/metrics" > "$TMP/metrics.txt"
     total=$(sed -n 's/^mlaserve_kv_pages_total \([0-9]*\).*/\1/p' "$TMP/metrics.txt")
     free=$(sed -n 's/^mlaserve_kv_pages_free \([0-9]*\).*/\1/p' "$TMP/metrics.txt")
