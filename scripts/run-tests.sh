@@ -32,8 +32,10 @@ for t in test/cli/*.sh; do
     if sh "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi
 done
 # Error paths must not leak: the loader tests again under valgrind (each forked
-# test child is traced; any report in the logs fails the suite).
-if [ -x "$BUILD/test/test_loader" ]; then
+# test child is traced; any report in the logs fails the suite). Not in a
+# sanitizer build (MLASERVE_SANITIZER, set by scripts/sanitize.sh): valgrind
+# cannot run ASan binaries, and LSan already checks those leaks there.
+if [ -x "$BUILD/test/test_loader" ] && [ -z "${MLASERVE_SANITIZER:-}" ]; then
     echo "== valgrind $BUILD/test/test_loader"
     vgdir=$(mktemp -d)
     valgrind -q --leak-check=full --errors-for-leak-kinds=definite --trace-children=yes \

@@ -1,0 +1,63 @@
+/* fuzz/fuzz_openai.c — the OpenAI request parser (server/openai.h:
+ * oai_parse_request) on arbitrary request bodies.
+ *
+ * Byte 0 picks the endpoint (bit 0: /v1/completions, else /v1/chat/completions);
+ * the rest is the body, exactly as the HTTP layer passes it (bytes + length,
+ * not NUL-terminated: the copy here has no terminator so ASan sees any read
+ * past len). The context is the server's for a small model (max_model_len
+ * 256). Properties (server/openai.h): failure fills a 4xx status, a type and a
+ * message — never 5xx for anything a client sends; success gives 1..64 prompts
+ * of in-vocabulary ids, 1 <= n <= OAI_MAX_N, max_tokens >= 1 with every prompt
+ * + max_tokens within the context, and every choice maps to a sched_request. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/openai.h"
+#include "fuzz/fuzz_util.h"
+
+#define FUZZ_MAX_MODEL_LEN 256
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    fuzz_tokenizer();
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 1) return 0;
+    const tokenizer *tok = fuzz_tokenizer();
+    oai_ctx ctx = {tok, "tiny", FUZZ_MAX_MODEL_LEN, 129280};
+    oai_kind kind = (data[0] & 1) ? OAI_COMPLETION : OAI_CHAT;
+    size_t len = size - 1;
+    char *body = malloc(len ? len : 1);
+    if (!body) return 0;
+    memcpy(body, data + 1, len);
+    oai_request r;
+    oai_error err;
+    memset(&err, 0, sizeof err);
+    if (oai_parse_request(kind, body, len, &ctx, &r, &err) == 0) {
+        FUZZ_CHECK(r.n_prompts >= 1 && r.n_prompts <= OAI_MAX_PROMPTS, "%d prompts", r.n_prompts);
+        FUZZ_CHECK(r.n >= 1 && r.n <= OAI_MAX_N, "n = %d", r.n);
+        FUZZ_CHECK(r.max_tokens >= 1, "max_tokens = %d", r.max_tokens);
+        FUZZ_CHECK(r.n_stop >= 0 && r.n_stop <= SCHED_MAX_STOP, "n_stop = %d", r.n_stop);
+        for (int p = 0; p < r.n_prompts; p++) {
+            FUZZ_CHECK(r.prompts[p].n_ids >= 1, "empty prompt %d", p);
+            FUZZ_CHECK(r.prompts[p].n_ids + r.max_tokens <= FUZZ_MAX_MODEL_LEN,
+                       "prompt %d: %d + %d tokens exceed the context", p, r.prompts[p].n_ids, r.max_tokens);
+            for (int i = 0; i < r.prompts[p].n_ids; i++)
+                FUZZ_CHECK(r.prompts[p].ids[i] >= 0 && r.prompts[p].ids[i] < ctx.vocab_size, "id %d",
+                           r.prompts[p].ids[i]);
+        }
+        for (int c = 0; c < r.n_prompts * r.n; c++) {
+            sched_request sr;
+            oai_sched_request(&r, c, 42, &sr);
+        }
+        oai_request_free(&r);
+    } else {
+        FUZZ_CHECK(err.status >= 400 && err.status < 500, "status %d for a client body (%s)", err.status,
+                   err.message);
+        FUZZ_CHECK(err.type && err.message[0], "error without type or message");
+    }
+    free(body);
+    return 0;
+}
