@@ -9,7 +9,8 @@
  * Weights are laid out as many copies in one large arena and successive calls use
  * successive copies, so decode numbers come from DRAM, as in a real model whose
  * layers never fit in cache.
- * Usage: bench_cpu_ops [--threads N] [--quick]   (N defaults to 2) */
+ * Usage: bench_cpu_ops [--threads N] [--quick] [--membw-only]   (N defaults to 2)
+ * --membw-only prints just the bandwidth in GB/s (best of 10 passes), for scripts. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,7 +59,7 @@ static void print_header(void) {
 
 /* Best 64 MiB slice (≫ L3) over several passes through the 1 GiB buffer: the
  * machine may be shared, and the best slice is the least disturbed one. */
-static double bench_membw(threadpool *pool, const uint8_t *arena, int passes) {
+static double bench_membw(threadpool *pool, const uint8_t *arena, int passes, int print_row) {
     const size_t slice = (size_t)64 << 20;
     double best = 1e30, sink = 0;
     for (int p = 0; p < passes; p++)
@@ -69,7 +70,8 @@ static double bench_membw(threadpool *pool, const uint8_t *arena, int passes) {
             if (dt < best) best = dt;
         }
     double gbs = (double)slice / best / 1e9;
-    printf("%-9s %-5s %-14s %4s %10.0f %8.2f %7s %9s\n", "membw", "-", "64MiB slices", "-", best * 1e6, gbs,
+    if (print_row)
+        printf("%-9s %-5s %-14s %4s %10.0f %8.2f %7s %9s\n", "membw", "-", "64MiB slices", "-", best * 1e6, gbs,
            "100.0", "-");
     if (sink == 12345.678) printf(" ");
     return gbs;
@@ -123,12 +125,13 @@ static void bench_linear(threadpool *pool, dtype_t dt, const bench_shape *s, int
 }
 
 int main(int argc, char **argv) {
-    int threads = 2, quick = 0;
+    int threads = 2, quick = 0, membw_only = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--quick") == 0) quick = 1;
+        else if (strcmp(argv[i], "--membw-only") == 0) membw_only = 1;
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--membw-only]\n", argv[0]);
             return 2;
         }
     }
@@ -142,10 +145,17 @@ int main(int argc, char **argv) {
     /* scales for the largest FP8 shape (129280 x 2048 would need 1010 x 16) */
     float *scale = floats_filled(1024 * 64, 0.01f);
 
+    if (membw_only) {
+        printf("%.2f\n", bench_membw(pool, arena, 10, 0));
+        free(scale);
+        free(arena);
+        threadpool_free(pool);
+        return 0;
+    }
     printf("# bench_cpu_ops: simd=%s threads=%d\n", cpu_simd_level(), threads);
     print_header();
     const int rounds = quick ? 2 : 5;
-    double membw = bench_membw(pool, arena, quick ? 3 : 6);
+    double membw = bench_membw(pool, arena, quick ? 3 : 6, 1);
 
     static const bench_shape decode_shapes[] = {
         {"[1408x2048]", 1408, 2048},  /* expert gate/up */

@@ -109,12 +109,14 @@ static void cpu_kv_gather(backend *be, const kv_cache *kv, const kv_seq *seq, in
 static void cpu_mla_decode_op(backend *be, const kv_cache *kv, int layer, int n, const kv_seq *const *seqs,
                               const int32_t *ctx, int n_heads, const float *q_lat, const float *q_pe, float scale,
                               float *o_lat) {
-    cpu_mla_decode(state(be)->pool, kv, layer, n, seqs, ctx, n_heads, q_lat, q_pe, scale, o_lat);
+    if (state(be)->reference) cpu_mla_decode_ref(kv, layer, n, seqs, ctx, n_heads, q_lat, q_pe, scale, o_lat);
+    else cpu_mla_decode(state(be)->pool, kv, layer, n, seqs, ctx, n_heads, q_lat, q_pe, scale, o_lat);
 }
 
 static void cpu_mla_prefill_op(backend *be, int T, int pos0, int n_heads, int nope, int rope, int vdim,
                                const float *q, const float *kvb, const float *k_pe, float scale, float *o) {
-    cpu_mla_prefill(state(be)->pool, T, pos0, n_heads, nope, rope, vdim, q, kvb, k_pe, scale, o);
+    if (state(be)->reference) cpu_mla_prefill_ref(T, pos0, n_heads, nope, rope, vdim, q, kvb, k_pe, scale, o);
+    else cpu_mla_prefill(state(be)->pool, T, pos0, n_heads, nope, rope, vdim, q, kvb, k_pe, scale, o);
 }
 
 static const backend_ops cpu_ops_table = {

@@ -42,6 +42,22 @@ typedef struct cpu_kernels {
     void (*scale_mul)(const float *x, float s, const float *g, float *y, int64_t n);
     /* y[i] = silu(gate[i]) * up[i] */
     void (*silu_mul)(const float *gate, const float *up, float *y, int64_t n);
+
+    /* Streaming transposed product for small m (<= CPU_DECODE_MAX_M):
+     * y[i][c] = Σ_n x[i][n]·W[n][c] for c in [c0, c1), x: [m, w->rows] (not
+     * packed), y: [m, w->cols]; W is read once, row by row (per group of four
+     * rows of x). `scratch` holds m·w->rows floats. */
+    void (*linear_t_rows)(const weight *w, const float *x, float *y, int m, int64_t c0, int64_t c1,
+                          float *scratch);
+
+    /* Attention helpers (cpu/mla.c): */
+    /* Σ a[i]·b[i] (fp32, several accumulators) */
+    float (*dot)(const float *a, const float *b, int64_t n);
+    /* p[j] = e^(s[j] − max) for j < n; returns Σ p[j] */
+    float (*exp_sum)(const float *s, float max, float *p, int n);
+    /* acc[d] = acc[d]·rescale + Σ_{j<n} p[j]·vals[j·stride + d] for d < dim (online softmax) */
+    void (*softmax_acc)(float *acc, float rescale, const float *p, int n, const float *vals, int64_t stride,
+                        int64_t dim);
 } cpu_kernels;
 
 /* Packs x [m, k] for the tile kernels: blocks of mr rows, each [k][mr]

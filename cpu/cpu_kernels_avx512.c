@@ -28,6 +28,7 @@ static inline vf v_bcast(const float *p) { return _mm512_set1_ps(*p); }
 static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 static inline float v_hsum(vf v) { return _mm512_reduce_add_ps(v); }
 
 /* 32 e4m3 codes → value × 2^-8; the same bit move as the AVX2 variant (code in

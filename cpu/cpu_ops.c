@@ -112,7 +112,7 @@ typedef struct {
     int mode;         /* LINEAR_* */
 } linear_job;
 
-enum { LINEAR_ROWS, LINEAR_TILE, LINEAR_T_TILE, LINEAR_REF, LINEAR_T_REF };
+enum { LINEAR_ROWS, LINEAR_TILE, LINEAR_T_ROWS, LINEAR_T_TILE, LINEAR_REF, LINEAR_T_REF };
 
 static void linear_ref_range(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1);
 static void linear_t_ref_range(const weight *w, const float *x, float *y, int m, int64_t c0, int64_t c1);
@@ -128,6 +128,10 @@ static void linear_task(void *ctx, int task, int thread) {
     case LINEAR_ROWS: j->k->linear_rows(j->w, j->x, j->y, j->m, o0, o1); break;
     case LINEAR_TILE:
         j->k->linear_tile(j->w, j->x, j->y, j->m, o0, o1, thread_scratch(SCRATCH_TILE, j->k->scratch_floats));
+        break;
+    case LINEAR_T_ROWS:
+        j->k->linear_t_rows(j->w, j->x, j->y, j->m, o0, o1,
+                            thread_scratch(SCRATCH_TILE, (size_t)j->m * (size_t)j->w->rows));
         break;
     case LINEAR_T_TILE:
         j->k->linear_t_tile(j->w, j->x, j->y, j->m, o0, o1,
@@ -182,8 +186,9 @@ void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, i
     if (w->rows <= 0) { memset(y, 0, (size_t)m * (size_t)w->cols * sizeof *y); return; }
     const cpu_kernels *k = cpu_kernels_get();
     linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->cols};
-    j.mode = k ? LINEAR_T_TILE : LINEAR_T_REF;
-    if (k) j.x = pack_x_scratch(k, x, m, w->rows);
+    /* small m: stream W once (packing it would cost more than the product) */
+    j.mode = !k ? LINEAR_T_REF : m <= CPU_DECODE_MAX_M ? LINEAR_T_ROWS : LINEAR_T_TILE;
+    if (j.mode == LINEAR_T_TILE) j.x = pack_x_scratch(k, x, m, w->rows);
     linear_run(pool, &j, 32, 0);
 }
 

