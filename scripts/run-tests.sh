@@ -49,5 +49,5 @@ if [ -x "$BUILD/test/test_loader" ] && [ -z "${MLASERVE_SANITIZER:-}" ]; then
 fi
 
 echo
-echo "test suites: $passed passed, $failed failed"
+echo "suites: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
