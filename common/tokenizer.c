@@ -724,7 +724,9 @@ static int bpe_heap(enc_ctx *c, const unsigned char *s, size_t n) {
         size_t cap = n < 256 ? 256 : 2 * n;
         bpe_sym *ns = realloc(c->syms, cap * sizeof *ns);
         if (ns) c->syms = ns;
-        bpe_item *nh = ns ? realloc(c->heap, cap * sizeof *nh) : NULL;
+        /* The queue starts with n-1 pairs and each merge pops one entry and pushes
+         * at most two, so it never holds more than 2(n-1) entries. */
+        bpe_item *nh = ns ? realloc(c->heap, 2 * cap * sizeof *nh) : NULL;
         if (nh) c->heap = nh;
         if (!ns || !nh) return ms_err_set(c->err, "tokenizer_encode: out of memory");
         c->scratch_cap = cap;

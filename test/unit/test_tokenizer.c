@@ -427,3 +427,28 @@ Test(tokenizer, concurrent_encode) {
     free(ref);
     tokenizer_free(t);
 }
+
+/* Regression (found by fuzz_tokenizer / fuzz_openai): a single pre-token of
+ * 129..255 bytes with many merges overflowed the BPE merge queue, which was
+ * sized for n entries while it can hold 2(n-1). Long one-word pieces of every
+ * length around the boundaries must encode and round-trip exactly. */
+Test(tokenizer, long_single_pretoken_merge_queue) {
+    tokenizer *tok = load_tok();
+    const char *letters[] = {"d", "ab", "dddA", "xyz"};
+    char buf[1200];
+    for (size_t l = 0; l < sizeof letters / sizeof letters[0]; l++)
+        for (size_t n = 100; n <= 1100; n += (n < 300 ? 1 : 97)) {
+            size_t k = strlen(letters[l]);
+            for (size_t i = 0; i < n; i++) buf[i] = letters[l][i % k];
+            int32_t *ids = NULL;
+            size_t m = 0;
+            ms_err err = {{0}};
+            cr_assert_eq(tokenizer_encode(tok, buf, n, &ids, &m, &err), 0, "%s", err.msg);
+            size_t len = 0;
+            char *back = tokenizer_decode_len(tok, ids, m, 0, &len);
+            cr_assert(back && len == n && memcmp(back, buf, n) == 0, "round trip of %zu x '%s'", n, letters[l]);
+            free(back);
+            free(ids);
+        }
+    tokenizer_free(tok);
+}
