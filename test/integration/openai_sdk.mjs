@@ -130,6 +130,92 @@ await check('n=2 and seed reproducibility', async () => {
   assert.equal(a.usage.completion_tokens, 16);
 });
 
+await check('seed reproducibility at temperature > 0', async () => {
+  const req = { model, messages, max_tokens: 16, temperature: 0.9, top_p: 0.95, ignore_eos: true };
+  const text = async (seed) => (await client.chat.completions.create({ ...req, seed })).choices[0].message.content;
+  const a = await text(42), b = await text(42);
+  assert.equal(a, b, 'same seed, different text');
+  // the seed alone decides the sample: streaming with it gives the same text
+  const s = await client.chat.completions.create({ ...req, seed: 42, stream: true });
+  let streamed = '';
+  for await (const chunk of s) for (const c of chunk.choices) streamed += c.delta.content || '';
+  assert.equal(streamed, a, 'same seed, streamed text differs');
+  // different seeds: 16 tokens sampled at temperature 0.9 from a 129k vocabulary; all three
+  // equal would be a seed that is ignored
+  const c = await text(43), d = await text(1 << 30);
+  assert.ok(!(c === a && d === a), `seeds 42, 43 and 2^30 all gave ${JSON.stringify(a)}`);
+  assert.notEqual(a, greedy, 'temperature 0.9 gave the greedy text');
+  // completions too
+  const creq = { model, prompt: 'The sea is', max_tokens: 12, temperature: 1.0, ignore_eos: true };
+  const x = await client.completions.create({ ...creq, seed: 5 });
+  const y = await client.completions.create({ ...creq, seed: 5 });
+  const z = await client.completions.create({ ...creq, seed: 6 });
+  assert.equal(x.choices[0].text, y.choices[0].text);
+  assert.notEqual(x.choices[0].text, z.choices[0].text);
+});
+
+await check('stream include_usage: one usage chunk at the end, none without it', async () => {
+  const req = { model, messages, max_tokens: 7, temperature: 0, ignore_eos: true, stream: true };
+  const chunks = [];
+  for await (const chunk of await client.chat.completions.create({ ...req, stream_options: { include_usage: true } }))
+    chunks.push(chunk);
+  const withUsage = chunks.filter((c) => c.usage);
+  assert.equal(withUsage.length, 1, 'usage chunks: ' + withUsage.length);
+  const last = chunks[chunks.length - 1];
+  assert.equal(last, withUsage[0], 'the usage chunk is not the last one');
+  assert.deepEqual(last.choices, []);
+  assert.equal(last.usage.completion_tokens, 7);
+  assert.ok(last.usage.prompt_tokens > 0);
+  assert.equal(last.usage.total_tokens, last.usage.prompt_tokens + 7);
+  for (const c of chunks.slice(0, -1)) assert.equal(c.usage, null, 'a content chunk has usage ' + JSON.stringify(c.usage));
+  const plain = [];
+  for await (const chunk of await client.chat.completions.create(req)) plain.push(chunk);
+  assert.ok(plain.every((c) => !c.usage), 'usage sent without include_usage');
+  assert.ok(plain.every((c) => c.choices.length === 1));
+  // completions stream with include_usage
+  let cu = null;
+  for await (const chunk of await client.completions.create({ model, prompt: 'The sea is', max_tokens: 5, temperature: 0,
+    ignore_eos: true, stream: true, stream_options: { include_usage: true } })) if (chunk.usage) cu = chunk.usage;
+  assert.ok(cu && cu.completion_tokens === 5, 'completions usage ' + JSON.stringify(cu));
+});
+
+await check('chat logprobs + top_logprobs: shape and values', async () => {
+  const r = await client.chat.completions.create({
+    model, messages, max_tokens: 6, temperature: 0, ignore_eos: true, logprobs: true, top_logprobs: 5,
+  });
+  const content = r.choices[0].logprobs.content;
+  assert.equal(content.length, 6);
+  assert.equal(content.map((e) => e.token).join(''), r.choices[0].message.content);
+  for (const e of content) {
+    assert.ok(Number.isFinite(e.logprob) && e.logprob <= 0, 'logprob ' + e.logprob);
+    assert.ok(Array.isArray(e.bytes) && e.bytes.every((b) => Number.isInteger(b) && b >= 0 && b < 256));
+    assert.equal(e.top_logprobs.length, 5);
+    let prev = 0, mass = 0;
+    for (const t of e.top_logprobs) {
+      assert.equal(typeof t.token, 'string');
+      assert.ok(Array.isArray(t.bytes));
+      assert.ok(Number.isFinite(t.logprob) && t.logprob <= 0, 'top logprob ' + t.logprob);
+      assert.ok(t.logprob <= prev + 1e-6, 'top_logprobs not sorted');
+      prev = t.logprob;
+      mass += Math.exp(t.logprob);
+    }
+    assert.ok(mass <= 1 + 1e-4, 'top-5 probabilities sum to ' + mass);
+    assert.equal(new Set(e.top_logprobs.map((t) => t.token)).size, 5, 'repeated alternatives');
+  }
+  // without logprobs: null; top_logprobs 0: the chosen token only
+  const n = await client.chat.completions.create({ model, messages, max_tokens: 2, temperature: 0, ignore_eos: true });
+  assert.equal(n.choices[0].logprobs, null);
+  const z = await client.chat.completions.create({
+    model, messages, max_tokens: 2, temperature: 0, ignore_eos: true, logprobs: true, top_logprobs: 0 });
+  assert.deepEqual(z.choices[0].logprobs.content.map((e) => e.top_logprobs.length), [0, 0]);
+  // streamed: each content chunk carries its token's logprobs, equal to the non-stream ones
+  const s = await client.chat.completions.create({
+    model, messages, max_tokens: 6, temperature: 0, ignore_eos: true, logprobs: true, top_logprobs: 5, stream: true });
+  const streamed = [];
+  for await (const chunk of s) for (const c of chunk.choices) if (c.logprobs) streamed.push(...c.logprobs.content);
+  assert.deepEqual(streamed.map((e) => [e.token, e.logprob]), content.map((e) => [e.token, e.logprob]));
+});
+
 await check('stop', async () => {
   const chars = Array.from(greedy);
   const k = Math.floor(chars.length / 2);
