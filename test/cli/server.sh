@@ -17,23 +17,7 @@ set -u
 BIN=${MLASERVE_BIN:?}
 MODEL=${MLASERVE_TEST_MODELS:?}/tiny-v3
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-TMP=$(mktemp -d) || exit 1
-PIDS=""
-cleanup() {
-    for p in $PIDS; do kill "$p" 2>/dev/null; done
-    for i in 1 2 3 4 5 6 7 8 9 10; do
-        alive=0
-        for p in $PIDS; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ $alive -eq 0 ] && break
-        sleep 0.5
-    done
-    for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/lib/server.sh"
 KEY=test-key-123
 NAME=tiny-v3
 
@@ -44,29 +28,6 @@ let v;try{v=(new Function("j","return ("+process.argv[1]+")"))(j)}catch(e){v="<e
 process.stdout.write(typeof v==="string"?v:JSON.stringify(v)===undefined?"undefined":JSON.stringify(v))' "$1" "$2"
 }
 
-# start_server LOG ARGS...: starts in the background, sets SPID and SPORT, waits for /ready (60 s at most)
-start_server() {
-    log=$1
-    shift
-    : > "$log.err"
-    "$BIN" serve --model "$MODEL" --port 0 --threads 2 "$@" > "$log.out" 2> "$log.err" &
-    SPID=$!
-    PIDS="$PIDS $SPID"
-    SPORT=""
-    i=0
-    while [ $i -lt 600 ]; do
-        [ -z "$SPORT" ] && SPORT=$(sed -n 's/.*HTTP on port \([0-9]*\).*/\1/p' "$log.err" | head -1)
-        if [ -n "$SPORT" ] && [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SPORT/ready")" = 200 ]; then
-            return 0
-        fi
-        kill -0 "$SPID" 2>/dev/null || break
-        sleep 0.1
-        i=$((i + 1))
-    done
-    echo "server did not become ready:"
-    cat "$log.err"
-    return 1
-}
 
 start_server "$TMP/main" --api-key "$KEY" --max-model-len 256 --max-body-bytes 65536 ||
     { fail "main server did not start"; exit 1; }
