@@ -97,3 +97,10 @@ void sha256_hex_of(const void *data, size_t n, char hex[SHA256_HEX_CHARS]) {
     sha256_final(&ctx, digest);
     sha256_hex(digest, hex);
 }
+
+void sha256_of(const void *data, size_t n, uint8_t digest[SHA256_DIGEST_BYTES]) {
+    sha256_ctx c;
+    sha256_init(&c);
+    sha256_update(&c, data, n);
+    sha256_final(&c, digest);
+}

@@ -27,6 +27,9 @@ void sha256_final(sha256_ctx *ctx, uint8_t digest[SHA256_DIGEST_BYTES]);
 /* digest -> "e3b0c442..." (lowercase, NUL-terminated). */
 void sha256_hex(const uint8_t digest[SHA256_DIGEST_BYTES], char hex[SHA256_HEX_CHARS]);
 
+/* One-shot: digest of n bytes. */
+void sha256_of(const void *data, size_t n, uint8_t digest[SHA256_DIGEST_BYTES]);
+
 /* One-shot: hex digest of n bytes. */
 void sha256_hex_of(const void *data, size_t n, char hex[SHA256_HEX_CHARS]);
 

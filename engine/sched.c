@@ -51,6 +51,12 @@ static void stream_unref(sched_stream *st) {
 }
 
 /* Queues ev (takes ownership of ev->text). */
+static double monotonic_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static void stream_push(sched_stream *st, const sched_event *ev) {
     event_node *n = malloc(sizeof *n);
     pthread_mutex_lock(&st->mu);
@@ -64,6 +70,7 @@ static void stream_push(sched_stream *st, const sched_event *ev) {
     } else {
         n->ev = *ev;
     }
+    if (n) n->ev.time_s = monotonic_s();
     if (n && !st->closed) {
         n->next = NULL;
         if (st->tail) st->tail->next = n; else st->head = n;

@@ -80,6 +80,7 @@ typedef struct sched_event {
     char error[256];         /* FINISH_ERROR only */
     int prompt_tokens, completion_tokens; /* running totals */
     int cached_tokens;       /* prompt tokens whose KV came from the prefix cache */
+    double time_s;           /* CLOCK_MONOTONIC seconds when the engine emitted it */
 } sched_event;
 
 typedef struct sched sched;

@@ -27,9 +27,13 @@
 #include "server/cli_engine.h"
 #include "server/http.h"
 
+#define MAX_API_KEYS 1024
+
 typedef struct serve_args {
-    const char *model_dir, *host, *api_key, *served_name;
-    long port, threads, max_body_bytes, drain_timeout_s, max_connections;
+    const char *model_dir, *host, *served_name;
+    char *keys[MAX_API_KEYS]; /* owned copies */
+    int n_keys;
+    long port, threads, max_body_bytes, drain_timeout_s, max_connections, idle_timeout_s, header_timeout_s;
     sched_config sc;
     int log_json;
 } serve_args;
@@ -39,8 +43,9 @@ static void usage(FILE *f) {
             "usage: mlaserve serve --model DIR [options]\n"
             "  --host ADDR                  listen address (default 127.0.0.1)\n"
             "  --port N                     listen port (default 8000; 0 picks a free one)\n"
-            "  --api-key KEY                require 'Authorization: Bearer KEY' on /v1/* and /tokenize\n"
-            "                               (default: $MLASERVE_API_KEY)\n"
+            "  --api-key KEY                require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize;\n"
+            "                               repeat for several keys (default: $MLASERVE_API_KEY)\n"
+            "  --api-key-file PATH          accepted keys, one per line ('#' comments, blank lines ignored)\n"
             "  --served-model-name NAME     model id clients send (default: the model directory's name)\n"
             "  --max-model-len N            prompt + completion tokens at most (default: the model's, capped by the KV pool)\n"
             "  --max-num-seqs N             running sequences at most (default 16)\n"
@@ -51,6 +56,8 @@ static void usage(FILE *f) {
             "  --no-prefix-caching          do not reuse the KV pages of a shared prompt prefix\n"
             "  --max-body-bytes N           request bodies at most (default 8 MiB); beyond, 413\n"
             "  --max-connections N          concurrent HTTP connections at most (default 256)\n"
+            "  --idle-timeout S             close a keep-alive connection idle this long (default 60)\n"
+            "  --header-timeout S           close a connection whose request head takes longer (default 30; 0 off)\n"
             "  --drain-timeout S            on SIGINT/SIGTERM, seconds in-flight requests may take (default 30)\n"
             "  --log-format text|json       request log format on stderr (default text)\n");
 }
@@ -83,6 +90,44 @@ static int parse_kv_size(const char *v, kv_size *out) {
     return 0;
 }
 
+static int add_key(serve_args *a, const char *key, size_t len) {
+    if (a->n_keys == MAX_API_KEYS) {
+        fprintf(stderr, "mlaserve serve: more than %d API keys\n", MAX_API_KEYS);
+        return -1;
+    }
+    if (!(a->keys[a->n_keys] = strndup(key, len))) return -1;
+    a->n_keys++;
+    return 0;
+}
+
+/* One key per line; surrounding whitespace trimmed; blank lines and '#' lines skipped. */
+static int add_key_file(serve_args *a, const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "mlaserve serve: --api-key-file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[4096];
+    int rc = 0, before = a->n_keys;
+    while (!rc && fgets(line, sizeof line, f)) {
+        char *p = line, *e = line + strlen(line);
+        while (*p == ' ' || *p == '\t') p++;
+        while (e > p && (e[-1] == '\n' || e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t')) e--;
+        if (e > p && *p != '#') rc = add_key(a, p, (size_t)(e - p));
+    }
+    fclose(f);
+    if (!rc && a->n_keys == before) {
+        fprintf(stderr, "mlaserve serve: --api-key-file %s holds no key\n", path);
+        rc = -1;
+    }
+    return rc;
+}
+
+static void free_keys(serve_args *a) {
+    for (int i = 0; i < a->n_keys; i++) free(a->keys[i]);
+    a->n_keys = 0;
+}
+
 static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
     memset(a, 0, sizeof *a);
     memset(kv, 0, sizeof *kv);
@@ -91,7 +136,8 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
     a->max_body_bytes = 8L << 20;
     a->drain_timeout_s = 30;
     a->max_connections = 256;
-    a->api_key = getenv("MLASERVE_API_KEY");
+    a->idle_timeout_s = HTTP_DEFAULT_IDLE_TIMEOUT_S;
+    a->header_timeout_s = HTTP_DEFAULT_HEADER_TIMEOUT_S;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
@@ -112,7 +158,8 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         if (!strcmp(o, "--model")) a->model_dir = v;
         else if (!strcmp(o, "--host")) a->host = v;
         else if (!strcmp(o, "--port")) bad = cli_parse_int(v, 0, 65535, &a->port);
-        else if (!strcmp(o, "--api-key")) a->api_key = v;
+        else if (!strcmp(o, "--api-key")) bad = !*v || add_key(a, v, strlen(v));
+        else if (!strcmp(o, "--api-key-file")) bad = add_key_file(a, v);
         else if (!strcmp(o, "--served-model-name")) bad = !*(a->served_name = v);
         else if (!strcmp(o, "--max-model-len")) bad = cli_parse_int(v, 1, 1 << 30, &n), a->sc.max_model_len = (int)n;
         else if (!strcmp(o, "--max-num-seqs")) bad = cli_parse_int(v, 1, 1 << 16, &n), a->sc.max_num_seqs = (int)n;
@@ -123,6 +170,8 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         else if (!strcmp(o, "--max-body-bytes")) bad = cli_parse_int(v, 64, 1L << 34, &a->max_body_bytes);
         else if (!strcmp(o, "--max-connections")) bad = cli_parse_int(v, 1, 1 << 16, &a->max_connections);
         else if (!strcmp(o, "--drain-timeout")) bad = cli_parse_int(v, 0, 86400, &a->drain_timeout_s);
+        else if (!strcmp(o, "--idle-timeout")) bad = cli_parse_int(v, 1, 86400, &a->idle_timeout_s);
+        else if (!strcmp(o, "--header-timeout")) bad = cli_parse_int(v, 0, 86400, &a->header_timeout_s);
         else if (!strcmp(o, "--log-format") && (!strcmp(v, "text") || !strcmp(v, "json"))) a->log_json = !strcmp(v, "json");
         else bad = 1;
         if (bad) {
@@ -134,6 +183,8 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         fprintf(stderr, "mlaserve serve: --model DIR is required\n");
         return -1;
     }
+    const char *env_key = getenv("MLASERVE_API_KEY");
+    if (a->n_keys == 0 && env_key && *env_key) return add_key(a, env_key, strlen(env_key));
     return 0;
 }
 
@@ -185,7 +236,8 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
     printf("  KV cache %d pages x 64 tokens = %d tokens; max model len %d; max %d seqs, %d tokens/step, queue %d; %d CPU threads\n",
            st.kv_pages_total, st.kv_pages_total * 64, sc->max_model_len, sc->max_num_seqs, sc->max_batched_tokens,
            sc->max_queue, n_threads);
-    printf("  API key %s\n", a->api_key && *a->api_key ? "required" : "not required");
+    if (a->n_keys) printf("  API key required (%d key%s)\n", a->n_keys, a->n_keys > 1 ? "s" : "");
+    else printf("  API key not required\n");
     printf("listening on http://%s%s%s:%d  (try: curl http://%s%s%s:%d/v1/chat/completions -H 'Content-Type: application/json' "
            "-d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"max_tokens\":16}')\n",
            strchr(a->host, ':') ? "[" : "", a->host, strchr(a->host, ':') ? "]" : "", port, strchr(a->host, ':') ? "[" : "",
@@ -198,13 +250,9 @@ static double kv_bytes_per_token(const model *m) {
     return (double)m->cfg.n_layers * (m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim) * sizeof(float);
 }
 
-int cmd_serve(int argc, char **argv) {
-    serve_args a;
-    kv_size kv;
-    if (parse_args(argc, argv, &a, &kv) != 0) {
-        usage(stderr);
-        return CLI_USAGE;
-    }
+static int serve(const serve_args *ap, const kv_size *kvp) {
+    serve_args a = *ap;
+    kv_size kv = *kvp;
     char dirbuf[PATH_MAX];
     snprintf(dirbuf, sizeof dirbuf, "%s", a.model_dir);
     size_t dl = strlen(dirbuf);
@@ -228,8 +276,10 @@ int cmd_serve(int argc, char **argv) {
     }
 
     ms_err err = {{0}};
-    http_config hc = {a.host, (int)a.port, a.api_key, name, a.model_dir, (size_t)a.max_body_bytes, (int)a.max_connections,
-                      a.log_json};
+    http_config hc = {.host = a.host, .port = (int)a.port, .api_keys = (const char *const *)a.keys, .n_api_keys = a.n_keys,
+                      .served_model = name, .model_root = a.model_dir, .max_body_bytes = (size_t)a.max_body_bytes,
+                      .max_connections = (int)a.max_connections, .log_json = a.log_json,
+                      .idle_timeout_s = (int)a.idle_timeout_s, .header_timeout_s = (int)a.header_timeout_s};
     http_server *h = http_start(&hc, &err);
     if (!h) {
         fprintf(stderr, "mlaserve serve: %s\n", err.msg);
@@ -274,5 +324,18 @@ done:
     backend_cpu_free(be);
     tokenizer_free(tok);
     if (rc == CLI_OK) serve_log(a.log_json, "INFO", "stopped");
+    return rc;
+}
+
+int cmd_serve(int argc, char **argv) {
+    serve_args a;
+    kv_size kv;
+    if (parse_args(argc, argv, &a, &kv) != 0) {
+        free_keys(&a);
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    int rc = serve(&a, &kv);
+    free_keys(&a);
     return rc;
 }

@@ -29,68 +29,90 @@
 
 #include "common/chat_template.h"
 #include "common/sha256.h"
+#include "server/conn_guard.h"
+#include "server/metrics.h"
 #include "server/openai.h"
 
 #define STREAM_POLL_MS 100     /* wait slice between client-disconnect checks (one stream) */
 #define MULTI_POLL_MS 5        /* the same with n > 1 streams read round-robin */
 #define SSE_BLOCK_BYTES 65536
-#define SUMMARY_SAMPLES 1024   /* TTFT / latency quantiles over the last this many requests */
-#define CONNECTION_TIMEOUT_S 300
+#define REQUEST_ID_MAX 64      /* X-Request-Id values longer than this (or not printable) are replaced */
+#define HEALTH_GENERATE_TIMEOUT_MS 30000
+#define CONNECTION_MEMORY_BYTES (64 * 1024) /* per-connection pool: bounds the request head */
 
 /* ------------------------------------------------------------ logging */
 
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 
-void serve_log(int json, const char *level, const char *fmt, ...) {
-    char msg[2048], ts[64];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    struct tm tm;
-    gmtime_r(&now.tv_sec, &tm);
-    size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(ts + n, sizeof ts - n, ".%03ldZ", now.tv_nsec / 1000000);
+static void log_emit(const char *line) {
     pthread_mutex_lock(&log_mu);
-    if (json) {
-        json_t *o = json_pack("{s:s,s:s,s:o}", "ts", ts, "level", level, "msg", oai_json_string_lossy(msg, strlen(msg)));
-        char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-        fprintf(stderr, "%s\n", s ? s : msg);
-        free(s);
-        json_decref(o);
-    } else {
-        fprintf(stderr, "%s %-5s %s\n", ts, level, msg);
-    }
+    fprintf(stderr, "%s\n", line);
     fflush(stderr);
     pthread_mutex_unlock(&log_mu);
 }
 
-/* ------------------------------------------------------------ metrics */
-
-typedef struct summary {
-    double samples[SUMMARY_SAMPLES];
-    uint64_t count;
-    double sum;
-} summary;
-
-static void summary_add(summary *s, double v) {
-    s->samples[s->count % SUMMARY_SAMPLES] = v;
-    s->count++;
-    s->sum += v;
+static void log_timestamp(char ts[64]) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct tm tm;
+    gmtime_r(&now.tv_sec, &tm);
+    size_t n = strftime(ts, 64, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, 64 - n, ".%03ldZ", now.tv_nsec / 1000000);
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
+/* One JSON line {"ts","level","request_id"?,"msg",...fields} (fields: an object, stolen). */
+static void log_json_fields(const char *level, const char *request_id, const char *msg, json_t *fields) {
+    char ts[64];
+    log_timestamp(ts);
+    json_t *o = json_pack("{s:s,s:s}", "ts", ts, "level", level);
+    if (o && request_id) json_object_set_new(o, "request_id", json_string(request_id));
+    if (o) json_object_set_new(o, "msg", oai_json_string_lossy(msg, strlen(msg)));
+    if (o && fields) json_object_update(o, fields);
+    json_decref(fields);
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    log_emit(s ? s : msg);
+    free(s);
+    json_decref(o);
+}
+
+/* One line: text "TS LEVEL [request_id] msg" or JSON {"ts","level","request_id"?,"msg"}. */
+static void log_line(int json, const char *level, const char *request_id, const char *msg) {
+    if (json) {
+        log_json_fields(level, request_id, msg, NULL);
+        return;
+    }
+    char ts[64], line[2300];
+    log_timestamp(ts);
+    if (request_id) snprintf(line, sizeof line, "%s %-5s [%s] %s", ts, level, request_id, msg);
+    else snprintf(line, sizeof line, "%s %-5s %s", ts, level, msg);
+    log_emit(line);
+}
+
+void serve_log(int json, const char *level, const char *fmt, ...) {
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_line(json, level, NULL, msg);
+}
+
+void serve_log_request(int json, const char *level, const char *request_id, const char *fmt, ...) {
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_line(json, level, request_id, msg);
 }
 
 /* ------------------------------------------------------------ server state */
 
 struct http_server {
     http_config cfg;
-    char *host, *api_key, *served_model, *model_root; /* copies */
+    char *host, *served_model, *model_root; /* copies */
+    uint8_t (*key_hashes)[SHA256_DIGEST_BYTES]; /* SHA-256 of each API key */
+    int n_keys;
     struct MHD_Daemon *daemon;
     int port;
     char fingerprint[32];
@@ -100,13 +122,13 @@ struct http_server {
     int vocab_size;
     atomic_int ready, draining, abort_all;
     atomic_int inflight;     /* generations between submit and their last event */
-    pthread_mutex_t mu;      /* guards the summaries */
-    summary ttft_s, latency_s;
-    atomic_uint_least64_t status_count[600];
-    atomic_uint_least64_t gen_ok, gen_failed, gen_cancelled;
+    serving_metrics metrics;
+    conn_guard *guard;       /* request-head deadline (slowloris) */
 };
 
-typedef enum { R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_READY, R_METRICS, R_TOKENIZE, R_DETOKENIZE } route_id;
+typedef enum {
+    R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_HEALTH_GENERATE, R_READY, R_METRICS, R_TOKENIZE, R_DETOKENIZE
+} route_id;
 
 typedef struct route {
     const char *path;
@@ -120,6 +142,7 @@ static const route routes[] = {
     {"/v1/completions", R_COMPLETIONS, "POST", 1},
     {"/v1/models", R_MODELS, "GET", 1},
     {"/health", R_HEALTH, "GET", 0},
+    {"/health/generate", R_HEALTH_GENERATE, "GET", 0},
     {"/ready", R_READY, "GET", 0},
     {"/metrics", R_METRICS, "GET", 0},
     {"/tokenize", R_TOKENIZE, "POST", 1},
@@ -136,6 +159,11 @@ typedef struct conn_state {
     double t_start;
     char method[8];
     char path[128];
+    char request_id[REQUEST_ID_MAX + 1];
+    /* generation requests, for the access log (written by the handler / stream reader only) */
+    int is_generation;
+    int prompt_tokens, completion_tokens, cached_tokens;
+    double ttft_s;
 } conn_state;
 
 static double now_s(void) {
@@ -145,6 +173,10 @@ static double now_s(void) {
 }
 
 /* ------------------------------------------------------------ responses */
+
+static void add_request_id(struct MHD_Response *r, const conn_state *cs) {
+    if (cs && cs->request_id[0]) MHD_add_response_header(r, "X-Request-Id", cs->request_id);
+}
 
 static enum MHD_Result queue_json(struct MHD_Connection *c, conn_state *cs, int status, json_t *j) {
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
@@ -162,6 +194,7 @@ static enum MHD_Result queue_json(struct MHD_Connection *c, conn_state *cs, int 
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    add_request_id(r, cs);
     if (status == 405 && cs && cs->rt) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, cs->rt->method);
     if (status == 429 || status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
@@ -182,6 +215,7 @@ static enum MHD_Result queue_text(struct MHD_Connection *c, conn_state *cs, int 
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    add_request_id(r, cs);
     cs->status = status;
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -206,11 +240,14 @@ typedef struct gen_choice {
     oai_choice acc;          /* non-streaming: the whole text; streaming: counters only */
     int role_sent;
     int done;
+    double t_last;           /* engine time of its last token event (inter-token latency) */
+    finish_reason finish;
 } gen_choice;
 
 typedef struct gen_job {
     http_server *h;
     struct MHD_Connection *conn;
+    conn_state *cs;          /* touched only from the handler / stream reader (it dies in on_completed) */
     oai_request req;
     gen_choice *ch;
     int n_ch, n_done;
@@ -229,20 +266,30 @@ typedef struct gen_job {
     int counted;             /* inflight released */
 } gen_job;
 
+static int job_completion_tokens(const gen_job *j) {
+    int n = 0;
+    for (int i = 0; i < j->n_ch; i++) n += j->ch[i].acc.completion_tokens;
+    return n;
+}
+
+/* The request's finish reason for the metrics: LENGTH if any choice hit its limit, else STOP. */
+static finish_reason job_finish(const gen_job *j) {
+    for (int i = 0; i < j->n_ch; i++)
+        if (j->ch[i].finish == FINISH_LENGTH) return FINISH_LENGTH;
+    return FINISH_STOP;
+}
+
 static void job_release_inflight(gen_job *j) {
     if (j->counted) return;
     j->counted = 1;
     http_server *h = j->h;
-    double t_end = now_s();
-    if (j->cancelled) atomic_fetch_add(&h->gen_cancelled, 1);
-    else if (j->failed) atomic_fetch_add(&h->gen_failed, 1);
-    else atomic_fetch_add(&h->gen_ok, 1);
-    if (!j->cancelled && !j->failed) {
-        pthread_mutex_lock(&h->mu);
-        if (j->t_first > 0) summary_add(&h->ttft_s, j->t_first - j->t_start);
-        summary_add(&h->latency_s, t_end - j->t_start);
-        pthread_mutex_unlock(&h->mu);
-    }
+    int prompt_tokens = 0;
+    for (int p = 0; p < j->req.n_prompts; p++) prompt_tokens += j->req.prompts[p].n_ids;
+    request_record rec = {.finish = job_finish(j), .failed = j->failed, .cancelled = j->cancelled,
+                          .ttft_s = j->t_first > 0 ? j->t_first - j->t_start : -1, .e2e_s = now_s() - j->t_start,
+                          .prompt_tokens = prompt_tokens, .completion_tokens = job_completion_tokens(j),
+                          .max_tokens = j->req.max_tokens, .n = j->req.n};
+    metrics_record_request(&h->metrics, &rec);
     atomic_fetch_sub(&h->inflight, 1);
 }
 
@@ -343,9 +390,19 @@ static int job_next(gen_job *j, int *which, sched_event *ev) {
 
 /* Bookkeeping common to both modes after an event of choice i. */
 static void job_note(gen_job *j, int i, const sched_event *ev) {
-    if (ev->token >= 0 && j->t_first == 0) j->t_first = now_s();
+    gen_choice *ch = &j->ch[i];
+    if (ev->token >= 0) {
+        if (j->t_first == 0) j->t_first = ev->time_s;
+        if (ch->t_last > 0) metrics_record_itl(&j->h->metrics, ev->time_s - ch->t_last);
+        ch->t_last = ev->time_s;
+    }
+    conn_state *cs = j->cs;
+    if (j->t_first > 0) cs->ttft_s = j->t_first - j->t_start;
+    if (i % j->req.n == 0 && ev->cached_tokens > 0 && ev->finish != FINISH_NONE) cs->cached_tokens += ev->cached_tokens;
+    if (ev->completion_tokens > 0 && ev->finish != FINISH_NONE) cs->completion_tokens += ev->completion_tokens;
     if (ev->finish != FINISH_NONE) {
-        j->ch[i].done = 1;
+        ch->finish = ev->finish;
+        ch->done = 1;
         j->n_done++;
         if (ev->finish == FINISH_ERROR) {
             j->failed = 1;
@@ -364,11 +421,12 @@ static oai_usage job_usage(const gen_job *j) {
     return u;
 }
 
-static gen_job *job_create(http_server *h, struct MHD_Connection *c, oai_request *req) {
+static gen_job *job_create(http_server *h, struct MHD_Connection *c, conn_state *cs, oai_request *req) {
     gen_job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
     j->h = h;
     j->conn = c;
+    j->cs = cs;
     j->req = *req;
     memset(req, 0, sizeof *req);
     j->n_ch = j->req.n_prompts * j->req.n;
@@ -390,7 +448,9 @@ static gen_job *job_create(http_server *h, struct MHD_Connection *c, oai_request
     snprintf(j->id, sizeof j->id, "%s", j->req.kind == OAI_CHAT ? "chatcmpl-" : "cmpl-");
     random_hex(j->id + strlen(j->id), 24);
     j->created = (long)time(NULL);
-    j->t_start = now_s();
+    j->t_start = cs->t_start;
+    cs->is_generation = 1;
+    for (int p = 0; p < j->req.n_prompts; p++) cs->prompt_tokens += j->req.prompts[p].n_ids;
     return j;
 }
 
@@ -412,6 +472,7 @@ static enum MHD_Result generate_blocking(gen_job *j, conn_state *cs) {
         cs->status = 499;
     } else if (j->failed) {
         oai_error e;
+        serve_log_request(h->cfg.log_json, "error", cs->request_id, "engine failed the request: %s", j->error);
         oai_error_set(&e, 500, "server_error", NULL, NULL, "The engine failed this request: %s", j->error);
         ret = queue_error(j->conn, cs, &e);
     } else {
@@ -479,6 +540,7 @@ static void stream_event(gen_job *j, int i, const sched_event *ev) {
     if (ev->cached_tokens > acc->cached_tokens) acc->cached_tokens = ev->cached_tokens;
     if (ev->finish == FINISH_ERROR) {
         oai_error e;
+        serve_log_request(h->cfg.log_json, "error", j->cs->request_id, "engine failed the request: %s", ev->error);
         oai_error_set(&e, 500, "server_error", NULL, NULL, "The engine failed this request: %s", ev->error);
         out_event(j, oai_error_json(&e));
     } else if (ev->finish != FINISH_NONE) {
@@ -532,6 +594,7 @@ static enum MHD_Result generate_streaming(gen_job *j, conn_state *cs) {
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    add_request_id(r, cs);
     cs->status = 200;
     enum MHD_Result ret = MHD_queue_response(j->conn, MHD_HTTP_OK, r);
     MHD_destroy_response(r); /* the job is freed with the response (stream_free_cb) */
@@ -556,7 +619,7 @@ static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c,
     oai_ctx ctx = parse_ctx(h);
     oai_request req;
     if (oai_parse_request(kind, cs->body ? cs->body : "", cs->len, &ctx, &req, &e) != 0) return queue_error(c, cs, &e);
-    gen_job *j = job_create(h, c, &req);
+    gen_job *j = job_create(h, c, cs, &req);
     if (!j) {
         oai_request_free(&req);
         oai_error_set(&e, 503, "service_unavailable", NULL, NULL, "out of memory");
@@ -599,24 +662,6 @@ static enum MHD_Result handle_models(http_server *h, struct MHD_Connection *c, c
     return queue_json(c, cs, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
 }
 
-static void metric(FILE *f, const char *name, const char *type, const char *help, double v) {
-    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
-}
-
-static void metric_summary(FILE *f, const char *name, const char *help, const summary *s) {
-    fprintf(f, "# HELP %s %s\n# TYPE %s summary\n", name, help, name);
-    uint64_t n = s->count < SUMMARY_SAMPLES ? s->count : SUMMARY_SAMPLES;
-    double sorted[SUMMARY_SAMPLES];
-    memcpy(sorted, s->samples, n * sizeof *sorted);
-    qsort(sorted, n, sizeof *sorted, cmp_double);
-    static const double qs[] = {0.5, 0.9, 0.99};
-    for (int i = 0; i < 3; i++) {
-        if (n) fprintf(f, "%s{quantile=\"%g\"} %.6f\n", name, qs[i], sorted[(size_t)ceil(qs[i] * (double)n) - 1]);
-        else fprintf(f, "%s{quantile=\"%g\"} NaN\n", name, qs[i]);
-    }
-    fprintf(f, "%s_sum %.6f\n%s_count %llu\n", name, s->sum, name, (unsigned long long)s->count);
-}
-
 static enum MHD_Result handle_metrics(http_server *h, struct MHD_Connection *c, conn_state *cs) {
     char *text = NULL;
     size_t len = 0;
@@ -625,46 +670,51 @@ static enum MHD_Result handle_metrics(http_server *h, struct MHD_Connection *c, 
     sched_stats st = {0};
     sched *eng = engine_of(h);
     if (eng) sched_get_stats(eng, &st);
-    metric(f, "mlaserve_ready", "gauge", "1 when the model is loaded and the server accepts requests",
-           atomic_load(&h->ready) && !atomic_load(&h->draining));
-    metric(f, "mlaserve_num_requests_running", "gauge", "Sequences in the running batch", st.running);
-    metric(f, "mlaserve_num_requests_waiting", "gauge", "Requests waiting for admission", st.waiting);
-    metric(f, "mlaserve_kv_pages_total", "gauge", "KV cache pages (64 tokens each)", st.kv_pages_total);
-    metric(f, "mlaserve_kv_pages_free", "gauge", "Free KV cache pages", st.kv_pages_free);
-    metric(f, "mlaserve_kv_cache_usage_ratio", "gauge", "Fraction of KV pages in use",
-           st.kv_pages_total ? 1.0 - (double)st.kv_pages_free / st.kv_pages_total : 0.0);
-    metric(f, "mlaserve_engine_requests_finished_total", "counter", "Sequences the engine finished",
-           (double)st.requests_finished);
-    metric(f, "mlaserve_prompt_tokens_total", "counter", "Prompt tokens processed", (double)st.prompt_tokens);
-    metric(f, "mlaserve_generation_tokens_total", "counter", "Tokens generated", (double)st.generation_tokens);
-    metric(f, "mlaserve_preemptions_total", "counter", "Sequences preempted for lack of KV pages",
-           (double)st.preemptions);
-    metric(f, "mlaserve_engine_steps_total", "counter", "Engine steps (model forwards)", (double)st.steps);
-    metric(f, "mlaserve_prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache",
-           (double)st.prefix_cache_queries);
-    metric(f, "mlaserve_prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache",
-           (double)st.prefix_cache_hits);
-    metric(f, "mlaserve_inflight_requests", "gauge", "Generation requests being answered",
-           atomic_load(&h->inflight));
-    fprintf(f, "# HELP mlaserve_generation_requests_total Generation requests by outcome\n"
-               "# TYPE mlaserve_generation_requests_total counter\n"
-               "mlaserve_generation_requests_total{outcome=\"ok\"} %llu\n"
-               "mlaserve_generation_requests_total{outcome=\"failed\"} %llu\n"
-               "mlaserve_generation_requests_total{outcome=\"cancelled\"} %llu\n",
-            (unsigned long long)atomic_load(&h->gen_ok), (unsigned long long)atomic_load(&h->gen_failed),
-            (unsigned long long)atomic_load(&h->gen_cancelled));
-    fprintf(f, "# HELP mlaserve_http_requests_total HTTP responses by status code\n"
-               "# TYPE mlaserve_http_requests_total counter\n");
-    for (int code = 100; code < 600; code++) {
-        uint64_t n = atomic_load(&h->status_count[code]);
-        if (n) fprintf(f, "mlaserve_http_requests_total{code=\"%d\"} %llu\n", code, (unsigned long long)n);
-    }
-    pthread_mutex_lock(&h->mu);
-    metric_summary(f, "mlaserve_time_to_first_token_seconds", "Time from request to first generated token", &h->ttft_s);
-    metric_summary(f, "mlaserve_e2e_request_latency_seconds", "Time from request to last token", &h->latency_s);
-    pthread_mutex_unlock(&h->mu);
+    metrics_write(f, &h->metrics, eng ? &st : NULL, atomic_load(&h->ready) && !atomic_load(&h->draining),
+                  atomic_load(&h->inflight));
     fclose(f);
     return queue_text(c, cs, 200, "text/plain; version=0.0.4", text);
+}
+
+/* GET /health/generate: one real 1-token greedy generation through the engine
+ * (a 1-token prompt), answered 200 with its latency or 503 with the reason.
+ * Bounded by HEALTH_GENERATE_TIMEOUT_MS; the probe's request is cancelled if it
+ * does not finish in time (a stuck engine). */
+static enum MHD_Result handle_health_generate(http_server *h, struct MHD_Connection *c, conn_state *cs) {
+    oai_error e;
+    if (not_ready_error(h, &e)) return queue_error(c, cs, &e);
+    int32_t prompt = tokenizer_bos_id(h->tok) >= 0 ? tokenizer_bos_id(h->tok) : 0;
+    sched_request sr = {.prompt = &prompt, .n_prompt = 1, .max_tokens = 1, .sampling = sample_params_default(),
+                        .ignore_eos = 1, .top_logprobs = -1, .skip_special = 1};
+    sr.sampling.temperature = 0;
+    int queue_full = 0;
+    ms_err err = {{0}};
+    double t0 = now_s();
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, 0u); /* bounded here instead */
+    sched_stream *st = sched_submit(h->engine, &sr, &queue_full, &err);
+    if (!st) {
+        oai_error_set(&e, 503, "service_unavailable", NULL, queue_full ? "queue_full" : "engine_error",
+                      "health check could not submit: %s", err.msg);
+        return queue_error(c, cs, &e);
+    }
+    sched_event ev = {0};
+    finish_reason fin = FINISH_NONE;
+    int tokens = 0;
+    while (fin == FINISH_NONE && (now_s() - t0) * 1e3 < HEALTH_GENERATE_TIMEOUT_MS) {
+        if (!sched_stream_next(st, &ev, STREAM_POLL_MS)) continue;
+        tokens += ev.token >= 0;
+        fin = ev.finish;
+        free(ev.text);
+    }
+    sched_stream_free(st);
+    double ms = (now_s() - t0) * 1e3;
+    if (fin != FINISH_LENGTH || tokens != 1) {
+        oai_error_set(&e, 503, "service_unavailable", NULL, "engine_unhealthy", "the engine did not generate a token (%s, %.0f ms)",
+                      fin == FINISH_NONE ? "timed out" : fin == FINISH_ERROR ? ev.error : "ended early", ms);
+        serve_log_request(h->cfg.log_json, "warn", cs->request_id, "%s", e.message);
+        return queue_error(c, cs, &e);
+    }
+    return queue_json(c, cs, 200, json_pack("{s:s,s:i,s:f}", "status", "ok", "tokens", tokens, "latency_ms", ms));
 }
 
 static int check_model_field(http_server *h, json_t *b, oai_error *e) {
@@ -776,25 +826,23 @@ static enum MHD_Result handle_detokenize(http_server *h, struct MHD_Connection *
 
 /* ------------------------------------------------------------ dispatch */
 
-/* Constant-time comparison of the Bearer token with the key (through SHA-256,
- * so the time depends on neither content nor length difference). */
+/* The Bearer token is compared with every key through SHA-256 with no early
+ * exit, so the time depends on neither the content nor which key matched. */
 static int auth_ok(http_server *h, struct MHD_Connection *c) {
-    if (!h->api_key) return 1;
+    if (h->n_keys == 0) return 1;
     const char *hdr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!hdr || strncasecmp(hdr, "Bearer ", 7)) return 0;
     const char *tok = hdr + 7;
     while (*tok == ' ') tok++;
-    uint8_t a[SHA256_DIGEST_BYTES], b[SHA256_DIGEST_BYTES];
-    sha256_ctx sa, sb;
-    sha256_init(&sa);
-    sha256_update(&sa, tok, strlen(tok));
-    sha256_final(&sa, a);
-    sha256_init(&sb);
-    sha256_update(&sb, h->api_key, strlen(h->api_key));
-    sha256_final(&sb, b);
-    volatile uint8_t diff = 0;
-    for (int i = 0; i < SHA256_DIGEST_BYTES; i++) diff |= a[i] ^ b[i];
-    return diff == 0;
+    uint8_t a[SHA256_DIGEST_BYTES];
+    sha256_of(tok, strlen(tok), a);
+    int ok = 0;
+    for (int k = 0; k < h->n_keys; k++) {
+        volatile uint8_t diff = 0;
+        for (int i = 0; i < SHA256_DIGEST_BYTES; i++) diff |= a[i] ^ h->key_hashes[k][i];
+        ok |= diff == 0;
+    }
+    return ok;
 }
 
 static const route *find_route(const char *url, const char **model_id) {
@@ -818,6 +866,7 @@ static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_s
     case R_MODELS: return handle_models(h, c, cs, NULL);
     case R_MODEL: return handle_models(h, c, cs, model_id);
     case R_HEALTH: return queue_json(c, cs, 200, json_pack("{s:s}", "status", "ok"));
+    case R_HEALTH_GENERATE: return handle_health_generate(h, c, cs);
     case R_READY: {
         int ok = atomic_load(&h->ready) && !atomic_load(&h->draining);
         return queue_json(c, cs, ok ? 200 : 503,
@@ -862,6 +911,17 @@ static enum MHD_Result first_call(http_server *h, struct MHD_Connection *c, conn
     return MHD_YES;
 }
 
+/* X-Request-Id as sent when it is 1..REQUEST_ID_MAX printable ASCII characters
+ * (no spaces or quotes: it goes into log lines), else a fresh random one. */
+static void set_request_id(struct MHD_Connection *c, conn_state *cs) {
+    const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
+    size_t n = v ? strlen(v) : 0;
+    int ok = n > 0 && n <= REQUEST_ID_MAX;
+    for (size_t i = 0; ok && i < n; i++) ok = v[i] > 0x20 && v[i] < 0x7f && v[i] != '"' && v[i] != '\\';
+    if (ok) memcpy(cs->request_id, v, n + 1);
+    else random_hex(cs->request_id, 32);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls) {
@@ -872,8 +932,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!(cs = calloc(1, sizeof *cs))) return MHD_NO;
         *con_cls = cs;
         cs->t_start = now_s();
+        cs->ttft_s = -1;
+        conn_guard_headers_done(h->guard, c);
         snprintf(cs->method, sizeof cs->method, "%s", method);
         snprintf(cs->path, sizeof cs->path, "%s", url);
+        set_request_id(c, cs);
         int answered;
         enum MHD_Result r = first_call(h, c, cs, url, method, &answered);
         if (answered || strcmp(method, "POST")) return answered ? r : dispatch(h, c, cs, url);
@@ -908,44 +971,79 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return dispatch(h, c, cs, url);
 }
 
+/* The access log line: text, or JSON with the generation fields when --log-format json. */
+static void access_log(http_server *h, const conn_state *cs, int status) {
+    double ms = (now_s() - cs->t_start) * 1e3;
+    const char *rid = cs->request_id[0] ? cs->request_id : NULL;
+    if (!h->cfg.log_json) {
+        if (cs->is_generation)
+            serve_log_request(0, "INFO", rid, "\"%s %s\" %d %.1fms prompt=%d completion=%d cached=%d ttft=%.1fms",
+                              cs->method, cs->path, status, ms, cs->prompt_tokens, cs->completion_tokens,
+                              cs->cached_tokens, cs->ttft_s >= 0 ? cs->ttft_s * 1e3 : -1.0);
+        else
+            serve_log_request(0, "INFO", rid, "\"%s %s\" %d %.1fms", cs->method, cs->path, status, ms);
+        return;
+    }
+    json_t *o = json_pack("{s:s,s:o,s:i,s:f}", "method", cs->method, "path", oai_json_string_lossy(cs->path, strlen(cs->path)),
+                          "status", status, "duration_ms", round(ms * 1e3) / 1e3);
+    if (o && cs->is_generation) {
+        json_object_set_new(o, "prompt_tokens", json_integer(cs->prompt_tokens));
+        json_object_set_new(o, "completion_tokens", json_integer(cs->completion_tokens));
+        json_object_set_new(o, "cached_tokens", json_integer(cs->cached_tokens));
+        json_object_set_new(o, "ttft_ms", cs->ttft_s >= 0 ? json_real(round(cs->ttft_s * 1e6) / 1e3) : json_null());
+    }
+    log_json_fields("info", rid, "request", o);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
     http_server *h = cls;
     conn_state *cs = *con_cls;
     if (!cs) return;
     /* from 0 (generation) back to the idle timeout; this also restarts its clock */
-    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S);
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)h->cfg.idle_timeout_s);
+    conn_guard_rearm(h->guard, c); /* the next request head on this keep-alive connection has a deadline too */
     int status = cs->status ? cs->status : 499;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200) status = 499; /* client went away mid-response */
-    if (status >= 100 && status < 600) atomic_fetch_add(&h->status_count[status], 1);
-    if (!cs->rt || (cs->rt->id != R_HEALTH && cs->rt->id != R_READY && cs->rt->id != R_METRICS) || status >= 400) {
-        double ms = (now_s() - cs->t_start) * 1e3;
-        if (h->cfg.log_json) {
-            json_t *o = json_pack("{s:s,s:o,s:i,s:f}", "method", cs->method, "path",
-                                  oai_json_string_lossy(cs->path, strlen(cs->path)), "status", status, "duration_ms", ms);
-            char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-            serve_log(1, "info", "request %s", s ? s : "");
-            free(s);
-            json_decref(o);
-        } else {
-            serve_log(0, "INFO", "\"%s %s\" %d %.1fms", cs->method, cs->path, status, ms);
-        }
-    }
+    metrics_record_status(&h->metrics, status);
+    if (!cs->rt || (cs->rt->id != R_HEALTH && cs->rt->id != R_READY && cs->rt->id != R_METRICS) || status >= 400)
+        access_log(h, cs, status);
     free(cs->body);
     free(cs);
     *con_cls = NULL;
 }
 
-/* ------------------------------------------------------------ life cycle */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    http_server *h = cls;
+    (void)socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci) conn_guard_opened(h->guard, c, ci->connect_fd);
+    } else {
+        conn_guard_closed(h->guard, c);
+    }
+}
 
-static char *dup_or_null(const char *s) { return s && *s ? strdup(s) : NULL; }
+/* ------------------------------------------------------------ life cycle */
 
 static void server_free(http_server *h) {
     free(h->host);
-    free(h->api_key);
+    free(h->key_hashes);
     free(h->served_model);
     free(h->model_root);
-    pthread_mutex_destroy(&h->mu);
+    metrics_destroy(&h->metrics);
+    conn_guard_stop(h->guard);
     free(h);
+}
+
+/* Keeps only SHA-256 digests of the keys (auth_ok compares digests). */
+static int hash_keys(http_server *h, const http_config *cfg) {
+    if (cfg->n_api_keys <= 0) return 0;
+    h->key_hashes = malloc((size_t)cfg->n_api_keys * sizeof *h->key_hashes);
+    if (!h->key_hashes) return -1;
+    for (int k = 0; k < cfg->n_api_keys; k++) sha256_of(cfg->api_keys[k], strlen(cfg->api_keys[k]), h->key_hashes[k]);
+    h->n_keys = cfg->n_api_keys;
+    return 0;
 }
 
 http_server *http_start(const http_config *cfg, ms_err *err) {
@@ -954,17 +1052,19 @@ http_server *http_start(const http_config *cfg, ms_err *err) {
         ms_err_set(err, "out of memory");
         return NULL;
     }
-    pthread_mutex_init(&h->mu, NULL);
+    metrics_init(&h->metrics);
     h->cfg = *cfg;
+    h->cfg.api_keys = NULL; /* not kept: only their digests */
+    if (h->cfg.idle_timeout_s <= 0) h->cfg.idle_timeout_s = HTTP_DEFAULT_IDLE_TIMEOUT_S;
+    h->guard = conn_guard_start(cfg->header_timeout_s);
     h->host = strdup(cfg->host ? cfg->host : "127.0.0.1");
-    h->api_key = dup_or_null(cfg->api_key);
     h->served_model = strdup(cfg->served_model ? cfg->served_model : "model");
     h->model_root = strdup(cfg->model_root ? cfg->model_root : "");
     h->created = (long)time(NULL);
     char hex[SHA256_HEX_CHARS];
     sha256_hex_of(h->served_model, strlen(h->served_model), hex);
     snprintf(h->fingerprint, sizeof h->fingerprint, "fp_%.10s", hex);
-    if (!h->host || !h->served_model || !h->model_root) {
+    if (!h->host || !h->served_model || !h->model_root || !h->guard || hash_keys(h, cfg) != 0) {
         server_free(h);
         ms_err_set(err, "out of memory");
         return NULL;
@@ -983,8 +1083,10 @@ http_server *http_start(const http_config *cfg, ms_err *err) {
     h->daemon = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
                                  ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
                                  (unsigned)(cfg->max_connections > 0 ? cfg->max_connections : 256),
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)h->cfg.idle_timeout_s,
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY_BYTES,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
+                                 on_connection, h, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->daemon) {
         ms_err_set(err, "cannot listen on %s:%d (address in use or not available?)", h->host, cfg->port);

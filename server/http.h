@@ -4,7 +4,10 @@
  * state, the HTTP-level metrics (request counters, TTFT and latency
  * summaries) and the route table:
  *   POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/{id}],
- *   GET /health, GET /ready, GET /metrics, POST /tokenize, POST /detokenize.
+ *   GET /health, GET /health/generate, GET /ready, GET /metrics, POST /tokenize,
+ *   POST /detokenize.
+ * Every request gets an id (X-Request-Id as sent, or a random one) returned in
+ * the X-Request-Id response header and carried by its log lines.
  * Every error is an OpenAI error object (server/openai.h) with its status.
  *
  * Life cycle (called by server/cmd_serve.c, one thread):
@@ -29,13 +32,19 @@
 typedef struct http_config {
     const char *host;          /* numeric address or name; "127.0.0.1" */
     int port;                  /* 0: any free port (see http_port) */
-    const char *api_key;       /* NULL or "": no authentication */
+    const char *const *api_keys; /* accepted Bearer tokens (copied as digests); none: no authentication */
+    int n_api_keys;
     const char *served_model;  /* the model id clients must send */
     const char *model_root;    /* shown as "root" in /v1/models */
     size_t max_body_bytes;     /* larger request bodies get 413 */
     int max_connections;       /* concurrent connections at most */
     int log_json;              /* request log lines as JSON instead of text */
+    int idle_timeout_s;        /* a keep-alive connection idle this long is closed (0: HTTP_DEFAULT_IDLE_TIMEOUT_S) */
+    int header_timeout_s;      /* a request head must arrive within this (0: no limit); see conn_guard.h */
 } http_config;
+
+#define HTTP_DEFAULT_IDLE_TIMEOUT_S 60
+#define HTTP_DEFAULT_HEADER_TIMEOUT_S 30
 
 typedef struct http_server http_server;
 
@@ -51,5 +60,8 @@ void http_stop(http_server *h);
 
 /* One log line to stderr, text or JSON ({"ts","level","msg"}). Thread-safe. */
 void serve_log(int json, const char *level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The same for a line about one request: text "[request_id]" prefix, JSON "request_id" field. */
+void serve_log_request(int json, const char *level, const char *request_id, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #endif

@@ -116,7 +116,7 @@ post /v1/completions "{\"model\":\"tiny-v3\",\"prompt\":$LONG,\"max_tokens\":4,\
 [ "$(jget '[j.usage.prompt_tokens_details.cached_tokens, j.usage.prompt_cache_hit_tokens, j.usage.prompt_cache_miss_tokens].join(" ")' "$TMP/pc2.json")" = "128 128 2" ] ||
     fail "prefix cache usage: $(cat "$TMP/pc2.json")"
 [ "$(jget 'j.choices[0].text' "$TMP/pc1.json")" = "$(jget 'j.choices[0].text' "$TMP/pc2.json")" ] || fail "prefix cache changed the output"
-curl -s -m 10 "$URL/metrics" | grep -q '^mlaserve_prefix_cache_hits_total 128' || fail "prefix cache hits not in /metrics"
+curl -s -m 10 "$URL/metrics" | grep -q '^mlaserve:prefix_cache_hits_total 128' || fail "prefix cache hits not in /metrics"
 
 # ---------------------------------------------------------------- streaming
 SBODY='{"model":"tiny-v3","messages":[{"role":"user","content":"Hello! Who are you?"}],"max_tokens":12,"temperature":0,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}'
@@ -242,16 +242,16 @@ i=0 freed=no
 limit=$((50 * ${MLASERVE_TEST_TIME_SCALE:-1}))   # 5 s, longer under the sanitizers
 while [ $i -lt $limit ]; do
     curl -s -m 5 "$URL/metrics" > "$TMP/metrics.txt"
-    total=$(sed -n 's/^mlaserve_kv_pages_total \([0-9]*\).*/\1/p' "$TMP/metrics.txt")
-    free=$(sed -n 's/^mlaserve_kv_pages_free \([0-9]*\).*/\1/p' "$TMP/metrics.txt")
-    run=$(sed -n 's/^mlaserve_num_requests_running \([0-9]*\).*/\1/p' "$TMP/metrics.txt")
+    total=$(sed -n 's/^mlaserve:kv_pages_total \([0-9]*\).*/\1/p' "$TMP/metrics.txt")
+    free=$(sed -n 's/^mlaserve:kv_pages_free \([0-9]*\).*/\1/p' "$TMP/metrics.txt")
+    run=$(sed -n 's/^mlaserve:num_requests_running \([0-9]*\).*/\1/p' "$TMP/metrics.txt")
     if [ -n "$total" ] && [ "$total" = "$free" ] && [ "$run" = 0 ]; then freed=yes; break; fi
     sleep 0.1
     i=$((i + 1))
 done
 [ $freed = yes ] || fail "after a client disconnect the KV pages did not return (total=$total free=$free running=$run)"
-for m in mlaserve_time_to_first_token_seconds_count mlaserve_e2e_request_latency_seconds 'mlaserve_http_requests_total{code="200"}' \
-    mlaserve_generation_tokens_total 'mlaserve_generation_requests_total{outcome="cancelled"}'; do
+for m in mlaserve:time_to_first_token_seconds_count mlaserve:e2e_request_latency_seconds 'mlaserve:http_requests_total{code="200"}' \
+    mlaserve:generation_tokens_total 'mlaserve:request_success_total{finished_reason="abort"}'; do
     grep -qF "$m" "$TMP/metrics.txt" || fail "/metrics lacks $m"
 done
 

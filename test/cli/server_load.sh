@@ -10,7 +10,7 @@
 #     afterwards (batch invariance; the solo runs also reuse the prefix cache
 #     the concurrent run left behind). While they run, /metrics shows several
 #     running at once; afterwards running 0, waiting 0 and
-#     mlaserve_kv_pages_free == mlaserve_kv_pages_total (prefix-cached pages
+#     mlaserve:kv_pages_free == mlaserve:kv_pages_total (prefix-cached pages
 #     count as free).
 #  2. Disconnect: 10 streams aborted by the client after 3 chunks; within one
 #     second of the last abort /metrics shows running 0 and all pages free, 10
@@ -18,7 +18,7 @@
 #  3. Preemption: a second server with a KV pool of 512 tokens (8 pages) and
 #     8 sequences; 8 concurrent requests needing 3..4 pages each (~28 in all,
 #     each growing by 2..3 pages while decoding) all complete with the solo
-#     text of the first server, and mlaserve_preemptions_total > 0.
+#     text of the first server, and mlaserve:num_preemptions_total > 0.
 # Oracle: the server's own solo output (itself checked against
 # `mlaserve generate` in server.sh). Servers on free loopback ports, bounded
 # waits, killed on exit; under the sanitizers (MLASERVE_TEST_TIME_SCALE, set by
@@ -44,10 +44,10 @@ pages_settled() {
     _k=0
     while [ $_k -lt $((10 * SCALE)) ]; do
         curl -s -m 5 "$1/metrics" > "$TMP/m.txt"
-        _t=$(sed -n 's/^mlaserve_kv_pages_total \([0-9]*\).*/\1/p' "$TMP/m.txt")
-        _f=$(sed -n 's/^mlaserve_kv_pages_free \([0-9]*\).*/\1/p' "$TMP/m.txt")
-        _r=$(sed -n 's/^mlaserve_num_requests_running \([0-9]*\).*/\1/p' "$TMP/m.txt")
-        _w=$(sed -n 's/^mlaserve_num_requests_waiting \([0-9]*\).*/\1/p' "$TMP/m.txt")
+        _t=$(sed -n 's/^mlaserve:kv_pages_total \([0-9]*\).*/\1/p' "$TMP/m.txt")
+        _f=$(sed -n 's/^mlaserve:kv_pages_free \([0-9]*\).*/\1/p' "$TMP/m.txt")
+        _r=$(sed -n 's/^mlaserve:num_requests_running \([0-9]*\).*/\1/p' "$TMP/m.txt")
+        _w=$(sed -n 's/^mlaserve:num_requests_waiting \([0-9]*\).*/\1/p' "$TMP/m.txt")
         [ -n "$_t" ] && [ "$_t" = "$_f" ] && [ "$_r" = 0 ] && [ "$_w" = 0 ] && return 0
         sleep 0.1
         _k=$((_k + 1))
@@ -137,7 +137,7 @@ done
 # watch /metrics while they run (bounded: the curl timeout)
 maxrun=0 k=0
 while [ $k -lt $((1200 * SCALE)) ]; do
-    r=$(metric "$URL" mlaserve_num_requests_running)
+    r=$(metric "$URL" mlaserve:num_requests_running)
     [ -n "$r" ] && [ "$r" -gt "$maxrun" ] && maxrun=$r
     left=0
     for j in $jobs; do kill -0 "$j" 2>/dev/null && left=1; done
@@ -197,14 +197,14 @@ pages_settled "$URL" > "$TMP/settle.txt" || fail "after the solo runs: $(cat "$T
 
 # ---------------------------------------------------------------- 2. disconnects
 say "10 disconnects"
-cancelled0=$(curl -s -m 5 "$URL/metrics" | sed -n 's/^mlaserve_generation_requests_total{outcome="cancelled"} \([0-9]*\).*/\1/p')
+cancelled0=$(curl -s -m 5 "$URL/metrics" | sed -n 's/^mlaserve:request_success_total{finished_reason="abort"} \([0-9]*\).*/\1/p')
 node -e '
 const url = process.argv[1], scale = +process.argv[2];
 const metrics = async () => {
   const t = await (await fetch(url + "/metrics")).text();
   const g = (n) => { const m = t.match(new RegExp("^" + n + " (\\S+)", "m")); return m ? +m[1] : NaN; };
-  return { total: g("mlaserve_kv_pages_total"), free: g("mlaserve_kv_pages_free"),
-           running: g("mlaserve_num_requests_running"), waiting: g("mlaserve_num_requests_waiting") };
+  return { total: g("mlaserve:kv_pages_total"), free: g("mlaserve:kv_pages_free"),
+           running: g("mlaserve:num_requests_running"), waiting: g("mlaserve:num_requests_waiting") };
 };
 async function one(i) {
   const ctl = new AbortController();
@@ -243,7 +243,7 @@ async function one(i) {
   clearTimeout(t);
 })().catch((e) => { console.log(String(e)); process.exit(1); });
 ' "$URL" "$SCALE" || fail "disconnect test"
-cancelled1=$(curl -s -m 5 "$URL/metrics" | sed -n 's/^mlaserve_generation_requests_total{outcome="cancelled"} \([0-9]*\).*/\1/p')
+cancelled1=$(curl -s -m 5 "$URL/metrics" | sed -n 's/^mlaserve:request_success_total{finished_reason="abort"} \([0-9]*\).*/\1/p')
 [ $((cancelled1 - cancelled0)) -eq 10 ] || fail "cancelled requests went from $cancelled0 to $cancelled1, want +10"
 # the server keeps serving: request 3 again, same text as its solo run
 stream "$URL" 3 "$TMP/after"
@@ -290,9 +290,9 @@ for (const i of process.argv.slice(2)) {
 }
 if (errs.length) { console.log(errs.join("\n")); process.exit(1); }
 ' "$TMP" $PICK || fail "requests on the small KV cache differ from their solo runs"
-pre=$(metric "$SURL" mlaserve_preemptions_total)
+pre=$(metric "$SURL" mlaserve:num_preemptions_total)
 say "preemption: requests $PICK need $NEED pages of 8; $pre preemptions"
-[ -n "$pre" ] && [ "$pre" -gt 0 ] || fail "mlaserve_preemptions_total is '$pre', want > 0"
+[ -n "$pre" ] && [ "$pre" -gt 0 ] || fail "mlaserve:num_preemptions_total is '$pre', want > 0"
 pages_settled "$SURL" > "$TMP/settle.txt" || fail "small server after the preemption test: $(cat "$TMP/settle.txt")"
 
 say "done"
