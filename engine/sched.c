@@ -121,6 +121,7 @@ typedef struct seq {
     kv_seq kv;
     sampler *smp;
     sched_text text;        /* detokenizer + stop-string holdback */
+    sched_constraint cons;  /* ctx NULL: none */
     uint64_t admitted;      /* admission order: larger = younger */
     struct seq *next;       /* waiting list link */
 } seq;
@@ -148,8 +149,14 @@ struct sched {
     int *b_samples;         /* per run: 1 if its last token's logits are sampled */
 };
 
+static void constraint_free(sched_constraint *c) {
+    if (c->ctx && c->free) c->free(c->ctx);
+    c->ctx = NULL;
+}
+
 static void seq_free(seq *q) {
     if (!q) return;
+    constraint_free(&q->cons);
     free(q->tokens);
     sampler_free(q->smp);
     sched_text_free(&q->text);
@@ -219,6 +226,7 @@ static seq *seq_create(sched *s, const sched_request *r, ms_err *err) {
     q->max_tokens = r->max_tokens;
     q->ignore_eos = r->ignore_eos;
     q->top_logprobs = r->top_logprobs;
+    q->cons = r->constraint;
     sampler_add_prompt(q->smp, r->prompt, (size_t)r->n_prompt);
     return q;
 }
@@ -235,11 +243,15 @@ static sched_stream *stream_create(sched *s) {
 
 sched_stream *sched_submit(sched *s, const sched_request *r, int *queue_full, ms_err *err) {
     if (queue_full) *queue_full = 0;
-    if (validate(s, r, err) != 0) return NULL;
-    seq *q = seq_create(s, r, err);
-    sched_stream *st = q ? stream_create(s) : NULL;
+    sched_constraint cons = r->constraint;
+    seq *q = validate(s, r, err) == 0 ? seq_create(s, r, err) : NULL;
+    if (!q) {
+        constraint_free(&cons);
+        return NULL;
+    }
+    sched_stream *st = stream_create(s);
     if (!st) {
-        if (q) ms_err_set(err, "out of memory");
+        ms_err_set(err, "out of memory");
         seq_free(q);
         return NULL;
     }
@@ -433,9 +445,24 @@ static batch_size build_batch(sched *s) {
 }
 
 /* Samples the next token of q from its logits row and streams it. Returns 1 if q finished. */
-static int sample_and_emit(sched *s, seq *q, const float *logits) {
+/* Applies q's constraint to its logits row; 0, or -1 when no token is allowed. */
+static int constrain(sched *s, seq *q, float *logits) {
+    if (!q->cons.ctx) return 0;
+    int left = q->max_tokens - q->n_generated, ctx_left = s->cfg.max_model_len - q->n_tokens;
+    return q->cons.mask(q->cons.ctx, logits, left < ctx_left ? left : ctx_left) > 0 ? 0 : -1;
+}
+
+static int sample_and_emit(sched *s, seq *q, float *logits) {
     ms_err err = {{0}};
+    if (constrain(s, q, logits) != 0) {
+        seq_finish(s, q, FINISH_ERROR, "the output constraint allows no token");
+        return 1;
+    }
     int32_t tok = sampler_sample(q->smp, logits, &err);
+    if (tok >= 0 && q->cons.ctx && q->cons.accept(q->cons.ctx, tok) != 0) {
+        seq_finish(s, q, FINISH_ERROR, "the sampled token breaks the output constraint");
+        return 1;
+    }
     if (tok < 0 || seq_append(q, tok) != 0) {
         seq_finish(s, q, FINISH_ERROR, tok < 0 ? err.msg : "out of memory");
         return 1;
@@ -456,7 +483,8 @@ static int sample_and_emit(sched *s, seq *q, const float *logits) {
     ev.prompt_tokens = q->n_prompt;
     ev.completion_tokens = q->n_generated;
     ev.cached_tokens = q->n_cached;
-    finish_reason end = is_eos || stopped ? FINISH_STOP
+    int complete = q->cons.ctx && q->cons.complete(q->cons.ctx);
+    finish_reason end = is_eos || stopped || complete ? FINISH_STOP
                         : (q->n_generated >= q->max_tokens || q->n_tokens >= s->cfg.max_model_len) ? FINISH_LENGTH
                                                                                                      : FINISH_NONE;
     stream_push(q->stream, &ev);
@@ -505,7 +533,7 @@ static void step(sched *s) {
         q->n_computed = q->kv.n_tokens; /* model_forward advanced it past this run */
         kv_prefix_register(&s->kv, &q->kv, q->tokens, q->n_computed);
         if (!s->b_samples[r]) continue;
-        const float *l = s->logits + (size_t)row++ * s->m->cfg.vocab_size;
+        float *l = s->logits + (size_t)row++ * s->m->cfg.vocab_size;
         int idx = -1;
         for (int i = 0; i < s->n_running; i++)
             if (s->running[i] == q) idx = i;

@@ -49,6 +49,25 @@ typedef struct sched_config {
     int no_prefix_caching;   /* 1 disables reuse of cached prompt pages */
 } sched_config;
 
+/* A per-request constraint on the tokens the sampler may pick (structured
+ * outputs, forced tool calls). The engine calls, on its own thread:
+ *   mask(ctx, logits, tokens_left)  before each sampling: set logits[i] to
+ *       -INFINITY for every token that may not come next (tokens_left: tokens
+ *       the request may still generate, this one included); returns how many
+ *       are allowed, <= 0 when nothing is (the request then fails);
+ *   accept(ctx, token)  after sampling: advance; -1 if token was not allowed;
+ *   complete(ctx)       1 once the output is complete: the request then ends
+ *                       with FINISH_STOP without sampling an EOS;
+ *   free(ctx)           when the request ends (or its submission fails).
+ * Logprobs of a constrained request are those of the masked distribution. */
+typedef struct sched_constraint {
+    void *ctx;               /* NULL: unconstrained */
+    int (*mask)(void *ctx, float *logits, int tokens_left);
+    int (*accept)(void *ctx, int32_t token);
+    int (*complete)(void *ctx);
+    void (*free)(void *ctx);
+} sched_constraint;
+
 typedef struct sched_request {
     const int32_t *prompt;   /* copied by sched_submit */
     int n_prompt;
@@ -59,6 +78,7 @@ typedef struct sched_request {
     int n_stop;
     int top_logprobs;        /* -1: no logprobs; 0..20: chosen token's logprob + that many alternatives */
     int skip_special;        /* detokenize without special tokens (default 1 for chat) */
+    sched_constraint constraint; /* owned by the scheduler from sched_submit on, even when it fails */
 } sched_request;
 
 typedef struct sched_logprob {

@@ -3,6 +3,7 @@
  * the engine's own single-request output (batch independence, preemption). */
 #include <criterion/criterion.h>
 #include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -356,3 +357,79 @@ static void prefix_reuse(int disabled) {
 
 Test(sched, prefix_cache_reuses_full_pages) { prefix_reuse(0); }
 Test(sched, prefix_cache_can_be_disabled) { prefix_reuse(1); }
+
+/* ---- the constraint seam (sched_constraint), with a hand-written constraint:
+ * only tokens from a fixed cycle are allowed (expected output = that cycle),
+ * complete after `length` tokens. */
+typedef struct {
+    int32_t cycle[3];
+    int pos, length, frees, masks, reject_all, last_tokens_left;
+} toy_constraint;
+
+static int toy_mask(void *ctx, float *logits, int tokens_left) {
+    toy_constraint *c = ctx;
+    c->masks++;
+    c->last_tokens_left = tokens_left;
+    int32_t keep = c->cycle[c->pos % 3];
+    float v = logits[keep];
+    for (int i = 0; i < 129280; i++) logits[i] = -INFINITY;
+    if (c->reject_all) return 0;
+    logits[keep] = v;
+    return 1;
+}
+static int toy_accept(void *ctx, int32_t tok) {
+    toy_constraint *c = ctx;
+    if (tok != c->cycle[c->pos % 3]) return -1;
+    c->pos++;
+    return 0;
+}
+static int toy_complete(void *ctx) { return ((toy_constraint *)ctx)->pos >= ((toy_constraint *)ctx)->length; }
+static void toy_free(void *ctx) { ((toy_constraint *)ctx)->frees++; }
+
+static sched_constraint toy(toy_constraint *c) { return (sched_constraint){c, toy_mask, toy_accept, toy_complete, toy_free}; }
+
+Test(sched, constraint_masks_every_step_and_ends_when_complete) {
+    fixture f;
+    open_fixture(&f, (sched_config){0});
+    int32_t ids[4] = {0, 671, 4787, 13769};
+    toy_constraint c = {.cycle = {100, 2000, 30000}, .length = 7};
+    sched_request r = greedy_request(ids, 4, 50);
+    r.top_logprobs = 2;
+    r.constraint = toy(&c);
+    ms_err err = {{0}};
+    sched_stream *st = sched_submit(f.s, &r, NULL, &err);
+    cr_assert(st, "%s", err.msg);
+    result res;
+    drain(st, &res);
+    cr_expect_eq(res.finish, FINISH_STOP, "complete => stop");
+    cr_assert_eq(res.n, 7);
+    for (int i = 0; i < 7; i++) cr_expect_eq(res.tokens[i], c.cycle[i % 3], "token %d", i);
+    cr_expect_eq(c.masks, 7);
+    cr_expect_eq(c.last_tokens_left, 50 - 6, "tokens_left counts this token");
+    close_fixture(&f);
+    cr_expect_eq(c.frees, 1, "freed exactly once");
+}
+
+Test(sched, constraint_allowing_nothing_fails_the_request) {
+    fixture f;
+    open_fixture(&f, (sched_config){0});
+    int32_t ids[2] = {0, 671};
+    toy_constraint c = {.cycle = {5, 5, 5}, .length = 3, .reject_all = 1};
+    sched_request r = greedy_request(ids, 2, 10);
+    r.constraint = toy(&c);
+    ms_err err = {{0}};
+    sched_stream *st = sched_submit(f.s, &r, NULL, &err);
+    cr_assert(st, "%s", err.msg);
+    result res;
+    drain(st, &res);
+    cr_expect_eq(res.finish, FINISH_ERROR);
+    cr_expect_eq(res.n, 0);
+    /* a rejected submission still frees the constraint */
+    toy_constraint c2 = {.cycle = {5, 5, 5}, .length = 3};
+    r = greedy_request(ids, 0, 10);
+    r.constraint = toy(&c2);
+    cr_expect_null(sched_submit(f.s, &r, NULL, &err));
+    cr_expect_eq(c2.frees, 1);
+    close_fixture(&f);
+    cr_expect_eq(c.frees, 1);
+}
