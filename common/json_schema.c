@@ -1,0 +1,980 @@
+/* common/json_schema.c — compiles a JSON Schema subset, or the DeepSeek-V3 tool-call
+ * format, into the grammar graph of common/json_schema.h; and validates JSON values
+ * against the same subset (cons_json_validate, the tests' oracle).
+ *
+ * Owns each cons_grammar it returns (pools of nodes, properties, literal tries,
+ * sequence items). Callers: the server when it parses response_format / a forced
+ * tool_choice (one grammar per request, or cached). Pure functions of their
+ * arguments; thread-safe. */
+#include "common/json_schema.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *const gram_marker_text[GRAM_MK_COUNT] = {
+    "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>",
+    "<｜tool▁call▁end｜>",    "<｜tool▁sep｜>",
+};
+
+#define MAX_PROPS 256          /* declared properties per object */
+#define MAX_NODES 20000        /* after $ref inlining (a "$ref bomb" fails in ~60 ms) */
+#define MAX_LITS (1 << 22)     /* literal trie nodes in all */
+#define MAX_MIN_LEN (1u << 20) /* shortest matching value, bytes */
+#define MAX_SCHEMA_DEPTH 64    /* recursion while compiling */
+
+enum { T_STR = 1, T_NUM = 2, T_INT = 4, T_BOOL = 8, T_NULL = 16, T_OBJ = 32, T_ARR = 64, T_ALL = 127 };
+
+typedef struct cctx {
+    cons_grammar *g;
+    ms_err *err;
+    const json_t *root;       /* the schema $ref resolves against */
+    const json_t *refs[MAX_SCHEMA_DEPTH];
+    int n_refs;               /* $ref targets being compiled (cycle check) */
+    int32_t any, any_obj, str, num, integer; /* shared nodes, -1 until made */
+} cctx;
+
+/* ---- pools ---------------------------------------------------------------- */
+
+static int pool_grow(cctx *c, void **p, int32_t *cap, int32_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    int32_t nc = *cap ? *cap : 64;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*p, (size_t)nc * elem);
+    if (!q) return ms_err_set(c->err, "json_schema: out of memory");
+    *p = q;
+    *cap = nc;
+    return 0;
+}
+#define POOL_ADD(c, field, count)                                                                  \
+    (pool_grow((c), (void **)&(c)->g->field, &(c)->g->cap_##field, (c)->g->n_##field + (count),    \
+               sizeof *(c)->g->field) < 0                                                          \
+         ? -1                                                                                      \
+         : ((c)->g->n_##field += (count), (c)->g->n_##field - (count)))
+
+static int32_t new_node(cctx *c, gram_kind kind) {
+    if (c->g->n_nodes >= MAX_NODES) return ms_err_set(c->err, "json_schema: schema too large (over %d nodes)", MAX_NODES);
+    int32_t i = POOL_ADD(c, nodes, 1);
+    if (i < 0) return -1;
+    gram_node *n = &c->g->nodes[i];
+    memset(n, 0, sizeof *n);
+    n->kind = (uint8_t)kind;
+    n->child = n->child2 = n->list = n->cont = n->win = -1;
+    n->hi = GRAM_INF;
+    n->depth = 1;
+    return i;
+}
+
+static void first_add(gram_node *n, int b) { n->first[b >> 3] |= (uint8_t)(1u << (b & 7)); }
+static void first_or(gram_node *n, const gram_node *m) {
+    for (int i = 0; i < 32; i++) n->first[i] |= m->first[i];
+    n->first_mk |= m->first_mk;
+}
+static uint32_t sat_add(uint64_t a, uint64_t b) { return a + b >= GRAM_INF ? GRAM_INF : (uint32_t)(a + b); }
+static uint32_t sat_mul(uint64_t a, uint64_t b) { return b && a >= GRAM_INF / b ? GRAM_INF : (uint32_t)(a * b); }
+
+/* ---- literal tries ---------------------------------------------------------- */
+
+typedef struct lit_in {
+    const uint8_t *s;
+    uint32_t len;
+    int32_t id;
+    uint32_t cost; /* added to the remaining bytes when the literal ends */
+} lit_in;
+
+static int lit_cmp(const void *pa, const void *pb) {
+    const lit_in *a = pa, *b = pb;
+    uint32_t m = a->len < b->len ? a->len : b->len;
+    int r = memcmp(a->s, b->s, m);
+    if (r) return r;
+    return a->len < b->len ? -1 : a->len > b->len;
+}
+
+/* Preorder trie of lits[0..n) (sorted in place; a repeated literal keeps its first
+ * id). Returns the root's index in g->lits, or -1. */
+static int32_t lit_trie(cctx *c, lit_in *lits, int n) {
+    qsort(lits, (size_t)n, sizeof *lits, lit_cmp);
+    uint32_t maxlen = 0;
+    for (int i = 0; i < n; i++) maxlen = lits[i].len > maxlen ? lits[i].len : maxlen;
+    int32_t *path = malloc((maxlen + 1) * sizeof *path);
+    int32_t root = POOL_ADD(c, lits, 1);
+    if (!path || root < 0) {
+        free(path);
+        return root < 0 ? -1 : ms_err_set(c->err, "json_schema: out of memory");
+    }
+    c->g->lits[root] = (gram_lit){.term = -1};
+    path[0] = root;
+    uint32_t plen = 0;
+    for (int k = 0; k < n; k++) {
+        uint32_t l = 0;
+        if (k > 0)
+            while (l < plen && l < lits[k].len && lits[k - 1].s[l] == lits[k].s[l]) l++;
+        if (k > 0 && l == lits[k].len && l == plen) continue; /* duplicate */
+        for (uint32_t d = plen; d > l; d--) c->g->lits[path[d]].end = (uint32_t)c->g->n_lits;
+        for (uint32_t d = l + 1; d <= lits[k].len; d++) {
+            if (c->g->n_lits >= MAX_LITS) {
+                free(path);
+                return ms_err_set(c->err, "json_schema: schema too large (literals)");
+            }
+            int32_t t = POOL_ADD(c, lits, 1);
+            if (t < 0) {
+                free(path);
+                return -1;
+            }
+            c->g->lits[t] = (gram_lit){.term = -1, .byte = lits[k].s[d - 1]};
+            path[d] = t;
+        }
+        plen = lits[k].len;
+        c->g->lits[path[plen]].term = k; /* sorted index until min_rem is known */
+    }
+    for (uint32_t d = plen + 1; d-- > 0;) c->g->lits[path[d]].end = (uint32_t)c->g->n_lits;
+    free(path);
+    gram_lit *L = c->g->lits;
+    for (int32_t t = c->g->n_lits - 1; t >= root; t--) {
+        uint32_t m = L[t].term >= 0 ? lits[L[t].term].cost : GRAM_INF;
+        for (uint32_t ch = (uint32_t)t + 1; ch < L[t].end; ch = L[ch].end) {
+            uint32_t v = sat_add(1, L[ch].min_rem);
+            m = v < m ? v : m;
+        }
+        L[t].min_rem = m;
+        if (L[t].term >= 0) L[t].term = lits[L[t].term].id;
+    }
+    return root;
+}
+
+static void lit_first(const cons_grammar *g, int32_t root, gram_node *n) {
+    for (uint32_t ch = (uint32_t)root + 1; ch < g->lits[root].end; ch = g->lits[ch].end) first_add(n, g->lits[ch].byte);
+}
+
+/* A G_LITSET over the given serialized literals (cost 0 each). */
+static int32_t make_litset(cctx *c, lit_in *lits, int n) {
+    int32_t root = lit_trie(c, lits, n);
+    if (root < 0) return -1;
+    int32_t i = new_node(c, G_LITSET);
+    if (i < 0) return -1;
+    gram_node *nd = &c->g->nodes[i];
+    nd->list = root;
+    nd->min_len = c->g->lits[root].min_rem;
+    lit_first(c->g, root, nd);
+    return i;
+}
+
+/* ---- shared nodes ------------------------------------------------------------ */
+
+static int32_t make_string(cctx *c, uint32_t lo, uint32_t hi) {
+    int32_t i = new_node(c, G_STRING);
+    if (i < 0) return -1;
+    gram_node *n = &c->g->nodes[i];
+    n->lo = lo;
+    n->hi = hi;
+    n->min_len = sat_add(2, lo);
+    first_add(n, '"');
+    return i;
+}
+
+static int32_t make_number(cctx *c, int integer) {
+    int32_t *memo = integer ? &c->integer : &c->num;
+    if (*memo >= 0) return *memo;
+    int32_t i = new_node(c, G_NUMBER);
+    if (i < 0) return -1;
+    gram_node *n = &c->g->nodes[i];
+    n->flags = integer ? G_INTEGER : 0;
+    n->min_len = 1;
+    first_add(n, '-');
+    for (int d = '0'; d <= '9'; d++) first_add(n, d);
+    return *memo = i;
+}
+
+/* true / false / null, as selected by T_BOOL and T_NULL. */
+static int32_t make_tfn(cctx *c, uint32_t types) {
+    static const char *const words[] = {"true", "false", "null"};
+    lit_in lits[3];
+    int n = 0;
+    for (int k = 0; k < 3; k++)
+        if (types & (k < 2 ? T_BOOL : T_NULL))
+            lits[n++] = (lit_in){(const uint8_t *)words[k], (uint32_t)strlen(words[k]), k, 0};
+    return make_litset(c, lits, n);
+}
+
+static int32_t make_any(cctx *c);
+
+/* An object of any keys (strings) whose values match val (-1: any value). */
+static int32_t make_any_object(cctx *c, int32_t val) {
+    if (val < 0 && c->any_obj >= 0) return c->any_obj;
+    if (c->str < 0 && (c->str = make_string(c, 0, GRAM_INF)) < 0) return -1;
+    int32_t i = new_node(c, G_OBJECT);
+    if (i < 0) return -1;
+    if (val < 0) c->any_obj = i;
+    if (val < 0 && (val = make_any(c)) < 0) return -1;
+    gram_node *n = &c->g->nodes[i];
+    n->flags = G_ANYKEYS;
+    n->child = val;
+    n->child2 = c->str;
+    n->min_len = 2;
+    n->depth = val == c->any ? 1 : 1 + (c->g->nodes[val].depth > 1 ? c->g->nodes[val].depth : 1);
+    first_add(n, '{');
+    return i;
+}
+
+/* Any JSON value. Its object/array alternatives recurse into it; they count as one
+ * frame deep: the matcher refuses '{' and '[' where no frame is left, and a value
+ * without them always exists. */
+static int32_t make_any(cctx *c) {
+    if (c->any >= 0) return c->any;
+    int32_t u = new_node(c, G_UNION);
+    if (u < 0) return -1;
+    c->any = u;
+    int32_t obj = make_any_object(c, -1);
+    int32_t arr = new_node(c, G_ARRAY);
+    int32_t num = make_number(c, 0);
+    int32_t tfn = make_tfn(c, T_BOOL | T_NULL);
+    int32_t base = POOL_ADD(c, idx, 5);
+    if (obj < 0 || arr < 0 || num < 0 || tfn < 0 || base < 0) return -1;
+    gram_node *a = &c->g->nodes[arr];
+    a->child = u;
+    a->min_len = 2;
+    first_add(a, '[');
+    int32_t alts[5] = {obj, arr, c->str, num, tfn};
+    gram_node *n = &c->g->nodes[u];
+    n->list = base;
+    n->n = 5;
+    n->min_len = 1;
+    for (int k = 0; k < 5; k++) {
+        c->g->idx[base + k] = alts[k];
+        first_or(n, &c->g->nodes[alts[k]]);
+    }
+    return u;
+}
+
+/* ---- unions, sequences ----------------------------------------------------- */
+
+static int first_overlap(const gram_node *a, const gram_node *b) {
+    for (int i = 0; i < 32; i++)
+        if (a->first[i] & b->first[i]) return 1;
+    return (a->first_mk & b->first_mk) != 0;
+}
+
+/* One node choosing among alts by their first symbol (nested unions flattened). */
+static int32_t make_union(cctx *c, const int32_t *alts_in, int n_in, const char *kw) {
+    int32_t flat[64];
+    int n = 0;
+    for (int k = 0; k < n_in; k++) {
+        const gram_node *a = &c->g->nodes[alts_in[k]];
+        int m = a->kind == G_UNION ? a->n : 1;
+        if (n + m > 64) return ms_err_set(c->err, "json_schema: '%s' with more than 64 alternatives is not supported", kw);
+        for (int j = 0; j < m; j++) flat[n++] = a->kind == G_UNION ? c->g->idx[a->list + j] : alts_in[k];
+    }
+    if (n == 1) return flat[0];
+    for (int a = 0; a < n; a++)
+        for (int b = a + 1; b < n; b++)
+            if (first_overlap(&c->g->nodes[flat[a]], &c->g->nodes[flat[b]]))
+                return ms_err_set(c->err,
+                                  "json_schema: '%s' alternatives that can start with the same character are not "
+                                  "supported (only alternatives of different JSON types, e.g. string | null)",
+                                  kw);
+    int32_t base = POOL_ADD(c, idx, n);
+    int32_t u = base < 0 ? -1 : new_node(c, G_UNION);
+    if (u < 0) return -1;
+    gram_node *nd = &c->g->nodes[u];
+    nd->list = base;
+    nd->n = n;
+    nd->min_len = GRAM_INF;
+    nd->depth = 0;
+    for (int k = 0; k < n; k++) {
+        const gram_node *a = &c->g->nodes[flat[k]];
+        c->g->idx[base + k] = flat[k];
+        nd->min_len = a->min_len < nd->min_len ? a->min_len : nd->min_len;
+        nd->depth = a->depth > nd->depth ? a->depth : nd->depth;
+        first_or(nd, a);
+    }
+    return u;
+}
+
+/* A part of a sequence: a value (node >= 0), a marker (marker >= 0) or text. */
+typedef struct seq_part {
+    int32_t node;
+    int marker;
+    const char *text;
+} seq_part;
+#define SP_NODE(n) ((seq_part){(n), -1, NULL})
+#define SP_MK(k) ((seq_part){-1, (k), NULL})
+#define SP_TEXT(s) ((seq_part){-1, -1, (s)})
+
+static int32_t make_seq(cctx *c, const seq_part *parts, int n_parts) {
+    int32_t first_item = c->g->n_items, n_items = 0;
+    for (int k = 0; k < n_parts; k++) {
+        int lit = parts[k].node < 0;
+        int merge = lit && n_items > 0 && c->g->items[c->g->n_items - 1].node < 0;
+        if (!merge) {
+            if (POOL_ADD(c, items, 1) < 0) return -1;
+            c->g->items[c->g->n_items - 1] = (gram_item){.node = parts[k].node, .off = (uint32_t)c->g->n_syms};
+            n_items++;
+        }
+        if (!lit) continue;
+        size_t len = parts[k].text ? strlen(parts[k].text) : 1;
+        int32_t s = POOL_ADD(c, syms, (int32_t)len);
+        if (s < 0) return -1;
+        for (size_t j = 0; j < len; j++)
+            c->g->syms[s + j] =
+                parts[k].text ? (uint8_t)parts[k].text[j] : (uint16_t)(GRAM_SYM_MARKER + parts[k].marker);
+        if (!parts[k].text) c->g->markers |= (uint8_t)(1u << parts[k].marker);
+        c->g->items[c->g->n_items - 1].len += (uint32_t)len;
+    }
+    int32_t i = new_node(c, G_SEQ);
+    if (i < 0) return -1;
+    cons_grammar *g = c->g;
+    uint32_t suffix = 0, depth = 1;
+    for (int32_t k = n_items; k-- > 0;) {
+        gram_item *it = &g->items[first_item + k];
+        it->suffix = suffix;
+        if (it->node >= 0) {
+            uint32_t d = g->nodes[it->node].depth + (k + 1 < n_items);
+            depth = d > depth ? d : depth;
+        }
+        suffix = sat_add(suffix, it->node >= 0 ? g->nodes[it->node].min_len : it->len);
+    }
+    gram_node *n = &g->nodes[i];
+    n->list = first_item;
+    n->n = n_items;
+    n->min_len = suffix;
+    n->depth = depth;
+    const gram_item *it0 = &g->items[first_item];
+    if (it0->node >= 0) first_or(n, &g->nodes[it0->node]);
+    else if (g->syms[it0->off] >= GRAM_SYM_MARKER) n->first_mk |= (uint8_t)(1u << (g->syms[it0->off] - GRAM_SYM_MARKER));
+    else first_add(n, g->syms[it0->off]);
+    return i;
+}
+
+/* Every value's minimal length is bounded, so that the matcher's cost sums (uint32)
+ * cannot overflow, also for optional parts. */
+static int check_min_lens(cctx *c) {
+    for (int32_t i = 0; i < c->g->n_nodes; i++)
+        if (c->g->nodes[i].min_len > MAX_MIN_LEN)
+            return ms_err_set(c->err, "json_schema: a value the schema allows is at least %u bytes long (at most %u "
+                                      "are supported)", c->g->nodes[i].min_len, MAX_MIN_LEN);
+    return 0;
+}
+
+static int32_t make_root(cctx *c, int32_t value, int ws) {
+    int32_t i = new_node(c, G_ROOT);
+    if (i < 0) return -1;
+    gram_node *n = &c->g->nodes[i];
+    const gram_node *v = &c->g->nodes[value];
+    n->child = value;
+    n->flags = ws ? G_WS : 0;
+    n->min_len = v->min_len;
+    n->depth = 1 + v->depth;
+    first_or(n, v);
+    if (ws) {
+        first_add(n, ' ');
+        first_add(n, '\n');
+        first_add(n, '\t');
+        first_add(n, '\r');
+    }
+    if (n->depth > GRAM_MAX_DEPTH)
+        return ms_err_set(c->err, "json_schema: nesting needs %u levels; at most %d are supported", n->depth,
+                          GRAM_MAX_DEPTH);
+    return check_min_lens(c) < 0 ? -1 : i;
+}
+
+/* ---- schema keywords ----------------------------------------------------------- */
+
+static const char *const kw_supported[] = {"type",     "properties", "required",  "additionalProperties",
+                                           "enum",     "const",      "items",     "minItems",
+                                           "maxItems", "minLength",  "maxLength", "anyOf",
+                                           "oneOf",    "$ref",       NULL};
+static const char *const kw_ignored[] = {"title",    "description", "default",    "examples", "format",
+                                         "$schema",  "$id",         "$comment",   "$defs",    "definitions",
+                                         "readOnly", "writeOnly",   "deprecated", "strict",   NULL};
+
+static int kw_in(const char *k, const char *const *list) {
+    for (int i = 0; list[i]; i++)
+        if (!strcmp(k, list[i])) return 1;
+    return 0;
+}
+
+static int check_keywords(cctx *c, const json_t *s) {
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)s, k, v) {
+        if (kw_in(k, kw_supported) || kw_in(k, kw_ignored) || !strncmp(k, "x-", 2)) continue;
+        return ms_err_set(c->err, "json_schema keyword '%s' is not supported", k);
+    }
+    return 0;
+}
+
+/* Number of supported keywords in s other than those named in except. */
+static int count_constraints(const json_t *s, const char *except1, const char *except2) {
+    int n = 0;
+    for (int i = 0; kw_supported[i]; i++)
+        if (json_object_get(s, kw_supported[i]) && strcmp(kw_supported[i], except1) && strcmp(kw_supported[i], except2))
+            n++;
+    return n;
+}
+
+/* A non-negative integer keyword: *out = its value, or dflt when absent. */
+static int get_count(cctx *c, const json_t *s, const char *kw, uint32_t dflt, uint32_t *out) {
+    const json_t *v = json_object_get(s, kw);
+    *out = dflt;
+    if (!v) return 0;
+    double d = json_is_integer(v) ? (double)json_integer_value(v) : json_is_real(v) ? json_real_value(v) : -1;
+    if (d < 0 || d != floor(d)) return ms_err_set(c->err, "json_schema: '%s' must be a non-negative integer", kw);
+    *out = d >= GRAM_INF ? GRAM_INF - 1 : (uint32_t)d;
+    return 0;
+}
+
+static int parse_types(cctx *c, const json_t *t, uint32_t *out) {
+    static const char *const names[] = {"string", "number", "integer", "boolean", "null", "object", "array"};
+    *out = 0;
+    if (!t) return 0;
+    size_t n = json_is_array(t) ? json_array_size(t) : 1;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *e = json_is_array(t) ? json_array_get(t, i) : t;
+        const char *name = json_string_value(e);
+        int k = 0;
+        while (name && k < 7 && strcmp(name, names[k])) k++;
+        if (!name || k == 7)
+            return ms_err_set(c->err, "json_schema: unknown 'type' %s%s%s", name ? "'" : "", name ? name : "(not a string)",
+                              name ? "'" : "");
+        *out |= 1u << k;
+    }
+    if (!*out) return ms_err_set(c->err, "json_schema: 'type' must not be an empty list");
+    return 0;
+}
+
+static int value_has_type(const json_t *v, uint32_t types) {
+    if (json_is_string(v)) return (types & T_STR) != 0;
+    if (json_is_integer(v)) return (types & (T_NUM | T_INT)) != 0;
+    if (json_is_real(v))
+        return (types & T_NUM) || ((types & T_INT) && json_real_value(v) == floor(json_real_value(v)));
+    if (json_is_boolean(v)) return (types & T_BOOL) != 0;
+    if (json_is_null(v)) return (types & T_NULL) != 0;
+    if (json_is_object(v)) return (types & T_OBJ) != 0;
+    return (types & T_ARR) != 0;
+}
+
+static int32_t compile(cctx *c, const json_t *s, int depth);
+
+/* enum / const: the allowed values as literal text (jansson's compact form). */
+static int32_t compile_enum(cctx *c, const json_t *s, uint32_t types) {
+    const json_t *e = json_object_get(s, "enum"), *k = json_object_get(s, "const");
+    if (e && (!json_is_array(e) || !json_array_size(e)))
+        return ms_err_set(c->err, "json_schema: 'enum' must be a non-empty array");
+    size_t n = e ? json_array_size(e) : 1;
+    lit_in *lits = calloc(n, sizeof *lits);
+    char **texts = calloc(n, sizeof *texts);
+    int m = 0;
+    int32_t node = -1;
+    if (!lits || !texts) {
+        ms_err_set(c->err, "json_schema: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const json_t *v = e ? json_array_get(e, i) : k;
+        if (e && k && !json_equal((json_t *)v, (json_t *)k)) continue;
+        if (types && !value_has_type(v, types)) continue;
+        if (!(texts[m] = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT))) {
+            ms_err_set(c->err, "json_schema: out of memory");
+            goto out;
+        }
+        lits[m] = (lit_in){(const uint8_t *)texts[m], (uint32_t)strlen(texts[m]), m, 0};
+        m++;
+    }
+    if (m == 0) ms_err_set(c->err, "json_schema: no value satisfies 'enum'/'const' and 'type'");
+    else node = make_litset(c, lits, m);
+out:
+    for (int i = 0; texts && i < m; i++) free(texts[i]);
+    free(texts);
+    free(lits);
+    return node;
+}
+
+static const json_t *resolve_ref(cctx *c, const char *ref) {
+    const char *name = NULL, *kind = NULL;
+    if (!strcmp(ref, "#")) return c->root;
+    if (!strncmp(ref, "#/$defs/", 8)) kind = "$defs", name = ref + 8;
+    else if (!strncmp(ref, "#/definitions/", 14)) kind = "definitions", name = ref + 14;
+    char key[256];
+    size_t n = 0;
+    for (const char *p = name; p && *p && n + 1 < sizeof key; p++) {
+        if (*p == '/') return NULL; /* deeper pointers: not supported */
+        if (p[0] == '~' && (p[1] == '0' || p[1] == '1')) key[n++] = p[1] == '0' ? '~' : '/', p++;
+        else key[n++] = *p;
+    }
+    key[n] = 0;
+    return name ? json_object_get(json_object_get(c->root, kind), key) : NULL;
+}
+
+static int32_t compile_ref(cctx *c, const json_t *s, int depth) {
+    const char *ref = json_string_value(json_object_get(s, "$ref"));
+    if (!ref) return ms_err_set(c->err, "json_schema: '$ref' must be a string");
+    if (count_constraints(s, "$ref", "$ref"))
+        return ms_err_set(c->err, "json_schema: '$ref' next to other keywords is not supported");
+    const json_t *t = resolve_ref(c, ref);
+    if (!t)
+        return ms_err_set(c->err, "json_schema: $ref '%s' is not supported (only #/$defs/NAME and #/definitions/NAME "
+                                  "of the top schema)", ref);
+    for (int i = 0; i < c->n_refs; i++)
+        if (c->refs[i] == t) return ms_err_set(c->err, "json_schema: recursive $ref '%s' is not supported", ref);
+    c->refs[c->n_refs++] = t;
+    int32_t r = compile(c, t, depth + 1);
+    c->n_refs--;
+    return r;
+}
+
+static int32_t compile_anyof(cctx *c, const json_t *s, int depth) {
+    const char *kw = json_object_get(s, "anyOf") ? "anyOf" : "oneOf";
+    const json_t *alts = json_object_get(s, kw);
+    if (count_constraints(s, kw, kw))
+        return ms_err_set(c->err, "json_schema: '%s' next to other keywords is not supported", kw);
+    size_t n = json_array_size(alts);
+    if (!json_is_array(alts) || n == 0 || n > 64)
+        return ms_err_set(c->err, "json_schema: '%s' must be an array of 1 to 64 schemas", kw);
+    int32_t nodes[64];
+    for (size_t i = 0; i < n; i++)
+        if ((nodes[i] = compile(c, json_array_get(alts, i), depth + 1)) < 0) return -1;
+    return make_union(c, nodes, (int)n, kw);
+}
+
+static int32_t compile_string(cctx *c, const json_t *s) {
+    uint32_t lo, hi;
+    if (get_count(c, s, "minLength", 0, &lo) < 0 || get_count(c, s, "maxLength", GRAM_INF, &hi) < 0) return -1;
+    if (lo > hi) return ms_err_set(c->err, "json_schema: 'minLength' %u is above 'maxLength' %u", lo, hi);
+    return make_string(c, lo, hi);
+}
+
+static int32_t compile_array(cctx *c, const json_t *s, int depth) {
+    uint32_t lo, hi;
+    if (get_count(c, s, "minItems", 0, &lo) < 0 || get_count(c, s, "maxItems", GRAM_INF, &hi) < 0) return -1;
+    if (lo > hi) return ms_err_set(c->err, "json_schema: 'minItems' %u is above 'maxItems' %u", lo, hi);
+    const json_t *items = json_object_get(s, "items");
+    if (items && json_is_array(items)) return ms_err_set(c->err, "json_schema keyword 'items' (array form) is not supported");
+    int32_t it = items ? compile(c, items, depth + 1) : make_any(c);
+    int32_t i = it < 0 ? -1 : new_node(c, G_ARRAY);
+    if (i < 0) return -1;
+    gram_node *n = &c->g->nodes[i];
+    const gram_node *in = &c->g->nodes[it];
+    n->child = it;
+    n->lo = lo;
+    n->hi = hi;
+    n->min_len = sat_add(2, lo ? sat_add(sat_mul(lo, in->min_len), lo - 1) : 0);
+    n->depth = 1 + in->depth;
+    first_add(n, '[');
+    return i;
+}
+
+/* Declared properties, then required names not declared (any value). */
+typedef struct prop_in {
+    const char *name;
+    const json_t *schema;
+    int required;
+} prop_in;
+
+static int collect_props(cctx *c, const json_t *s, prop_in *out, int *n_out) {
+    const json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
+    if (props && !json_is_object(props)) return ms_err_set(c->err, "json_schema: 'properties' must be an object");
+    if (req && !json_is_array(req)) return ms_err_set(c->err, "json_schema: 'required' must be an array of strings");
+    int n = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)props, k, v) {
+        if (n == MAX_PROPS) return ms_err_set(c->err, "json_schema: objects with over %d properties are not supported", MAX_PROPS);
+        out[n++] = (prop_in){k, v, 0};
+    }
+    for (size_t i = 0; i < json_array_size(req); i++) {
+        const char *name = json_string_value(json_array_get(req, i));
+        if (!name) return ms_err_set(c->err, "json_schema: 'required' must be an array of strings");
+        int j = 0;
+        while (j < n && strcmp(out[j].name, name)) j++;
+        if (j == n) {
+            if (n == MAX_PROPS) return ms_err_set(c->err, "json_schema: objects with over %d properties are not supported", MAX_PROPS);
+            out[n++] = (prop_in){name, NULL, 0};
+        }
+        out[j].required = 1;
+    }
+    *n_out = n;
+    return 0;
+}
+
+/* The key tries: after property w-1 (w = 0: none yet) the next key is one of
+ * w .. the next required property (inclusive). */
+static int build_windows(cctx *c, int32_t node, const char *const *keys, int n) {
+    int32_t win = POOL_ADD(c, idx, n + 1);
+    lit_in *lits = malloc((size_t)(n ? n : 1) * sizeof *lits);
+    if (win < 0 || !lits) {
+        free(lits);
+        return win < 0 ? -1 : ms_err_set(c->err, "json_schema: out of memory");
+    }
+    int32_t p0 = c->g->nodes[node].list;
+    for (int w = 0; w <= n; w++) {
+        int m = 0;
+        for (int j = w; j < n; j++) {
+            const gram_prop *p = &c->g->props[p0 + j];
+            uint32_t cost = sat_add(sat_add(1, c->g->nodes[p->node].min_len), p->tail);
+            lits[m++] = (lit_in){(const uint8_t *)keys[j], p->key_len, j, cost};
+            if (p->required) break;
+        }
+        int32_t root = m ? lit_trie(c, lits, m) : -1;
+        if (m && root < 0) {
+            free(lits);
+            return -1;
+        }
+        c->g->idx[win + w] = root;
+    }
+    free(lits);
+    c->g->nodes[node].win = win;
+    return 0;
+}
+
+static int32_t compile_object(cctx *c, const json_t *s, int depth) {
+    const json_t *addl = json_object_get(s, "additionalProperties");
+    if (addl && !json_is_boolean(addl) && !json_is_object(addl))
+        return ms_err_set(c->err, "json_schema: 'additionalProperties' must be a boolean or a schema");
+    prop_in *in = malloc(MAX_PROPS * sizeof *in);
+    char **keys = calloc(MAX_PROPS, sizeof *keys);
+    int n = 0;
+    int32_t node = -1;
+    if (!in || !keys) {
+        ms_err_set(c->err, "json_schema: out of memory");
+        goto out;
+    }
+    if (collect_props(c, s, in, &n) < 0) goto out;
+    if (n == 0 && !json_is_false(addl)) {
+        int32_t val = json_is_object(addl) ? compile(c, addl, depth + 1) : -1;
+        node = json_is_object(addl) && val < 0 ? -1 : make_any_object(c, val);
+        goto out;
+    }
+    int32_t base = POOL_ADD(c, props, n);
+    if (base < 0) goto out;
+    for (int j = 0; j < n; j++) {
+        int32_t v = in[j].schema ? compile(c, in[j].schema, depth + 1) : make_any(c);
+        json_t *js = json_string(in[j].name);
+        keys[j] = js ? json_dumps(js, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+        json_decref(js);
+        if (v < 0) goto out;
+        if (!keys[j]) {
+            ms_err_set(c->err, "json_schema: out of memory");
+            goto out;
+        }
+        c->g->props[base + j] = (gram_prop){.node = v, .key_len = (uint32_t)strlen(keys[j]), .required = (uint8_t)in[j].required};
+    }
+    uint32_t tail = 1, depth_max = 0;
+    for (int j = n; j-- > 0;) {
+        gram_prop *p = &c->g->props[base + j];
+        const gram_node *v = &c->g->nodes[p->node];
+        p->tail = tail;
+        if (p->required) tail = sat_add(tail, sat_add(p->key_len + 2, v->min_len));
+        depth_max = v->depth > depth_max ? v->depth : depth_max;
+    }
+    if ((node = new_node(c, G_OBJECT)) < 0) goto out;
+    c->g->nodes[node].list = base;
+    c->g->nodes[node].n = n;
+    if (build_windows(c, node, (const char *const *)keys, n) < 0) {
+        node = -1;
+        goto out;
+    }
+    gram_node *nd = &c->g->nodes[node];
+    int has_req = tail > 1;
+    nd->head = has_req ? c->g->lits[c->g->idx[nd->win]].min_rem : 1;
+    nd->min_len = sat_add(1, nd->head);
+    nd->depth = 1 + depth_max;
+    first_add(nd, '{');
+out:
+    for (int j = 0; keys && j < n; j++) free(keys[j]);
+    free(keys);
+    free(in);
+    return node;
+}
+
+/* Types implied by the keywords present when "type" is absent (0: any value). */
+static uint32_t infer_types(const json_t *s) {
+    uint32_t t = 0;
+    if (json_object_get(s, "properties") || json_object_get(s, "required") || json_object_get(s, "additionalProperties"))
+        t |= T_OBJ;
+    if (json_object_get(s, "items") || json_object_get(s, "minItems") || json_object_get(s, "maxItems")) t |= T_ARR;
+    if (json_object_get(s, "minLength") || json_object_get(s, "maxLength")) t |= T_STR;
+    return t;
+}
+
+static int32_t compile(cctx *c, const json_t *s, int depth) {
+    if (depth > MAX_SCHEMA_DEPTH) return ms_err_set(c->err, "json_schema: schema nested too deeply");
+    if (json_is_true(s)) return make_any(c);
+    if (json_is_false(s)) return ms_err_set(c->err, "json_schema: schema false (matches nothing) is not supported");
+    if (!json_is_object(s)) return ms_err_set(c->err, "json_schema: a schema must be an object or a boolean");
+    if (check_keywords(c, s) < 0) return -1;
+    if (json_object_get(s, "$ref")) return compile_ref(c, s, depth);
+    if (json_object_get(s, "anyOf") && json_object_get(s, "oneOf"))
+        return ms_err_set(c->err, "json_schema: 'anyOf' together with 'oneOf' is not supported");
+    if (json_object_get(s, "anyOf") || json_object_get(s, "oneOf")) return compile_anyof(c, s, depth);
+    uint32_t types;
+    if (parse_types(c, json_object_get(s, "type"), &types) < 0) return -1;
+    if (json_object_get(s, "enum") || json_object_get(s, "const")) return compile_enum(c, s, types);
+    if (!types) types = infer_types(s);
+    if (!types) return make_any(c);
+    if (types & T_NUM) types &= ~(uint32_t)T_INT;
+    int32_t alts[6];
+    int n = 0;
+    if ((types & T_OBJ) && (alts[n++] = compile_object(c, s, depth)) < 0) return -1;
+    if ((types & T_ARR) && (alts[n++] = compile_array(c, s, depth)) < 0) return -1;
+    if ((types & T_STR) && (alts[n++] = compile_string(c, s)) < 0) return -1;
+    if ((types & (T_NUM | T_INT)) && (alts[n++] = make_number(c, !(types & T_NUM))) < 0) return -1;
+    if ((types & (T_BOOL | T_NULL)) && (alts[n++] = make_tfn(c, types)) < 0) return -1;
+    return make_union(c, alts, n, "type");
+}
+
+/* ---- public: building grammars -------------------------------------------------- */
+
+static cons_grammar *grammar_new(cctx *c, const json_t *root, ms_err *err) {
+    memset(c, 0, sizeof *c);
+    c->err = err;
+    c->root = root;
+    c->any = c->any_obj = c->str = c->num = c->integer = -1;
+    c->g = calloc(1, sizeof *c->g);
+    if (!c->g) ms_err_set(err, "json_schema: out of memory");
+    return c->g;
+}
+
+void cons_grammar_free(cons_grammar *g) {
+    if (!g) return;
+    free(g->nodes);
+    free(g->props);
+    free(g->lits);
+    free(g->items);
+    free(g->idx);
+    free(g->syms);
+    free(g);
+}
+
+cons_grammar *cons_grammar_json(const json_t *schema, ms_err *err) {
+    cctx c;
+    if (!grammar_new(&c, schema, err)) return NULL;
+    int32_t v = schema ? compile(&c, schema, 0) : make_any_object(&c, -1);
+    if (v < 0 || (c.g->root = make_root(&c, v, 1)) < 0) {
+        cons_grammar_free(c.g);
+        return NULL;
+    }
+    return c.g;
+}
+
+static int check_tool_names(const char *const *names, int n_tools, ms_err *err) {
+    if (n_tools < 1) return ms_err_set(err, "tool calls: at least one tool is needed");
+    for (int i = 0; i < n_tools; i++) {
+        if (!names[i] || !names[i][0]) return ms_err_set(err, "tool calls: tool %d has no name", i);
+        if (strchr(names[i], '\n')) return ms_err_set(err, "tool calls: tool name '%s' holds a newline", names[i]);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(names[i], names[j])) return ms_err_set(err, "tool calls: tool name '%s' appears twice", names[i]);
+    }
+    return 0;
+}
+
+/* NAME "\n```json\n" for each tool, each followed by ARGS "\n```" <call_end>. */
+static int32_t make_tool_switch(cctx *c, const char *const *names, const json_t *const *params, int n_tools) {
+    int32_t cont = POOL_ADD(c, idx, n_tools);
+    lit_in *lits = calloc((size_t)n_tools, sizeof *lits);
+    char **texts = calloc((size_t)n_tools, sizeof *texts);
+    int32_t node = -1;
+    if (cont < 0 || !lits || !texts) {
+        if (cont >= 0) ms_err_set(c->err, "tool calls: out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n_tools; i++) {
+        c->root = params[i];
+        int32_t args = params[i] ? compile(c, params[i], 0) : make_any_object(c, -1);
+        if (args < 0) {
+            ms_err_prefix(c->err, "tool '%s' parameters", names[i]);
+            goto out;
+        }
+        seq_part parts[] = {SP_NODE(args), SP_TEXT("\n```"), SP_MK(GRAM_MK_CALL_END)};
+        int32_t seq = make_seq(c, parts, 3);
+        size_t len = strlen(names[i]) + 9;
+        if (seq < 0 || !(texts[i] = malloc(len + 1))) {
+            if (seq >= 0) ms_err_set(c->err, "tool calls: out of memory");
+            goto out;
+        }
+        snprintf(texts[i], len + 1, "%s\n```json\n", names[i]);
+        c->g->idx[cont + i] = seq;
+        lits[i] = (lit_in){(const uint8_t *)texts[i], (uint32_t)len, i, c->g->nodes[seq].min_len};
+    }
+    int32_t root = lit_trie(c, lits, n_tools);
+    if (root < 0 || (node = new_node(c, G_LITSET)) < 0) goto out;
+    gram_node *n = &c->g->nodes[node];
+    n->list = root;
+    n->cont = cont;
+    n->min_len = c->g->lits[root].min_rem;
+    for (int i = 0; i < n_tools; i++) {
+        uint32_t d = c->g->nodes[c->g->idx[cont + i]].depth;
+        n->depth = d > n->depth ? d : n->depth;
+    }
+    lit_first(c->g, root, n);
+out:
+    for (int i = 0; texts && i < n_tools; i++) free(texts[i]);
+    free(texts);
+    free(lits);
+    return node;
+}
+
+cons_grammar *cons_grammar_tool_calls(const char *const *names, const json_t *const *params, int n_tools,
+                                      int parallel, ms_err *err) {
+    if (check_tool_names(names, n_tools, err) < 0) return NULL;
+    cctx c;
+    if (!grammar_new(&c, NULL, err)) return NULL;
+    int32_t sw = make_tool_switch(&c, names, params, n_tools);
+    seq_part call[] = {SP_MK(GRAM_MK_CALL_BEGIN), SP_TEXT("function"), SP_MK(GRAM_MK_SEP), SP_NODE(sw)};
+    int32_t one = sw < 0 ? -1 : make_seq(&c, call, 4);
+    int32_t rep = one < 0 ? -1 : new_node(&c, G_REPEAT);
+    int32_t sep = rep < 0 ? -1 : POOL_ADD(&c, syms, 1);
+    if (sep >= 0) {
+        gram_node *r = &c.g->nodes[rep];
+        const gram_node *o = &c.g->nodes[one];
+        c.g->syms[sep] = '\n';
+        r->child = one;
+        r->list = sep;
+        r->n = 1;
+        r->lo = 1;
+        r->hi = parallel ? GRAM_INF : 1;
+        r->min_len = o->min_len;
+        r->depth = 1 + o->depth;
+        first_or(r, o);
+    }
+    seq_part top[] = {SP_MK(GRAM_MK_CALLS_BEGIN), SP_NODE(rep), SP_MK(GRAM_MK_CALLS_END)};
+    int32_t all = sep < 0 ? -1 : make_seq(&c, top, 3);
+    if (all < 0 || (c.g->root = make_root(&c, all, 0)) < 0) {
+        cons_grammar_free(c.g);
+        return NULL;
+    }
+    return c.g;
+}
+
+/* ---- validation -------------------------------------------------------------------- */
+
+typedef struct vctx {
+    const json_t *root;
+    char *why;
+    size_t why_len;
+    char path[512];
+    int depth;
+} vctx;
+
+static int vfail(vctx *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int vfail(vctx *v, const char *fmt, ...) {
+    if (!v->why || !v->why_len) return 0;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(v->why, v->why_len, "%s: %s", v->path, msg);
+    return 0;
+}
+
+static size_t utf8_chars(const char *s, size_t len) {
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
+}
+
+static int validate(vctx *v, const json_t *s, const json_t *x);
+
+/* Validates x at path + suffix, restoring the path afterwards. */
+static int validate_at(vctx *v, const json_t *s, const json_t *x, const char *fmt, const char *key, size_t i) {
+    size_t n = strlen(v->path);
+    if (key) snprintf(v->path + n, sizeof v->path - n, fmt, key);
+    else snprintf(v->path + n, sizeof v->path - n, fmt, i);
+    int ok = validate(v, s, x);
+    v->path[n] = 0;
+    return ok;
+}
+
+static int validate_count(vctx *v, const json_t *s, const char *lo_kw, const char *hi_kw, size_t n) {
+    const json_t *lo = json_object_get(s, lo_kw), *hi = json_object_get(s, hi_kw);
+    if (lo && (double)n < json_number_value(lo)) return vfail(v, "%zu is below %s", n, lo_kw);
+    if (hi && (double)n > json_number_value(hi)) return vfail(v, "%zu is above %s", n, hi_kw);
+    return 1;
+}
+
+static int validate_object(vctx *v, const json_t *s, const json_t *x) {
+    const json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
+    const json_t *addl = json_object_get(s, "additionalProperties");
+    for (size_t i = 0; i < json_array_size(req); i++) {
+        const char *k = json_string_value(json_array_get(req, i));
+        if (k && !json_object_get(x, k)) return vfail(v, "required property '%s' is missing", k);
+    }
+    const char *k;
+    json_t *val;
+    json_object_foreach((json_t *)x, k, val) {
+        const json_t *ps = json_object_get(props, k);
+        if (!ps && json_is_false(addl)) return vfail(v, "property '%s' is not allowed", k);
+        if (!ps && json_is_object(addl)) ps = addl;
+        if (ps && !validate_at(v, ps, val, ".%s", k, 0)) return 0;
+    }
+    return 1;
+}
+
+static int validate_typed(vctx *v, const json_t *s, const json_t *x) {
+    if (json_is_object(x)) return validate_object(v, s, x);
+    if (json_is_array(x)) {
+        if (!validate_count(v, s, "minItems", "maxItems", json_array_size(x))) return 0;
+        const json_t *items = json_object_get(s, "items");
+        for (size_t i = 0; items && i < json_array_size(x); i++)
+            if (!validate_at(v, items, json_array_get(x, i), "[%zu]", NULL, i)) return 0;
+        return 1;
+    }
+    if (json_is_string(x))
+        return validate_count(v, s, "minLength", "maxLength", utf8_chars(json_string_value(x), json_string_length(x)));
+    return 1;
+}
+
+static int validate(vctx *v, const json_t *s, const json_t *x) {
+    if (++v->depth > MAX_SCHEMA_DEPTH * 2) return v->depth--, vfail(v, "schema nested too deeply");
+    int ok = 1;
+    const json_t *t;
+    if (json_is_false(s)) ok = vfail(v, "schema false");
+    else if (!json_is_object(s)) ok = json_is_true(s) ? 1 : vfail(v, "schema is not an object");
+    else if ((t = json_object_get(s, "$ref"))) {
+        cctx c = {.root = v->root};
+        const json_t *target = json_is_string(t) ? resolve_ref(&c, json_string_value(t)) : NULL;
+        ok = target ? validate(v, target, x) : vfail(v, "unsupported $ref");
+    } else {
+        const char *k;
+        json_t *kv;
+        json_object_foreach((json_t *)s, k, kv) {
+            if (!kw_in(k, kw_supported) && !kw_in(k, kw_ignored) && strncmp(k, "x-", 2)) {
+                ok = vfail(v, "keyword '%s' is not supported", k);
+                break;
+            }
+        }
+        uint32_t types = 0;
+        cctx c = {0};
+        const json_t *any = json_object_get(s, "anyOf") ? json_object_get(s, "anyOf") : json_object_get(s, "oneOf");
+        if (ok && parse_types(&c, json_object_get(s, "type"), &types) < 0) ok = vfail(v, "bad 'type'");
+        if (ok && types && !value_has_type(x, types)) ok = vfail(v, "wrong type");
+        if (ok && (t = json_object_get(s, "const")) && !json_equal((json_t *)t, (json_t *)x)) ok = vfail(v, "not the const value");
+        if (ok && (t = json_object_get(s, "enum"))) {
+            size_t i = 0;
+            while (i < json_array_size(t) && !json_equal(json_array_get(t, i), (json_t *)x)) i++;
+            if (i == json_array_size(t)) ok = vfail(v, "not one of the enum values");
+        }
+        if (ok && any) {
+            size_t matches = 0;
+            char save[sizeof v->path];
+            memcpy(save, v->path, sizeof save);
+            for (size_t i = 0; i < json_array_size(any); i++) matches += (size_t)validate(v, json_array_get(any, i), x);
+            memcpy(v->path, save, sizeof save);
+            int one = json_object_get(s, "oneOf") != NULL;
+            if (matches == 0 || (one && matches > 1)) ok = vfail(v, "%zu of the %s alternatives match", matches, one ? "oneOf" : "anyOf");
+        }
+        if (ok) ok = validate_typed(v, s, x);
+    }
+    v->depth--;
+    return ok;
+}
+
+int cons_json_validate(const json_t *schema, const json_t *value, char *why, size_t why_len) {
+    vctx v = {.root = schema, .why = why, .why_len = why_len, .path = "$"};
+    if (why && why_len) why[0] = 0;
+    if (!value) return vfail(&v, "no value");
+    if (!schema) return json_is_object(value) ? 1 : vfail(&v, "not an object");
+    return validate(&v, schema, value);
+}
