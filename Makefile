@@ -45,8 +45,13 @@ LDLIBS  += $(PKG_LIBS) -lm
 AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
 
-LIB_SRC    := $(wildcard common/*.c engine/*.c cpu/*.c)
-SERVER_SRC := $(wildcard server/*.c)
+# The server's pure modules (OpenAI parsing, output parsers, metrics) go in the
+# library too, so unit tests and fuzz targets link them; the HTTP front end and
+# the commands are the binary's own.
+SERVER_LIB_SRC := server/openai.c server/oai_chat.c server/chat_output.c server/reasoning.c server/toolcall.c \
+                  server/metrics.c server/conn_guard.c
+LIB_SRC    := $(wildcard common/*.c engine/*.c cpu/*.c) $(SERVER_LIB_SRC)
+SERVER_SRC := $(filter-out $(SERVER_LIB_SRC),$(wildcard server/*.c))
 TEST_SRC   := $(wildcard test/unit/test_*.c)
 BENCH_SRC  := $(wildcard bench/bench_*.c)
 GEN_SRC    := $(BUILD)/gen/presets.c
@@ -220,7 +225,7 @@ $(BUILD)/test-tsan/%: test/unit/%.c $(BUILD)/libmlaserve.a test/tsan/criterion/c
 
 # The parsers under test live in common/ (+ the OpenAI parser in server/); the
 # fuzz archive leaves out cpu/ and engine/ (kernels, not input parsing).
-FUZZ_LIB_OBJ := $(filter $(BUILD)/common/%,$(LIB_OBJ)) $(BUILD)/server/openai.o
+FUZZ_LIB_OBJ := $(filter $(BUILD)/common/% $(BUILD)/server/%,$(LIB_OBJ))
 $(BUILD)/libfuzzparse.a: $(FUZZ_LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

@@ -473,7 +473,8 @@ static int sample_and_emit(sched *s, seq *q, float *logits) {
         ev.n_top = sample_logprobs(logits, s->m->cfg.vocab_size, tok, q->top_logprobs, (sample_logprob *)ev.top,
                                    &ev.logprob, NULL);
     if (ev.n_top < 0) ev.n_top = 0;
-    int is_eos = tok == s->m->cfg.eos_token_id && !q->ignore_eos;
+    /* a constrained output allows EOS only where it may end: then it ends, ignore_eos or not */
+    int is_eos = tok == s->m->cfg.eos_token_id && (!q->ignore_eos || q->cons.ctx);
     int stopped = 0;
     if (!is_eos) ev.text = sched_text_push(&q->text, tok, &ev.text_len, &stopped);
     if (!is_eos && !ev.text) {

@@ -20,6 +20,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/chat_template.h"
+#include "common/constrain.h"
 #include "cpu/backend_cpu.h"
 #include "engine/model.h"
 #include "engine/sched.h"
@@ -36,6 +38,8 @@ typedef struct serve_args {
     long port, threads, max_body_bytes, drain_timeout_s, max_connections, idle_timeout_s, header_timeout_s;
     sched_config sc;
     int log_json;
+    const char *template_name;   /* --chat-template; NULL: detected from tokenizer_config.json */
+    int reasoning_flag;          /* --reasoning-parser: 1 deepseek-r1, -1 none, 0 auto */
 } serve_args;
 
 static void usage(FILE *f) {
@@ -59,7 +63,11 @@ static void usage(FILE *f) {
             "  --idle-timeout S             close a keep-alive connection idle this long (default 60)\n"
             "  --header-timeout S           close a connection whose request head takes longer (default 30; 0 off)\n"
             "  --drain-timeout S            on SIGINT/SIGTERM, seconds in-flight requests may take (default 30)\n"
-            "  --log-format text|json       request log format on stderr (default text)\n");
+            "  --log-format text|json       request log format on stderr (default text)\n"
+            "  --chat-template NAME         deepseek-v3 | deepseek-r1 | deepseek-v3.1 (default: detected from\n"
+            "                               the model's tokenizer_config.json)\n"
+            "  --reasoning-parser NAME      deepseek-r1: split <think> reasoning into reasoning_content; none: never\n"
+            "                               (default: on when the chat template opens <think>)\n");
 }
 
 /* KV size: a token count, or a memory size ("4G", "512M") converted with the model's bytes per token later. */
@@ -154,7 +162,7 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         }
         i++;
         long n;
-        int bad = 0;
+        int bad = 0, ok = 1;
         if (!strcmp(o, "--model")) a->model_dir = v;
         else if (!strcmp(o, "--host")) a->host = v;
         else if (!strcmp(o, "--port")) bad = cli_parse_int(v, 0, 65535, &a->port);
@@ -173,6 +181,9 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         else if (!strcmp(o, "--idle-timeout")) bad = cli_parse_int(v, 1, 86400, &a->idle_timeout_s);
         else if (!strcmp(o, "--header-timeout")) bad = cli_parse_int(v, 0, 86400, &a->header_timeout_s);
         else if (!strcmp(o, "--log-format") && (!strcmp(v, "text") || !strcmp(v, "json"))) a->log_json = !strcmp(v, "json");
+        else if (!strcmp(o, "--chat-template")) chat_template_variant_from_name(a->template_name = v, &ok), bad = !ok;
+        else if (!strcmp(o, "--reasoning-parser") && (!strcmp(v, "deepseek-r1") || !strcmp(v, "none")))
+            a->reasoning_flag = !strcmp(v, "none") ? -1 : 1;
         else bad = 1;
         if (bad) {
             fprintf(stderr, "mlaserve serve: bad option or value: %s %s\n", o, v);
@@ -222,7 +233,12 @@ static double model_params(const model *m) {
     return n;
 }
 
-static void banner(const serve_args *a, const char *name, const model *m, sched *s, int port, int n_threads) {
+static const char *variant_name(chat_template_variant v) {
+    return v == CHAT_TEMPLATE_R1 ? "deepseek-r1" : v == CHAT_TEMPLATE_V31 ? "deepseek-v3.1" : "deepseek-v3";
+}
+
+static void banner(const serve_args *a, const char *name, const model *m, sched *s, int port, int n_threads,
+                   chat_template_variant variant) {
     const model_config *c = &m->cfg;
     const sched_config *sc = sched_get_config(s);
     sched_stats st;
@@ -236,6 +252,10 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
     printf("  KV cache %d pages x 64 tokens = %d tokens; max model len %d; max %d seqs, %d tokens/step, queue %d; %d CPU threads\n",
            st.kv_pages_total, st.kv_pages_total * 64, sc->max_model_len, sc->max_num_seqs, sc->max_batched_tokens,
            sc->max_queue, n_threads);
+    chat_template_opts probe = {.add_generation_prompt = true, .variant = variant};
+    int think = chat_template_opens_think(variant, &probe);
+    printf("  chat template %s%s; reasoning parser %s\n", variant_name(variant), a->template_name ? "" : " (detected)",
+           a->reasoning_flag < 0 ? "off" : a->reasoning_flag > 0 || think ? "deepseek-r1" : "off (the template does not open <think>)");
     if (a->n_keys) printf("  API key required (%d key%s)\n", a->n_keys, a->n_keys > 1 ? "s" : "");
     else printf("  API key not required\n");
     printf("listening on http://%s%s%s:%d  (try: curl http://%s%s%s:%d/v1/chat/completions -H 'Content-Type: application/json' "
@@ -248,6 +268,14 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
 /* Bytes one token's latent KV takes over all layers (fp32 entries, as engine/kv stores them). */
 static double kv_bytes_per_token(const model *m) {
     return (double)m->cfg.n_layers * (m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim) * sizeof(float);
+}
+
+/* --chat-template, else what the model's tokenizer_config.json template looks like. */
+static chat_template_variant template_variant(const serve_args *a, const tokenizer *tok) {
+    int ok = 1;
+    if (a->template_name) return chat_template_variant_from_name(a->template_name, &ok);
+    const char *src = tokenizer_chat_template(tok);
+    return src ? chat_template_detect(src) : CHAT_TEMPLATE_V3;
 }
 
 static int serve(const serve_args *ap, const kv_size *kvp) {
@@ -279,7 +307,8 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     http_config hc = {.host = a.host, .port = (int)a.port, .api_keys = (const char *const *)a.keys, .n_api_keys = a.n_keys,
                       .served_model = name, .model_root = a.model_dir, .max_body_bytes = (size_t)a.max_body_bytes,
                       .max_connections = (int)a.max_connections, .log_json = a.log_json,
-                      .idle_timeout_s = (int)a.idle_timeout_s, .header_timeout_s = (int)a.header_timeout_s};
+                      .idle_timeout_s = (int)a.idle_timeout_s, .header_timeout_s = (int)a.header_timeout_s,
+                      .reasoning_flag = a.reasoning_flag};
     http_server *h = http_start(&hc, &err);
     if (!h) {
         fprintf(stderr, "mlaserve serve: %s\n", err.msg);
@@ -293,6 +322,7 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     backend *be = NULL;
     model *m = NULL;
     sched *s = NULL;
+    cons_vocab *vocab = NULL;
     if (!tok) goto done;
     int n_threads = a.threads > 0 ? (int)a.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (!(be = backend_cpu_create((int)a.threads, &err))) goto done;
@@ -306,9 +336,12 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
         goto done;
     }
     if (!(s = sched_create(m, tok, &a.sc, &err))) goto done;
-    http_set_engine(h, s, tok, m->cfg.vocab_size);
+    if (!(vocab = cons_vocab_create(tok, m->cfg.eos_token_id, m->cfg.vocab_size, &err))) goto done;
+    chat_template_variant variant = template_variant(&a, tok);
+    http_engine he = {s, tok, m->cfg.vocab_size, vocab, variant};
+    http_set_engine(h, &he);
     atomic_store(&ss.loading, 0);
-    banner(&a, name, m, s, http_port(h), n_threads);
+    banner(&a, name, m, s, http_port(h), n_threads, variant);
 
     while (sem_wait(&ss.stop) != 0 && errno == EINTR) {}
     serve_log(a.log_json, "INFO", "%s: draining (up to %lds for in-flight requests)", strsignal(atomic_load(&ss.signo)),
@@ -320,6 +353,7 @@ done:
     if (rc != CLI_OK) fprintf(stderr, "mlaserve: %s\n", err.msg);
     http_stop(h);
     sched_free(s);
+    cons_vocab_free(vocab);
     model_free(m);
     backend_cpu_free(be);
     tokenizer_free(tok);

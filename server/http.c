@@ -119,6 +119,8 @@ struct http_server {
     long created;
     sched *engine;           /* NULL while loading */
     const tokenizer *tok;
+    const cons_vocab *vocab;
+    chat_template_variant variant;
     int vocab_size;
     atomic_int ready, draining, abort_all;
     atomic_int inflight;     /* generations between submit and their last event */
@@ -338,10 +340,10 @@ static int job_submit(gen_job *j, oai_error *e) {
     uint64_t base_seed = random_seed();
     for (int i = 0; i < j->n_ch; i++) {
         sched_request sr;
-        oai_sched_request(&j->req, i, base_seed, &sr);
         int queue_full = 0;
         ms_err err = {{0}};
-        j->ch[i].stream = sched_submit(h->engine, &sr, &queue_full, &err);
+        if (oai_sched_request(&j->req, i, base_seed, &sr, &err) == 0)
+            j->ch[i].stream = sched_submit(h->engine, &sr, &queue_full, &err);
         if (!j->ch[i].stream) {
             for (int k = 0; k < i; k++) sched_stream_free(j->ch[k].stream), j->ch[k].stream = NULL;
             if (queue_full)
@@ -388,6 +390,12 @@ static int job_next(gen_job *j, int *which, sched_event *ev) {
     return 0;
 }
 
+/* A malformed tool call fell back to content: say so in the log, with the request id. */
+static void log_choice_warning(gen_job *j, int i) {
+    const char *w = oai_choice_warning(&j->ch[i].acc);
+    if (w) serve_log_request(j->h->cfg.log_json, "warn", j->cs->request_id, "choice %d: %s", i, w);
+}
+
 /* Bookkeeping common to both modes after an event of choice i. */
 static void job_note(gen_job *j, int i, const sched_event *ev) {
     gen_choice *ch = &j->ch[i];
@@ -412,12 +420,15 @@ static void job_note(gen_job *j, int i, const sched_event *ev) {
 }
 
 static oai_usage job_usage(const gen_job *j) {
-    oai_usage u = {0, 0, 0};
+    oai_usage u = {0};
     for (int p = 0; p < j->req.n_prompts; p++) {
         u.prompt_tokens += j->req.prompts[p].n_ids;
         u.cached_tokens += j->ch[p * j->req.n].acc.cached_tokens; /* prompts are counted once: first choice */
     }
-    for (int i = 0; i < j->n_ch; i++) u.completion_tokens += j->ch[i].acc.completion_tokens;
+    for (int i = 0; i < j->n_ch; i++) {
+        u.completion_tokens += j->ch[i].acc.completion_tokens;
+        u.reasoning_tokens += oai_choice_reasoning_tokens(&j->ch[i].acc);
+    }
     return u;
 }
 
@@ -443,7 +454,10 @@ static gen_job *job_create(http_server *h, struct MHD_Connection *c, conn_state 
                          : tokenizer_decode(h->tok, j->req.prompts[p].ids, (size_t)j->req.prompts[p].n_ids, 0);
     for (int i = 0; i < j->n_ch; i++) {
         const char *e = j->echo ? j->echo[i / j->req.n] : NULL;
-        oai_choice_init(&j->ch[i].acc, &j->req, e ? strlen(e) : 0);
+        if (oai_choice_init(&j->ch[i].acc, &j->req, e ? strlen(e) : 0) != 0) {
+            job_free(j);
+            return NULL;
+        }
     }
     snprintf(j->id, sizeof j->id, "%s", j->req.kind == OAI_CHAT ? "chatcmpl-" : "cmpl-");
     random_hex(j->id + strlen(j->id), 24);
@@ -465,6 +479,7 @@ static enum MHD_Result generate_blocking(gen_job *j, conn_state *cs) {
         oai_choice_add(&j->ch[which].acc, &j->req, h->tok, &ev);
         free(ev.text);
         job_note(j, which, &ev);
+        if (ev.finish != FINISH_NONE) log_choice_warning(j, which);
     }
     enum MHD_Result ret;
     if (j->cancelled && client_gone(j->conn)) {
@@ -530,22 +545,18 @@ static void stream_first_chunks(gen_job *j) {
 /* Turns one event into SSE chunks. */
 static void stream_event(gen_job *j, int i, const sched_event *ev) {
     http_server *h = j->h;
-    oai_choice *acc = &j->ch[i].acc;
-    json_t *lp = oai_event_logprobs(&j->req, h->tok, ev, acc->text_offset);
-    if (ev->text_len || lp)
-        out_event(j, oai_chunk_json(&j->req, j->id, j->created, h->fingerprint, i, NULL, ev->text ? ev->text : "",
-                                    ev->text_len, lp, FINISH_NONE));
-    acc->text_offset += ev->text_len;
-    if (ev->completion_tokens > acc->completion_tokens) acc->completion_tokens = ev->completion_tokens;
-    if (ev->cached_tokens > acc->cached_tokens) acc->cached_tokens = ev->cached_tokens;
+    json_t *chunks = oai_stream_event(&j->req, &j->ch[i].acc, h->tok, ev, j->id, j->created, h->fingerprint, i);
+    size_t k;
+    json_t *c;
+    json_array_foreach(chunks, k, c) out_event(j, json_incref(c));
+    json_decref(chunks);
     if (ev->finish == FINISH_ERROR) {
         oai_error e;
         serve_log_request(h->cfg.log_json, "error", j->cs->request_id, "engine failed the request: %s", ev->error);
         oai_error_set(&e, 500, "server_error", NULL, NULL, "The engine failed this request: %s", ev->error);
         out_event(j, oai_error_json(&e));
-    } else if (ev->finish != FINISH_NONE) {
-        out_event(j, oai_chunk_json(&j->req, j->id, j->created, h->fingerprint, i, NULL, NULL, 0, NULL, ev->finish));
     }
+    if (ev->finish != FINISH_NONE) log_choice_warning(j, i);
 }
 
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -610,7 +621,8 @@ static int not_ready_error(http_server *h, oai_error *e) {
 }
 
 static oai_ctx parse_ctx(http_server *h) {
-    return (oai_ctx){h->tok, h->served_model, sched_get_config(h->engine)->max_model_len, h->vocab_size};
+    return (oai_ctx){h->tok, h->served_model, sched_get_config(h->engine)->max_model_len, h->vocab_size, h->variant,
+                     h->cfg.reasoning_flag, h->vocab};
 }
 
 static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c, conn_state *cs, oai_kind kind) {
@@ -763,7 +775,7 @@ static enum MHD_Result handle_tokenize(http_server *h, struct MHD_Connection *c,
         if (!rc) memcpy(text, json_string_value(prompt), (len = json_string_length(prompt)) + 1);
     } else if (!rc && json_is_array(msgs)) {
         rc = opt_bool(b, "add_generation_prompt", 1, &gen_prompt, &e);
-        chat_template_opts opts = {.add_generation_prompt = gen_prompt};
+        chat_template_opts opts = {.add_generation_prompt = gen_prompt, .variant = h->variant};
         ms_err err = {{0}};
         if (!rc && chat_template_render(msgs, &opts, &text, &len, &err) != 0)
             rc = oai_error_set(&e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);
@@ -1100,10 +1112,12 @@ http_server *http_start(const http_config *cfg, ms_err *err) {
 
 int http_port(const http_server *h) { return h->port; }
 
-void http_set_engine(http_server *h, sched *s, const tokenizer *tok, int vocab_size) {
-    h->tok = tok;
-    h->vocab_size = vocab_size;
-    h->engine = s;
+void http_set_engine(http_server *h, const http_engine *e) {
+    h->vocab = e->vocab;
+    h->variant = e->variant;
+    h->tok = e->tok;
+    h->vocab_size = e->vocab_size;
+    h->engine = e->sched;
     atomic_store(&h->ready, 1);
 }
 

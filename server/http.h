@@ -25,6 +25,8 @@
 
 #include <stddef.h>
 
+#include "common/chat_template.h"
+#include "common/constrain.h"
 #include "common/err.h"
 #include "common/tokenizer.h"
 #include "engine/sched.h"
@@ -41,6 +43,7 @@ typedef struct http_config {
     int log_json;              /* request log lines as JSON instead of text */
     int idle_timeout_s;        /* a keep-alive connection idle this long is closed (0: HTTP_DEFAULT_IDLE_TIMEOUT_S) */
     int header_timeout_s;      /* a request head must arrive within this (0: no limit); see conn_guard.h */
+    int reasoning_flag;        /* --reasoning-parser: 1 deepseek-r1, 0 auto, -1 none */
 } http_config;
 
 #define HTTP_DEFAULT_IDLE_TIMEOUT_S 60
@@ -51,8 +54,17 @@ typedef struct http_server http_server;
 http_server *http_start(const http_config *cfg, ms_err *err);
 /* The port actually bound. */
 int http_port(const http_server *h);
-/* Attaches the engine (not owned; must outlive http_stop) and turns ready. */
-void http_set_engine(http_server *h, sched *s, const tokenizer *tok, int vocab_size);
+/* What http_set_engine attaches: none of it owned; all must outlive http_stop. */
+typedef struct http_engine {
+    sched *sched;
+    const tokenizer *tok;
+    int vocab_size;                /* the model's (logits) */
+    const cons_vocab *vocab;       /* constrained decoding; NULL: response_format / forced tools refused */
+    chat_template_variant variant; /* the model's chat template */
+} http_engine;
+
+/* Attaches the engine and turns ready. */
+void http_set_engine(http_server *h, const http_engine *e);
 /* Graceful stop, part 1: see above. Returns the number of generations that
  * had to be cancelled after timeout_ms. */
 int http_drain(http_server *h, int timeout_ms);

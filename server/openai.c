@@ -53,6 +53,7 @@ void oai_request_free(oai_request *r) {
     for (int i = 0; i < r->n_prompts; i++) free(r->prompts[i].ids), free(r->prompts[i].text);
     free(r->prompts);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    oai_features_free(&r->feat);
     memset(r, 0, sizeof *r);
 }
 
@@ -183,14 +184,11 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
     r->max_tokens_given = rc;
     r->max_tokens = rc ? (int)mt : 0;
     /* Parameters that change the output's meaning and are not implemented: refuse, don't ignore. */
-    static const char *unsupported[] = {"tools", "functions", "logit_bias", "suffix", "response_format", "best_of"};
+    static const char *unsupported[] = {"functions", "logit_bias", "suffix", "best_of"};
     for (size_t k = 0; k < sizeof unsupported / sizeof *unsupported; k++) {
         json_t *v = field(b, unsupported[k]);
         if (!v) continue;
         if (!strcmp(unsupported[k], "best_of") && json_is_integer(v) && json_integer_value(v) <= 1) continue;
-        if (!strcmp(unsupported[k], "response_format") && json_is_object(v) &&
-            json_is_string(json_object_get(v, "type")) && !strcmp(json_string_value(json_object_get(v, "type")), "text"))
-            continue;
         if ((json_is_array(v) && json_array_size(v) == 0) || (json_is_object(v) && json_object_size(v) == 0)) continue;
         return oai_error_set(err, 400, BAD, unsupported[k], NULL, "'%s' is not supported by this server", unsupported[k]);
     }
@@ -270,6 +268,10 @@ static int parse_messages(const json_t *b, const oai_ctx *ctx, oai_request *r, o
     json_t *norm = normalize_messages(msgs);
     if (!norm) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
     chat_template_opts opts = {.add_generation_prompt = true};
+    if (oai_features_resolve(&r->feat, ctx->variant, ctx->reasoning_flag, &opts, err) != 0) {
+        json_decref(norm);
+        return -1;
+    }
     char *text = NULL;
     size_t len = 0;
     ms_err e = {{0}};
@@ -379,6 +381,25 @@ static int check_context(const oai_ctx *ctx, oai_request *r, oai_error *err) {
     return 0;
 }
 
+/* A constrained request needs the token trie, and enough max_tokens for the
+ * shortest output the grammar allows (plus the closing EOS). */
+static int check_constraint(const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    if (!r->feat.grammar) return 0;
+    const char *param = r->feat.json_mode ? "response_format" : "tool_choice";
+    if (!ctx->vocab) return oai_error_set(err, 400, BAD, param, NULL, "constrained decoding is not available on this server");
+    r->vocab = ctx->vocab;
+    ms_err e = {{0}};
+    cons_state *st = cons_state_create(r->feat.grammar, ctx->vocab, r->feat.starts_in_reasoning, &e);
+    if (!st) return oai_error_set(err, 400, BAD, param, NULL, "%s", e.msg);
+    int need = cons_min_tokens(st) + 1 + (r->feat.starts_in_reasoning ? 4 : 0); /* "</think>" takes a few tokens */
+    cons_state_free(st);
+    if (r->max_tokens < need)
+        return oai_error_set(err, 400, BAD, "max_tokens", NULL,
+                             "max_tokens is %d, but the shortest output this %s allows takes %d tokens", r->max_tokens,
+                             r->feat.json_mode ? "response_format" : "tool_choice", need);
+    return 0;
+}
+
 int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx *ctx, oai_request *r,
                       oai_error *err) {
     memset(r, 0, sizeof *r);
@@ -395,8 +416,9 @@ int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx
     if (!json_is_object(b)) {
         oai_error_set(err, 400, BAD, NULL, "invalid_json", "The request body must be a JSON object");
     } else if (parse_common(b, ctx, r, err) == 0 && parse_logprobs(kind, b, r, err) == 0 &&
+               oai_features_parse(b, kind == OAI_CHAT, &r->feat, err) == 0 &&
                (kind == OAI_CHAT ? parse_messages(b, ctx, r, err) : parse_prompt(b, ctx, r, err)) == 0 &&
-               check_context(ctx, r, err) == 0) {
+               check_context(ctx, r, err) == 0 && check_constraint(ctx, r, err) == 0) {
         rc = 0;
     }
     json_decref(b);
@@ -404,7 +426,13 @@ int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx
     return rc;
 }
 
-void oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sched_request *out) {
+/* sched_constraint adapter over a cons_state */
+static int cons_mask_cb(void *ctx, float *logits, int tokens_left) { return cons_mask(ctx, logits, tokens_left); }
+static int cons_accept_cb(void *ctx, int32_t token) { return cons_accept(ctx, token); }
+static int cons_complete_cb(void *ctx) { return cons_is_complete(ctx); }
+static void cons_free_cb(void *ctx) { cons_state_free(ctx); }
+
+int oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sched_request *out, ms_err *err) {
     memset(out, 0, sizeof *out);
     const oai_prompt *p = &r->prompts[choice / r->n];
     out->prompt = p->ids;
@@ -417,6 +445,11 @@ void oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sch
     out->n_stop = r->n_stop;
     out->top_logprobs = r->logprobs ? r->top_logprobs : -1;
     out->skip_special = r->skip_special;
+    if (!r->feat.grammar) return 0;
+    cons_state *st = cons_state_create(r->feat.grammar, r->vocab, r->feat.starts_in_reasoning, err);
+    if (!st) return -1;
+    out->constraint = (sched_constraint){st, cons_mask_cb, cons_accept_cb, cons_complete_cb, cons_free_cb};
+    return 0;
 }
 
 /* ---- responses ---- */
@@ -468,23 +501,49 @@ json_t *oai_event_logprobs(const oai_request *r, const tokenizer *tok, const sch
                      lp_json(ev->logprob), "top_logprobs", tops, "text_offset", (json_int_t)text_offset);
 }
 
-void oai_choice_init(oai_choice *c, const oai_request *r, size_t echo_len) {
+int oai_choice_init(oai_choice *c, const oai_request *r, size_t echo_len) {
     memset(c, 0, sizeof *c);
     c->text_offset = echo_len;
     if (r->logprobs)
         c->logprobs = r->kind == OAI_CHAT ? json_pack("{s:[]}", "content")
                                           : json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs",
                                                       "text_offset");
+    if (r->kind != OAI_CHAT || (!r->feat.parse_reasoning && !r->feat.parse_tool_calls)) return 0;
+    chat_output_opts o = {r->feat.parse_reasoning, r->feat.starts_in_reasoning, r->feat.include_reasoning,
+                          r->feat.parse_tool_calls};
+    if (!(c->out = malloc(sizeof *c->out)) || chat_output_init(c->out, &o) != 0) {
+        if (c->out) chat_output_free(c->out);
+        free(c->out);
+        c->out = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 void oai_choice_free(oai_choice *c) {
     free(c->text);
     json_decref(c->logprobs);
+    if (c->out) chat_output_free(c->out);
+    free(c->out);
     memset(c, 0, sizeof *c);
 }
 
+/* Feeds an event's text to the output parser; at the end of the stream, finishes it. */
+static void choice_parse(oai_choice *c, const sched_event *ev) {
+    if (!c->out) return;
+    if (chat_output_push(c->out, ev->text ? ev->text : "", ev->text_len, ev->token >= 0) != 0) c->failed = 1;
+    if (ev->finish != FINISH_NONE && chat_output_finish(c->out) != 0) c->failed = 1;
+}
+
+int oai_choice_reasoning_tokens(const oai_choice *c) { return c->out ? c->out->reasoning_tokens : 0; }
+
+const char *oai_choice_warning(const oai_choice *c) { return c->out && c->out->warning[0] ? c->out->warning : NULL; }
+
 int oai_choice_add(oai_choice *c, const oai_request *r, const tokenizer *tok, const sched_event *ev) {
-    if (ev->text_len) {
+    choice_parse(c, ev);
+    if (c->out) {
+        /* the split output is in c->out */
+    } else if (ev->text_len) {
         if (c->text_len + ev->text_len + 1 > c->text_cap) {
             size_t cap = (c->text_len + ev->text_len + 1) * 2;
             char *t = realloc(c->text, cap);
@@ -514,12 +573,21 @@ static json_t *finish_json(finish_reason f) {
     return s ? json_string(s) : json_null();
 }
 
-static json_t *usage_json(const oai_usage *u) {
-    return json_pack("{s:i,s:i,s:i,s:{s:i},s:i,s:i}", "prompt_tokens", u->prompt_tokens, "completion_tokens",
-                     u->completion_tokens, "total_tokens", u->prompt_tokens + u->completion_tokens,
-                     "prompt_tokens_details", "cached_tokens", u->cached_tokens, "prompt_cache_hit_tokens",
-                     u->cached_tokens, "prompt_cache_miss_tokens", u->prompt_tokens - u->cached_tokens);
+static json_t *usage_json(const oai_request *r, const oai_usage *u) {
+    json_t *o = json_pack("{s:i,s:i,s:i,s:{s:i},s:i,s:i}", "prompt_tokens", u->prompt_tokens, "completion_tokens",
+                          u->completion_tokens, "total_tokens", u->prompt_tokens + u->completion_tokens,
+                          "prompt_tokens_details", "cached_tokens", u->cached_tokens, "prompt_cache_hit_tokens",
+                          u->cached_tokens, "prompt_cache_miss_tokens", u->prompt_tokens - u->cached_tokens);
+    if (o && r->feat.parse_reasoning)
+        json_object_set_new(o, "completion_tokens_details", json_pack("{s:i}", "reasoning_tokens", u->reasoning_tokens));
+    return o;
 }
+
+static const char *choice_finish(const oai_choice *c) {
+    return c->out ? chat_output_finish_string(c->out, c->finish) : oai_finish_string(c->finish);
+}
+
+static json_t *str_json(const char *s) { return s ? json_string(s) : json_null(); }
 
 static json_t *envelope(const oai_request *r, const char *object, const char *id, long created, const char *fingerprint) {
     return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", id, "object", object, "created", (json_int_t)created, "model", r->model,
@@ -536,7 +604,11 @@ json_t *oai_response_json(const oai_request *r, const char *id, long created, co
         json_t *lp = c->logprobs ? json_incref(c->logprobs) : json_null();
         json_t *text = oai_json_string_lossy(c->text ? c->text : "", c->text_len);
         json_t *ch;
-        if (r->kind == OAI_CHAT) {
+        if (r->kind == OAI_CHAT && c->out) {
+            json_decref(text);
+            ch = json_pack("{s:i,s:o,s:o,s:o}", "index", i, "message", chat_output_message(c->out), "logprobs", lp,
+                           "finish_reason", str_json(choice_finish(c)));
+        } else if (r->kind == OAI_CHAT) {
             ch = json_pack("{s:i,s:{s:s,s:o},s:o,s:o}", "index", i, "message", "role", "assistant", "content", text,
                            "logprobs", lp, "finish_reason", finish_json(c->finish));
         } else {
@@ -558,7 +630,7 @@ json_t *oai_response_json(const oai_request *r, const char *id, long created, co
         json_array_append_new(arr, ch);
     }
     json_object_set_new(o, "choices", arr);
-    json_object_set_new(o, "usage", usage_json(usage));
+    json_object_set_new(o, "usage", usage_json(r, usage));
     return o;
 }
 
@@ -587,6 +659,53 @@ json_t *oai_usage_chunk_json(const oai_request *r, const char *id, long created,
                              const oai_usage *usage) {
     json_t *o = envelope(r, r->kind == OAI_CHAT ? "chat.completion.chunk" : "text_completion", id, created, fingerprint);
     json_object_set_new(o, "choices", json_array());
-    json_object_set_new(o, "usage", usage_json(usage));
+    json_object_set_new(o, "usage", usage_json(r, usage));
     return o;
+}
+
+/* A chat chunk with an explicit delta object (stolen) and finish string. */
+static json_t *delta_chunk(const oai_request *r, const char *id, long created, const char *fingerprint, int index,
+                           json_t *delta, json_t *logprobs, const char *finish) {
+    json_t *o = envelope(r, "chat.completion.chunk", id, created, fingerprint);
+    json_t *ch = json_pack("{s:i,s:o,s:o,s:o}", "index", index, "delta", delta, "logprobs", logprobs ? logprobs : json_null(),
+                           "finish_reason", str_json(finish));
+    json_object_set_new(o, "choices", json_pack("[o]", ch));
+    if (r->include_usage) json_object_set_new(o, "usage", json_null());
+    return o;
+}
+
+/* Streaming through the output parser: its new deltas, logprobs on the first. */
+static void parsed_chunks(json_t *chunks, const oai_request *r, oai_choice *c, json_t *lp, const char *id, long created,
+                          const char *fp, int index) {
+    json_t *deltas = chat_output_take_deltas(c->out);
+    size_t k;
+    json_t *d;
+    json_array_foreach(deltas, k, d) {
+        json_array_append_new(chunks, delta_chunk(r, id, created, fp, index, json_incref(d), lp, NULL));
+        lp = NULL;
+    }
+    json_decref(deltas);
+    if (lp) json_array_append_new(chunks, delta_chunk(r, id, created, fp, index, json_object(), lp, NULL));
+}
+
+json_t *oai_stream_event(const oai_request *r, oai_choice *c, const tokenizer *tok, const sched_event *ev,
+                         const char *id, long created, const char *fingerprint, int index) {
+    json_t *chunks = json_array();
+    json_t *lp = oai_event_logprobs(r, tok, ev, c->text_offset);
+    choice_parse(c, ev);
+    if (c->out)
+        parsed_chunks(chunks, r, c, lp, id, created, fingerprint, index);
+    else if (ev->text_len || lp)
+        json_array_append_new(chunks, oai_chunk_json(r, id, created, fingerprint, index, NULL, ev->text ? ev->text : "",
+                                                     ev->text_len, lp, FINISH_NONE));
+    c->text_offset += ev->text_len;
+    if (ev->completion_tokens > c->completion_tokens) c->completion_tokens = ev->completion_tokens;
+    if (ev->cached_tokens > c->cached_tokens) c->cached_tokens = ev->cached_tokens;
+    if (ev->finish == FINISH_NONE || ev->finish == FINISH_ERROR) return chunks;
+    c->finish = ev->finish;
+    if (c->out)
+        json_array_append_new(chunks, delta_chunk(r, id, created, fingerprint, index, json_object(), NULL, choice_finish(c)));
+    else
+        json_array_append_new(chunks, oai_chunk_json(r, id, created, fingerprint, index, NULL, NULL, 0, NULL, ev->finish));
+    return chunks;
 }

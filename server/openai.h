@@ -20,8 +20,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/chat_template.h"
+#include "common/constrain.h"
 #include "common/tokenizer.h"
 #include "engine/sched.h"
+#include "server/chat_output.h"
+#include "server/oai_chat.h"
 
 #define OAI_MAX_N 64          /* choices per prompt at most */
 #define OAI_MAX_PROMPTS 64    /* prompts in one completions request at most */
@@ -42,6 +46,9 @@ typedef struct oai_ctx {
     const char *served_model;  /* the only `model` value accepted */
     int max_model_len;         /* prompt + completion tokens at most */
     int vocab_size;            /* token ids in prompts must be below this */
+    chat_template_variant variant; /* the model's chat template */
+    int reasoning_flag;        /* --reasoning-parser: 1 deepseek-r1, 0 auto (when the template opens <think>), -1 none */
+    const cons_vocab *vocab;   /* token trie for constrained decoding (NULL: response_format/forced tools refused) */
 } oai_ctx;
 
 typedef struct oai_prompt {
@@ -68,6 +75,8 @@ typedef struct oai_request {
     int ignore_eos;
     int echo;                  /* completions: prepend the prompt text */
     int skip_special;
+    oai_features feat;         /* tools, tool_choice, response_format, reasoning (server/oai_chat.h) */
+    const cons_vocab *vocab;   /* from the ctx, for the per-choice constraint */
 } oai_request;
 
 void oai_request_free(oai_request *r);
@@ -79,8 +88,10 @@ int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx
 
 /* The sched_request for choice `choice` (0 .. n_prompts*n-1: prompt choice/n)
  * of r. Seeds: request seed (or base_seed when none was sent) + choice. The
- * result points into r. */
-void oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sched_request *out);
+ * result points into r; its constraint (structured output / forced tool call)
+ * is new and owned by whoever submits it (sched_submit). 0, or -1 with err
+ * when the constraint cannot be created. */
+int oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sched_request *out, ms_err *err);
 
 /* Fills err (returns -1 for `return oai_error_set(...)`). param/code may be NULL. */
 int oai_error_set(oai_error *err, int status, const char *type, const char *param, const char *code,
@@ -99,9 +110,12 @@ typedef struct oai_choice {
     int cached_tokens;         /* prompt tokens served from the prefix cache */
     json_t *logprobs;          /* chat: array of content entries; completions: object of arrays; NULL if not asked */
     size_t text_offset;        /* completions logprobs: offset of the next token's text */
+    chat_output *out;          /* chat with reasoning or tool parsing: the split output; else NULL */
+    int failed;                /* out of memory while parsing the output */
 } oai_choice;
 
-void oai_choice_init(oai_choice *c, const oai_request *r, size_t echo_len);
+/* 0, or -1 when out of memory. */
+int oai_choice_init(oai_choice *c, const oai_request *r, size_t echo_len);
 void oai_choice_free(oai_choice *c);
 /* Appends an event's text and logprobs (if asked) to c. 0, or -1 out of memory. */
 int oai_choice_add(oai_choice *c, const oai_request *r, const tokenizer *tok, const sched_event *ev);
@@ -119,6 +133,7 @@ json_t *oai_token_text(const tokenizer *tok, int32_t id);
 
 typedef struct oai_usage {
     int prompt_tokens, completion_tokens;
+    int reasoning_tokens;      /* completion_tokens_details.reasoning_tokens (reported when reasoning is parsed) */
     int cached_tokens;         /* usage.prompt_tokens_details.cached_tokens and DeepSeek's prompt_cache_hit_tokens */
 } oai_usage;
 
@@ -135,6 +150,18 @@ json_t *oai_response_json(const oai_request *r, const char *id, long created, co
  * With r->include_usage every chunk carries "usage": null. */
 json_t *oai_chunk_json(const oai_request *r, const char *id, long created, const char *fingerprint, int index,
                        const char *role, const char *text, size_t len, json_t *logprobs, finish_reason finish);
+/* Everything one engine event of choice `index` sends when streaming, as an
+ * array of chunks (maybe empty): text/logprobs chunks (chat with reasoning or
+ * tools: reasoning_content / content / tool_calls deltas), then the finish
+ * chunk. Updates c (counters, text offset, output parsing). New reference. */
+json_t *oai_stream_event(const oai_request *r, oai_choice *c, const tokenizer *tok, const sched_event *ev,
+                         const char *id, long created, const char *fingerprint, int index);
+
+/* Reasoning tokens of a choice (0 unless reasoning is parsed). */
+int oai_choice_reasoning_tokens(const oai_choice *c);
+/* The output parser's last warning for the log (a malformed tool call fell back to content), or NULL. */
+const char *oai_choice_warning(const oai_choice *c);
+
 /* The closing usage chunk (choices: []). */
 json_t *oai_usage_chunk_json(const oai_request *r, const char *id, long created, const char *fingerprint,
                              const oai_usage *usage);

@@ -4,8 +4,8 @@
  * References: OpenAI's API reference for types, ranges and object shapes
  * (hand-written expected values below); the tokenizer's own encode of the
  * hand-rendered chat text ("<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>")
- * for the prompt ids. server/ is not part of libmlaserve.a, so the module is
- * compiled into this test directly. Needs MLASERVE_TOKENIZER (run-tests.sh). */
+ * for the prompt ids. The module is compiled into this test directly (its
+ * static helpers are reachable). Needs MLASERVE_TOKENIZER (run-tests.sh). */
 #include <criterion/criterion.h>
 
 #include <stdlib.h>
@@ -27,7 +27,7 @@ static void teardown(void) { tokenizer_free(tok); }
 
 TestSuite(openai, .init = setup, .fini = teardown);
 
-static oai_ctx ctx(void) { return (oai_ctx){tok, "tiny", 64, 129280}; }
+static oai_ctx ctx(void) { return (oai_ctx){.tok = tok, .served_model = "tiny", .max_model_len = 64, .vocab_size = 129280}; }
 
 static int parse(oai_kind kind, const char *body, oai_request *r, oai_error *e) {
     oai_ctx c = ctx();
@@ -101,7 +101,7 @@ Test(openai, chat_all_parameters) {
     cr_expect_str_eq(text, "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi there<｜Assistant｜>");
     free(text);
     sched_request sr;
-    oai_sched_request(&r, 2, 1000, &sr);
+    cr_assert_eq(oai_sched_request(&r, 2, 1000, &sr, NULL), 0);
     cr_expect_eq(sr.sampling.seed, (uint64_t)-3 + 2, "choice seeds derive from the request seed");
     cr_expect_eq(sr.top_logprobs, 5);
     cr_expect_eq(sr.n_stop, 2);
@@ -135,7 +135,7 @@ Test(openai, completions_prompts) {
     cr_expect(r.logprobs && r.echo);
     cr_expect_eq(r.top_logprobs, 2);
     sched_request sr;
-    oai_sched_request(&r, 5, 77, &sr); /* choice 5 = prompt 2, second sample */
+    cr_assert_eq(oai_sched_request(&r, 5, 77, &sr, NULL), 0); /* choice 5 = prompt 2, second sample */
     cr_expect_eq(sr.prompt, r.prompts[2].ids);
     cr_expect_eq(sr.sampling.seed, 77 + 5);
     oai_request_free(&r);
@@ -259,7 +259,7 @@ Test(openai, chat_response_shape) {
     sched_event e1 = token_event(19923, "Hello", 1, FINISH_NONE), e2 = token_event(2058, " world", 2, FINISH_LENGTH);
     cr_assert_eq(oai_choice_add(&c, &r, tok, &e1), 0);
     cr_assert_eq(oai_choice_add(&c, &r, tok, &e2), 0);
-    oai_usage u = {3, 2, 0};
+    oai_usage u = {.prompt_tokens = 3, .completion_tokens = 2, .cached_tokens = 0};
     json_t *j = oai_response_json(&r, "chatcmpl-1", 42, "fp_x", &c, 1, NULL, &u);
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     cr_expect_str_eq(s,
@@ -290,7 +290,7 @@ Test(openai, completion_response_echo_and_logprobs) {
     sched_event e1 = token_event(2058, " world", 1, FINISH_STOP);
     cr_assert_eq(oai_choice_add(&c, &r, tok, &e1), 0);
     const char *echo[] = {"Hello world"};
-    oai_usage u = {3, 1, 0};
+    oai_usage u = {.prompt_tokens = 3, .completion_tokens = 1, .cached_tokens = 0};
     json_t *j = oai_response_json(&r, "cmpl-1", 1, "fp", &c, 1, echo, &u);
     json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
     cr_expect_str_eq(json_string_value(json_object_get(j, "object")), "text_completion");
@@ -323,7 +323,7 @@ Test(openai, stream_chunks) {
     cr_expect_str_eq(s, "[{\"index\":1,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"length\"}]");
     free(s);
     json_decref(j);
-    oai_usage u = {5, 4, 0};
+    oai_usage u = {.prompt_tokens = 5, .completion_tokens = 4, .cached_tokens = 0};
     j = oai_usage_chunk_json(&r, "c1", 7, "fp", &u);
     s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     cr_expect(strstr(s, "\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":4,\"total_tokens\":9,"
@@ -338,4 +338,97 @@ Test(openai, lossy_strings) {
     json_t *j = oai_json_string_lossy("a\xffz", 3);
     cr_expect_str_eq(json_string_value(j), "a\xef\xbf\xbdz");
     json_decref(j);
+}
+
+/* ---- tools, tool_choice, response_format, reasoning options (server/oai_chat.c) ---- */
+
+#define TOOL "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":{\"type\":\"object\"," \
+             "\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"]}}}"
+
+static oai_ctx ctx_vocab(const cons_vocab *v, chat_template_variant variant) {
+    oai_ctx c = ctx();
+    c.vocab = v;
+    c.variant = variant;
+    c.max_model_len = 4096;
+    return c;
+}
+
+static int parse_with(const oai_ctx *c, oai_kind kind, const char *body, oai_request *r, oai_error *e) {
+    return oai_parse_request(kind, body, strlen(body), c, r, e);
+}
+
+Test(openai, agent_parameters_are_validated) {
+    expect_error(OAI_CHAT, CHAT(",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a b\"}}]"), 400, "tools");
+    expect_error(OAI_CHAT, CHAT(",\"tools\":[" TOOL "," TOOL "]"), 400, "tools");
+    expect_error(OAI_CHAT, CHAT(",\"tools\":{}"), 400, "tools");
+    expect_error(OAI_CHAT, CHAT(",\"tool_choice\":\"required\""), 400, "tool_choice");
+    expect_error(OAI_CHAT, CHAT(",\"tools\":[" TOOL "],\"tool_choice\":\"sometimes\""), 400, "tool_choice");
+    expect_error(OAI_CHAT, CHAT(",\"tools\":[" TOOL "],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"x\"}}"),
+                 400, "tool_choice");
+    expect_error(OAI_CHAT, CHAT(",\"parallel_tool_calls\":1"), 400, "parallel_tool_calls");
+    expect_error(OAI_CHAT, CHAT(",\"include_reasoning\":\"no\""), 400, "include_reasoning");
+    expect_error(OAI_CHAT, CHAT(",\"chat_template_kwargs\":{\"thinking\":1}"), 400, "chat_template_kwargs");
+    expect_error(OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"yaml\"}"), 400, "response_format");
+    expect_error(OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"string\","
+                                "\"pattern\":\"a\"}}}"),
+                 400, "response_format");
+    expect_error(OAI_COMPLETION, CMPL(",\"tools\":[" TOOL "]"), 400, "tools");
+    oai_request r;
+    oai_error e;
+    cr_expect_neq(parse(OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":"
+                                       "{\"type\":\"string\",\"pattern\":\"a\"}}}"), &r, &e), 0);
+    cr_expect(strstr(e.message, "pattern"), "names the keyword: %s", e.message);
+}
+
+Test(openai, structured_output_and_forced_tool_build_a_constraint) {
+    ms_err err = {{0}};
+    cons_vocab *v = cons_vocab_create(tok, 1, 129280, &err);
+    cr_assert(v, "%s", err.msg);
+    oai_ctx c = ctx_vocab(v, CHAT_TEMPLATE_V3);
+    oai_request r;
+    oai_error e;
+    /* json_schema: a constraint per choice */
+    cr_assert_eq(parse_with(&c, OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\","
+                                             "\"schema\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}}}"),
+                            &r, &e), 0, "%s", e.message);
+    sched_request sr;
+    cr_assert_eq(oai_sched_request(&r, 0, 1, &sr, &err), 0, "%s", err.msg);
+    cr_expect(sr.constraint.ctx && sr.constraint.mask && sr.constraint.free);
+    sr.constraint.free(sr.constraint.ctx);
+    oai_request_free(&r);
+    /* too few tokens for the schema */
+    cr_expect_neq(parse_with(&c, OAI_CHAT, CHAT(",\"max_tokens\":2,\"response_format\":{\"type\":\"json_object\"}"), &r, &e), 0);
+    cr_expect_str_eq(e.param, "max_tokens");
+    /* forced tool: tools rendered into the prompt, parsing on, grammar built */
+    cr_assert_eq(parse_with(&c, OAI_CHAT, CHAT(",\"tools\":[" TOOL "],\"tool_choice\":\"required\""), &r, &e), 0, "%s", e.message);
+    cr_expect(r.feat.parse_tool_calls && r.feat.grammar);
+    char *text = tokenizer_decode(tok, r.prompts[0].ids, (size_t)r.prompts[0].n_ids, 0);
+    cr_expect(strstr(text, "get_weather"), "tools in the prompt: %s", text);
+    free(text);
+    oai_request_free(&r);
+    /* json response_format + forced tool choice cannot both hold */
+    cr_expect_neq(parse_with(&c, OAI_CHAT, CHAT(",\"tools\":[" TOOL "],\"tool_choice\":\"required\",\"response_format\":"
+                                              "{\"type\":\"json_object\"}"), &r, &e), 0);
+    /* no vocabulary on the server: refused, not ignored */
+    oai_ctx nov = ctx_vocab(NULL, CHAT_TEMPLATE_V3);
+    cr_expect_neq(parse_with(&nov, OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"json_object\"}"), &r, &e), 0);
+    cons_vocab_free(v);
+}
+
+Test(openai, r1_template_turns_reasoning_on) {
+    oai_ctx c = ctx_vocab(NULL, CHAT_TEMPLATE_R1);
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse_with(&c, OAI_CHAT, CHAT(""), &r, &e), 0, "%s", e.message);
+    cr_expect(r.feat.parse_reasoning && r.feat.starts_in_reasoning);
+    cr_expect(r.feat.include_reasoning);
+    oai_request_free(&r);
+    c.reasoning_flag = -1; /* --reasoning-parser none */
+    cr_assert_eq(parse_with(&c, OAI_CHAT, CHAT(""), &r, &e), 0, "%s", e.message);
+    cr_expect(!r.feat.parse_reasoning);
+    oai_request_free(&r);
+    c = ctx_vocab(NULL, CHAT_TEMPLATE_V3);
+    cr_assert_eq(parse_with(&c, OAI_CHAT, CHAT(",\"include_reasoning\":false"), &r, &e), 0, "%s", e.message);
+    cr_expect(!r.feat.parse_reasoning, "V3 template: no reasoning parser by default");
+    oai_request_free(&r);
 }

@@ -1,0 +1,27 @@
+#!/bin/sh
+# test/cli/agents.sh — issue #7 through the real HTTP stack and the official
+# openai client (test/integration/agents.mjs): structured outputs (50 schemas,
+# streaming and not), forced tool calls, tool history, schema errors; then a
+# server with DeepSeek-R1's template for reasoning_content, reasoning tokens
+# and JSON after "</think>". Needs MLASERVE_BIN, MLASERVE_TEST_MODELS, node and
+# node_modules/openai.
+set -u
+BIN=${MLASERVE_BIN:?}
+MODEL=${MLASERVE_TEST_MODELS:?}/tiny-v3
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib/server.sh"
+[ -f "$ROOT/node_modules/openai/package.json" ] || { fail "node_modules/openai missing (npm ci)"; exit 1; }
+T=$((600 * ${MLASERVE_TEST_TIME_SCALE:-1}))
+
+start_server "$TMP/v3" --max-num-seqs 8 || { fail "server did not start"; exit 1; }
+MLASERVE_BASE_URL="http://127.0.0.1:$SPORT/v1" MLASERVE_MODEL_NAME=tiny-v3 MLASERVE_MODE=v3 \
+    timeout "$T" node "$ROOT/test/integration/agents.mjs" || fail "agents.mjs (v3)"
+kill -TERM "$SPID"
+
+start_server "$TMP/r1" --max-num-seqs 8 --chat-template deepseek-r1 || { fail "R1 server did not start"; exit 1; }
+MLASERVE_BASE_URL="http://127.0.0.1:$SPORT/v1" MLASERVE_MODEL_NAME=tiny-v3 MLASERVE_MODE=r1 \
+    timeout "$T" node "$ROOT/test/integration/agents.mjs" || fail "agents.mjs (r1)"
+grep -q "Traceback\|AddressSanitizer" "$TMP/v3.err" "$TMP/r1.err" && fail "server logs show a crash"
+
+[ $fails -eq 0 ] && echo "agents: all passed"
+exit $((fails > 0))
