@@ -433,3 +433,56 @@ Test(sched, constraint_allowing_nothing_fails_the_request) {
     close_fixture(&f);
     cr_expect_eq(c.frees, 1);
 }
+
+/* Prefix-cache stress: 500 requests whose prompts share one of 6 prefixes
+ * (1-3 full pages) plus a short unique tail, 16 in flight at a time, on a
+ * 12-page pool so cached pages are evicted and re-filled all the time. After
+ * the run every page is free or evictable (no reference leaked), the cache was
+ * hit, and a prompt repeated at the end still gives its first greedy token
+ * (reference: the same prompt run at the start). */
+Test(sched, prefix_cache_stress_500_requests_frees_every_page, .timeout = SLOW_TEST_TIMEOUT_S) {
+    fixture f;
+    open_fixture(&f, (sched_config){.kv_cache_tokens = 12 * 64, .max_num_seqs = 16});
+    enum { N = 500, INFLIGHT = 16, MAXLEN = 3 * 64 + 8 };
+    static int32_t prompts[N][MAXLEN];
+    int lens[N];
+    for (int i = 0; i < N; i++) {
+        int base = i % 6, pages = 1 + base % 3;
+        lens[i] = pages * 64 + 1 + i % 7;
+        for (int t = 0; t < lens[i]; t++)
+            prompts[i][t] = t < pages * 64 ? 1000 + base * 500 + t : 20000 + (i * 7 + t) % 5000;
+    }
+    result first, again;
+    run_one(&f, prompts[0], lens[0], 1, &first);
+    sched_stream *st[INFLIGHT] = {0};
+    int next = 0, done = 0, errors = 0;
+    while (done < N) {
+        for (int k = 0; k < INFLIGHT && next < N; k++)
+            if (!st[k]) {
+                sched_request r = greedy_request(prompts[next], lens[next], 1);
+                ms_err err = {{0}};
+                st[k] = sched_submit(f.s, &r, NULL, &err);
+                cr_assert(st[k], "submit %d: %s", next, err.msg);
+                next++;
+            }
+        for (int k = 0; k < INFLIGHT; k++)
+            if (st[k]) {
+                result res;
+                drain(st[k], &res);
+                st[k] = NULL;
+                errors += res.finish != FINISH_LENGTH || res.n != 1;
+                done++;
+            }
+    }
+    cr_expect_eq(errors, 0);
+    run_one(&f, prompts[0], lens[0], 1, &again);
+    cr_expect_eq(again.tokens[0], first.tokens[0], "same greedy token after all the evictions");
+    sched_stats s;
+    sched_get_stats(f.s, &s);
+    cr_expect_eq(s.kv_pages_free, s.kv_pages_total, "every page free or evictable: %d of %d", s.kv_pages_free,
+                 s.kv_pages_total);
+    cr_expect_gt(s.prefix_cache_hits, 64 * 100, "the cache served prefixes (%llu tokens)",
+                 (unsigned long long)s.prefix_cache_hits);
+    cr_expect_eq(s.running, 0);
+    close_fixture(&f);
+}
