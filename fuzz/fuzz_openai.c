@@ -1,7 +1,8 @@
 /* fuzz/fuzz_openai.c — the OpenAI request parser (server/openai.h:
  * oai_parse_request) on arbitrary request bodies.
  *
- * Byte 0 picks the endpoint (bit 0: /v1/completions, else /v1/chat/completions);
+ * Byte 0 picks the endpoint (bit 0: /v1/completions, else /v1/chat/completions)
+ * and the chat template ((byte >> 1) % 3: V3, R1, V3.1);
  * the rest is the body, exactly as the HTTP layer passes it (bytes + length,
  * not NUL-terminated: the copy here has no terminator so ASan sees any read
  * past len). The context is the server's for a small model (max_model_len
@@ -18,15 +19,20 @@
 
 #define FUZZ_MAX_MODEL_LEN 256
 
+static cons_vocab *vocab; /* so response_format / forced tool calls reach the grammar compiler */
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    fuzz_tokenizer();
+    ms_err err = {{0}};
+    vocab = cons_vocab_create(fuzz_tokenizer(), 1, 129280, &err);
+    if (!vocab) abort();
     return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     const tokenizer *tok = fuzz_tokenizer();
-    oai_ctx ctx = {tok, "tiny", FUZZ_MAX_MODEL_LEN, 129280};
+    oai_ctx ctx = {.tok = tok, .served_model = "tiny", .max_model_len = FUZZ_MAX_MODEL_LEN, .vocab_size = 129280,
+                   .variant = (chat_template_variant)((data[0] >> 1) % 3), .vocab = vocab};
     oai_kind kind = (data[0] & 1) ? OAI_COMPLETION : OAI_CHAT;
     size_t len = size - 1;
     char *body = malloc(len ? len : 1);
@@ -50,7 +56,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         for (int c = 0; c < r.n_prompts * r.n; c++) {
             sched_request sr;
-            oai_sched_request(&r, c, 42, &sr);
+            ms_err e = {{0}};
+            FUZZ_CHECK(oai_sched_request(&r, c, 42, &sr, &e) == 0, "choice %d: %s", c, e.msg);
+            if (sr.constraint.ctx) sr.constraint.free(sr.constraint.ctx);
         }
         oai_request_free(&r);
     } else {
