@@ -87,6 +87,15 @@ const cases = [
   ['unknown route under v1', 'POST', '/v1/embeddings', '{}', 404],
   ['tokenize: wrong type', 'POST', '/tokenize', JSON.stringify({ model, prompt: 5 }), 400],
   ['detokenize: ids not numbers', 'POST', '/detokenize', JSON.stringify({ model, tokens: ['a'] }), 400],
+  ['tools not an array', 'POST', '/v1/chat/completions', chat({ tools: { type: 'function' } }), 400, 'tools'],
+  ['tool without a name', 'POST', '/v1/chat/completions', chat({ tools: [{ type: 'function', function: {} }] }), 400, 'tools'],
+  ['tool_choice without tools', 'POST', '/v1/chat/completions', chat({ tool_choice: 'required' }), 400, 'tool_choice'],
+  ['tool_choice names an unknown tool', 'POST', '/v1/chat/completions', chat({ tools: [{ type: 'function', function: { name: 'f' } }], tool_choice: { type: 'function', function: { name: 'g' } } }), 400, 'tool_choice'],
+  ['response_format unknown type', 'POST', '/v1/chat/completions', chat({ response_format: { type: 'xml' } }), 400, 'response_format'],
+  ['json_schema without schema', 'POST', '/v1/chat/completions', chat({ response_format: { type: 'json_schema', json_schema: { name: 'x' } } }), 400, 'response_format'],
+  ['json_schema unsupported keyword', 'POST', '/v1/chat/completions', chat({ max_tokens: 40, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'integer', minimum: 3 } } } }), 400, 'response_format'],
+  ['json_schema nested 100 deep', 'POST', '/v1/chat/completions', chat({ max_tokens: 40, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: JSON.parse('{"type":"array","items":'.repeat(100) + '{"type":"integer"}' + '}'.repeat(100)) } } }), 400, 'response_format'],
+  ['include_reasoning wrong type', 'POST', '/v1/chat/completions', chat({ include_reasoning: 'yes' }), 400, 'include_reasoning'],
 ];
 
 async function normalRequest(tag) {
