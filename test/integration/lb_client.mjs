@@ -111,7 +111,7 @@ async function one(i) {
                                                 body: JSON.stringify(r.body), signal: ctl.signal });
     res.upstream = resp.headers.get('x-upstream') || '';
     const text = await resp.text(); // a stream is read to its end: [DONE], then the connection's last chunk
-    if (resp.status !== 200) throw new Error('status ' + resp.status + ': ' + text.slice(0, 160));
+    if (resp.status !== 200) throw new Error('status ' + resp.status + ': ' + text.slice(0, 160).replace(/\s+/g, ' '));
     if (r.stream) {
       const ct = resp.headers.get('content-type') || '';
       if (!ct.startsWith('text/event-stream')) throw new Error('content-type ' + ct);
