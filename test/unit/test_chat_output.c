@@ -25,7 +25,9 @@ static json_t *run(const chat_output_opts *opts, const char *text, size_t step, 
         size_t k = step && n - pos > step ? step : n - pos;
         cr_assert_eq(chat_output_push(o, text + pos, k, 1), 0);
         pos += k;
-        json_array_extend(all, chat_output_take_deltas(o));
+        json_t *d = chat_output_take_deltas(o);
+        json_array_extend(all, d);
+        json_decref(d);
     }
     cr_assert_eq(chat_output_finish(o), 0);
     json_t *last = chat_output_take_deltas(o);
