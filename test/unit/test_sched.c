@@ -481,7 +481,7 @@ Test(sched, prefix_cache_stress_500_requests_frees_every_page, .timeout = SLOW_T
     sched_get_stats(f.s, &s);
     cr_expect_eq(s.kv_pages_free, s.kv_pages_total, "every page free or evictable: %d of %d", s.kv_pages_free,
                  s.kv_pages_total);
-    cr_expect_gt(s.prefix_cache_hits, 64 * 100, "the cache served prefixes (%llu tokens)",
+    cr_expect(s.prefix_cache_hits > 64 * 100, "the cache served prefixes (%llu tokens)",
                  (unsigned long long)s.prefix_cache_hits);
     cr_expect_eq(s.running, 0);
     close_fixture(&f);
