@@ -48,6 +48,7 @@
 import os from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
+import { WORDS, rng, sseEvents } from './lib/bench-util.mjs';
 
 function usage(msg) {
   if (msg) console.error('bench-prefix: ' + msg);
@@ -94,19 +95,6 @@ const headers = { 'content-type': 'application/json' };
 if (opt.apiKey) headers.authorization = 'Bearer ' + opt.apiKey;
 
 // ---------------------------------------------------------------- the prompt
-const WORDS = ('time person year way day thing man world life hand part child eye woman place work week case point ' +
-  'government company number group problem fact river mountain ocean forest garden window kitchen letter music ' +
-  'history science market village engine question answer morning evening winter summer bridge harbour island ' +
-  'lantern silver copper marble thunder whisper journey promise shadow colour silence balance pattern signal ' +
-  'library picture theory memory reason season teacher student doctor farmer sailor painter writer').split(' ');
-
-function rng(seed) {
-  let x = (seed >>> 0) || 1;
-  return () => { // xorshift32
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-    return x / 4294967296;
-  };
-}
 
 const NONCE = randomBytes(6).toString('hex');
 // The nonce comes first: it changes the first page's tokens, and with them the
@@ -162,39 +150,21 @@ async function oneRequest(text) {
   try {
     const res = await fetch(url, { method: 'POST', headers, body: genBody(text), signal: ctl.signal });
     if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${(await res.text().catch(() => '')).slice(0, 300)}`);
-    const reader = res.body.getReader();
-    const dec = new TextDecoder();
-    let buf = '', done = false;
-    while (!done) {
-      const { value, done: end } = await reader.read();
-      if (end) break;
-      const now = performance.now();
-      buf += dec.decode(value, { stream: true });
-      let k;
-      while ((k = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, k).replace(/\r$/, '');
-        buf = buf.slice(k + 1);
-        if (!line.startsWith('data:')) continue;
-        const data = line.slice(5).trim();
-        if (data === '[DONE]') { done = true; break; }
-        const c = JSON.parse(data);
-        if (c.error) throw new Error('error event: ' + JSON.stringify(c.error).slice(0, 300));
-        if (c.usage) {
-          out.promptTokens = c.usage.prompt_tokens;
-          out.outputTokens = c.usage.completion_tokens;
-          out.cached = (c.usage.prompt_tokens_details && c.usage.prompt_tokens_details.cached_tokens) || 0;
-        }
-        for (const ch of c.choices || []) {
-          const t = ch.delta ? (ch.delta.reasoning_content || '') + (ch.delta.content || '') : (ch.text || '');
-          if (t && out.ttft === null) out.ttft = now - t0;
-          out.text += t;
-          const lp = ch.logprobs;
-          if (lp && Array.isArray(lp.token_logprobs)) out.logprobs.push(...lp.token_logprobs);
-          else if (lp && Array.isArray(lp.content)) out.logprobs.push(...lp.content.map((x) => x.logprob));
-        }
+    for await (const { chunk: c, time: now } of sseEvents(res, () => performance.now())) {
+      if (c.usage) {
+        out.promptTokens = c.usage.prompt_tokens;
+        out.outputTokens = c.usage.completion_tokens;
+        out.cached = (c.usage.prompt_tokens_details && c.usage.prompt_tokens_details.cached_tokens) || 0;
+      }
+      for (const ch of c.choices || []) {
+        const t = ch.delta ? (ch.delta.reasoning_content || '') + (ch.delta.content || '') : (ch.text || '');
+        if (t && out.ttft === null) out.ttft = now - t0;
+        out.text += t;
+        const lp = ch.logprobs;
+        if (lp && Array.isArray(lp.token_logprobs)) out.logprobs.push(...lp.token_logprobs);
+        else if (lp && Array.isArray(lp.content)) out.logprobs.push(...lp.content.map((x) => x.logprob));
       }
     }
-    if (!done) throw new Error('stream ended without [DONE]');
     out.e2e = performance.now() - t0;
   } catch (e) {
     throw new Error(e.name === 'AbortError' ? `timed out after ${opt.timeout} s` : String(e.message || e));

@@ -43,6 +43,7 @@ import os from 'node:os';
 import fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
+import { WORDS, rng, sseEvents } from './lib/bench-util.mjs';
 
 function usage(msg) {
   if (msg) console.error('bench-serving: ' + msg);
@@ -98,19 +99,6 @@ const headers = { 'content-type': 'application/json' };
 if (opt.apiKey) headers.authorization = 'Bearer ' + opt.apiKey;
 
 // ---------------------------------------------------------------- prompts
-const WORDS = ('time person year way day thing man world life hand part child eye woman place work week case point ' +
-  'government company number group problem fact river mountain ocean forest garden window kitchen letter music ' +
-  'history science market village engine question answer morning evening winter summer bridge harbour island ' +
-  'lantern silver copper marble thunder whisper journey promise shadow colour silence balance pattern signal ' +
-  'library picture theory memory reason season teacher student doctor farmer sailor painter writer').split(' ');
-
-function rng(seed) {
-  let x = (seed >>> 0) || 1;
-  return () => { // xorshift32
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-    return x / 4294967296;
-  };
-}
 
 const NONCE = randomBytes(4).toString('hex');
 function promptText(index, nWords) {
@@ -161,34 +149,17 @@ async function oneRequest(text) {
       out.ok = true;
       return out;
     }
-    const reader = res.body.getReader();
-    const dec = new TextDecoder();
-    let buf = '', done = false, last = null, chunksWithText = 0, usageSeen = false;
-    while (!done) {
-      const { value, done: end } = await reader.read();
-      if (end) break;
-      const now = performance.now();
-      buf += dec.decode(value, { stream: true });
-      let k;
-      while ((k = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, k).replace(/\r$/, '');
-        buf = buf.slice(k + 1);
-        if (!line.startsWith('data:')) continue;
-        const data = line.slice(5).trim();
-        if (data === '[DONE]') { done = true; break; }
-        const c = JSON.parse(data);
-        if (c.error) throw new Error('error event: ' + JSON.stringify(c.error).slice(0, 200));
-        if (c.usage) { takeUsage(c.usage); usageSeen = true; }
-        const hasText = (c.choices || []).some((ch) => (ch.delta ? ch.delta.content || ch.delta.reasoning_content : ch.text));
-        if (hasText) {
-          if (last === null) out.ttft = (now - t0) / 1000;
-          else out.itl.push((now - last) / 1000);
-          last = now;
-          chunksWithText++;
-        }
+    let last = null, chunksWithText = 0, usageSeen = false;
+    for await (const { chunk: c, time: now } of sseEvents(res, () => performance.now())) {
+      if (c.usage) { takeUsage(c.usage); usageSeen = true; }
+      const hasText = (c.choices || []).some((ch) => (ch.delta ? ch.delta.content || ch.delta.reasoning_content : ch.text));
+      if (hasText) {
+        if (last === null) out.ttft = (now - t0) / 1000;
+        else out.itl.push((now - last) / 1000);
+        last = now;
+        chunksWithText++;
       }
     }
-    if (!done) throw new Error('stream ended without [DONE]');
     if (!usageSeen) out.outputTokens = chunksWithText; // server ignored include_usage: count chunks
     out.e2e = (performance.now() - t0) / 1000;
     out.ok = true;

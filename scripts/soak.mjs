@@ -53,6 +53,7 @@
 //        [--timeout 600] [--max-rss-growth-mib M] [--json FILE]
 import fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
+import { WORDS, rng } from './lib/bench-util.mjs';
 
 function usage(msg) {
   if (msg) console.error('soak: ' + msg);
@@ -121,14 +122,6 @@ function procStatus(field) { // kB, or NaN
 const mib = (kb) => (Number.isFinite(kb) ? (kb / 1024).toFixed(1) : 'n/a');
 
 // ---------------------------------------------------------------- requests
-function rng(seed) { // xorshift32
-  let x = (seed >>> 0) || 1;
-  return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x / 4294967296; };
-}
-const WORDS = ('time person year way day thing man world life hand part child eye woman place work week case point ' +
-  'government company number group problem fact river mountain ocean forest garden window kitchen letter music ' +
-  'history science market village engine question answer morning evening winter summer bridge harbour island ' +
-  'lantern silver copper marble thunder whisper journey promise shadow colour silence balance pattern signal').split(' ');
 const words = (r, n) => Array.from({ length: n }, () => WORDS[Math.floor(r() * WORDS.length)]).join(' ');
 const SHARED = words(rng(4242), 300);
 

@@ -11,31 +11,6 @@
 #define THINK_OPEN "<think>"
 #define THINK_CLOSE "</think>"
 
-int rbuf_append(rbuf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) return -1;
-        b->p = np;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-void rbuf_clear(rbuf *b) {
-    b->len = 0;
-    if (b->p) b->p[0] = '\0';
-}
-
-void rbuf_free(rbuf *b) {
-    free(b->p);
-    *b = (rbuf){0};
-}
-
 void reasoning_init(reasoning_parser *p, int starts_in_reasoning) {
     *p = (reasoning_parser){.state = starts_in_reasoning ? REASONING_IN : REASONING_START};
 }

@@ -37,16 +37,8 @@
 
 #include <stddef.h>
 
-/* Growable byte buffer; p is NUL-terminated once anything was appended. A
- * zero-initialised rbuf is empty. */
-typedef struct rbuf {
-    char *p;
-    size_t len, cap;
-} rbuf;
+#include "common/rbuf.h"
 
-int rbuf_append(rbuf *b, const char *s, size_t n);
-void rbuf_clear(rbuf *b); /* len = 0, memory kept */
-void rbuf_free(rbuf *b);
 
 typedef enum {
     REASONING_START,   /* waiting to see whether the output opens with "<think>" */

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/rbuf.h"
+
 #define CALLS_BEGIN "<｜tool▁calls▁begin｜>"
 #define CALLS_END "<｜tool▁calls▁end｜>"
 #define CALL_BEGIN "<｜tool▁call▁begin｜>"
@@ -37,18 +39,13 @@ static const marker WATCH_CONTENT[] = {M_CALLS_BEGIN, M_CALL_BEGIN, M_NONE};
 static const marker WATCH_SECTION[] = {M_CALL_BEGIN, M_CALLS_END, M_NONE};
 static const marker WATCH_CALL[] = {M_CALL_END, M_CALL_BEGIN, M_CALLS_END, M_NONE};
 
-typedef struct tcbuf {
-    char *p;
-    size_t len, cap;
-} tcbuf;
-
 struct toolcall_parser {
     tc_state state;
-    tcbuf in;            /* undecided input: a possible marker prefix */
-    tcbuf call;          /* raw text of the open call, from its <｜tool▁call▁begin｜> */
-    tcbuf gap_ws;        /* section: whitespace after stray text, emitted only if more text follows */
+    rbuf in;            /* undecided input: a possible marker prefix */
+    rbuf call;          /* raw text of the open call, from its <｜tool▁call▁begin｜> */
+    rbuf gap_ws;        /* section: whitespace after stray text, emitted only if more text follows */
     int gap_dirty;       /* section: stray text seen since the last marker */
-    tcbuf name, args;    /* NUL-terminated copies for a CALL event */
+    rbuf name, args;    /* NUL-terminated copies for a CALL event */
     int n_calls;
     toolcall_emit_fn emit;
     void *ctx;
@@ -56,32 +53,7 @@ struct toolcall_parser {
     char warning[256];
 };
 
-/* ---- buffers, warnings, events ---- */
-
-static int buf_append(tcbuf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) return -1;
-        b->p = np;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-static int buf_set(tcbuf *b, const char *s, size_t n) {
-    b->len = 0;
-    return buf_append(b, s, n);
-}
-
-static void buf_free(tcbuf *b) {
-    free(b->p);
-    *b = (tcbuf){0};
-}
+/* ---- warnings, events ---- */
 
 static void warn(toolcall_parser *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void warn(toolcall_parser *p, const char *fmt, ...) {
@@ -99,7 +71,7 @@ static int emit_content(toolcall_parser *p, const char *s, size_t n) {
 }
 
 static int emit_call(toolcall_parser *p, const char *name, size_t name_len, const char *args, size_t args_len) {
-    if (buf_set(&p->name, name, name_len) || buf_set(&p->args, args, args_len)) return -1;
+    if (rbuf_set(&p->name, name, name_len) || rbuf_set(&p->args, args, args_len)) return -1;
     toolcall_event ev = {.kind = TOOLCALL_CALL, .index = p->n_calls, .name = p->name.p,
                          .arguments = p->args.p, .arguments_len = args_len};
     p->n_calls++;
@@ -195,7 +167,7 @@ static const char *parse_call(span body, span *name, span *args, char *why, size
 
 static int call_start(toolcall_parser *p) {
     p->state = TC_CALL;
-    return buf_set(&p->call, CALL_BEGIN, strlen(CALL_BEGIN));
+    return rbuf_set(&p->call, CALL_BEGIN, strlen(CALL_BEGIN));
 }
 
 /* The open call is malformed: its raw text becomes content. */
@@ -209,7 +181,7 @@ static int call_abandon(toolcall_parser *p, const char *why) {
 
 /* The open call's end marker arrived: emit it as a CALL, or abandon it. */
 static int call_end(toolcall_parser *p) {
-    if (buf_append(&p->call, CALL_END, strlen(CALL_END))) return -1;
+    if (rbuf_append(&p->call, CALL_END, strlen(CALL_END))) return -1;
     size_t head = strlen(CALL_BEGIN);
     span body = {p->call.p + head, p->call.len - head - strlen(CALL_END)}, name, args;
     char why[200];
@@ -231,12 +203,12 @@ static int on_gap_text(toolcall_parser *p, const char *s, size_t n) {
     size_t first = 0, last = n;
     while (first < n && is_space(s[first])) first++;
     while (last > first && is_space(s[last - 1])) last--;
-    if (first == n) return p->gap_dirty ? buf_append(&p->gap_ws, s, n) : 0;
+    if (first == n) return p->gap_dirty ? rbuf_append(&p->gap_ws, s, n) : 0;
     if (!p->gap_dirty) warn(p, "text between tool calls; returned as content");
     size_t from = p->gap_dirty ? 0 : first;
     if (emit_content(p, p->gap_ws.p, p->gap_ws.len) || emit_content(p, s + from, last - from)) return -1;
     p->gap_dirty = 1;
-    return buf_set(&p->gap_ws, s + last, n - last);
+    return rbuf_set(&p->gap_ws, s + last, n - last);
 }
 
 static int on_text(toolcall_parser *p, const char *s, size_t n) {
@@ -250,7 +222,7 @@ static int on_text(toolcall_parser *p, const char *s, size_t n) {
     }
     case TC_CONTENT: return emit_content(p, s, n);
     case TC_SECTION: return on_gap_text(p, s, n);
-    case TC_CALL: return buf_append(&p->call, s, n);
+    case TC_CALL: return rbuf_append(&p->call, s, n);
     }
     abort();
 }
@@ -331,21 +303,21 @@ toolcall_parser *toolcall_new(toolcall_emit_fn emit, void *ctx) {
 
 void toolcall_free(toolcall_parser *p) {
     if (!p) return;
-    buf_free(&p->in);
-    buf_free(&p->call);
-    buf_free(&p->gap_ws);
-    buf_free(&p->name);
-    buf_free(&p->args);
+    rbuf_free(&p->in);
+    rbuf_free(&p->call);
+    rbuf_free(&p->gap_ws);
+    rbuf_free(&p->name);
+    rbuf_free(&p->args);
     free(p);
 }
 
 int toolcall_push(toolcall_parser *p, const char *text, size_t len) {
-    if (buf_append(&p->in, text, len)) return -1;
+    if (rbuf_append(&p->in, text, len)) return -1;
     return process(p, 0);
 }
 
 int toolcall_finish(toolcall_parser *p) {
-    if (buf_append(&p->in, "", 0) || process(p, 1)) return -1;
+    if (rbuf_append(&p->in, "", 0) || process(p, 1)) return -1;
     if (p->state == TC_CALL && call_abandon(p, "unterminated at the end of the output")) return -1;
     gap_reset(p);
     return 0;
@@ -358,7 +330,7 @@ const char *toolcall_warning(const toolcall_parser *p) { return p->has_warning ?
 /* ---- non-streaming ---- */
 
 typedef struct collect {
-    tcbuf content;
+    rbuf content;
     toolcall_call *calls;
     int n_calls;
 } collect;
@@ -371,7 +343,7 @@ static char *dup_n(const char *s, size_t n) {
 
 static int collect_event(void *ctx, const toolcall_event *ev) {
     collect *c = ctx;
-    if (ev->kind == TOOLCALL_CONTENT) return buf_append(&c->content, ev->text, ev->len);
+    if (ev->kind == TOOLCALL_CONTENT) return rbuf_append(&c->content, ev->text, ev->len);
     toolcall_call *calls = realloc(c->calls, (size_t)(c->n_calls + 1) * sizeof *calls);
     if (!calls) return -1;
     c->calls = calls;
@@ -395,7 +367,7 @@ void toolcall_result_free(toolcall_result *r) {
 int toolcall_parse(const char *text, size_t len, toolcall_result *out) {
     collect c = {.n_calls = 0};
     toolcall_parser *p = toolcall_new(collect_event, &c);
-    int rc = p && buf_append(&c.content, "", 0) == 0 && toolcall_push(p, text, len) == 0 && toolcall_finish(p) == 0
+    int rc = p && rbuf_append(&c.content, "", 0) == 0 && toolcall_push(p, text, len) == 0 && toolcall_finish(p) == 0
                  ? 0 : -1;
     *out = (toolcall_result){.content = c.content.p, .content_len = c.content.len, .calls = c.calls,
                              .n_calls = c.n_calls};

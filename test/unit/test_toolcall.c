@@ -131,8 +131,8 @@ static const tcase CASES[] = {
 /* ---- recording events ---- */
 
 typedef struct rec {
-    tcbuf log;       /* "\x1e" C text | "\x1e" F index ":" name ":" args, adjacent CONTENT merged */
-    tcbuf content;
+    rbuf log;       /* "\x1e" C text | "\x1e" F index ":" name ":" args, adjacent CONTENT merged */
+    rbuf content;
     int n_calls;
     int last_content;
     int aligned;     /* pieces are whole characters: deltas must be valid UTF-8 */
@@ -145,18 +145,18 @@ static int record(void *ctx, const toolcall_event *ev) {
     if (ev->kind == TOOLCALL_CONTENT) {
         if (ev->len == 0) return -1;
         if (r->aligned && utf8_validate(ev->text, ev->len) != ev->len) r->bad_utf8 = 1;
-        if (!r->last_content) buf_append(&r->log, "\x1e" "C", 2);
-        buf_append(&r->log, ev->text, ev->len);
-        buf_append(&r->content, ev->text, ev->len);
+        if (!r->last_content) rbuf_append(&r->log, "\x1e" "C", 2);
+        rbuf_append(&r->log, ev->text, ev->len);
+        rbuf_append(&r->content, ev->text, ev->len);
         r->last_content = 1;
         return r->fail;
     }
     char head[32];
     int n = snprintf(head, sizeof head, "\x1e" "F%d:", ev->index);
-    buf_append(&r->log, head, (size_t)n);
-    buf_append(&r->log, ev->name, strlen(ev->name));
-    buf_append(&r->log, ":", 1);
-    buf_append(&r->log, ev->arguments, ev->arguments_len);
+    rbuf_append(&r->log, head, (size_t)n);
+    rbuf_append(&r->log, ev->name, strlen(ev->name));
+    rbuf_append(&r->log, ":", 1);
+    rbuf_append(&r->log, ev->arguments, ev->arguments_len);
     if (ev->index != r->n_calls || strlen(ev->arguments) != ev->arguments_len) r->bad_utf8 = 2;
     r->n_calls++;
     r->last_content = 0;
@@ -164,8 +164,8 @@ static int record(void *ctx, const toolcall_event *ev) {
 }
 
 static void rec_free(rec *r) {
-    buf_free(&r->log);
-    buf_free(&r->content);
+    rbuf_free(&r->log);
+    rbuf_free(&r->content);
 }
 
 typedef struct run {
