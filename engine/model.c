@@ -37,7 +37,7 @@ void model_scratch_free(model *m) {
 /* Host scratch slot of at least `bytes` (contents not preserved when it grows). */
 static void *hscratch(model *m, int slot, size_t bytes) {
     model_scratch *s = m->scratch;
-    if (s->host_size[slot] < bytes) {
+    if (s->host_size[slot] < bytes || !s->host[slot]) {
         free(s->host[slot]);
         s->host[slot] = malloc(bytes ? bytes : 1);
         s->host_size[slot] = s->host[slot] ? bytes : 0;
@@ -197,24 +197,20 @@ static void mlp(model *mdl, const weight *g, const weight *u, const weight *d, c
     op->linear(mdl->be, d, gb, out, m);
 }
 
-/* out = Σ_j w_j · Expert_idx_j(x) + SharedMLP(x); each expert runs once on all its tokens. */
-static void moe(model *m, const layer_weights *L, const float *x, float *out, int n) {
-    const model_config *c = &m->cfg;
+typedef struct { model *m; const layer_weights *L; } expert_ctx;
+
+/* ep_expert_fn: y = routed expert e (x), m rows. */
+static void run_expert(void *ctx, int e, const float *x, float *y, int m) {
+    expert_ctx *c = ctx;
+    mlp(c->m, &c->L->exp_gate[e], &c->L->exp_up[e], &c->L->exp_down[e], x, y, m);
+}
+
+/* Each expert runs once on all its tokens, adding into out token by token in
+ * ascending expert order (engine/ep.c keeps that order across ranks). */
+static void routed_local(model *m, const layer_weights *L, const float *x, const int32_t *idx, const float *w,
+                         float *out, int n) {
     const backend_ops *op = m->be->ops;
-    int E = c->n_routed_experts, K = c->n_experts_per_tok, D = c->hidden_size;
-    router_params rp = m->router;
-    rp.bias = L->router_bias;
-    float *logits = fscratch(m, S_RLOG, (size_t)n * E), *dw = fscratch(m, S_RW, (size_t)n * K);
-    int32_t *didx = scratch(m, S_RIDX, (size_t)n * K * sizeof *didx);
-    op->linear(m->be, &L->router, x, logits, n);
-    op->router(m->be, &rp, logits, n, didx, dw);
-    /* The routing decisions drive host-side grouping: bring them over. */
-    int32_t *idx = hscratch(m, H_RIDX, (size_t)n * K * sizeof *idx);
-    float *w = hscratch(m, H_RWALL, (size_t)n * K * sizeof *w);
-    op->download(m->be, idx, didx, (size_t)n * K * sizeof *idx);
-    op->download(m->be, w, dw, (size_t)n * K * sizeof *w);
-    if (c->n_shared_experts) mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, x, out, n);
-    else op->zero(m->be, out, (int64_t)n * D);
+    int E = m->cfg.n_routed_experts, K = m->cfg.n_experts_per_tok, D = m->cfg.hidden_size;
     float *xe = fscratch(m, S_XE, (size_t)n * D), *de = fscratch(m, S_DE, (size_t)n * D);
     int32_t *rows = hscratch(m, H_ROWS, (size_t)n * sizeof *rows);
     float *rw = hscratch(m, H_RW, (size_t)n * sizeof *rw);
@@ -224,10 +220,46 @@ static void moe(model *m, const layer_weights *L, const float *x, float *out, in
             for (int k = 0; k < K; k++)
                 if (idx[t * K + k] == e) { rows[me] = t; rw[me++] = w[t * K + k]; }
         if (!me) continue;
+        __atomic_fetch_add(&m->expert_tokens[e], (uint64_t)me, __ATOMIC_RELAXED);
         for (int i = 0; i < me; i++) op->copy_2d(m->be, xe + (size_t)i * D, 0, x + (size_t)rows[i] * D, 0, 1, D);
         mlp(m, &L->exp_gate[e], &L->exp_up[e], &L->exp_down[e], xe, de, me);
         for (int i = 0; i < me; i++) op->axpy(m->be, rw[i], de + (size_t)i * D, out + (size_t)rows[i] * D, D);
     }
+}
+
+/* The router's top-k experts and weights per token, on the host: idx/w [n, K]. */
+static void route(model *m, const layer_weights *L, const float *x, int n, int32_t *idx, float *w) {
+    const backend_ops *op = m->be->ops;
+    int E = m->cfg.n_routed_experts, K = m->cfg.n_experts_per_tok;
+    router_params rp = m->router;
+    rp.bias = L->router_bias;
+    float *logits = fscratch(m, S_RLOG, (size_t)n * E), *dw = fscratch(m, S_RW, (size_t)n * K);
+    int32_t *didx = scratch(m, S_RIDX, (size_t)n * K * sizeof *didx);
+    op->linear(m->be, &L->router, x, logits, n);
+    op->router(m->be, &rp, logits, n, didx, dw);
+    /* The routing decisions drive host-side grouping: bring them over. */
+    op->download(m->be, idx, didx, (size_t)n * K * sizeof *idx);
+    op->download(m->be, w, dw, (size_t)n * K * sizeof *w);
+}
+
+/* out = Σ_j w_j · Expert_idx_j(x) + SharedMLP(x). n may be 0 with expert parallelism. */
+static int moe(model *m, const layer_weights *L, const float *x, float *out, int n, ms_err *err) {
+    const model_config *c = &m->cfg;
+    int K = c->n_experts_per_tok, D = c->hidden_size;
+    int32_t *idx = hscratch(m, H_RIDX, (size_t)n * K * sizeof *idx);
+    float *w = hscratch(m, H_RWALL, (size_t)n * K * sizeof *w);
+    if (!idx || !w) return ms_err_set(err, "out of memory");
+    if (n) {
+        route(m, L, x, n, idx, w);
+        if (c->n_shared_experts) mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, x, out, n);
+        else m->be->ops->zero(m->be, out, (int64_t)n * D);
+    }
+    if (!m->ep) {
+        routed_local(m, L, x, idx, w, out, n);
+        return 0;
+    }
+    expert_ctx ec = {m, L};
+    return ep_moe(m->ep, m->be, n, D, K, x, idx, w, out, run_expert, &ec, m->expert_tokens, err);
 }
 
 /* ------------------------------------------------------------------ driver */
@@ -280,17 +312,21 @@ static void final_logits(model *m, const float *h, const model_batch *b, float *
     op->download(m->be, logits, dl, bytes); /* logits = lm_head(RMSNorm(h)), to the caller's host memory */
 }
 
-int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, ms_err *err) {
+static int check_batch(const model *m, const model_batch *b, ms_err *err) {
+    int n = b->n_tokens;
+    if (n < 0 || (n == 0 && !m->ep)) return ms_err_set(err, "empty batch");
+    for (int i = 0; i < n; i++)
+        if (b->tokens[i] < 0 || b->tokens[i] >= m->cfg.vocab_size)
+            return ms_err_set(err, "token id %d out of range [0, %d)", b->tokens[i], m->cfg.vocab_size);
+    for (int i = 0; i < b->n_logits; i++)
+        if (b->logit_rows[i] < 0 || b->logit_rows[i] >= n) return ms_err_set(err, "bad logit row %d", b->logit_rows[i]);
+    return 0;
+}
+
+static int forward(model *m, kv_cache *kv, const model_batch *b, float *logits, ms_err *err) {
     const model_config *c = &m->cfg;
     const backend_ops *op = m->be->ops;
     int n = b->n_tokens, D = c->hidden_size;
-    if (n <= 0) return ms_err_set(err, "empty batch");
-    for (int i = 0; i < n; i++)
-        if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab_size)
-            return ms_err_set(err, "token id %d out of range [0, %d)", b->tokens[i], c->vocab_size);
-    for (int i = 0; i < b->n_logits; i++)
-        if (b->logit_rows[i] < 0 || b->logit_rows[i] >= n) return ms_err_set(err, "bad logit row %d", b->logit_rows[i]);
-    if (!m->scratch && !(m->scratch = calloc(1, sizeof *m->scratch))) return ms_err_set(err, "out of memory");
     seq_run *runs = malloc((size_t)n * sizeof *runs);
     if (!runs) return ms_err_set(err, "out of memory");
     int n_runs = make_runs(b, runs, err);
@@ -306,8 +342,8 @@ int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, m
         attention(m, kv, l, a, out, b, runs, n_runs);
         op->axpy(m->be, 1.0f, out, h, (int64_t)n * D);                   /* h = h + attn */
         op->rmsnorm(m->be, &L->ffn_norm, h, a, n, D, c->rms_norm_eps);   /* b = RMSNorm(h) */
-        if (L->is_moe) moe(m, L, a, out, n);
-        else mlp(m, &L->gate, &L->up, &L->down, a, out, n);
+        if (!L->is_moe) mlp(m, &L->gate, &L->up, &L->down, a, out, n);
+        else if (moe(m, L, a, out, n, err) != 0) { free(runs); return -1; }
         op->axpy(m->be, 1.0f, out, h, (int64_t)n * D);                   /* h = h + ffn */
         trace_out(m, l, h, n, D);
     }
@@ -318,4 +354,21 @@ int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, m
     free(runs);
     final_logits(m, h, b, logits);
     return 0;
+}
+
+/* A rank with no tokens this step still takes part in every MoE exchange. */
+static int forward_empty(model *m, ms_err *err) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        if (m->layers[l].is_moe && moe(m, &m->layers[l], NULL, NULL, 0, err) != 0) return -1;
+    return 0;
+}
+
+int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, ms_err *err) {
+    int rc = check_batch(m, b, err);
+    if (rc == 0 && !m->scratch && !(m->scratch = calloc(1, sizeof *m->scratch))) rc = ms_err_set(err, "out of memory");
+    if (!m->ep) return rc ? rc : forward(m, kv, b, logits, err);
+    if (rc == 0) rc = ep_step_begin(m->ep, b->n_tokens, err);
+    if (rc == 0) rc = b->n_tokens ? forward(m, kv, b, logits, err) : forward_empty(m, err);
+    if (rc != 0) ep_abort(m->ep, err->msg); /* the other ranks must not wait for this one */
+    return rc;
 }

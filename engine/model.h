@@ -23,6 +23,7 @@
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "engine/backend.h"
+#include "engine/ep.h"
 #include "engine/kv.h"
 
 typedef struct layer_weights {
@@ -66,6 +67,8 @@ struct model {
     struct model_scratch *scratch;  /* grown on demand */
     const void **placed;            /* backend copies of weights (weight_place), released at free */
     int n_placed, cap_placed;
+    ep *ep;                         /* expert parallelism (model_set_ep), or NULL: one rank */
+    uint64_t *expert_tokens;        /* [n_routed_experts] rows each routed expert ran on this rank */
 };
 
 typedef struct model_batch {
@@ -84,8 +87,19 @@ model *model_load(const char *dir, backend *be, ms_err *err);
 void model_free(model *m);
 
 /* Runs the batch; logits: [n_logits, vocab_size] floats (host memory).
- * Reserves KV pages for the batch; fails (nothing written) if none are free. */
+ * Reserves KV pages for the batch; fails (nothing written) if none are free.
+ * With expert parallelism every rank calls it once per step, n_tokens = 0
+ * allowed (the rank still takes part in each MoE exchange); any failure then
+ * fails the whole world (ep_abort) and the other ranks' calls return -1. */
 int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, ms_err *err);
+
+/* Makes this model one rank of an expert-parallel world over c: routed experts
+ * run where owner[e] says (NULL: contiguous slices, engine/ep.h). */
+int model_set_ep(model *m, comm *c, const int32_t *owner, ms_err *err);
+
+/* out[e] = rows routed expert e has run on this rank since load (summed over
+ * layers; experts owned elsewhere stay 0). Safe from any thread. */
+void model_expert_tokens(const model *m, uint64_t *out);
 
 /* A KV cache sized for this model holding n_tokens tokens (rounded up to pages). */
 int model_kv_init(const model *m, kv_cache *kv, int n_tokens, ms_err *err);

@@ -221,7 +221,8 @@ model *model_load(const char *dir, backend *be, ms_err *err) {
     const model_config *c = &m->cfg;
     binder b = {m, dir, err};
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (!m->layers) { ms_err_set(err, "out of memory"); goto fail; }
+    m->expert_tokens = calloc((size_t)(c->n_routed_experts ? c->n_routed_experts : 1), sizeof *m->expert_tokens);
+    if (!m->layers || !m->expert_tokens) { ms_err_set(err, "out of memory"); goto fail; }
     if (bind(&b, &m->embed, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, 0) ||
         bind(&b, &m->final_norm, "model.norm.weight", c->hidden_size, 0, 0) ||
         bind(&b, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size, 1))
@@ -253,8 +254,22 @@ void model_free(model *m) {
     for (int i = 0; i < m->n_placed; i++) m->be->ops->weight_release(m->be, m->placed[i]);
     free(m->placed);
     model_scratch_free(m);
+    ep_free(m->ep, m->be);
+    free(m->expert_tokens);
     safetensors_close(m->st);
     free(m);
+}
+
+int model_set_ep(model *m, comm *c, const int32_t *owner, ms_err *err) {
+    if (m->ep) return ms_err_set(err, "expert parallelism is already set up");
+    if (!m->cfg.n_routed_experts) return ms_err_set(err, "expert parallelism needs a model with routed experts");
+    m->ep = ep_create(c, m->cfg.n_routed_experts, owner, err);
+    return m->ep ? 0 : -1;
+}
+
+void model_expert_tokens(const model *m, uint64_t *out) {
+    for (int e = 0; e < m->cfg.n_routed_experts; e++)
+        out[e] = m->expert_tokens ? __atomic_load_n(&m->expert_tokens[e], __ATOMIC_RELAXED) : 0;
 }
 
 int model_kv_init(const model *m, kv_cache *kv, int n_tokens, ms_err *err) {

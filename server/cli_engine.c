@@ -7,27 +7,62 @@
 
 #include "cpu/backend_cpu.h"
 
-int cli_engine_open(cli_engine *e, const char *dir, int n_threads, int kv_tokens) {
+/* Every step starts with this agreement: rank 0 says go (1) or stop (0). */
+static int agree(comm *c, float go) {
     ms_err err = {{0}};
-    e->be = backend_cpu_create(n_threads, &err);
-    if (!e->be) goto fail;
-    e->m = model_load(dir, e->be, &err);
-    if (!e->m) goto fail;
+    float v = c->rank == 0 ? go : 0.0f;
+    if (c->ops->all_reduce_sum(c, &v, 1, &err) != 0) return -1;
+    return v != 0.0f;
+}
+
+/* Ranks 1..N-1: an empty step (their share of the experts) each time rank 0 steps. */
+static void *follower_main(void *arg) {
+    model *m = arg;
+    comm *c = ep_comm(m->ep);
+    model_batch none = {0};
+    ms_err err = {{0}};
+    while (agree(c, 0.0f) == 1)
+        if (model_forward(m, NULL, &none, NULL, &err) != 0) break; /* the world has failed; rank 0 reports it */
+    return NULL;
+}
+
+static int start_followers(cli_engine *e, ms_err *err) {
+    e->followers = calloc((size_t)e->ranks.n_ranks - 1, sizeof *e->followers);
+    if (!e->followers) return ms_err_set(err, "out of memory");
+    for (int r = 1; r < e->ranks.n_ranks; r++) {
+        if (pthread_create(&e->followers[r - 1], NULL, follower_main, e->ranks.m[r]) != 0) {
+            ep_abort(e->m->ep, "cannot start a rank thread"); /* releases the ones already started */
+            return ms_err_set(err, "cannot start the thread of rank %d", r);
+        }
+        e->n_followers++;
+    }
+    return 0;
+}
+
+int cli_engine_open(cli_engine *e, const char *dir, int n_threads, int kv_tokens, int ep, const char *placement) {
+    ms_err err = {{0}};
+    *e = (cli_engine){0};
+    if (ep_launch_open(&e->ranks, dir, ep, n_threads, placement, &err) != 0) goto fail;
+    e->be = e->ranks.be[0];
+    e->m = e->ranks.m[0];
     if (model_kv_init(e->m, &e->kv, kv_tokens, &err) != 0) goto fail;
+    if (ep > 1 && start_followers(e, &err) != 0) goto fail;
     return 0;
 fail:
     fprintf(stderr, "mlaserve: %s\n", err.msg);
-    model_free(e->m);
-    backend_cpu_free(e->be);
+    cli_engine_close(e);
     e->m = NULL;
     e->be = NULL;
     return -1;
 }
 
 void cli_engine_close(cli_engine *e) {
+    if (e->n_followers) agree(ep_comm(e->m->ep), 0.0f);
+    for (int i = 0; i < e->n_followers; i++) pthread_join(e->followers[i], NULL);
+    free(e->followers);
     kv_cache_free(&e->kv);
-    model_free(e->m);
-    backend_cpu_free(e->be);
+    ep_launch_close(&e->ranks);
+    *e = (cli_engine){0};
 }
 
 int cli_engine_step(cli_engine *e, kv_seq *seq, const int32_t *ids, int n, int pos0, int all_rows, float *logits) {
@@ -42,7 +77,10 @@ int cli_engine_step(cli_engine *e, kv_seq *seq, const int32_t *ids, int n, int p
     kv_seq *seqs[1] = {seq};
     model_batch b = {n, ids, pos, sq, seqs, 1, all_rows ? rows : rows + n - 1, all_rows ? n : 1};
     ms_err err = {{0}};
-    int rc = model_forward(e->m, &e->kv, &b, logits, &err);
+    int rc = 0;
+    if (e->n_followers && agree(ep_comm(e->m->ep), 1.0f) != 1)
+        rc = ms_err_set(&err, "expert-parallel ranks are not running");
+    if (rc == 0) rc = model_forward(e->m, &e->kv, &b, logits, &err);
     if (rc != 0) fprintf(stderr, "mlaserve: %s\n", err.msg);
     free(pos);
     free(sq);

@@ -1,22 +1,34 @@
 /* server/cli_engine.h — what the model-running subcommands (logits, generate)
  * share: argument helpers and opening a model with a CPU backend and a KV cache.
- * Owned by the calling command; single-threaded. */
+ * Owned by the calling command; single-threaded from the caller's side.
+ *
+ * With --ep N > 1 the model runs expert-parallel over N CPU ranks
+ * (server/ep_launch.h): the caller's sequence lives on rank 0; ranks 1..N-1 are
+ * threads that join every step with no tokens of their own and run their share
+ * of the routed experts, so results can be compared across rank counts. */
 #ifndef MS_CLI_ENGINE_H
 #define MS_CLI_ENGINE_H
 
 #include <stdint.h>
 
+#include <pthread.h>
+
 #include "engine/model.h"
+#include "server/ep_launch.h"
 
 typedef struct cli_engine {
-    backend *be;
+    backend *be;             /* rank 0's */
     model *m;
     kv_cache kv;
+    ep_launch ranks;
+    pthread_t *followers;    /* ranks 1..N-1 */
+    int n_followers;
 } cli_engine;
 
-/* Loads dir with n_threads (<= 0: all CPUs) and a KV cache of kv_tokens tokens.
+/* Loads dir with n_threads (<= 0: all CPUs) and a KV cache of kv_tokens tokens,
+ * over ep ranks (1: plain) with an optional expert placement file.
  * On failure prints the loader's message to stderr and returns -1. */
-int cli_engine_open(cli_engine *e, const char *dir, int n_threads, int kv_tokens);
+int cli_engine_open(cli_engine *e, const char *dir, int n_threads, int kv_tokens, int ep, const char *placement);
 void cli_engine_close(cli_engine *e);
 
 /* Runs tokens at positions pos0.. of seq; writes the last token's logits to

@@ -16,8 +16,8 @@
 #include "server/cli_engine.h"
 
 typedef struct {
-    const char *model_dir, *prompt, *chat;
-    long max_tokens, threads;
+    const char *model_dir, *prompt, *chat, *placement;
+    long max_tokens, threads, ep;
     int ignore_eos, quiet_stats, seed_given;
     sample_params sp;
 } gen_args;
@@ -26,6 +26,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: mlaserve generate --model DIR (--prompt TEXT | --chat TEXT) [--max-tokens N]\n"
                "                         [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
                "                         [--repetition-penalty R] [--threads N] [--ignore-eos] [--no-stats]\n"
+               "                         [--ep N] [--ep-placement FILE]\n"
                "--prompt continues raw text (BOS prepended as tokenizer_config.json says); --chat sends TEXT\n"
                "as one user message through the chat template. Sampling defaults: generation_config.json,\n"
                "else greedy. --temperature 0 is greedy.\n");
@@ -60,6 +61,7 @@ static int parse_sampling(const char *o, const char *v, gen_args *a) {
 static int parse_args(int argc, char **argv, gen_args *a) {
     memset(a, 0, sizeof *a);
     a->max_tokens = 128;
+    a->ep = 1;
     a->sp = sample_params_default();
     a->sp.temperature = 0;
     for (int i = 1; i + 1 < argc; i++)
@@ -77,6 +79,8 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         else if (!strcmp(o, "--chat")) a->chat = v;
         else if (!strcmp(o, "--max-tokens") && !cli_parse_int(v, 1, 1 << 24, &a->max_tokens)) continue;
         else if (!strcmp(o, "--threads") && !cli_parse_int(v, 0, 4096, &a->threads)) continue;
+        else if (!strcmp(o, "--ep") && !cli_parse_int(v, 1, 256, &a->ep)) continue;
+        else if (!strcmp(o, "--ep-placement")) a->placement = v;
         else if (parse_sampling(o, v, a) != 0) {
             fprintf(stderr, "mlaserve generate: bad option or value: %s %s\n", o, v);
             return -1;
@@ -182,7 +186,7 @@ int cmd_generate(int argc, char **argv) {
     cli_engine e;
     int rc = CLI_FAIL;
     if (prompt_ids(tok, &a, &ids, &n) == 0 &&
-        cli_engine_open(&e, a.model_dir, (int)a.threads, (int)n + (int)a.max_tokens + 1) == 0) {
+        cli_engine_open(&e, a.model_dir, (int)a.threads, (int)n + (int)a.max_tokens + 1, (int)a.ep, a.placement) == 0) {
         if ((long)n + a.max_tokens > e.m->cfg.max_position_embeddings)
             fprintf(stderr, "mlaserve generate: %zu prompt tokens + %ld exceed the context (%d)\n", n, a.max_tokens,
                     e.m->cfg.max_position_embeddings);
