@@ -68,10 +68,10 @@ CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/%.o)
 NVCCFLAGS ?= -O2 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter \
              -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90
 CFLAGS    += -DMS_CUDA=1 -I$(CUDA_HOME)/include
-LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
+LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lnccl -lcudart -lcublasLt -lcublas -lstdc++
 LIB_OBJ   += $(CU_OBJ)
 CUDA_TEST_BIN := $(patsubst test/cuda/%.c,$(BUILD)/test-cuda/%,$(wildcard test/cuda/*.c))
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lnccl -lcudart -lcublasLt -lcublas -lstdc++
 # The device tests and the CUDA benchmark link only what they use (no jansson /
 # PCRE2 / libmicrohttpd), so `make CUDA=1 cuda-check` builds on a GPU machine
 # that lacks those headers (scripts/gpu-check.sh).
@@ -186,11 +186,11 @@ endif
 #                  against the in-process shim in test/tsan/). Any report fails.
 # make fuzz        builds the libFuzzer targets (clang, build-fuzz/) and runs each
 #                  for FUZZ_SECONDS (default 300); make fuzz-ci: 60 s each.
-TSAN_TESTS    := test_sched test_model_golden test_cpu_ops test_tokenizer
+TSAN_TESTS    := test_sched test_model_golden test_cpu_ops test_tokenizer test_ep
 # make test runs the TSan half on the scheduler (engine thread + client threads)
 # and the tokenizer (shared read-only across HTTP threads) only: the other two
 # take ~11 min under TSan on 2 cores (docs/operations.md has the timings).
-TSAN_CI_TESTS := test_sched test_tokenizer
+TSAN_CI_TESTS := test_sched test_tokenizer test_ep
 FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 300
 FUZZ_CC      ?= clang

@@ -18,6 +18,19 @@
 
 #include "engine/sched_text.h"
 
+/* The ranks of an expert-parallel world (sched_create_ep) share this: how many
+ * sequences are queued or running anywhere (an idle rank must keep stepping,
+ * with no tokens, while any rank has work), the stop flag and the first fatal
+ * error. */
+typedef struct sched_group {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int busy;
+    int stopping;
+    int failed;
+    char error[sizeof(ms_err) + 32];
+} sched_group;
+
 /* ------------------------------------------------------------ the stream */
 
 typedef struct event_node {
@@ -123,6 +136,7 @@ typedef struct seq {
     sched_text text;        /* detokenizer + stop-string holdback */
     sched_constraint cons;  /* ctx NULL: none */
     uint64_t admitted;      /* admission order: larger = younger */
+    int queued_pages;       /* pages counted in sched.waiting_pages while it waits */
     struct seq *next;       /* waiting list link */
 } seq;
 
@@ -147,6 +161,12 @@ struct sched {
     kv_seq **b_seqs;
     seq **b_owner;          /* sequence of each batch run */
     int *b_samples;         /* per run: 1 if its last token's logits are sampled */
+    int waiting_pages;      /* pages the waiting sequences need (guarded by mu) */
+    /* expert parallelism: a rank has comm + group; the front has ranks (and no engine thread) */
+    comm *comm;
+    sched_group *group;
+    sched **ranks;
+    int n_ranks;
 };
 
 static void constraint_free(sched_constraint *c) {
@@ -163,6 +183,30 @@ static void seq_free(seq *q) {
     free(q);
 }
 
+static void group_add_busy(sched_group *g, int d) {
+    if (!g) return;
+    pthread_mutex_lock(&g->mu);
+    g->busy += d;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Queues q at the back (or the front) of the waiting list; caller holds s->mu. */
+static void enqueue_locked(sched *s, seq *q, int front) {
+    q->queued_pages = kv_pages_for(q->n_tokens + 1);
+    s->waiting_pages += q->queued_pages;
+    s->n_waiting++;
+    if (front) {
+        q->next = s->waiting;
+        s->waiting = q;
+        if (!s->waiting_tail) s->waiting_tail = q;
+        return;
+    }
+    q->next = NULL;
+    if (s->waiting_tail) s->waiting_tail->next = q; else s->waiting = q;
+    s->waiting_tail = q;
+}
+
 /* Ends q's stream with `reason` (flushing held-back text unless cancelled). */
 static void seq_finish(sched *s, seq *q, finish_reason reason, const char *error) {
     sched_event ev = {.token = -1, .finish = reason};
@@ -175,6 +219,7 @@ static void seq_finish(sched *s, seq *q, finish_reason reason, const char *error
     pthread_mutex_lock(&s->mu); /* counted before the client can see the end */
     s->stats.requests_finished++;
     pthread_mutex_unlock(&s->mu);
+    group_add_busy(s->group, -1);
     stream_push(q->stream, &ev);
     stream_unref(q->stream);
     seq_free(q);
@@ -241,8 +286,42 @@ static sched_stream *stream_create(sched *s) {
     return st;
 }
 
+/* The data-parallel rank for a new sequence: the most free KV pages (less what
+ * its waiting sequences need), then the fewest sequences, then the lowest rank. */
+static sched *pick_rank(sched *f) {
+    sched *best = NULL;
+    long best_free = 0, best_load = 0;
+    for (int r = 0; r < f->n_ranks; r++) {
+        sched *s = f->ranks[r];
+        pthread_mutex_lock(&s->mu);
+        long free_pages = (long)s->stats.kv_pages_free - s->waiting_pages, load = s->stats.running + s->n_waiting;
+        pthread_mutex_unlock(&s->mu);
+        if (!best || free_pages > best_free || (free_pages == best_free && load < best_load)) {
+            best = s;
+            best_free = free_pages;
+            best_load = load;
+        }
+    }
+    return best;
+}
+
+static int group_failed(sched_group *g, ms_err *err) {
+    pthread_mutex_lock(&g->mu);
+    int failed = g->failed;
+    if (failed) ms_err_set(err, "the engine has stopped after an error: %s", g->error);
+    pthread_mutex_unlock(&g->mu);
+    return failed;
+}
+
 sched_stream *sched_submit(sched *s, const sched_request *r, int *queue_full, ms_err *err) {
     if (queue_full) *queue_full = 0;
+    if (s->group && group_failed(s->group, err)) {
+        if (queue_full) *queue_full = 1;
+        sched_constraint cons = r->constraint;
+        constraint_free(&cons);
+        return NULL;
+    }
+    if (s->ranks) return sched_submit(pick_rank(s), r, queue_full, err);
     sched_constraint cons = r->constraint;
     seq *q = validate(s, r, err) == 0 ? seq_create(s, r, err) : NULL;
     if (!q) {
@@ -268,11 +347,10 @@ sched_stream *sched_submit(sched *s, const sched_request *r, int *queue_full, ms
         seq_free(q);
         return NULL;
     }
-    if (s->waiting_tail) s->waiting_tail->next = q; else s->waiting = q;
-    s->waiting_tail = q;
-    s->n_waiting++;
+    enqueue_locked(s, q, 0);
     pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->mu);
+    group_add_busy(s->group, 1);
     return st;
 }
 
@@ -305,10 +383,7 @@ static void preempt(sched *s, int i) {
     kv_seq_release(&s->kv, &q->kv);
     q->n_computed = 0;
     pthread_mutex_lock(&s->mu);
-    q->next = s->waiting;
-    s->waiting = q;
-    if (!s->waiting_tail) s->waiting_tail = q;
-    s->n_waiting++;
+    enqueue_locked(s, q, 1);
     s->stats.preemptions++;
     pthread_mutex_unlock(&s->mu);
 }
@@ -338,6 +413,7 @@ static void finish_cancelled(sched *s) {
         if (atomic_load(&q->stream->cancelled) || s->stopping) {
             *link = q->next;
             s->n_waiting--;
+            s->waiting_pages -= q->queued_pages;
             q->next = dead;
             dead = q;
         } else {
@@ -391,6 +467,7 @@ static void admit(sched *s, int budget_left) {
             s->waiting = q->next;
             if (!s->waiting) s->waiting_tail = NULL;
             s->n_waiting--;
+            s->waiting_pages -= q->queued_pages;
             q->next = NULL;
             if (!q->admitted) s->stats.prompt_tokens += (uint64_t)q->n_prompt;
         }
@@ -507,26 +584,29 @@ static void publish_stats(sched *s, int stepped, int generated) {
     pthread_mutex_unlock(&s->mu);
 }
 
-static void step(sched *s) {
+/* One engine step. Returns -1 only when an expert-parallel world failed (err
+ * set): the rank must stop. */
+static int step(sched *s, ms_err *err) {
     finish_cancelled(s);
     ensure_decode_pages(s);
     admit(s, s->cfg.max_batched_tokens - s->n_running);
     batch_size bs = build_batch(s);
-    if (bs.n_tokens == 0) {
+    if (bs.n_tokens == 0 && !s->comm) {
         publish_stats(s, 0, 0); /* e.g. the last sequence was cancelled */
-        return;
+        return 0;
     }
+    /* a rank of an expert-parallel world steps with its peers even with no tokens */
     model_batch b = {bs.n_tokens, s->b_tokens, s->b_pos, s->b_seq, s->b_seqs, bs.n_runs, s->b_rows, bs.n_logits};
-    ms_err err = {{0}};
-    if (model_forward(s->m, &s->kv, &b, s->logits, &err) != 0) {
+    if (model_forward(s->m, &s->kv, &b, s->logits, err) != 0) {
+        if (s->comm) return -1;
         /* A failed step fails the sequences in it; the engine keeps serving. */
         for (int r = 0; r < bs.n_runs; r++) {
             for (int i = 0; i < s->n_running; i++)
                 if (s->running[i] == s->b_owner[r]) { running_remove(s, i); break; }
-            seq_finish(s, s->b_owner[r], FINISH_ERROR, err.msg);
+            seq_finish(s, s->b_owner[r], FINISH_ERROR, err->msg);
         }
         publish_stats(s, 1, 0);
-        return;
+        return 0;
     }
     int row = 0;
     for (int r = 0; r < bs.n_runs; r++) {
@@ -541,23 +621,88 @@ static void step(sched *s) {
         if (sample_and_emit(s, q, l) && idx >= 0) running_remove(s, idx);
     }
     publish_stats(s, 1, bs.n_logits);
+    return 0;
 }
 
-static void *engine_main(void *arg) {
-    sched *s = arg;
+/* Ends every running and waiting sequence (the engine is stopping). */
+static void finish_all(sched *s, finish_reason reason, const char *error) {
+    while (s->n_running) {
+        seq *q = s->running[--s->n_running];
+        seq_finish(s, q, reason, error);
+    }
+    pthread_mutex_lock(&s->mu);
+    seq *q = s->waiting;
+    s->waiting = s->waiting_tail = NULL;
+    s->n_waiting = 0;
+    s->waiting_pages = 0;
+    pthread_mutex_unlock(&s->mu);
+    while (q) {
+        seq *next = q->next;
+        seq_finish(s, q, reason, error);
+        q = next;
+    }
+}
+
+/* Records the world's first fatal error, as seen by this rank (a peer's failure
+ * reads "rank 0: expert-parallel group failed: rank 1: ..."), and tells the
+ * owner once. */
+static void group_fail(sched *s, const char *msg) {
+    sched_group *g = s->group;
+    pthread_mutex_lock(&g->mu);
+    int first = !g->failed;
+    if (first) {
+        g->failed = 1;
+        snprintf(g->error, sizeof g->error, "rank %d: %s", s->comm->rank, msg);
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (first && s->cfg.on_fatal) s->cfg.on_fatal(s->cfg.fatal_ctx, g->error); /* g->error is final once failed */
+}
+
+/* A rank of an expert-parallel world: while any rank has work, every rank
+ * steps; each iteration starts with an all-reduce of (has work, stopping) so
+ * all ranks take the same decision and make the same collective calls. */
+static void engine_loop_ep(sched *s) {
+    sched_group *g = s->group;
+    ms_err err = {{0}};
+    for (;;) {
+        pthread_mutex_lock(&g->mu);
+        while (!g->stopping && g->busy == 0) pthread_cond_wait(&g->cv, &g->mu);
+        float v[2] = {0.0f, (float)g->stopping};
+        pthread_mutex_unlock(&g->mu);
+        pthread_mutex_lock(&s->mu);
+        v[0] = (float)(s->n_running + s->n_waiting);
+        pthread_mutex_unlock(&s->mu);
+        if (s->comm->ops->all_reduce_sum(s->comm, v, 2, &err) != 0 || (v[1] == 0.0f && v[0] > 0.0f && step(s, &err) != 0)) {
+            group_fail(s, err.msg);
+            break;
+        }
+        if (v[1] > 0.0f) break;
+    }
+}
+
+static void engine_loop(sched *s) {
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (!s->stopping && s->n_running == 0 && s->n_waiting == 0) pthread_cond_wait(&s->wake, &s->mu);
         int stopping = s->stopping;
         pthread_mutex_unlock(&s->mu);
-        if (stopping) break;
-        step(s);
+        if (stopping) return;
+        ms_err err = {{0}};
+        step(s, &err);
     }
-    while (s->n_running) {
-        seq *q = s->running[--s->n_running];
-        seq_finish(s, q, FINISH_CANCELLED, NULL);
+}
+
+static void *engine_main(void *arg) {
+    sched *s = arg;
+    if (s->comm) engine_loop_ep(s);
+    else engine_loop(s);
+    char error[sizeof(ms_err) + 64] = "";
+    if (s->group) {
+        pthread_mutex_lock(&s->group->mu);
+        if (s->group->failed) snprintf(error, sizeof error, "the engine stopped: %s", s->group->error);
+        pthread_mutex_unlock(&s->group->mu);
     }
-    finish_cancelled(s); /* drains the waiting queue: stopping cancels all */
+    finish_all(s, error[0] ? FINISH_ERROR : FINISH_CANCELLED, error[0] ? error : NULL);
     return NULL;
 }
 
@@ -600,11 +745,13 @@ static void free_arrays(sched *s) {
     free(s->b_samples);
 }
 
-sched *sched_create(model *m, const tokenizer *tok, const sched_config *cfg, ms_err *err) {
+static sched *create(model *m, const tokenizer *tok, const sched_config *cfg, sched_group *g, ms_err *err) {
     sched *s = calloc(1, sizeof *s);
     if (!s) { ms_err_set(err, "out of memory"); return NULL; }
     s->m = m;
     s->tok = tok;
+    s->group = g;
+    s->comm = m->ep ? ep_comm(m->ep) : NULL;
     if (cfg) s->cfg = *cfg;
     fill_defaults(&s->cfg, m);
     if (alloc_arrays(s) != 0) { ms_err_set(err, "out of memory"); goto fail; }
@@ -625,8 +772,62 @@ fail:
     return NULL;
 }
 
+sched *sched_create(model *m, const tokenizer *tok, const sched_config *cfg, ms_err *err) {
+    if (m->ep) {
+        ms_err_set(err, "a model of an expert-parallel world needs sched_create_ep");
+        return NULL;
+    }
+    return create(m, tok, cfg, NULL, err);
+}
+
+static void front_free(sched *f) {
+    sched_group *g = f->group;
+    pthread_mutex_lock(&g->mu);
+    g->stopping = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    for (int r = 0; r < f->n_ranks; r++) sched_free(f->ranks[r]);
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cv);
+    free(g);
+    free(f->ranks);
+    free(f);
+}
+
+sched *sched_create_ep(model *const *models, int n_ranks, const tokenizer *tok, const sched_config *cfg, ms_err *err) {
+    sched *f = calloc(1, sizeof *f);
+    sched_group *g = calloc(1, sizeof *g);
+    sched **ranks = calloc((size_t)n_ranks, sizeof *ranks);
+    if (!f || !g || !ranks) {
+        free(f); free(g); free(ranks);
+        ms_err_set(err, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    *f = (sched){.m = models[0], .tok = tok, .group = g, .ranks = ranks};
+    for (int r = 0; r < n_ranks; r++) {
+        if (!models[r]->ep || ep_size(models[r]->ep) != n_ranks || ep_rank(models[r]->ep) != r) {
+            ms_err_set(err, "model %d is not rank %d of a %d-rank expert-parallel world", r, r, n_ranks);
+            front_free(f);
+            return NULL;
+        }
+        if (!(ranks[r] = create(models[r], tok, cfg, g, err))) {
+            front_free(f);
+            return NULL;
+        }
+        f->n_ranks++;
+    }
+    f->cfg = ranks[0]->cfg;
+    return f;
+}
+
 void sched_free(sched *s) {
     if (!s) return;
+    if (s->ranks) {
+        front_free(s);
+        return;
+    }
     pthread_mutex_lock(&s->mu);
     s->stopping = 1;
     pthread_cond_signal(&s->wake);
@@ -641,9 +842,52 @@ void sched_free(sched *s) {
 
 const sched_config *sched_get_config(const sched *s) { return &s->cfg; }
 
+static void add_stats(sched_stats *a, const sched_stats *b) {
+    a->running += b->running;
+    a->waiting += b->waiting;
+    a->kv_pages_total += b->kv_pages_total;
+    a->kv_pages_free += b->kv_pages_free;
+    a->requests_finished += b->requests_finished;
+    a->prompt_tokens += b->prompt_tokens;
+    a->generation_tokens += b->generation_tokens;
+    a->preemptions += b->preemptions;
+    a->prefix_cache_queries += b->prefix_cache_queries;
+    a->prefix_cache_hits += b->prefix_cache_hits;
+    if (b->steps > a->steps) a->steps = b->steps; /* the ranks step together */
+}
+
 void sched_get_stats(sched *s, sched_stats *out) {
+    if (s->ranks) {
+        *out = (sched_stats){0};
+        for (int r = 0; r < s->n_ranks; r++) {
+            sched_stats one;
+            sched_get_stats(s->ranks[r], &one);
+            add_stats(out, &one);
+        }
+        return;
+    }
     pthread_mutex_lock(&s->mu);
     *out = s->stats;
     out->waiting = s->n_waiting;
     pthread_mutex_unlock(&s->mu);
+}
+
+int sched_n_ranks(const sched *s) { return s->ranks ? s->n_ranks : 1; }
+
+void sched_get_rank_stats(sched *s, int rank, sched_stats *out) {
+    sched_get_stats(s->ranks ? s->ranks[rank] : s, out);
+}
+
+int sched_expert_tokens(sched *s, uint64_t *out, int cap) {
+    int E = s->m->cfg.n_routed_experts;
+    if (E > cap) E = cap;
+    for (int e = 0; e < E; e++) out[e] = 0;
+    uint64_t *one = malloc((size_t)s->m->cfg.n_routed_experts * sizeof *one + 1);
+    if (!one) return 0;
+    for (int r = 0; r < sched_n_ranks(s); r++) {
+        model_expert_tokens(s->ranks ? s->ranks[r]->m : s->m, one);
+        for (int e = 0; e < E; e++) out[e] += one[e];
+    }
+    free(one);
+    return E;
 }

@@ -47,6 +47,11 @@ typedef struct sched_config {
     int max_model_len;       /* prompt + completion limit (default: the model's, capped by the pool) */
     int max_queue;           /* waiting requests at most; submit fails beyond (default 256) */
     int no_prefix_caching;   /* 1 disables reuse of cached prompt pages */
+    /* Expert parallelism only: called once, from an engine thread, when the
+     * world fails (a rank's step failed); every request then ends with
+     * FINISH_ERROR and later submissions fail. */
+    void (*on_fatal)(void *ctx, const char *message);
+    void *fatal_ctx;
 } sched_config;
 
 /* A per-request constraint on the tokens the sampler may pick (structured
@@ -115,6 +120,14 @@ typedef struct sched_stats {
 
 /* Starts the engine thread over model m (not owned) and tok (not owned). */
 sched *sched_create(model *m, const tokenizer *tok, const sched_config *cfg, ms_err *err);
+
+/* Expert parallelism (engine/ep.h): models[r] is rank r of one world
+ * (model_set_ep). Returns a front scheduler with the same API: one engine thread,
+ * KV pool and running set per rank (cfg applies to each rank: kv_cache_tokens
+ * and max_num_seqs are per rank); each new request goes to the rank with the
+ * most free KV pages; all ranks step together while any has work (an idle rank
+ * steps with no tokens, running its experts for the others); stats add up. */
+sched *sched_create_ep(model *const *models, int n_ranks, const tokenizer *tok, const sched_config *cfg, ms_err *err);
 /* Stops the engine thread; waiting and running requests finish with FINISH_CANCELLED. */
 void sched_free(sched *s);
 /* The effective limits (defaults filled in). */
@@ -134,5 +147,13 @@ void sched_stream_cancel(sched_stream *st);
 void sched_stream_free(sched_stream *st);
 
 void sched_get_stats(sched *s, sched_stats *out);
+
+/* Data-parallel ranks (1 without expert parallelism) and one rank's stats. */
+int sched_n_ranks(const sched *s);
+void sched_get_rank_stats(sched *s, int rank, sched_stats *out);
+
+/* out[e] = rows routed expert e has run, summed over ranks and layers; returns
+ * the number of experts written (at most cap). */
+int sched_expert_tokens(sched *s, uint64_t *out, int cap);
 
 #endif

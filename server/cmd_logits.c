@@ -14,20 +14,23 @@ typedef struct {
     const char *model_dir, *ids_text, *last_logits, *placement;
     long top, greedy, threads, ep;
     attn_mode attn;
+    int expert_counts;
 } logits_args;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: mlaserve logits --model DIR --ids ID,ID,... [--top K] [--greedy N]\n"
                "                       [--last-logits FILE] [--threads N] [--attn auto|absorb|naive]\n"
-               "                       [--ep N] [--ep-placement FILE]\n"
-               "Prints {\"top\": [[[id, logit], ...] per prompt position], \"greedy\": [N ids]}.\n");
+               "                       [--ep N] [--ep-placement FILE] [--expert-counts]\n"
+               "Prints {\"top\": [[[id, logit], ...] per prompt position], \"greedy\": [N ids]}; with\n"
+               "--expert-counts also \"expert_tokens\": [rows each routed expert ran, over all layers and ranks].\n");
 }
 
 static int parse_args(int argc, char **argv, logits_args *a) {
-    *a = (logits_args){NULL, NULL, NULL, NULL, 20, 0, 0, 1, ATTN_AUTO};
+    *a = (logits_args){NULL, NULL, NULL, NULL, 20, 0, 0, 1, ATTN_AUTO, 0};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) { usage(stdout); exit(CLI_OK); }
+        if (!strcmp(o, "--expert-counts")) { a->expert_counts = 1; continue; }
         if (!v) { fprintf(stderr, "mlaserve logits: %s needs a value\n", o); return -1; }
         i++;
         if (!strcmp(o, "--model")) a->model_dir = v;
@@ -96,6 +99,21 @@ static int write_floats(const char *path, const float *v, int n) {
     return 0;
 }
 
+/* Rows each routed expert ran, summed over the ranks. */
+static json_t *expert_counts(const cli_engine *e) {
+    int E = e->m->cfg.n_routed_experts;
+    uint64_t *sum = calloc((size_t)E + 1, sizeof *sum), *one = calloc((size_t)E + 1, sizeof *one);
+    json_t *arr = json_array();
+    for (int r = 0; sum && one && r < e->ranks.n_ranks; r++) {
+        model_expert_tokens(e->ranks.m[r], one);
+        for (int x = 0; x < E; x++) sum[x] += one[x];
+    }
+    for (int x = 0; sum && x < E; x++) json_array_append_new(arr, json_integer((json_int_t)sum[x]));
+    free(sum);
+    free(one);
+    return arr;
+}
+
 static int run(cli_engine *e, const logits_args *a, const int32_t *ids, int n) {
     int V = e->m->cfg.vocab_size;
     float *logits = malloc((size_t)n * V * sizeof *logits);
@@ -117,6 +135,7 @@ static int run(cli_engine *e, const logits_args *a, const int32_t *ids, int n) {
     }
     json_object_set_new(out, "top", top);
     json_object_set_new(out, "greedy", greedy);
+    if (rc == 0 && a->expert_counts) json_object_set_new(out, "expert_tokens", expert_counts(e));
     if (rc == 0) {
         char *s = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9));
         puts(s);

@@ -6,8 +6,11 @@
  * engine thread (engine/sched.h), mark ready, print the banner. SIGINT/SIGTERM:
  * stop accepting, let in-flight requests finish for --drain-timeout seconds,
  * cancel the rest, exit 0. A signal during loading exits at once (0). Load
- * failures exit 1 with the loader's message. Owns everything it creates; the
- * only state shared with the signal thread is an atomic flag and a semaphore. */
+ * failures exit 1 with the loader's message. With --ep N the model runs over N
+ * expert-parallel CPU ranks (server/ep_launch.h, engine/sched.h
+ * sched_create_ep); if a rank fails, every request ends with an error and the
+ * server exits 1 with the rank's message. Owns everything it creates; the only
+ * state shared with the signal and engine threads is atomics and a semaphore. */
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
@@ -27,6 +30,7 @@
 #include "engine/sched.h"
 #include "server/cli.h"
 #include "server/cli_engine.h"
+#include "server/ep_launch.h"
 #include "server/http.h"
 
 #define MAX_API_KEYS 1024
@@ -35,7 +39,8 @@ typedef struct serve_args {
     const char *model_dir, *host, *served_name;
     char *keys[MAX_API_KEYS]; /* owned copies */
     int n_keys;
-    long port, threads, max_body_bytes, drain_timeout_s, max_connections, idle_timeout_s, header_timeout_s;
+    long port, threads, max_body_bytes, drain_timeout_s, max_connections, idle_timeout_s, header_timeout_s, ep;
+    const char *placement;       /* --ep-placement */
     sched_config sc;
     int log_json;
     const char *template_name;   /* --chat-template; NULL: detected from tokenizer_config.json */
@@ -55,7 +60,10 @@ static void usage(FILE *f) {
             "  --max-num-seqs N             running sequences at most (default 16)\n"
             "  --max-num-batched-tokens N   tokens per engine step at most (default 512)\n"
             "  --kv-cache-tokens N          KV cache size in tokens (default 16384); also SIZE with K/M/G suffix = bytes\n"
-            "  --threads N                  CPU threads for the model (default: all CPUs)\n"
+            "  --threads N                  CPU threads for the model (default: all CPUs; split over --ep ranks)\n"
+            "  --ep N                       expert parallelism over N CPU ranks: each rank owns a slice of the\n"
+            "                               routed experts, its own sequences and KV pool (default 1)\n"
+            "  --ep-placement FILE          JSON array: the rank of each routed expert (default: contiguous slices)\n"
             "  --max-queue N                waiting requests at most; beyond, 429 (default 256)\n"
             "  --no-prefix-caching          do not reuse the KV pages of a shared prompt prefix\n"
             "  --max-body-bytes N           request bodies at most (default 8 MiB); beyond, 413\n"
@@ -141,6 +149,7 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
     memset(kv, 0, sizeof *kv);
     a->host = "127.0.0.1";
     a->port = 8000;
+    a->ep = 1;
     a->max_body_bytes = 8L << 20;
     a->drain_timeout_s = 30;
     a->max_connections = 256;
@@ -174,6 +183,8 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         else if (!strcmp(o, "--max-num-batched-tokens")) bad = cli_parse_int(v, 1, 1 << 24, &n), a->sc.max_batched_tokens = (int)n;
         else if (!strcmp(o, "--kv-cache-tokens")) bad = parse_kv_size(v, kv);
         else if (!strcmp(o, "--threads")) bad = cli_parse_int(v, 0, 4096, &a->threads);
+        else if (!strcmp(o, "--ep")) bad = cli_parse_int(v, 1, 256, &a->ep);
+        else if (!strcmp(o, "--ep-placement")) a->placement = v;
         else if (!strcmp(o, "--max-queue")) bad = cli_parse_int(v, 1, 1 << 24, &n), a->sc.max_queue = (int)n;
         else if (!strcmp(o, "--max-body-bytes")) bad = cli_parse_int(v, 64, 1L << 34, &a->max_body_bytes);
         else if (!strcmp(o, "--max-connections")) bad = cli_parse_int(v, 1, 1 << 16, &a->max_connections);
@@ -206,7 +217,16 @@ typedef struct sig_state {
     sem_t stop;
     atomic_int loading;
     atomic_int signo;
+    atomic_int fatal;       /* an expert-parallel rank failed (engine thread) */
 } sig_state;
+
+/* sched_config.on_fatal: the server stops; the message is logged here. */
+static void on_engine_fatal(void *ctx, const char *message) {
+    sig_state *ss = ctx;
+    fprintf(stderr, "mlaserve serve: expert-parallel engine failed: %s; stopping\n", message);
+    atomic_store(&ss->fatal, 1);
+    sem_post(&ss->stop);
+}
 
 static void *signal_thread(void *arg) {
     sig_state *ss = arg;
@@ -252,6 +272,9 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
     printf("  KV cache %d pages x 64 tokens = %d tokens; max model len %d; max %d seqs, %d tokens/step, queue %d; %d CPU threads\n",
            st.kv_pages_total, st.kv_pages_total * 64, sc->max_model_len, sc->max_num_seqs, sc->max_batched_tokens,
            sc->max_queue, n_threads);
+    if (sched_n_ranks(s) > 1)
+        printf("  expert parallel: %d CPU ranks (%s placement); KV pool, max seqs and tokens/step are per rank\n",
+               sched_n_ranks(s), a->placement ? a->placement : "contiguous");
     chat_template_opts probe = {.add_generation_prompt = true, .variant = variant};
     int think = chat_template_opens_think(variant, &probe);
     printf("  chat template %s%s; reasoning parser %s\n", variant_name(variant), a->template_name ? "" : " (detected)",
@@ -297,6 +320,7 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     sem_init(&ss.stop, 0, 0);
     atomic_store(&ss.loading, 1);
     atomic_store(&ss.signo, 0);
+    atomic_store(&ss.fatal, 0);
     pthread_t sig_tid;
     if (pthread_create(&sig_tid, NULL, signal_thread, &ss) != 0) {
         fprintf(stderr, "mlaserve serve: cannot start the signal thread\n");
@@ -319,14 +343,18 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
 
     int rc = CLI_FAIL;
     tokenizer *tok = tokenizer_load(a.model_dir, &err);
-    backend *be = NULL;
+    ep_launch ranks = {0};
     model *m = NULL;
     sched *s = NULL;
     cons_vocab *vocab = NULL;
     if (!tok) goto done;
     int n_threads = a.threads > 0 ? (int)a.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (!(be = backend_cpu_create((int)a.threads, &err))) goto done;
-    if (!(m = model_load(a.model_dir, be, &err))) goto done;
+    if (a.placement && a.ep == 1) {
+        ms_err_set(&err, "--ep-placement needs --ep 2 or more");
+        goto done;
+    }
+    if (ep_launch_open(&ranks, a.model_dir, (int)a.ep, (int)a.threads, a.placement, &err) != 0) goto done;
+    m = ranks.m[0];
     a.sc.kv_cache_tokens = kv.tokens ? (int)kv.tokens
                          : kv.bytes > 0 ? (int)(kv.bytes / kv_bytes_per_token(m) < 1 << 30 ? kv.bytes / kv_bytes_per_token(m) : 1 << 30)
                                         : 0;
@@ -335,7 +363,9 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
                    kv_bytes_per_token(m));
         goto done;
     }
-    if (!(s = sched_create(m, tok, &a.sc, &err))) goto done;
+    a.sc.on_fatal = on_engine_fatal;
+    a.sc.fatal_ctx = &ss;
+    if (!(s = a.ep > 1 ? sched_create_ep(ranks.m, (int)a.ep, tok, &a.sc, &err) : sched_create(m, tok, &a.sc, &err))) goto done;
     if (!(vocab = cons_vocab_create(tok, m->cfg.eos_token_id, m->cfg.vocab_size, &err))) goto done;
     chat_template_variant variant = template_variant(&a, tok);
     http_engine he = {s, tok, m->cfg.vocab_size, vocab, variant};
@@ -344,6 +374,11 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     banner(&a, name, m, s, http_port(h), n_threads, variant);
 
     while (sem_wait(&ss.stop) != 0 && errno == EINTR) {}
+    if (atomic_load(&ss.fatal)) { /* the requests already ended with the error: let their answers go out */
+        http_drain(h, 2000);
+        ms_err_set(&err, "stopped after an expert-parallel rank failed");
+        goto done;
+    }
     serve_log(a.log_json, "INFO", "%s: draining (up to %lds for in-flight requests)", strsignal(atomic_load(&ss.signo)),
               a.drain_timeout_s);
     int cancelled = http_drain(h, (int)a.drain_timeout_s * 1000);
@@ -354,8 +389,7 @@ done:
     http_stop(h);
     sched_free(s);
     cons_vocab_free(vocab);
-    model_free(m);
-    backend_cpu_free(be);
+    ep_launch_close(&ranks);
     tokenizer_free(tok);
     if (rc == CLI_OK) serve_log(a.log_json, "INFO", "stopped");
     return rc;

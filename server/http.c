@@ -674,6 +674,19 @@ static enum MHD_Result handle_models(http_server *h, struct MHD_Connection *c, c
     return queue_json(c, cs, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
 }
 
+/* Per-rank and per-expert series (metrics_write_ep). */
+static void write_ep_metrics(FILE *f, sched *eng) {
+    int n_ranks = sched_n_ranks(eng);
+    sched_stats *rs = calloc((size_t)n_ranks, sizeof *rs);
+    uint64_t *experts = malloc(4096 * sizeof *experts);
+    if (rs && experts) {
+        for (int r = 0; r < n_ranks; r++) sched_get_rank_stats(eng, r, &rs[r]);
+        metrics_write_ep(f, rs, n_ranks, experts, sched_expert_tokens(eng, experts, 4096));
+    }
+    free(rs);
+    free(experts);
+}
+
 static enum MHD_Result handle_metrics(http_server *h, struct MHD_Connection *c, conn_state *cs) {
     char *text = NULL;
     size_t len = 0;
@@ -684,6 +697,7 @@ static enum MHD_Result handle_metrics(http_server *h, struct MHD_Connection *c, 
     if (eng) sched_get_stats(eng, &st);
     metrics_write(f, &h->metrics, eng ? &st : NULL, atomic_load(&h->ready) && !atomic_load(&h->draining),
                   atomic_load(&h->inflight));
+    if (eng) write_ep_metrics(f, eng);
     fclose(f);
     return queue_text(c, cs, 200, "text/plain; version=0.0.4", text);
 }

@@ -158,3 +158,20 @@ void metrics_write(FILE *f, serving_metrics *m, const sched_stats *st, int ready
     write_requests(f, m);
     pthread_mutex_unlock(&m->mu);
 }
+
+void metrics_write_ep(FILE *f, const sched_stats *ranks, int n_ranks, const uint64_t *expert_tokens, int n_experts) {
+    head(f, "mlaserve:dp_rank_requests_running", "gauge", "Requests running on each data-parallel rank");
+    for (int r = 0; r < n_ranks; r++) fprintf(f, "mlaserve:dp_rank_requests_running{rank=\"%d\"} %d\n", r, ranks[r].running);
+    head(f, "mlaserve:dp_rank_requests_waiting", "gauge", "Requests waiting on each data-parallel rank");
+    for (int r = 0; r < n_ranks; r++) fprintf(f, "mlaserve:dp_rank_requests_waiting{rank=\"%d\"} %d\n", r, ranks[r].waiting);
+    head(f, "mlaserve:dp_rank_kv_pages_free", "gauge", "Free KV pages on each data-parallel rank");
+    for (int r = 0; r < n_ranks; r++)
+        fprintf(f, "mlaserve:dp_rank_kv_pages_free{rank=\"%d\"} %d\n", r, ranks[r].kv_pages_free);
+    head(f, "mlaserve:dp_rank_requests_finished_total", "counter", "Sequences finished on each data-parallel rank");
+    for (int r = 0; r < n_ranks; r++)
+        fprintf(f, "mlaserve:dp_rank_requests_finished_total{rank=\"%d\"} %llu\n", r,
+                (unsigned long long)ranks[r].requests_finished);
+    head(f, "mlaserve:expert_tokens_total", "counter", "Token rows each routed expert has run (summed over MoE layers)");
+    for (int e = 0; e < n_experts; e++)
+        fprintf(f, "mlaserve:expert_tokens_total{expert=\"%d\"} %llu\n", e, (unsigned long long)expert_tokens[e]);
+}

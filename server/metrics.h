@@ -61,4 +61,10 @@ void metrics_record_status(serving_metrics *m, int status);
  * generations being answered. */
 void metrics_write(FILE *f, serving_metrics *m, const sched_stats *st, int ready, int inflight);
 
+/* Per data-parallel rank (label rank="r"): running/waiting requests, free KV
+ * pages, finished sequences; and per routed expert (label expert="e"): rows the
+ * expert has run, summed over layers — the load-balance view of expert
+ * parallelism (also with one rank). */
+void metrics_write_ep(FILE *f, const sched_stats *ranks, int n_ranks, const uint64_t *expert_tokens, int n_experts);
+
 #endif

@@ -1,0 +1,176 @@
+#!/bin/sh
+# test/cli/ep.sh — expert parallelism over CPU ranks (issue #5), end to end:
+#
+#  1. `mlaserve logits --ep 1|2|4` on every golden prompt of tiny-v3 and tiny-v2
+#     (16 and 12 routed experts): the whole output (top-20 at every position,
+#     32 greedy tokens, per-expert row counts) and the last position's logits are
+#     bitwise identical across rank counts and with a non-contiguous placement
+#     file; the per-expert counts add up to tokens x top-k x MoE layers.
+#     (--ep 1 itself is checked against the DeepSeek goldens in logits.sh.)
+#  2. `mlaserve generate --ep 2` equals --ep 1 (greedy).
+#  3. Bad launches fail with a message: more ranks than experts, a malformed
+#     placement, a placement that leaves a rank empty, --ep-placement alone.
+#  4. A failing rank (MLASERVE_EP_FAULT=1:3, the engine's test hook) stops
+#     `logits` with exit 1 and a message naming the rank — no hang.
+#  5. `serve --ep 2` vs `serve --ep 1` (no prefix caching, so both process the
+#     same tokens): 16 concurrent requests of mixed prompt and output lengths
+#     give identical texts; both ranks got requests; the per-expert counters in
+#     /metrics are identical; a request alone (the other rank steps with no
+#     tokens all along) also matches.
+#  6. `serve --ep 2` with MLASERVE_EP_FAULT=1:30: the in-flight requests end
+#     with an error response, the server exits 1 naming rank 1, no hang.
+# Needs MLASERVE_BIN, MLASERVE_TEST_MODELS, MLASERVE_GOLDEN, curl, node.
+set -u
+SCALE=${MLASERVE_TEST_TIME_SCALE:-1}
+BIN=${MLASERVE_BIN:?}
+MODEL=${MLASERVE_TEST_MODELS:?}/tiny-v3
+. "$(dirname "$0")/lib/server.sh"
+ok() { echo "ok: $*"; }
+
+# ---- 1. logits across rank counts
+echo '[1,0,1,0,1,0,1,0,1,0,1,0,1,0,1,0]' > "$TMP/v3.place"
+for m in tiny-v3 tiny-v2; do
+    for res in "$MLASERVE_GOLDEN/$m/results/"*.json; do
+        p=$(basename "$res" .json)
+        ids=$(node -e 'console.log(require(process.argv[1]).ids.join(","))' "$res")
+        for ep in 1 2 4; do
+            "$BIN" logits --model "$MLASERVE_TEST_MODELS/$m" --ids "$ids" --top 20 --greedy 32 --expert-counts \
+                --threads 2 --ep $ep --last-logits "$TMP/last.$ep" > "$TMP/out.$ep" 2> "$TMP/err.$ep" ||
+                fail "$m/$p --ep $ep: exit $? ($(head -c 300 "$TMP/err.$ep"))"
+        done
+        if [ $m = tiny-v3 ]; then
+            "$BIN" logits --model "$MLASERVE_TEST_MODELS/$m" --ids "$ids" --top 20 --greedy 32 --expert-counts \
+                --threads 2 --ep 2 --ep-placement "$TMP/v3.place" --last-logits "$TMP/last.p" > "$TMP/out.p" ||
+                fail "$m/$p placement file: exit $?"
+        else
+            cp "$TMP/last.1" "$TMP/last.p"; cp "$TMP/out.1" "$TMP/out.p"
+        fi
+        same=1
+        for v in 2 4 p; do
+            cmp -s "$TMP/out.1" "$TMP/out.$v" || { same=0; fail "$m/$p: --ep $v output differs from --ep 1"; }
+            cmp -s "$TMP/last.1" "$TMP/last.$v" || { same=0; fail "$m/$p: --ep $v last logits differ from --ep 1"; }
+        done
+        node - "$TMP/out.1" "$MLASERVE_TEST_MODELS/$m/config.json" "$(echo "$ids" | tr ',' '\n' | wc -l)" <<'JS' ||
+const fs = require('fs');
+const [out, cfgPath, nPrompt] = process.argv.slice(2);
+const o = JSON.parse(fs.readFileSync(out)), c = JSON.parse(fs.readFileSync(cfgPath));
+const moe = c.num_hidden_layers - c.first_k_dense_replace;
+const tokens = Number(nPrompt) + o.greedy.length - 1;   // the last greedy token is never run
+const sum = o.expert_tokens.reduce((a, b) => a + b, 0);
+if (o.expert_tokens.length !== c.n_routed_experts || sum !== tokens * c.num_experts_per_tok * moe) {
+  console.error(`expert rows ${sum} over ${o.expert_tokens.length} experts, want ${tokens} x ${c.num_experts_per_tok} x ${moe}`);
+  process.exit(1);
+}
+JS
+            { same=0; fail "$m/$p: per-expert counts do not add up"; }
+        [ $same = 1 ] && ok "$m/$p: --ep 1, 2, 4 (and a placement file) bitwise identical, expert counts add up"
+    done
+done
+
+# ---- 2. generate
+"$BIN" generate --model "$MODEL" --prompt "The quick brown fox" --max-tokens 24 --temperature 0 --no-stats --ep 1 \
+    --threads 2 > "$TMP/g1" && "$BIN" generate --model "$MODEL" --prompt "The quick brown fox" --max-tokens 24 \
+    --temperature 0 --no-stats --ep 2 --threads 2 > "$TMP/g2" && cmp -s "$TMP/g1" "$TMP/g2" &&
+    ok "generate --ep 2 == --ep 1" || fail "generate --ep 2 differs from --ep 1"
+
+# ---- 3. bad launches
+expect_fail() { # NAME PATTERN ARGS...
+    name=$1 pat=$2
+    shift 2
+    "$BIN" logits --model "$MODEL" --ids 1,2,3 --threads 2 "$@" > /dev/null 2> "$TMP/bad.err"
+    rc=$?
+    if [ $rc -ne 0 ] && grep -q "$pat" "$TMP/bad.err"; then ok "$name: exit $rc, says '$pat'"
+    else fail "$name: exit $rc, stderr: $(cat "$TMP/bad.err")"; fi
+}
+expect_fail "--ep 32 > experts" "every rank needs at least one expert" --ep 32
+echo '[0,1,2]' > "$TMP/short.place"
+expect_fail "short placement" "expected a JSON array of 16 rank numbers" --ep 2 --ep-placement "$TMP/short.place"
+echo '[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]' > "$TMP/empty.place"
+expect_fail "rank without experts" "rank 1 owns no expert" --ep 2 --ep-placement "$TMP/empty.place"
+echo '[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,9]' > "$TMP/range.place"
+expect_fail "rank out of range" "entry 15 must be a rank number" --ep 2 --ep-placement "$TMP/range.place"
+expect_fail "placement without --ep" "needs --ep 2 or more" --ep-placement "$TMP/v3.place"
+expect_fail "--ep 0" "bad option or value" --ep 0
+
+# ---- 4. a failing rank in logits
+MLASERVE_EP_FAULT=1:3 timeout $((30 * SCALE)) "$BIN" logits --model "$MODEL" --ids 1,2,3 --greedy 8 --ep 2 \
+    --threads 2 > /dev/null 2> "$TMP/fault.err"
+rc=$?
+if [ $rc -eq 1 ] && grep -q "rank 1: injected fault" "$TMP/fault.err"; then ok "failing rank: logits exits 1 naming rank 1"
+else fail "failing rank: exit $rc, stderr: $(cat "$TMP/fault.err")"; fi
+
+# ---- 5. the server with --ep 2 against --ep 1
+# requests FILE PORT: 16 concurrent completions (prompts of 2..~200 tokens, 4..40
+# new tokens, greedy, ignore_eos); writes [text...] to FILE; fails on any non-200.
+requests() {
+    node - "$1" "$2" <<'JS'
+const [file, port] = process.argv.slice(2);
+const words = 'alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu'.split(' ');
+const reqs = Array.from({length: 16}, (_, i) => ({
+  model: 'tiny-v3', temperature: 0, ignore_eos: true, max_tokens: 4 + (i * 7) % 37,
+  prompt: Array.from({length: 1 + (i * 13) % 150}, (_, k) => words[(i + k * 5) % words.length]).join(' ')}));
+Promise.all(reqs.map(async r => {
+  const res = await fetch(`http://127.0.0.1:${port}/v1/completions`,
+    {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(r)});
+  const j = await res.json();
+  if (res.status !== 200) throw new Error(`status ${res.status}: ${JSON.stringify(j)}`);
+  if (j.usage.completion_tokens !== r.max_tokens) throw new Error(`completion_tokens ${j.usage.completion_tokens}`);
+  return j.choices[0].text;
+})).then(t => require('fs').writeFileSync(file, JSON.stringify(t)), e => { console.error(e.message); process.exit(1); });
+JS
+}
+solo() { curl -s -m $((60 * SCALE)) "http://127.0.0.1:$1/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"tiny-v3","prompt":"one request alone","max_tokens":20,"temperature":0,"ignore_eos":true}' |
+    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).choices[0].text))'; }
+metric() { curl -s "http://127.0.0.1:$1/metrics" | grep "^mlaserve:$2" ; }
+
+start_server "$TMP/ep1" --no-prefix-caching || exit 1
+P1=$SPORT
+start_server "$TMP/ep2" --no-prefix-caching --ep 2 || exit 1
+P2=$SPORT
+grep -q "expert parallel: 2 CPU ranks" "$TMP/ep2.out" && ok "banner names 2 ranks" || fail "banner: $(cat "$TMP/ep2.out")"
+requests "$TMP/r1" $P1 || fail "--ep 1 server: requests failed"
+requests "$TMP/r2" $P2 || fail "--ep 2 server: requests failed"
+cmp -s "$TMP/r1" "$TMP/r2" && ok "16 concurrent requests: --ep 2 texts == --ep 1" || fail "--ep 2 texts differ from --ep 1"
+r0=$(metric $P2 'dp_rank_requests_finished_total{rank="0"}' | awk '{print $2}')
+r1=$(metric $P2 'dp_rank_requests_finished_total{rank="1"}' | awk '{print $2}')
+[ "${r0:-0}" -gt 0 ] && [ "${r1:-0}" -gt 0 ] && [ $((r0 + r1)) -eq 16 ] && ok "both ranks served requests ($r0 + $r1)" ||
+    fail "rank request counts: '$r0' '$r1'"
+metric $P1 expert_tokens_total > "$TMP/x1"
+metric $P2 expert_tokens_total > "$TMP/x2"
+[ -s "$TMP/x1" ] && cmp -s "$TMP/x1" "$TMP/x2" && ok "per-expert token counters equal across --ep 1 / --ep 2" ||
+    fail "expert counters differ: $(paste "$TMP/x1" "$TMP/x2" | head -5)"
+a=$(solo $P1) b=$(solo $P2)
+[ -n "$a" ] && [ "$a" = "$b" ] && ok "a request alone on --ep 2 (rank 1 idle) == --ep 1" || fail "solo: '$a' vs '$b'"
+
+# ---- 6. a failing rank stops the server
+MLASERVE_EP_FAULT=1:30 start_server "$TMP/fault" --ep 2 || exit 1
+P3=$SPORT
+FPID=$SPID
+CURLS=""
+for i in 1 2 3 4; do
+    curl -s -m $((60 * SCALE)) -o "$TMP/f.$i" -w '%{http_code}' "http://127.0.0.1:$P3/v1/completions" \
+        -H 'Content-Type: application/json' \
+        -d '{"model":"tiny-v3","prompt":"keep going","max_tokens":200,"temperature":0,"ignore_eos":true}' \
+        > "$TMP/f.$i.code" &
+    CURLS="$CURLS $!"
+done
+for p in $CURLS; do wait "$p"; done
+wait_i=0
+while kill -0 "$FPID" 2>/dev/null && [ $wait_i -lt $((300 * SCALE)) ]; do sleep 0.1; wait_i=$((wait_i + 1)); done
+if kill -0 "$FPID" 2>/dev/null; then fail "server still running 30 s after a rank failed"
+else
+    wait "$FPID"
+    src=$?
+    [ $src -eq 1 ] && grep -q "rank 1: injected fault" "$TMP/fault.err" && ok "server exited 1 naming the failed rank" ||
+        fail "server exit $src, stderr: $(tail -5 "$TMP/fault.err")"
+fi
+bad=0
+for i in 1 2 3 4; do
+    code=$(cat "$TMP/f.$i.code")
+    [ "$code" = 500 ] && grep -q "injected fault" "$TMP/f.$i" || { bad=1; echo "request $i: $code $(head -c 200 "$TMP/f.$i")"; }
+done
+[ $bad = 0 ] && ok "in-flight requests ended with a 500 naming the fault" || fail "in-flight requests after the fault"
+
+[ $fails -eq 0 ] && echo "ep: all passed" || echo "ep: $fails failed"
+[ $fails -eq 0 ]
