@@ -167,7 +167,8 @@ $(CUDA_CORE_LIB): $(CUDA_CORE_OBJ)
 	ar rcs $@ $^
 
 # nvcc writes no dependency files here: every .cu depends on every cuda/ header.
-$(CU_OBJ): $(wildcard cuda/*.cuh cuda/*.h) engine/backend.h engine/weight.h engine/kv.h common/dtype.h
+$(CU_OBJ): $(wildcard cuda/*.cuh cuda/*.h) engine/backend.h engine/weight.h engine/kv.h engine/comm.h common/dtype.h \
+          common/err.h
 
 $(BUILD)/bench/bench_cuda.o: bench/bench_cuda.cu $(wildcard cuda/*.h)
 	@mkdir -p $(dir $@)

@@ -75,6 +75,22 @@ else
     status=1
 fi
 
+# ---- NCCL collectives (1-rank world; every GPU of the machine when there are several)
+echo "== test_comm_nccl"
+NCCL_TEST=$BUILD/test-cuda/test_comm_nccl
+if [ -x "$NCCL_TEST" ]; then
+    t=$(budget 40)
+    timeout "$t" "$NCCL_TEST" >"$LOGS/test_comm_nccl.log" 2>&1
+    rc=$?
+    tail -n 5 "$LOGS/test_comm_nccl.log"
+    [ $rc -eq 0 ] || status=1
+    note test_comm_nccl "$(tail -n 1 "$LOGS/test_comm_nccl.log") (exit $rc)"
+else
+    echo "$NCCL_TEST missing"
+    note test_comm_nccl "MISSING"
+    status=1
+fi
+
 # ---- compute-sanitizer memcheck over the kernels with hand-made indexing
 echo "== compute-sanitizer memcheck"
 if [ -x "$TEST" ] && command -v compute-sanitizer >/dev/null 2>&1 && [ "$(budget 60)" -gt 20 ]; then
