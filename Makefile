@@ -139,6 +139,7 @@ test:
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
 	    $(MAKE) CUDA=1 BUILD=$(BUILD)-cuda all && \
 	    for t in $(BUILD)-cuda/test-cuda/*; do [ -x "$$t" ] || continue; echo "== $$t"; $$t || exit 1; done; \
+	    echo "== test/cuda/e2e_golden.sh"; sh test/cuda/e2e_golden.sh $(BUILD)-cuda/mlaserve $(BUILD)/models test/golden || exit 1; \
 	else echo "nvcc not found: CUDA backend not built"; fi
 	sh scripts/lint-deploy.sh
 	$(MAKE) sanitize-ci

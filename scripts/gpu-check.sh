@@ -91,6 +91,28 @@ else
     status=1
 fi
 
+# ---- the whole model on the GPU (needs build-carry/ from scripts/gpu-carry.sh)
+echo "== e2e_golden (tiny-v3, tiny-v2: --device cuda vs --device cpu)"
+if [ -x build-carry/mlaserve ] && [ "$(budget 120)" -gt 40 ]; then
+    t=$(budget 120)
+    (
+        export LD_LIBRARY_PATH=$PWD/build-carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        mkdir -p "$BUILD/models"
+        for m in tiny-v3 tiny-v2; do
+            [ -f "$BUILD/models/$m/model.safetensors.index.json" ] ||
+                build-carry/mlaserve mkmodel --preset $m --tokenizer build-carry/tokenizer --out "$BUILD/models/$m" >/dev/null
+        done
+        timeout "$t" sh test/cuda/e2e_golden.sh build-carry/mlaserve "$BUILD/models" test/golden
+    ) >"$LOGS/e2e_golden.log" 2>&1
+    rc=$?
+    cat "$LOGS/e2e_golden.log"
+    [ $rc -eq 0 ] || status=1
+    note e2e_golden "$(tail -n 1 "$LOGS/e2e_golden.log") (exit $rc)"
+else
+    echo "skipped (no build-carry/: run scripts/gpu-carry.sh here and carry build-carry, or no time left)"
+    note e2e_golden "skipped"
+fi
+
 # ---- compute-sanitizer memcheck over the kernels with hand-made indexing
 echo "== compute-sanitizer memcheck"
 if [ -x "$TEST" ] && command -v compute-sanitizer >/dev/null 2>&1 && [ "$(budget 60)" -gt 20 ]; then

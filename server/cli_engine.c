@@ -39,14 +39,14 @@ static int start_followers(cli_engine *e, ms_err *err) {
     return 0;
 }
 
-int cli_engine_open(cli_engine *e, const char *dir, int n_threads, int kv_tokens, int ep, const char *placement) {
+int cli_engine_open(cli_engine *e, const char *dir, int kv_tokens, const ep_launch_opts *o) {
     ms_err err = {{0}};
     *e = (cli_engine){0};
-    if (ep_launch_open(&e->ranks, dir, ep, n_threads, placement, &err) != 0) goto fail;
+    if (ep_launch_open(&e->ranks, dir, o, &err) != 0) goto fail;
     e->be = e->ranks.be[0];
     e->m = e->ranks.m[0];
     if (model_kv_init(e->m, &e->kv, kv_tokens, &err) != 0) goto fail;
-    if (ep > 1 && start_followers(e, &err) != 0) goto fail;
+    if (o->n_ranks > 1 && start_followers(e, &err) != 0) goto fail;
     return 0;
 fail:
     fprintf(stderr, "mlaserve: %s\n", err.msg);

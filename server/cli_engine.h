@@ -25,10 +25,9 @@ typedef struct cli_engine {
     int n_followers;
 } cli_engine;
 
-/* Loads dir with n_threads (<= 0: all CPUs) and a KV cache of kv_tokens tokens,
- * over ep ranks (1: plain) with an optional expert placement file.
- * On failure prints the loader's message to stderr and returns -1. */
-int cli_engine_open(cli_engine *e, const char *dir, int n_threads, int kv_tokens, int ep, const char *placement);
+/* Loads dir as o says (device, threads, ranks, placement) with a KV cache of
+ * kv_tokens tokens. On failure prints the loader's message to stderr and returns -1. */
+int cli_engine_open(cli_engine *e, const char *dir, int kv_tokens, const ep_launch_opts *o);
 void cli_engine_close(cli_engine *e);
 
 /* Runs tokens at positions pos0.. of seq; writes the last token's logits to

@@ -16,7 +16,7 @@
 #include "server/cli_engine.h"
 
 typedef struct {
-    const char *model_dir, *prompt, *chat, *placement;
+    const char *model_dir, *prompt, *chat, *placement, *device;
     long max_tokens, threads, ep;
     int ignore_eos, quiet_stats, seed_given;
     sample_params sp;
@@ -26,7 +26,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: mlaserve generate --model DIR (--prompt TEXT | --chat TEXT) [--max-tokens N]\n"
                "                         [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
                "                         [--repetition-penalty R] [--threads N] [--ignore-eos] [--no-stats]\n"
-               "                         [--ep N] [--ep-placement FILE]\n"
+               "                         [--ep N] [--ep-placement FILE] [--device cpu|cuda[:N]]\n"
                "--prompt continues raw text (BOS prepended as tokenizer_config.json says); --chat sends TEXT\n"
                "as one user message through the chat template. Sampling defaults: generation_config.json,\n"
                "else greedy. --temperature 0 is greedy.\n");
@@ -81,6 +81,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         else if (!strcmp(o, "--threads") && !cli_parse_int(v, 0, 4096, &a->threads)) continue;
         else if (!strcmp(o, "--ep") && !cli_parse_int(v, 1, 256, &a->ep)) continue;
         else if (!strcmp(o, "--ep-placement")) a->placement = v;
+        else if (!strcmp(o, "--device")) a->device = v;
         else if (parse_sampling(o, v, a) != 0) {
             fprintf(stderr, "mlaserve generate: bad option or value: %s %s\n", o, v);
             return -1;
@@ -186,7 +187,8 @@ int cmd_generate(int argc, char **argv) {
     cli_engine e;
     int rc = CLI_FAIL;
     if (prompt_ids(tok, &a, &ids, &n) == 0 &&
-        cli_engine_open(&e, a.model_dir, (int)a.threads, (int)n + (int)a.max_tokens + 1, (int)a.ep, a.placement) == 0) {
+        cli_engine_open(&e, a.model_dir, (int)n + (int)a.max_tokens + 1,
+                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device}) == 0) {
         if ((long)n + a.max_tokens > e.m->cfg.max_position_embeddings)
             fprintf(stderr, "mlaserve generate: %zu prompt tokens + %ld exceed the context (%d)\n", n, a.max_tokens,
                     e.m->cfg.max_position_embeddings);

@@ -11,7 +11,7 @@
 #include "server/cli_engine.h"
 
 typedef struct {
-    const char *model_dir, *ids_text, *last_logits, *placement;
+    const char *model_dir, *ids_text, *last_logits, *placement, *device;
     long top, greedy, threads, ep;
     attn_mode attn;
     int expert_counts;
@@ -20,13 +20,13 @@ typedef struct {
 static void usage(FILE *f) {
     fprintf(f, "usage: mlaserve logits --model DIR --ids ID,ID,... [--top K] [--greedy N]\n"
                "                       [--last-logits FILE] [--threads N] [--attn auto|absorb|naive]\n"
-               "                       [--ep N] [--ep-placement FILE] [--expert-counts]\n"
+               "                       [--ep N] [--ep-placement FILE] [--expert-counts] [--device cpu|cuda[:N]]\n"
                "Prints {\"top\": [[[id, logit], ...] per prompt position], \"greedy\": [N ids]}; with\n"
                "--expert-counts also \"expert_tokens\": [rows each routed expert ran, over all layers and ranks].\n");
 }
 
 static int parse_args(int argc, char **argv, logits_args *a) {
-    *a = (logits_args){NULL, NULL, NULL, NULL, 20, 0, 0, 1, ATTN_AUTO, 0};
+    *a = (logits_args){NULL, NULL, NULL, NULL, NULL, 20, 0, 0, 1, ATTN_AUTO, 0};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) { usage(stdout); exit(CLI_OK); }
@@ -37,6 +37,7 @@ static int parse_args(int argc, char **argv, logits_args *a) {
         else if (!strcmp(o, "--ids")) a->ids_text = v;
         else if (!strcmp(o, "--last-logits")) a->last_logits = v;
         else if (!strcmp(o, "--ep-placement")) a->placement = v;
+        else if (!strcmp(o, "--device")) a->device = v;
         else if (!strcmp(o, "--ep") && cli_parse_int(v, 1, 256, &a->ep) == 0) continue;
         else if (!strcmp(o, "--top") && cli_parse_int(v, 0, 1000000, &a->top) == 0) continue;
         else if (!strcmp(o, "--greedy") && cli_parse_int(v, 0, 1000000, &a->greedy) == 0) continue;
@@ -159,7 +160,8 @@ int cmd_logits(int argc, char **argv) {
         return CLI_USAGE;
     }
     cli_engine e;
-    if (cli_engine_open(&e, a.model_dir, (int)a.threads, n + (int)a.greedy + 1, (int)a.ep, a.placement) != 0) { free(ids); return CLI_FAIL; }
+    if (cli_engine_open(&e, a.model_dir, n + (int)a.greedy + 1,
+                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device}) != 0) { free(ids); return CLI_FAIL; }
     e.m->attn = a.attn;
     int rc = run(&e, &a, ids, n);
     cli_engine_close(&e);

@@ -41,6 +41,7 @@ typedef struct serve_args {
     int n_keys;
     long port, threads, max_body_bytes, drain_timeout_s, max_connections, idle_timeout_s, header_timeout_s, ep;
     const char *placement;       /* --ep-placement */
+    const char *device;          /* --device */
     sched_config sc;
     int log_json;
     const char *template_name;   /* --chat-template; NULL: detected from tokenizer_config.json */
@@ -64,6 +65,7 @@ static void usage(FILE *f) {
             "  --ep N                       expert parallelism over N CPU ranks: each rank owns a slice of the\n"
             "                               routed experts, its own sequences and KV pool (default 1)\n"
             "  --ep-placement FILE          JSON array: the rank of each routed expert (default: contiguous slices)\n"
+            "  --device cpu|cuda[:N]        where the model runs (default cpu; cuda needs a make CUDA=1 build)\n"
             "  --max-queue N                waiting requests at most; beyond, 429 (default 256)\n"
             "  --no-prefix-caching          do not reuse the KV pages of a shared prompt prefix\n"
             "  --max-body-bytes N           request bodies at most (default 8 MiB); beyond, 413\n"
@@ -185,6 +187,7 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         else if (!strcmp(o, "--threads")) bad = cli_parse_int(v, 0, 4096, &a->threads);
         else if (!strcmp(o, "--ep")) bad = cli_parse_int(v, 1, 256, &a->ep);
         else if (!strcmp(o, "--ep-placement")) a->placement = v;
+        else if (!strcmp(o, "--device")) a->device = v;
         else if (!strcmp(o, "--max-queue")) bad = cli_parse_int(v, 1, 1 << 24, &n), a->sc.max_queue = (int)n;
         else if (!strcmp(o, "--max-body-bytes")) bad = cli_parse_int(v, 64, 1L << 34, &a->max_body_bytes);
         else if (!strcmp(o, "--max-connections")) bad = cli_parse_int(v, 1, 1 << 16, &a->max_connections);
@@ -258,7 +261,7 @@ static const char *variant_name(chat_template_variant v) {
 }
 
 static void banner(const serve_args *a, const char *name, const model *m, sched *s, int port, int n_threads,
-                   chat_template_variant variant) {
+                   const char *device, chat_template_variant variant) {
     const model_config *c = &m->cfg;
     const sched_config *sc = sched_get_config(s);
     sched_stats st;
@@ -272,6 +275,7 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
     printf("  KV cache %d pages x 64 tokens = %d tokens; max model len %d; max %d seqs, %d tokens/step, queue %d; %d CPU threads\n",
            st.kv_pages_total, st.kv_pages_total * 64, sc->max_model_len, sc->max_num_seqs, sc->max_batched_tokens,
            sc->max_queue, n_threads);
+    if (strcmp(device, "CPU")) printf("  device %s\n", device);
     if (sched_n_ranks(s) > 1)
         printf("  expert parallel: %d CPU ranks (%s placement); KV pool, max seqs and tokens/step are per rank\n",
                sched_n_ranks(s), a->placement ? a->placement : "contiguous");
@@ -353,7 +357,8 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
         ms_err_set(&err, "--ep-placement needs --ep 2 or more");
         goto done;
     }
-    if (ep_launch_open(&ranks, a.model_dir, (int)a.ep, (int)a.threads, a.placement, &err) != 0) goto done;
+    if (ep_launch_open(&ranks, a.model_dir, &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device}, &err) != 0)
+        goto done;
     m = ranks.m[0];
     a.sc.kv_cache_tokens = kv.tokens ? (int)kv.tokens
                          : kv.bytes > 0 ? (int)(kv.bytes / kv_bytes_per_token(m) < 1 << 30 ? kv.bytes / kv_bytes_per_token(m) : 1 << 30)
@@ -371,7 +376,7 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     http_engine he = {s, tok, m->cfg.vocab_size, vocab, variant};
     http_set_engine(h, &he);
     atomic_store(&ss.loading, 0);
-    banner(&a, name, m, s, http_port(h), n_threads, variant);
+    banner(&a, name, m, s, http_port(h), n_threads, ranks.device_name, variant);
 
     while (sem_wait(&ss.stop) != 0 && errno == EINTR) {}
     if (atomic_load(&ss.fatal)) { /* the requests already ended with the error: let their answers go out */

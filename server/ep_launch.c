@@ -2,10 +2,15 @@
 #include "server/ep_launch.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "cpu/backend_cpu.h"
+#ifdef MS_CUDA
+#include "cuda/backend_cuda.h"
+#endif
 
 int ep_load_placement(const char *path, int n_experts, int n_ranks, int32_t **owner, ms_err *err) {
     json_error_t je;
@@ -37,16 +42,57 @@ static int threads_per_rank(int n_threads, int n_ranks) {
     return per < 1 ? 1 : (int)per;
 }
 
-int ep_launch_open(ep_launch *l, const char *dir, int n_ranks, int n_threads, const char *placement, ms_err *err) {
-    *l = (ep_launch){n_ranks, NULL, calloc((size_t)n_ranks, sizeof(backend *)), calloc((size_t)n_ranks, sizeof(model *))};
+/* "cpu" -> -1, "cuda" -> 0, "cuda:N" -> N; -2 when unknown. */
+static int device_index(const char *device) {
+    if (!device || !strcmp(device, "cpu")) return -1;
+    if (!strcmp(device, "cuda")) return 0;
+    char *end;
+    long n = strncmp(device, "cuda:", 5) ? -1 : strtol(device + 5, &end, 10);
+    return n >= 0 && n < 1024 && device[5] && !*end ? (int)n : -2;
+}
+
+/* The backend of rank r: the CPU, or CUDA device `gpu` (one rank only, checked by the caller). */
+static backend *open_backend(ep_launch *l, int gpu, int threads, ms_err *err) {
+    if (gpu < 0) return backend_cpu_create(threads, err);
+#ifdef MS_CUDA
+    l->cuda = 1;
+    backend *be = backend_cuda_create(gpu, err);
+    if (be) snprintf(l->device_name, sizeof l->device_name, "cuda:%d %s", gpu, backend_cuda_device_name(be));
+    return be;
+#else
+    ms_err_set(err, "--device cuda: this mlaserve was built without the CUDA backend (build with make CUDA=1)");
+    return NULL;
+#endif
+}
+
+static void close_backend(const ep_launch *l, backend *be) {
+    if (!be) return;
+#ifdef MS_CUDA
+    if (l->cuda) {
+        backend_cuda_free(be);
+        return;
+    }
+#endif
+    backend_cpu_free(be);
+}
+
+int ep_launch_open(ep_launch *l, const char *dir, const ep_launch_opts *o, ms_err *err) {
+    int n_ranks = o->n_ranks, gpu = device_index(o->device);
+    *l = (ep_launch){n_ranks, 0, "CPU", NULL, calloc((size_t)n_ranks, sizeof(backend *)),
+                     calloc((size_t)n_ranks, sizeof(model *))};
     int32_t *owner = NULL;
     int rc = l->be && l->m ? 0 : ms_err_set(err, "out of memory");
-    if (rc == 0 && placement && n_ranks == 1) rc = ms_err_set(err, "--ep-placement needs --ep 2 or more");
+    if (rc == 0 && gpu == -2) rc = ms_err_set(err, "--device must be cpu, cuda or cuda:N, got \"%s\"", o->device);
+    if (rc == 0 && gpu >= 0 && n_ranks > 1)
+        rc = ms_err_set(err, "--ep %d with --device cuda needs NCCL ranks, which are not wired yet "
+                        "(docs/expert-parallel.md); use --ep 1 on a GPU or CPU ranks", n_ranks);
+    if (rc == 0 && o->placement && n_ranks == 1) rc = ms_err_set(err, "--ep-placement needs --ep 2 or more");
     if (rc == 0 && n_ranks > 1 && !(l->world = comm_cpu_world_create(n_ranks, err))) rc = -1;
     for (int r = 0; rc == 0 && r < n_ranks; r++) {
-        if (!(l->be[r] = backend_cpu_create(threads_per_rank(n_threads, n_ranks), err))) rc = -1;
+        if (!(l->be[r] = open_backend(l, gpu, threads_per_rank(o->n_threads, n_ranks), err))) rc = -1;
         else if (!(l->m[r] = model_load(dir, l->be[r], err))) rc = -1;
     }
+    const char *placement = o->placement;
     if (rc == 0 && placement) rc = ep_load_placement(placement, l->m[0]->cfg.n_routed_experts, n_ranks, &owner, err);
     for (int r = 0; rc == 0 && l->world && r < n_ranks; r++)
         if (model_set_ep(l->m[r], comm_cpu_world_rank(l->world, r), owner, err) != 0)
@@ -59,7 +105,7 @@ int ep_launch_open(ep_launch *l, const char *dir, int n_ranks, int n_threads, co
 void ep_launch_close(ep_launch *l) {
     for (int r = 0; l->m && r < l->n_ranks; r++) {
         model_free(l->m[r]);
-        if (l->be && l->be[r]) backend_cpu_free(l->be[r]);
+        if (l->be) close_backend(l, l->be[r]);
     }
     free(l->m);
     free(l->be);

@@ -1,0 +1,49 @@
+#!/bin/sh
+# test/cuda/e2e_golden.sh BIN MODELS GOLDEN — the whole model on the GPU:
+# `mlaserve logits --device cuda` against `--device cpu` (the CPU backend is
+# itself checked against DeepSeek's goldens in test/cli/logits.sh) on every
+# golden prompt of tiny-v3 and tiny-v2: last-position logits within 3e-2
+# absolute (bf16-level), and the greedy continuation equal for the steps the
+# golden file marks as free of near-ties. Needs only sh, od and awk (the GPU
+# machine has no node). Without a device: one SKIP line, exit 0.
+set -u
+BIN=$1 MODELS=$2 GOLDEN=$3
+TMP=$(mktemp -d) || exit 1
+trap 'rm -rf "$TMP"' EXIT
+if ! "$BIN" logits --model "$MODELS/tiny-v3" --ids 0 --device cuda > /dev/null 2> "$TMP/probe"; then
+    if grep -q "no CUDA device is visible\|built without the CUDA backend" "$TMP/probe"; then
+        echo "e2e_golden: SKIP: $(cat "$TMP/probe")"
+        exit 0
+    fi
+    echo "e2e_golden: FAIL: $(cat "$TMP/probe")"
+    exit 1
+fi
+fails=0
+for m in tiny-v3 tiny-v2; do
+    for res in "$GOLDEN/$m/results/"*.json; do
+        p=$(basename "$res" .json)
+        ids=$(tr -d ' \n' < "$res" | sed 's/.*"ids":\[\([0-9,]*\)\].*/\1/')
+        steps=$(tr -d ' \n' < "$res" | sed 's/.*"steps_before_near_tie":\([0-9]*\).*/\1/')
+        for dev in cpu cuda; do
+            "$BIN" logits --model "$MODELS/$m" --ids "$ids" --top 1 --greedy 32 --device $dev \
+                --last-logits "$TMP/$dev.bin" > "$TMP/$dev.json" 2> "$TMP/$dev.err" ||
+                { echo "FAIL: $m/$p --device $dev: $(cat "$TMP/$dev.err")"; fails=$((fails + 1)); continue 2; }
+        done
+        diff=$(od -An -v -f "$TMP/cpu.bin" | tr -s ' ' '\n' | grep . > "$TMP/a"; od -An -v -f "$TMP/cuda.bin" |
+            tr -s ' ' '\n' | grep . > "$TMP/b"; paste "$TMP/a" "$TMP/b" |
+            awk '{d = $1 - $2; if (d < 0) d = -d; if (d > m || $2 != $2) m = d} END {printf "%g", m}')
+        g_cpu="" g_gpu=""
+        if [ "$steps" -gt 0 ] 2>/dev/null; then
+            g_cpu=$(sed 's/.*"greedy":\[\([0-9,]*\)\].*/\1/' "$TMP/cpu.json" | cut -d, -f1-"$steps")
+            g_gpu=$(sed 's/.*"greedy":\[\([0-9,]*\)\].*/\1/' "$TMP/cuda.json" | cut -d, -f1-"$steps")
+        fi
+        if awk -v d="$diff" 'BEGIN {exit !(d <= 3e-2)}' && [ "$g_cpu" = "$g_gpu" ]; then
+            echo "ok: $m/$p: max |logit diff| $diff, greedy equal for $steps steps"
+        else
+            echo "FAIL: $m/$p: max |logit diff| $diff; greedy cpu $g_cpu / cuda $g_gpu"
+            fails=$((fails + 1))
+        fi
+    done
+done
+[ $fails -eq 0 ] && echo "e2e_golden: all passed" || echo "e2e_golden: $fails failed"
+[ $fails -eq 0 ]
