@@ -45,6 +45,11 @@ static void cpu_linear_t_op(backend *be, const weight *w, const float *x, float 
     else cpu_linear_t(state(be)->pool, w, x, y, m);
 }
 
+static void cpu_linear_batch_op(backend *be, const linear_op *ops, int n) {
+    if (state(be)->reference) cpu_linear_batch_ref(ops, n);
+    else cpu_linear_batch(state(be)->pool, ops, n);
+}
+
 static void cpu_rmsnorm_op(backend *be, const weight *g, const float *x, float *y, int m, int d, float eps) {
     if (state(be)->reference) cpu_rmsnorm_ref(g, x, y, m, d, eps);
     else cpu_rmsnorm(state(be)->pool, g, x, y, m, d, eps);
@@ -129,6 +134,7 @@ static const backend_ops cpu_ops_table = {
     .weight_release = cpu_weight_release,
     .linear = cpu_linear_op,
     .linear_t = cpu_linear_t_op,
+    .linear_batch = cpu_linear_batch_op,
     .rmsnorm = cpu_rmsnorm_op,
     .embedding = cpu_embedding_op,
     .silu_mul = cpu_silu_mul_op,

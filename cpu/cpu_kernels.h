@@ -21,8 +21,9 @@
 typedef struct cpu_kernels {
     const char *name;          /* "avx2", "avx512" */
     /* y[i][n] = Σ_k x[i][k]·W[n][k] for n in [n0, n1), i < m <= CPU_DECODE_MAX_M.
-     * x: [m, w->cols], y: [m, w->rows] (row stride w->rows). */
-    void (*linear_rows)(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1);
+     * x: m rows of w->cols floats, ldx apart; y: m rows, ldy apart. */
+    void (*linear_rows)(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t n0,
+                        int64_t n1);
     /* The same for any m, tiled: W is dequantised into `scratch` (scratch_floats
      * floats, per thread); x comes packed by cpu_pack_x with this variant's mr. */
     void (*linear_tile)(const weight *w, const float *xp, float *y, int m, int64_t n0, int64_t n1,
@@ -44,11 +45,11 @@ typedef struct cpu_kernels {
     void (*silu_mul)(const float *gate, const float *up, float *y, int64_t n);
 
     /* Streaming transposed product for small m (<= CPU_DECODE_MAX_M):
-     * y[i][c] = Σ_n x[i][n]·W[n][c] for c in [c0, c1), x: [m, w->rows] (not
-     * packed), y: [m, w->cols]; W is read once, row by row (per group of four
-     * rows of x). `scratch` holds m·w->rows floats. */
-    void (*linear_t_rows)(const weight *w, const float *x, float *y, int m, int64_t c0, int64_t c1,
-                          float *scratch);
+     * y[i][c] = Σ_n x[i][n]·W[n][c] for c in [c0, c1), x: m rows of w->rows
+     * floats ldx apart (not packed), y: m rows ldy apart; W is read once, row by
+     * row (per group of four rows of x). `scratch` holds m·w->rows floats. */
+    void (*linear_t_rows)(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t c0,
+                          int64_t c1, float *scratch);
 
     /* Attention helpers (cpu/mla.c): */
     /* Σ a[i]·b[i] (fp32, several accumulators) */

@@ -50,7 +50,7 @@ const char *cpu_simd_level(void) {
 
 /* ---- per-thread scratch ---------------------------------------------------- */
 
-enum { SCRATCH_TILE, SCRATCH_VEC, SCRATCH_X, SCRATCH_SLOTS };
+enum { SCRATCH_TILE, SCRATCH_VEC, SCRATCH_X, SCRATCH_BATCH, SCRATCH_SLOTS };
 
 typedef struct {
     float *buf[SCRATCH_SLOTS];
@@ -125,12 +125,12 @@ static void linear_task(void *ctx, int task, int thread) {
     if (o1 > j->n_out) o1 = j->n_out;
     if (o0 >= o1) return;
     switch (j->mode) {
-    case LINEAR_ROWS: j->k->linear_rows(j->w, j->x, j->y, j->m, o0, o1); break;
+    case LINEAR_ROWS: j->k->linear_rows(j->w, j->x, j->w->cols, j->y, j->w->rows, j->m, o0, o1); break;
     case LINEAR_TILE:
         j->k->linear_tile(j->w, j->x, j->y, j->m, o0, o1, thread_scratch(SCRATCH_TILE, j->k->scratch_floats));
         break;
     case LINEAR_T_ROWS:
-        j->k->linear_t_rows(j->w, j->x, j->y, j->m, o0, o1,
+        j->k->linear_t_rows(j->w, j->x, j->w->rows, j->y, j->w->cols, j->m, o0, o1,
                             thread_scratch(SCRATCH_TILE, (size_t)j->m * (size_t)j->w->rows));
         break;
     case LINEAR_T_TILE:
@@ -192,6 +192,94 @@ void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, i
     linear_run(pool, &j, 32, 0);
 }
 
+/* ---- linear_batch ----------------------------------------------------------- */
+
+/* Products of a batch that stream their weights (m <= CPU_DECODE_MAX_M) share
+ * one pool run: task t belongs to the product whose range of task numbers
+ * holds it (first[i] <= t < first[i + 1]). */
+typedef struct {
+    const cpu_kernels *k;
+    const linear_op *ops;
+    int n;
+    int64_t first[CPU_BATCH_MAX + 1]; /* first task of each product */
+    int64_t chunk[CPU_BATCH_MAX], shift[CPU_BATCH_MAX];
+} batch_job;
+
+static void batch_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const batch_job *b = ctx;
+    int i = 0;
+    while (b->first[i + 1] <= task) i++;
+    const linear_op *op = &b->ops[i];
+    const int64_t n_out = op->transposed ? op->w.cols : op->w.rows;
+    int64_t o0 = (task - b->first[i]) * b->chunk[i] - b->shift[i], o1 = o0 + b->chunk[i];
+    if (o0 < 0) o0 = 0;
+    if (o1 > n_out) o1 = n_out;
+    if (o0 >= o1) return;
+    if (op->transposed)
+        b->k->linear_t_rows(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1,
+                            thread_scratch(SCRATCH_TILE, (size_t)op->m * (size_t)op->w.rows));
+    else
+        b->k->linear_rows(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1);
+}
+
+/* One product with strided rows through the contiguous entry points: x gathered
+ * into, and y scattered from, the caller's scratch. */
+static void linear_op_alone(threadpool *pool, const linear_op *op) {
+    const int64_t in = op->transposed ? op->w.rows : op->w.cols, out = op->transposed ? op->w.cols : op->w.rows;
+    const float *x = op->x;
+    float *y = op->y;
+    float *buf = NULL;
+    if (op->ldx != in || op->ldy != out) {
+        buf = thread_scratch(SCRATCH_BATCH, (size_t)op->m * (size_t)(in + out));
+        for (int i = 0; i < op->m; i++) memcpy(buf + (size_t)i * in, op->x + (size_t)i * op->ldx, (size_t)in * sizeof *x);
+        x = buf;
+        y = buf + (size_t)op->m * in;
+    }
+    if (op->transposed) cpu_linear_t(pool, &op->w, x, y, op->m);
+    else cpu_linear(pool, &op->w, x, y, op->m);
+    if (buf)
+        for (int i = 0; i < op->m; i++) memcpy(op->y + (size_t)i * op->ldy, y + (size_t)i * out, (size_t)out * sizeof *y);
+}
+
+static int streams(const cpu_kernels *k, const linear_op *op) {
+    return k && op->m <= CPU_DECODE_MAX_M && op->w.rows > 0 && op->w.cols > 0;
+}
+
+/* Up to CPU_BATCH_MAX products at a time. */
+static void linear_batch_part(threadpool *pool, const cpu_kernels *k, const linear_op *ops, int n) {
+    batch_job b = {.k = k, .ops = ops, .n = n};
+    const int threads = threadpool_size(pool);
+    int64_t total_out = 0, macs = 0;
+    for (int i = 0; i < n; i++)
+        if (streams(k, &ops[i])) total_out += ops[i].transposed ? ops[i].w.cols : ops[i].w.rows;
+    for (int i = 0; i < n; i++) {
+        const linear_op *op = &ops[i];
+        b.first[i + 1] = b.first[i];
+        b.chunk[i] = 1;
+        b.shift[i] = 0;
+        if (!streams(k, op)) continue;
+        const int64_t n_out = op->transposed ? op->w.cols : op->w.rows;
+        /* the whole batch gives the threads their several tasks each */
+        int64_t c = 128;
+        const int64_t min_chunk = op->transposed ? 32 : 16;
+        while (c > min_chunk && total_out / c < 8 * threads) c /= 2;
+        b.chunk[i] = c;
+        b.shift[i] = !op->transposed && op->w.dtype == DTYPE_F8_E4M3 ? op->w.row0 % c : 0;
+        b.first[i + 1] += (n_out + b.shift[i] + c - 1) / c;
+        macs += (int64_t)op->m * op->w.rows * op->w.cols;
+    }
+    threadpool_run(macs < PARALLEL_MIN_MACS ? NULL : pool, (int)b.first[n], batch_task, &b);
+    for (int i = 0; i < n; i++)
+        if (!streams(k, &ops[i]) && ops[i].m > 0) linear_op_alone(pool, &ops[i]);
+}
+
+void cpu_linear_batch(threadpool *pool, const linear_op *ops, int n) {
+    const cpu_kernels *k = cpu_kernels_get();
+    for (int i0 = 0; i0 < n; i0 += CPU_BATCH_MAX)
+        linear_batch_part(pool, k, ops + i0, n - i0 < CPU_BATCH_MAX ? n - i0 : CPU_BATCH_MAX);
+}
+
 /* References: every element through weight_get, sums in double. */
 static void linear_ref_range(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1) {
     const int64_t K = w->cols, N = w->rows;
@@ -219,6 +307,21 @@ static void linear_t_ref_range(const weight *w, const float *x, float *y, int m,
 
 void cpu_linear_t_ref(const weight *w, const float *x, float *y, int m) {
     linear_t_ref_range(w, x, y, m, 0, w->cols);
+}
+
+void cpu_linear_batch_ref(const linear_op *ops, int n) {
+    for (int b = 0; b < n; b++) {
+        const linear_op *op = &ops[b];
+        const int64_t in = op->transposed ? op->w.rows : op->w.cols, out = op->transposed ? op->w.cols : op->w.rows;
+        for (int i = 0; i < op->m; i++)
+            for (int64_t o = 0; o < out; o++) {
+                double acc = 0.0;
+                for (int64_t k = 0; k < in; k++)
+                    acc += (double)op->x[(size_t)i * op->ldx + k] *
+                           (op->transposed ? weight_get(&op->w, k, o) : weight_get(&op->w, o, k));
+                op->y[(size_t)i * op->ldy + o] = (float)acc;
+            }
+    }
 }
 
 /* ---- rmsnorm ------------------------------------------------------------------ */

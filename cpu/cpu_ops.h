@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "common/threadpool.h"
+#include "engine/backend.h"
 #include "engine/weight.h"
 
 /* y[m][n] = Σ_k x[m][k] · W[n][k]   (x: [m, w->cols], y: [m, w->rows]) */
@@ -25,6 +26,14 @@ void cpu_linear_ref(const weight *w, const float *x, float *y, int m);
  * transposed product, used by absorbed MLA (q_nope · W_UK). */
 void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, int m);
 void cpu_linear_t_ref(const weight *w, const float *x, float *y, int m);
+
+/* Runs n independent products (engine/backend.h linear_op) as one op: those
+ * with m <= CPU_DECODE_MAX_M share one pool run (tasks from every product), the
+ * others run one after another. Each output equals what cpu_linear /
+ * cpu_linear_t give for that product alone, bit for bit. */
+#define CPU_BATCH_MAX 64
+void cpu_linear_batch(threadpool *pool, const linear_op *ops, int n);
+void cpu_linear_batch_ref(const linear_op *ops, int n);
 
 /* y[i] = x[i] / sqrt(mean(x[i]²) + eps) * g   for each of m rows of d values; g: [d] weight
  * (any dtype, one row). y may alias x. */

@@ -35,6 +35,17 @@ typedef struct rope_params {
     double attn_factor;     /* multiplies cos and sin (HF YaRN mscale ratio; 1 here) */
 } rope_params;
 
+/* One product of a linear_batch: y = x·Wᵀ (x: m rows of w.cols floats, y: m
+ * rows of w.rows), or with transposed, y = x·W (x: m rows of w.rows, y: m rows
+ * of w.cols); rows of x are ldx floats apart, rows of y ldy apart. */
+typedef struct linear_op {
+    weight w;
+    const float *x;
+    float *y;
+    int m, transposed;
+    int64_t ldx, ldy;
+} linear_op;
+
 typedef struct backend_ops {
     const char *name;
 
@@ -55,6 +66,10 @@ typedef struct backend_ops {
     void (*linear)(backend *be, const weight *w, const float *x, float *y, int m);
     /* y[m, cols] = x[m, rows] · W */
     void (*linear_t)(backend *be, const weight *w, const float *x, float *y, int m);
+    /* Runs n independent products (no y overlaps another product's x or y) as
+     * one op; each y as linear / linear_t would give it. Optional: NULL means
+     * the engine issues them one by one (engine/model.c linear_batch). */
+    void (*linear_batch)(backend *be, const linear_op *ops, int n);
     /* per row of d values: x / sqrt(mean(x²) + eps) * g; y may alias x */
     void (*rmsnorm)(backend *be, const weight *g, const float *x, float *y, int m, int d, float eps);
     /* y[i] = row ids[i] of the table */

@@ -9,15 +9,16 @@
 enum {
     S_H, S_A, S_OUT, S_QA, S_Q, S_KVA, S_C, S_KPE, S_O,                /* per-token */
     S_CTX_C, S_CTX_PE, S_KVB,                                          /* prefill: per context token */
-    S_QD, S_QN, S_QLAT, S_QPE, S_OLAT, S_TMP, S_VH, S_OD,                    /* absorbed decode */
+    S_QD, S_QLAT, S_QPE, S_OLAT, S_OD,                                 /* absorbed decode */
     S_RLOG, S_RIDX, S_RW, S_XE, S_DE, S_G, S_U,                        /* MLP / MoE */
+    S_LBX, S_LBY,                                                      /* linear_batch fallback */
     S_LOGX, S_LOGITS,
     S_COUNT
 };
 
 /* Host-side bookkeeping the graph reads or writes on the CPU: block-table
  * pointers, context lengths, token lists, router decisions, traced activations. */
-enum { H_SEQS, H_CTXLEN, H_ROWS, H_RW, H_RIDX, H_RWALL, H_TRACE, H_COUNT };
+enum { H_SEQS, H_CTXLEN, H_ROWS, H_RW, H_RIDX, H_RWALL, H_TRACE, H_OPS, H_EXP, H_COUNT };
 
 typedef struct model_scratch {
     void *buf[S_COUNT];      /* backend memory (device memory on a GPU) */
@@ -65,6 +66,38 @@ static void *scratch(model *m, int slot, size_t bytes) {
 }
 
 static float *fscratch(model *m, int slot, size_t n) { return scratch(m, slot, n * sizeof(float)); }
+
+/* Runs independent products as one backend op (the CPU splits them all over its
+ * threads in one go). Backends without linear_batch get them one by one, strided
+ * rows going through contiguous scratch. */
+static void linear_batch(model *m, const linear_op *ops, int n) {
+    const backend_ops *op = m->be->ops;
+    if (op->linear_batch) {
+        op->linear_batch(m->be, ops, n);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        const linear_op *o = &ops[i];
+        const int64_t in = o->transposed ? o->w.rows : o->w.cols, out = o->transposed ? o->w.cols : o->w.rows;
+        const int strided = o->ldx != in || o->ldy != out;
+        const float *x = o->x;
+        float *y = o->y;
+        if (strided) {
+            float *bx = fscratch(m, S_LBX, (size_t)o->m * in);
+            y = fscratch(m, S_LBY, (size_t)o->m * out);
+            op->copy_2d(m->be, bx, in, o->x, o->ldx, o->m, in);
+            x = bx;
+        }
+        if (o->transposed) op->linear_t(m->be, &o->w, x, y, o->m);
+        else op->linear(m->be, &o->w, x, y, o->m);
+        if (strided) op->copy_2d(m->be, o->y, o->ldy, y, out, o->m, out);
+    }
+}
+
+static linear_op lin(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int transposed) {
+    linear_op o = {.w = *w, .x = x, .y = y, .m = m, .transposed = transposed, .ldx = ldx, .ldy = ldy};
+    return o;
+}
 
 /* A run of batch tokens belonging to one sequence. */
 typedef struct { int first, count, seq, pos0; } seq_run;
@@ -130,10 +163,10 @@ static void attn_absorb(model *m, const kv_cache *kv, int l, const layer_weights
     const backend_ops *op = m->be->ops;
     int H = c->n_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
     int kvr = c->kv_lora_rank, qdim = dn + dr;
-    float *qd = fscratch(m, S_QD, (size_t)nd * H * qdim), *qn = fscratch(m, S_QN, (size_t)nd * dn);
+    float *qd = fscratch(m, S_QD, (size_t)nd * H * qdim);
     float *qlat = fscratch(m, S_QLAT, (size_t)nd * H * kvr), *qpe = fscratch(m, S_QPE, (size_t)nd * H * dr);
-    float *olat = fscratch(m, S_OLAT, (size_t)nd * H * kvr), *tmp = fscratch(m, S_TMP, (size_t)nd * kvr);
-    float *od = fscratch(m, S_OD, (size_t)nd * H * dv), *vh = fscratch(m, S_VH, (size_t)nd * dv);
+    float *olat = fscratch(m, S_OLAT, (size_t)nd * H * kvr), *od = fscratch(m, S_OD, (size_t)nd * H * dv);
+    linear_op *ops = hscratch(m, H_OPS, (size_t)H * sizeof *ops);
     const kv_seq **seqs = hscratch(m, H_SEQS, (size_t)nd * sizeof *seqs);
     int32_t *ctx = hscratch(m, H_CTXLEN, (size_t)nd * sizeof *ctx);
     for (int i = 0; i < nd; i++) {
@@ -143,18 +176,16 @@ static void attn_absorb(model *m, const kv_cache *kv, int l, const layer_weights
     }
     for (int h = 0; h < H; h++) {
         weight w_uk = weight_rows(&L->kv_b, (int64_t)h * (dn + dv), dn);
-        op->copy_2d(m->be, qn, dn, qd + (size_t)h * qdim, (int64_t)H * qdim, nd, dn);
-        op->linear_t(m->be, &w_uk, qn, tmp, nd);
-        op->copy_2d(m->be, qlat + (size_t)h * kvr, (int64_t)H * kvr, tmp, kvr, nd, kvr);
-        op->copy_2d(m->be, qpe + (size_t)h * dr, (int64_t)H * dr, qd + (size_t)h * qdim + dn, (int64_t)H * qdim, nd, dr);
+        ops[h] = lin(&w_uk, qd + (size_t)h * qdim, (int64_t)H * qdim, qlat + (size_t)h * kvr, (int64_t)H * kvr, nd, 1);
     }
+    linear_batch(m, ops, H);
+    op->copy_2d(m->be, qpe, dr, qd + dn, qdim, nd * H, dr);
     op->mla_decode(m->be, kv, l, nd, seqs, ctx, H, qlat, qpe, m->softmax_scale, olat);
     for (int h = 0; h < H; h++) {
         weight w_uv = weight_rows(&L->kv_b, (int64_t)h * (dn + dv) + dn, dv);
-        op->copy_2d(m->be, tmp, kvr, olat + (size_t)h * kvr, (int64_t)H * kvr, nd, kvr);
-        op->linear(m->be, &w_uv, tmp, vh, nd);
-        op->copy_2d(m->be, od + (size_t)h * dv, (int64_t)H * dv, vh, dv, nd, dv);
+        ops[h] = lin(&w_uv, olat + (size_t)h * kvr, (int64_t)H * kvr, od + (size_t)h * dv, (int64_t)H * dv, nd, 0);
     }
+    linear_batch(m, ops, H);
     for (int i = 0; i < nd; i++)
         op->copy_2d(m->be, o + (size_t)rows[i] * H * dv, 0, od + (size_t)i * H * dv, 0, 1, (int64_t)H * dv);
 }
@@ -191,8 +222,8 @@ static void attention(model *m, kv_cache *kv, int l, const float *a, float *out,
 static void mlp(model *mdl, const weight *g, const weight *u, const weight *d, const float *x, float *out, int m) {
     const backend_ops *op = mdl->be->ops;
     float *gb = fscratch(mdl, S_G, (size_t)m * g->rows), *ub = fscratch(mdl, S_U, (size_t)m * u->rows);
-    op->linear(mdl->be, g, x, gb, m);
-    op->linear(mdl->be, u, x, ub, m);
+    linear_op gu[2] = {lin(g, x, g->cols, gb, g->rows, m, 0), lin(u, x, u->cols, ub, u->rows, m, 0)};
+    linear_batch(mdl, gu, 2);
     op->silu_mul(mdl->be, gb, ub, gb, (int64_t)m * g->rows);
     op->linear(mdl->be, d, gb, out, m);
 }
@@ -205,25 +236,73 @@ static void run_expert(void *ctx, int e, const float *x, float *y, int m) {
     mlp(c->m, &c->L->exp_gate[e], &c->L->exp_up[e], &c->L->exp_down[e], x, y, m);
 }
 
-/* Each expert runs once on all its tokens, adding into out token by token in
- * ascending expert order (engine/ep.c keeps that order across ranks). */
-static void routed_local(model *m, const layer_weights *L, const float *x, const int32_t *idx, const float *w,
-                         float *out, int n) {
+/* Rows of routed experts gathered per batch of experts_local (bounds its scratch). */
+#define EXPERT_GROUP_ROWS 1024
+
+/* Routed experts [e0, e1) over their rows (rows/rw in expert order, ex[e] = first
+ * row of e), and the shared experts too when `shared`: every gate and up product
+ * in one linear_batch, one silu_mul, every down product in a second batch. The
+ * shared output lands in out; each routed row is added into out in ascending
+ * expert order (the order engine/ep.c keeps across ranks). */
+static void expert_group(model *m, const layer_weights *L, const float *x, int n, int shared, const int32_t *rows,
+                         const float *rw, const int32_t *ex, int e0, int e1, float *out) {
     const backend_ops *op = m->be->ops;
-    int E = m->cfg.n_routed_experts, K = m->cfg.n_experts_per_tok, D = m->cfg.hidden_size;
-    float *xe = fscratch(m, S_XE, (size_t)n * D), *de = fscratch(m, S_DE, (size_t)n * D);
-    int32_t *rows = hscratch(m, H_ROWS, (size_t)n * sizeof *rows);
-    float *rw = hscratch(m, H_RW, (size_t)n * sizeof *rw);
-    for (int e = 0; e < E; e++) {
-        int me = 0;
-        for (int t = 0; t < n; t++)
-            for (int k = 0; k < K; k++)
-                if (idx[t * K + k] == e) { rows[me] = t; rw[me++] = w[t * K + k]; }
+    const int D = m->cfg.hidden_size;
+    const int64_t Is = shared ? L->sh_gate.rows : 0, Ir = m->cfg.moe_intermediate_size;
+    const int r0 = ex[e0], R = ex[e1] - r0, ns = shared ? n : 0;
+    float *xe = fscratch(m, S_XE, (size_t)R * D), *de = fscratch(m, S_DE, (size_t)R * D);
+    float *g = fscratch(m, S_G, (size_t)ns * Is + (size_t)R * Ir), *u = fscratch(m, S_U, (size_t)ns * Is + (size_t)R * Ir);
+    linear_op *ops = hscratch(m, H_OPS, (size_t)(2 * (e1 - e0) + 2) * sizeof *ops);
+    float *gr = g + (size_t)ns * Is, *ur = u + (size_t)ns * Is; /* routed part */
+    for (int r = 0; r < R; r++) op->copy_2d(m->be, xe + (size_t)r * D, 0, x + (size_t)rows[r0 + r] * D, 0, 1, D);
+    int k = 0;
+    if (shared) {
+        ops[k++] = lin(&L->sh_gate, x, D, g, Is, n, 0);
+        ops[k++] = lin(&L->sh_up, x, D, u, Is, n, 0);
+    }
+    for (int e = e0; e < e1; e++) {
+        const int me = ex[e + 1] - ex[e], r = ex[e] - r0;
         if (!me) continue;
         __atomic_fetch_add(&m->expert_tokens[e], (uint64_t)me, __ATOMIC_RELAXED);
-        for (int i = 0; i < me; i++) op->copy_2d(m->be, xe + (size_t)i * D, 0, x + (size_t)rows[i] * D, 0, 1, D);
-        mlp(m, &L->exp_gate[e], &L->exp_up[e], &L->exp_down[e], xe, de, me);
-        for (int i = 0; i < me; i++) op->axpy(m->be, rw[i], de + (size_t)i * D, out + (size_t)rows[i] * D, D);
+        ops[k++] = lin(&L->exp_gate[e], xe + (size_t)r * D, D, gr + (size_t)r * Ir, Ir, me, 0);
+        ops[k++] = lin(&L->exp_up[e], xe + (size_t)r * D, D, ur + (size_t)r * Ir, Ir, me, 0);
+    }
+    linear_batch(m, ops, k);
+    op->silu_mul(m->be, g, u, g, (int64_t)ns * Is + (int64_t)R * Ir);
+    k = 0;
+    if (shared) ops[k++] = lin(&L->sh_down, g, Is, out, D, n, 0);
+    for (int e = e0; e < e1; e++) {
+        const int me = ex[e + 1] - ex[e], r = ex[e] - r0;
+        if (me) ops[k++] = lin(&L->exp_down[e], gr + (size_t)r * Ir, Ir, de + (size_t)r * D, D, me, 0);
+    }
+    linear_batch(m, ops, k);
+    for (int r = 0; r < R; r++) op->axpy(m->be, rw[r0 + r], de + (size_t)r * D, out + (size_t)rows[r0 + r] * D, D);
+}
+
+/* out = SharedMLP(x) + Σ_j w_j · Expert_idx_j(x), every expert on this rank. */
+static void experts_local(model *m, const layer_weights *L, const float *x, const int32_t *idx, const float *w,
+                          float *out, int n) {
+    const int E = m->cfg.n_routed_experts, K = m->cfg.n_experts_per_tok, shared = m->cfg.n_shared_experts > 0;
+    int32_t *rows = hscratch(m, H_ROWS, (size_t)n * K * sizeof *rows);
+    float *rw = hscratch(m, H_RW, (size_t)n * K * sizeof *rw);
+    int32_t *ex = hscratch(m, H_EXP, (size_t)(E + 1) * sizeof *ex);
+    /* rows of each expert, tokens ascending: counting sort on the expert id */
+    memset(ex, 0, (size_t)(E + 1) * sizeof *ex);
+    for (int i = 0; i < n * K; i++) ex[idx[i] + 1]++;
+    for (int e = 0; e < E; e++) ex[e + 1] += ex[e];
+    for (int i = 0; i < n * K; i++) { /* ex[e] advances to the end of e's rows */
+        rows[ex[idx[i]]] = i / K;
+        rw[ex[idx[i]]++] = w[i];
+    }
+    for (int e = E; e > 0; e--) ex[e] = ex[e - 1];
+    ex[0] = 0;
+    if (!shared) m->be->ops->zero(m->be, out, (int64_t)n * m->cfg.hidden_size);
+    const int cap = n > EXPERT_GROUP_ROWS ? n : EXPERT_GROUP_ROWS;
+    for (int e0 = 0; e0 < E;) {
+        int e1 = e0 + 1;
+        while (e1 < E && ex[e1 + 1] - ex[e0] <= cap) e1++;
+        expert_group(m, L, x, n, shared && e0 == 0, rows, rw, ex, e0, e1, out);
+        e0 = e1;
     }
 }
 
@@ -249,14 +328,14 @@ static int moe(model *m, const layer_weights *L, const float *x, float *out, int
     int32_t *idx = hscratch(m, H_RIDX, (size_t)n * K * sizeof *idx);
     float *w = hscratch(m, H_RWALL, (size_t)n * K * sizeof *w);
     if (!idx || !w) return ms_err_set(err, "out of memory");
+    if (n) route(m, L, x, n, idx, w);
+    if (!m->ep) {
+        if (n) experts_local(m, L, x, idx, w, out, n);
+        return 0;
+    }
     if (n) {
-        route(m, L, x, n, idx, w);
         if (c->n_shared_experts) mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, x, out, n);
         else m->be->ops->zero(m->be, out, (int64_t)n * D);
-    }
-    if (!m->ep) {
-        routed_local(m, L, x, idx, w, out, n);
-        return 0;
     }
     expert_ctx ec = {m, L};
     return ep_moe(m->ep, m->be, n, D, K, x, idx, w, out, run_expert, &ec, m->expert_tokens, err);

@@ -331,6 +331,63 @@ Test(cpu_ops, linear_t_mla_shapes, .timeout = 60) {
     threadpool_free(pool);
 }
 
+/* cpu_linear_batch: products of mixed dtype, direction, m (streamed and tiled)
+ * and views, with rows of x and y strided inside shared buffers, must give
+ * exactly what cpu_linear / cpu_linear_t give for each alone (the batch only
+ * changes how tasks are spread over threads), and match the strided reference.
+ * 70 products so the batch is split (CPU_BATCH_MAX). */
+Test(cpu_ops, linear_batch_equals_each_alone, .timeout = 120) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pools[2] = {threadpool_create(2), threadpool_create(3)};
+    cr_assert(pools[0] && pools[1]);
+    enum { N = 70, PAD = 3 };
+    test_weight tw[N];
+    linear_op ops[N], refs[N];
+    float *alone[N], *xs[N], *ybuf[N];
+    for (int i = 0; i < N; i++) {
+        const shape *sh = &linear_shapes[rng_next(&r) % (sizeof linear_shapes / sizeof *linear_shapes)];
+        const dtype_t dt = i % 3 == 0 ? DTYPE_F8_E4M3 : all_dtypes[rng_next(&r) % 4];
+        const int tr = (int)(rng_next(&r) % 2), m = i % 11 == 0 ? 9 + (int)(rng_next(&r) % 5) : 1 + (int)(rng_next(&r) % 8);
+        tw[i] = weight_random(&r, dt, sh->phys_rows, sh->cols);
+        const weight w = weight_rows(&tw[i].w, sh->row0, sh->rows);
+        const int64_t in = tr ? w.rows : w.cols, out = tr ? w.cols : w.rows;
+        const int64_t ldx = in + PAD * (i % 2), ldy = out + PAD * ((i / 2) % 2);
+        xs[i] = floats_random(&r, (size_t)(m * ldx), -1, 1);
+        ybuf[i] = floats_alloc((size_t)(m * ldy) * 2); /* [batch | reference] */
+        ops[i] = (linear_op){.w = w, .x = xs[i], .y = ybuf[i], .m = m, .transposed = tr, .ldx = ldx, .ldy = ldy};
+        refs[i] = ops[i];
+        refs[i].y = ybuf[i] + (size_t)(m * ldy);
+        /* alone: contiguous copy of x through the single-product entry point */
+        float *xc = floats_alloc((size_t)(m * in));
+        for (int j = 0; j < m; j++) memcpy(xc + (size_t)j * in, xs[i] + (size_t)j * ldx, (size_t)in * sizeof(float));
+        alone[i] = floats_alloc((size_t)(m * out));
+        if (tr) cpu_linear_t(pools[i % 2], &w, xc, alone[i], m);
+        else cpu_linear(pools[i % 2], &w, xc, alone[i], m);
+        free(xc);
+    }
+    cpu_linear_batch(pools[0], ops, N);
+    cpu_linear_batch_ref(refs, N);
+    for (int i = 0; i < N; i++) {
+        const linear_op *op = &ops[i];
+        const int64_t out = op->transposed ? op->w.cols : op->w.rows;
+        for (int j = 0; j < op->m; j++) {
+            cr_assert(memcmp(op->y + (size_t)j * op->ldy, alone[i] + (size_t)j * out, (size_t)out * sizeof(float)) == 0,
+                      "product %d (%s %s, m=%d, row %d): batch differs from alone, simd=%s seed %llu", i,
+                      op->transposed ? "linear_t" : "linear", dtype_name(op->w.dtype), op->m, j, cpu_simd_level(),
+                      (unsigned long long)seed);
+            ASSERT_CLOSE(op->y + (size_t)j * op->ldy, refs[i].y + (size_t)j * op->ldy, (size_t)out, TOL,
+                         "product %d row %d vs strided reference seed %llu", i, j, (unsigned long long)seed);
+            if (op->ldy > out) /* padding between rows untouched */
+                cr_assert(isnan(op->y[(size_t)j * op->ldy + out]), "product %d wrote past its row", i);
+        }
+        free(alone[i]), free(xs[i]), free(ybuf[i]);
+        weight_free(&tw[i]);
+    }
+    threadpool_free(pools[0]);
+    threadpool_free(pools[1]);
+}
+
 /* Every non-NaN e4m3 code through both linear paths and the row decoder, exactly. */
 Test(cpu_ops, fp8_every_code_exact) {
     enum { CODES = 256, COLS = 40 };
