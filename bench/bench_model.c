@@ -89,10 +89,10 @@ static void release(kv_cache *kv, kv_seq *seqs, int n) {
 
 /* ---- --profile: wall time per backend op (a timing copy of the ops table) ---- */
 
-enum { P_LINEAR, P_LINEAR_T, P_RMSNORM, P_SILU, P_AXPY, P_COPY, P_ROPE, P_ROUTER, P_KVW, P_MLA_D, P_MLA_P,
+enum { P_LINEAR, P_LINEAR_T, P_LINEAR_B, P_RMSNORM, P_SILU, P_AXPY, P_COPY, P_ROPE, P_ROUTER, P_KVW, P_MLA_D, P_MLA_P,
        P_OTHER, P_N };
-static const char *prof_names[P_N] = {"linear", "linear_t", "rmsnorm", "silu_mul", "axpy", "copy_2d",
-                                      "rope", "router", "kv_write", "mla_decode", "mla_prefill", "other"};
+static const char *prof_names[P_N] = {"linear", "linear_t", "linear_batch", "rmsnorm", "silu_mul", "axpy", "copy_2d",
+                                      "rope",   "router",   "kv_write",     "mla_decode", "mla_prefill", "other"};
 static double prof_s[P_N];
 static long prof_calls[P_N];
 static const backend_ops *prof_inner;
@@ -111,6 +111,10 @@ static void p_linear(backend *be, const weight *w, const float *x, float *y, int
 }
 static void p_linear_t(backend *be, const weight *w, const float *x, float *y, int m) {
     PROF(P_LINEAR_T, prof_inner->linear_t(be, w, x, y, m));
+}
+
+static void p_linear_b(backend *be, const linear_op *ops, int n) {
+    PROF(P_LINEAR_B, prof_inner->linear_batch(be, ops, n));
 }
 static void p_rmsnorm(backend *be, const weight *g, const float *x, float *y, int m, int d, float eps) {
     PROF(P_RMSNORM, prof_inner->rmsnorm(be, g, x, y, m, d, eps));
@@ -151,6 +155,7 @@ static void profile_install(backend *be) {
     prof_ops.silu_mul = p_silu, prof_ops.axpy = p_axpy, prof_ops.copy_2d = p_copy, prof_ops.rope = p_rope;
     prof_ops.router = p_router, prof_ops.kv_write = p_kvw, prof_ops.mla_decode = p_mla_d;
     prof_ops.mla_prefill = p_mla_p;
+    if (prof_inner->linear_batch) prof_ops.linear_batch = p_linear_b;
     be->ops = &prof_ops;
 }
 
