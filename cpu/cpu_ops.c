@@ -114,8 +114,10 @@ typedef struct {
 
 enum { LINEAR_ROWS, LINEAR_TILE, LINEAR_T_ROWS, LINEAR_T_TILE, LINEAR_REF, LINEAR_T_REF };
 
-static void linear_ref_range(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1);
-static void linear_t_ref_range(const weight *w, const float *x, float *y, int m, int64_t c0, int64_t c1);
+static void linear_ref_range(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t n0,
+                             int64_t n1);
+static void linear_t_ref_range(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t c0,
+                               int64_t c1);
 
 static void linear_task(void *ctx, int task, int thread) {
     (void)thread;
@@ -137,8 +139,8 @@ static void linear_task(void *ctx, int task, int thread) {
         j->k->linear_t_tile(j->w, j->x, j->y, j->m, o0, o1,
                             thread_scratch(SCRATCH_TILE, j->k->scratch_floats));
         break;
-    case LINEAR_REF: linear_ref_range(j->w, j->x, j->y, j->m, o0, o1); break;
-    default: linear_t_ref_range(j->w, j->x, j->y, j->m, o0, o1); break;
+    case LINEAR_REF: linear_ref_range(j->w, j->x, j->w->cols, j->y, j->w->rows, j->m, o0, o1); break;
+    default: linear_t_ref_range(j->w, j->x, j->w->rows, j->y, j->w->cols, j->m, o0, o1); break;
     }
 }
 
@@ -200,7 +202,6 @@ void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, i
 typedef struct {
     const cpu_kernels *k;
     const linear_op *ops;
-    int n;
     int64_t first[CPU_BATCH_MAX + 1]; /* first task of each product */
     int64_t chunk[CPU_BATCH_MAX], shift[CPU_BATCH_MAX];
 } batch_job;
@@ -248,7 +249,7 @@ static int streams(const cpu_kernels *k, const linear_op *op) {
 
 /* Up to CPU_BATCH_MAX products at a time. */
 static void linear_batch_part(threadpool *pool, const cpu_kernels *k, const linear_op *ops, int n) {
-    batch_job b = {.k = k, .ops = ops, .n = n};
+    batch_job b = {.k = k, .ops = ops};
     const int threads = threadpool_size(pool);
     int64_t total_out = 0, macs = 0;
     for (int i = 0; i < n; i++)
@@ -280,47 +281,41 @@ void cpu_linear_batch(threadpool *pool, const linear_op *ops, int n) {
         linear_batch_part(pool, k, ops + i0, n - i0 < CPU_BATCH_MAX ? n - i0 : CPU_BATCH_MAX);
 }
 
-/* References: every element through weight_get, sums in double. */
-static void linear_ref_range(const weight *w, const float *x, float *y, int m, int64_t n0, int64_t n1) {
-    const int64_t K = w->cols, N = w->rows;
+/* References: every element through weight_get, sums in double; rows of x
+ * ldx apart, rows of y ldy apart. */
+static void linear_ref_range(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t n0,
+                             int64_t n1) {
     for (int i = 0; i < m; i++)
         for (int64_t n = n0; n < n1; n++) {
             double acc = 0.0;
-            for (int64_t k = 0; k < K; k++) acc += (double)x[(size_t)i * K + k] * weight_get(w, n, k);
-            y[(size_t)i * N + n] = (float)acc;
+            for (int64_t k = 0; k < w->cols; k++) acc += (double)x[(size_t)i * ldx + k] * weight_get(w, n, k);
+            y[(size_t)i * ldy + n] = (float)acc;
         }
 }
 
 void cpu_linear_ref(const weight *w, const float *x, float *y, int m) {
-    linear_ref_range(w, x, y, m, 0, w->rows);
+    linear_ref_range(w, x, w->cols, y, w->rows, m, 0, w->rows);
 }
 
-static void linear_t_ref_range(const weight *w, const float *x, float *y, int m, int64_t c0, int64_t c1) {
-    const int64_t N = w->rows, C = w->cols;
+static void linear_t_ref_range(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t c0,
+                               int64_t c1) {
     for (int i = 0; i < m; i++)
         for (int64_t c = c0; c < c1; c++) {
             double acc = 0.0;
-            for (int64_t n = 0; n < N; n++) acc += (double)x[(size_t)i * N + n] * weight_get(w, n, c);
-            y[(size_t)i * C + c] = (float)acc;
+            for (int64_t n = 0; n < w->rows; n++) acc += (double)x[(size_t)i * ldx + n] * weight_get(w, n, c);
+            y[(size_t)i * ldy + c] = (float)acc;
         }
 }
 
 void cpu_linear_t_ref(const weight *w, const float *x, float *y, int m) {
-    linear_t_ref_range(w, x, y, m, 0, w->cols);
+    linear_t_ref_range(w, x, w->rows, y, w->cols, m, 0, w->cols);
 }
 
 void cpu_linear_batch_ref(const linear_op *ops, int n) {
     for (int b = 0; b < n; b++) {
         const linear_op *op = &ops[b];
-        const int64_t in = op->transposed ? op->w.rows : op->w.cols, out = op->transposed ? op->w.cols : op->w.rows;
-        for (int i = 0; i < op->m; i++)
-            for (int64_t o = 0; o < out; o++) {
-                double acc = 0.0;
-                for (int64_t k = 0; k < in; k++)
-                    acc += (double)op->x[(size_t)i * op->ldx + k] *
-                           (op->transposed ? weight_get(&op->w, k, o) : weight_get(&op->w, o, k));
-                op->y[(size_t)i * op->ldy + o] = (float)acc;
-            }
+        if (op->transposed) linear_t_ref_range(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, 0, op->w.cols);
+        else linear_ref_range(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, 0, op->w.rows);
     }
 }
 
