@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "common/dtype.h"
+#include "cpu/cpu_amx.h"
 #include "cpu/cpu_attn.h"
 #include "cpu/cpu_ops.h"
 #include "engine/kv.h"
@@ -272,6 +273,9 @@ typedef struct { int64_t phys_rows, row0, rows, cols; } shape;
 static const shape linear_shapes[] = {
     {1, 0, 1, 1},        {5, 0, 5, 7},          {64, 0, 64, 128},   {130, 0, 130, 300},
     {300, 100, 170, 200}, {257, 1, 255, 129},   {400, 120, 150, 33}, {96, 0, 96, 1000},
+    /* columns a multiple of 32 (the AMX kernel takes these): partial 32-row
+     * groups and 128-column blocks, bands starting at 16- and odd rows */
+    {200, 16, 170, 416}, {48, 0, 33, 64},       {300, 144, 150, 160}, {70, 3, 61, 96},
 };
 static const int linear_ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 64, 300};
 
@@ -390,7 +394,7 @@ Test(cpu_ops, linear_batch_equals_each_alone, .timeout = 120) {
 
 /* Every non-NaN e4m3 code through both linear paths and the row decoder, exactly. */
 Test(cpu_ops, fp8_every_code_exact) {
-    enum { CODES = 256, COLS = 40 };
+    enum { CODES = 256, COLS = 64 };
     uint8_t *data = malloc(CODES * COLS);
     float scale[2 * 1] = {0.375f, 3.0f}; /* rows 0..127, 128..255 */
     for (int c = 0; c < CODES; c++) memset(data + c * COLS, c, COLS);
@@ -401,7 +405,7 @@ Test(cpu_ops, fp8_every_code_exact) {
     int32_t ids[CODES];
     for (int c = 0; c < CODES; c++) ids[c] = c;
     cpu_embedding(NULL, &w, ids, CODES, e);
-    for (int m = 1; m <= 9; m += 8) {
+    for (int m = 1; m <= 9; m += (m == 1 ? 1 : 7)) { /* 1: AVX decode; 2, 9: AMX where the CPU has it */
         cpu_linear(NULL, &w, x, y, m);
         for (int c = 0; c < CODES; c++) {
             if ((c & 0x7f) == 0x7f) continue; /* NaN codes: see cpu_ops.h */
@@ -616,4 +620,36 @@ Test(cpu_ops, simd_level_names) {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("MLASERVE_CPU_SIMD"))
         cr_assert(strcmp(l, "scalar") != 0, "an AVX2 CPU must not fall back to scalar");
 #endif
+}
+
+/* The AMX kernel directly (skips where the CPU has none): x whose low bits
+ * matter (a split of x into fewer than three bf16 parts is off by ~1e-5
+ * relative), every split of the outputs, m across the 16-row tiles. */
+Test(cpu_ops, amx_kernel_vs_ref, .timeout = 60) {
+    if (!cpu_amx_usable()) cr_skip_test("no AMX on this CPU (or MLASERVE_CPU_AMX=0): kernel not run");
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    const dtype_t dts[2] = {DTYPE_BF16, DTYPE_F8_E4M3};
+    const int ms[] = {1, 2, 15, 16, 17, 40};
+    for (int d = 0; d < 2; d++)
+        for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++) {
+            const int m = ms[mi];
+            test_weight t = weight_random(&r, dts[d], 176, 288);
+            weight w = weight_rows(&t.w, 16, 150);
+            cr_assert(cpu_amx_fits(&w, m));
+            float *x = floats_random(&r, (size_t)m * 288, 0.5f, 1);
+            for (int i = 0; i < m * 288; i++) x[i] *= 1.0f + 0x1.0p-20f * (float)(i % 7);
+            float *y = floats_alloc((size_t)m * 150), *want = floats_alloc((size_t)m * 150);
+            uint16_t *xp = malloc(cpu_amx_xp_elems(m, 288) * sizeof *xp);
+            float *scratch = NULL;
+            cr_assert(posix_memalign((void **)&scratch, 64, cpu_amx_scratch_floats(m) * sizeof(float)) == 0);
+            cpu_amx_pack_x(x, 288, m, 288, xp);
+            for (int64_t n0 = 0; n0 < 150; n0 += 37) /* splits not on 16- or 32-row lines */
+                cpu_amx_linear(&w, xp, m, y, 150, n0, n0 + 37 < 150 ? n0 + 37 : 150, scratch);
+            cpu_linear_ref(&w, x, want, m);
+            ASSERT_CLOSE(y, want, (size_t)m * 150, 1e-6, "amx %s m=%d seed %llu", dtype_name(dts[d]), m,
+                         (unsigned long long)seed);
+            free(x), free(y), free(want), free(xp), free(scratch);
+            weight_free(&t);
+        }
 }
