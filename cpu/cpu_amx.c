@@ -9,7 +9,8 @@
  * two A tiles of each of its four 32-column steps are made (FP8 converted,
  * BF16 read in place when all 16 rows exist), and every pair of x tiles runs
  * through them: 3 parts x 4 steps into C, then C x block scale into fp32 sums
- * in scratch. Rows of x go MCH at a time so their packed parts stay in L2. */
+ * in scratch. Rows of x go chunk_rows() at a time so their packed parts stay
+ * in L2. */
 #include "cpu/cpu_amx.h"
 
 #include <pthread.h>
@@ -44,7 +45,7 @@ static int chunk_rows(int64_t k) {
 
 size_t cpu_amx_scratch_floats(int m) {
     const int mc = mpad(m);
-    /* A buffers (two blocks), C staging (4 tiles), sums [32][chunk] */
+    /* A buffers (two blocks), C staging (4 tiles), sums [32][rows of x, padded] */
     return 2 * ABUF_ELEMS / 2 + 4 * 256 + (size_t)GROUP_N * (size_t)mc;
 }
 
