@@ -22,7 +22,7 @@
 #include "cpu/cpu_ops.h"
 
 #define ARENA_BYTES ((size_t)1 << 30)
-#define MIN_ROTATION_BYTES ((size_t)256 << 20) /* decode weights cycle through ≥ 256 MiB */
+#define MIN_ROTATION_BYTES ARENA_BYTES /* decode weights cycle through 1 GiB: more than any L3 */
 #define CPU_BENCH_DECODE_M 8                    /* above this, calls are compute-bound */
 
 static double now_s(void) {
@@ -80,8 +80,9 @@ static double bench_membw(threadpool *pool, const uint8_t *arena, int passes, in
 typedef struct { const char *name; int64_t rows, cols; } bench_shape;
 
 /* Times cpu_linear on copies of W laid out back to back in the arena (each call
- * reads a copy not touched since the previous round, so from DRAM); returns the
- * best single call over `rounds` rounds through all the copies. */
+ * reads a copy not touched since the previous round, so from DRAM, as the
+ * layers of a model are); returns the mean time per call of the best of
+ * `rounds` rounds through all the copies (back-to-back calls, as in a model). */
 static double time_linear(threadpool *pool, dtype_t dt, const bench_shape *s, int m, uint8_t *arena,
                           const float *scale, const float *x, float *y, int rounds, int transposed) {
     size_t bytes = (size_t)(s->rows * s->cols) * dtype_size(dt);
@@ -94,17 +95,18 @@ static double time_linear(threadpool *pool, dtype_t dt, const bench_shape *s, in
     w.data = arena; /* warm-up */
     transposed ? cpu_linear_t(pool, &w, x, y, m) : cpu_linear(pool, &w, x, y, m);
     double best = 1e30;
-    for (int r = 0; r < rounds; r++)
+    for (int r = 0; r < rounds; r++) {
+        double t0 = now_s();
         for (int c = 0; c < copies; c++) {
             w.data = arena + (size_t)c * stride;
-            double t0 = now_s();
             if (transposed)
                 cpu_linear_t(pool, &w, x, y, m);
             else
                 cpu_linear(pool, &w, x, y, m);
-            double dt = now_s() - t0;
-            if (dt < best) best = dt;
         }
+        double dt = (now_s() - t0) / copies;
+        if (dt < best) best = dt;
+    }
     return best;
 }
 

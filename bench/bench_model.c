@@ -95,6 +95,7 @@ static const char *prof_names[P_N] = {"linear", "linear_t", "linear_batch", "rms
                                       "rope",   "router",   "kv_write",     "mla_decode", "mla_prefill", "other"};
 static double prof_s[P_N];
 static long prof_calls[P_N];
+static double prof_bytes[P_N]; /* weight bytes read by the linear ops */
 static const backend_ops *prof_inner;
 static backend_ops prof_ops;
 
@@ -106,15 +107,20 @@ static backend_ops prof_ops;
         prof_calls[slot]++;               \
     } while (0)
 
+static double weight_bytes(const weight *w) { return (double)w->rows * (double)w->cols * dtype_size(w->dtype); }
+
 static void p_linear(backend *be, const weight *w, const float *x, float *y, int m) {
     PROF(P_LINEAR, prof_inner->linear(be, w, x, y, m));
+    prof_bytes[P_LINEAR] += weight_bytes(w);
 }
 static void p_linear_t(backend *be, const weight *w, const float *x, float *y, int m) {
     PROF(P_LINEAR_T, prof_inner->linear_t(be, w, x, y, m));
+    prof_bytes[P_LINEAR_T] += weight_bytes(w);
 }
 
 static void p_linear_b(backend *be, const linear_op *ops, int n) {
     PROF(P_LINEAR_B, prof_inner->linear_batch(be, ops, n));
+    for (int i = 0; i < n; i++) prof_bytes[P_LINEAR_B] += weight_bytes(&ops[i].w);
 }
 static void p_rmsnorm(backend *be, const weight *g, const float *x, float *y, int m, int d, float eps) {
     PROF(P_RMSNORM, prof_inner->rmsnorm(be, g, x, y, m, d, eps));
@@ -159,7 +165,9 @@ static void profile_install(backend *be) {
     be->ops = &prof_ops;
 }
 
-static void profile_reset(void) { memset(prof_s, 0, sizeof prof_s), memset(prof_calls, 0, sizeof prof_calls); }
+static void profile_reset(void) {
+    memset(prof_s, 0, sizeof prof_s), memset(prof_calls, 0, sizeof prof_calls), memset(prof_bytes, 0, sizeof prof_bytes);
+}
 
 static void profile_print(const char *what, double total_s, int steps) {
     double sum = 0;
@@ -168,8 +176,10 @@ static void profile_print(const char *what, double total_s, int steps) {
             1e3 * sum / steps, 1e3 * (total_s - sum) / steps);
     for (int i = 0; i < P_N; i++)
         if (prof_calls[i])
-            fprintf(stderr, "  %-12s %8.3f ms/step %7.1f calls/step %8.2f us/call\n", prof_names[i],
-                    1e3 * prof_s[i] / steps, (double)prof_calls[i] / steps, 1e6 * prof_s[i] / prof_calls[i]);
+            fprintf(stderr, "  %-12s %8.3f ms/step %7.1f calls/step %8.2f us/call", prof_names[i],
+                    1e3 * prof_s[i] / steps, (double)prof_calls[i] / steps, 1e6 * prof_s[i] / prof_calls[i]),
+                fprintf(stderr, prof_bytes[i] > 0 ? " %7.1f MB/step %6.1f GB/s (weights)\n" : "\n",
+                        prof_bytes[i] / steps / 1e6, prof_bytes[i] / prof_s[i] / 1e9);
 }
 
 /* CPU seconds (user + system) this process has used so far. */

@@ -51,14 +51,17 @@ typedef struct cpu_kernels {
     void (*linear_t_rows)(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t c0,
                           int64_t c1, float *scratch);
 
-    /* Attention helpers (cpu/mla.c): */
-    /* Σ a[i]·b[i] (fp32, several accumulators) */
-    float (*dot)(const float *a, const float *b, int64_t n);
+    /* Attention helpers (cpu/mla.c), all rows given with their strides: */
+    /* s[i][j] = add·s[i][j] + scale · Σ_{c<dim} q[i][c]·k[j][c] for i < nq, j < n:
+     * a block of queries scored against a block of keys */
+    void (*attn_scores)(const float *q, int64_t ldq, int nq, const float *k, int64_t ldk, int n, int64_t dim,
+                        float scale, int add, float *s, int64_t lds);
     /* p[j] = e^(s[j] − max) for j < n; returns Σ p[j] */
     float (*exp_sum)(const float *s, float max, float *p, int n);
-    /* acc[d] = acc[d]·rescale + Σ_{j<n} p[j]·vals[j·stride + d] for d < dim (online softmax) */
-    void (*softmax_acc)(float *acc, float rescale, const float *p, int n, const float *vals, int64_t stride,
-                        int64_t dim);
+    /* acc[i][d] = acc[i][d]·rescale[i] + Σ_{j<n} p[i][j]·v[j][d] for i < nq, d < dim
+     * (the online-softmax accumulation of a block of queries) */
+    void (*attn_accum)(float *acc, int64_t ldacc, const float *rescale, int nq, const float *p, int64_t ldp, int n,
+                       const float *v, int64_t ldv, int64_t dim);
 } cpu_kernels;
 
 /* Packs x [m, k] for the tile kernels: blocks of mr rows, each [k][mr]

@@ -15,6 +15,8 @@
 #define VW 16
 #define MR 12 /* 12 x 32 micro-kernel: 24 accumulators of the 32 zmm registers */
 #define DECODE_NA(M) ((M) <= 2 ? 4 : 2)
+#define ATT_K 4  /* attention: 4 queries x 4 keys / x 4 vectors of dims per register block */
+#define ATT_DV 4
 #define VARIANT_TABLE cpu_kernels_avx512
 #define VARIANT_NAME "avx512"
 
@@ -31,11 +33,15 @@ static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 static inline float v_hsum(vf v) { return _mm512_reduce_add_ps(v); }
 
-/* 32 e4m3 codes → value × 2^-8; the same bit move as the AVX2 variant (code in
- * the top byte of a half, arithmetic shift right by one, clear bit 14). */
+/* 32 e4m3 codes → value × 2^-8. Sign-extending a code to 16 bits and shifting
+ * left by 7 puts s eeee mmm where a half keeps sign, exponent and mantissa
+ * (s s eeee mmm 0000000); the mask clears the second copy of the sign in the
+ * exponent's top bit. The half is then exactly value × 2^-8, subnormals
+ * included (three ops per 32 codes: the AVX2 variant's bit move, one shift
+ * fewer). */
 static inline void w_load2_f8(const uint8_t *p, vf *a, vf *b) {
-    __m512i h = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
-    h = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(h, 8), 1), _mm512_set1_epi16((short)0xBFFF));
+    __m512i h = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    h = _mm512_and_si512(_mm512_slli_epi16(h, 7), _mm512_set1_epi16((short)0xBFFF));
     *a = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
     *b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
 }

@@ -5,11 +5,13 @@
  * Each op has a plain-C reference (`*_ref`: one task per (token, head), scalar
  * loops; the oracle of test/unit/test_cpu_ops.c) and the version the backend
  * runs, which uses the SIMD helpers of the chosen kernel variant
- * (cpu_kernels.h: dot, exp_sum, softmax_acc) and falls back to the reference on
- * CPUs without one. The fast decode gives each task a group of heads of one
- * token and walks the cache page by page, so a 64-token page (147 KB for the
- * V3 latent) is read from memory once and stays in L2 while the group's heads
- * score and accumulate it. */
+ * (cpu_kernels.h: attn_scores, exp_sum, attn_accum) and falls back to the
+ * reference on CPUs without one. The fast decode gives each task a group of
+ * heads of one token and walks the cache page by page, so a 64-token page
+ * (147 KB for the V3 latent) is read from memory once and stays in L2 while the
+ * group's heads score and accumulate it together. The fast prefill gives each
+ * task 16 query tokens of one head, scored and accumulated together against
+ * each 64-key block. */
 #include <math.h>
 #include <string.h>
 
@@ -55,15 +57,28 @@ static void acc_block(softmax_acc *a, const float *s, int n, const float *vals, 
     a->max = m;
 }
 
-/* The same with the variant's SIMD helpers (p: scratch of n floats). */
-static void acc_block_fast(const cpu_kernels *k, softmax_acc *a, const float *s, float *p, int n,
-                           const float *vals, int64_t stride) {
-    float m = a->max;
-    for (int j = 0; j < n; j++) m = s[j] > m ? s[j] : m;
-    float rescale = expf(a->max - m);
-    a->sum = a->sum * rescale + k->exp_sum(s, m, p, n);
-    k->softmax_acc(a->acc, rescale, p, n, vals, stride, a->dim);
-    a->max = m;
+/* Softmax step of a block for nq query rows with the variant's helpers: row i
+ * has scores s[i][0..min(valid[i], n)) (its p row is zero past them; valid
+ * NULL: all n); sets rescale[i]
+ * and p[i][0..n) and updates max and sum. attn_accum then folds p into acc. */
+static void softmax_rows(const cpu_kernels *k, softmax_acc *a, int nq, const float *s, float *p, int64_t ld, int n,
+                         const int *valid, float *rescale) {
+    for (int i = 0; i < nq; i++) {
+        const int v = valid && valid[i] < n ? valid[i] : n;
+        const float *si = s + (size_t)i * (size_t)ld;
+        float *pi = p + (size_t)i * (size_t)ld;
+        if (v <= 0) { /* no key of this block is visible to the row */
+            rescale[i] = 1.0f;
+            memset(pi, 0, (size_t)n * sizeof *pi);
+            continue;
+        }
+        float m = a[i].max;
+        for (int j = 0; j < v; j++) m = si[j] > m ? si[j] : m;
+        rescale[i] = expf(a[i].max - m); /* exp(-inf) = 0 on the first block */
+        a[i].sum = a[i].sum * rescale[i] + k->exp_sum(si, m, pi, v);
+        a[i].max = m;
+        if (v < n) memset(pi + v, 0, (size_t)(n - v) * sizeof *pi);
+    }
 }
 
 static void acc_finish(softmax_acc *a, float *out) {
@@ -109,7 +124,9 @@ static void decode_task_ref(void *p, int task, int thread) {
 
 /* Task = (token i, heads [h0, h0 + heads_per_task)). The query of each head is
  * copied next to its rope part ([q_lat | q_pe], the layout of a cache entry) so
- * a score is one dot product over the entry. */
+ * a score is one dot product over the entry; per page, all the task's heads
+ * are scored and accumulated together (attn_scores / attn_accum), so the page
+ * is read from L2 once per four heads rather than once per head. */
 static void decode_task_fast(void *p, int task, int thread) {
     (void)thread;
     const decode_job *b = p;
@@ -117,8 +134,8 @@ static void decode_task_fast(void *p, int task, int thread) {
     const int groups = (b->n_heads + b->heads_per_task - 1) / b->heads_per_task;
     const int i = task / groups, h0 = task % groups * b->heads_per_task;
     const int hn = b->n_heads - h0 < b->heads_per_task ? b->n_heads - h0 : b->heads_per_task;
-    const int kvr = b->kv->kv_lora_rank, rope = b->kv->rope_dim, entry = b->kv->entry_dim;
-    float q[hn][kvr + rope], acc[hn][kvr], s[BLOCK], pr[BLOCK];
+    const int kvr = b->kv->kv_lora_rank, rope = b->kv->rope_dim, entry = b->kv->entry_dim, qd = kvr + rope;
+    float q[hn][qd], acc[hn][kvr], s[hn][BLOCK], pr[hn][BLOCK], rescale[hn];
     softmax_acc a[hn];
     for (int h = 0; h < hn; h++) {
         memcpy(q[h], b->q_lat + ((size_t)i * b->n_heads + h0 + h) * kvr, (size_t)kvr * sizeof(float));
@@ -129,10 +146,9 @@ static void decode_task_fast(void *p, int task, int thread) {
     for (int t0 = 0; t0 < ctx; t0 += BLOCK) {
         const int n = ctx - t0 < BLOCK ? ctx - t0 : BLOCK;
         const float *page = kv_page_layer(b->kv, b->seqs[i]->pages[t0 / KV_PAGE_TOKENS], b->layer);
-        for (int h = 0; h < hn; h++) {
-            for (int t = 0; t < n; t++) s[t] = k->dot(q[h], page + (size_t)t * entry, kvr + rope) * b->scale;
-            acc_block_fast(k, &a[h], s, pr, n, page, entry);
-        }
+        k->attn_scores(q[0], qd, hn, page, entry, n, qd, b->scale, 0, s[0], BLOCK);
+        softmax_rows(k, a, hn, s[0], pr[0], BLOCK, n, NULL, rescale);
+        k->attn_accum(acc[0], kvr, rescale, hn, pr[0], BLOCK, n, page, entry, kvr);
     }
     for (int h = 0; h < hn; h++) acc_finish(&a[h], b->o_lat + ((size_t)i * b->n_heads + h0 + h) * kvr);
 }
@@ -152,10 +168,10 @@ void cpu_mla_decode(threadpool *pool, const kv_cache *kv, int layer, int n, cons
         threadpool_run(pool, n * n_heads, decode_task_ref, &j);
         return;
     }
-    /* enough tasks for every thread at batch 1; up to 8 heads share a page read */
+    /* enough tasks for every thread at batch 1; up to 16 heads share a page read */
     const int threads = threadpool_size(pool);
-    int hpt = n * n_heads / (2 * threads);
-    hpt = hpt < 1 ? 1 : hpt > 8 ? 8 : hpt;
+    int hpt = n * n_heads / threads;
+    hpt = hpt < 1 ? 1 : hpt > 16 ? 16 : hpt;
     if (hpt > n_heads) hpt = n_heads;
     decode_job j = {k, kv, layer, n_heads, hpt, seqs, ctx, q_lat, q_pe, scale, o_lat};
     threadpool_run(pool, n * ((n_heads + hpt - 1) / hpt), decode_task_fast, &j);
@@ -171,16 +187,16 @@ typedef struct {
     float *o;
 } prefill_job;
 
-static void prefill_task(void *p, int task, int thread) {
+/* Reference task = (token t, head h), scalar loops. */
+static void prefill_task_ref(void *p, int task, int thread) {
     (void)thread;
     const prefill_job *j = p;
-    const cpu_kernels *k = j->k;
     int t = task / j->n_heads, h = task % j->n_heads;
     int qdim = j->nope + j->rope, kvdim = j->nope + j->vdim;
     int64_t kv_stride = (int64_t)j->n_heads * kvdim;
     const float *q = j->q + ((size_t)t * j->n_heads + h) * qdim;
     const float *kh = j->kvb + (size_t)h * kvdim;
-    float acc[j->vdim], s[BLOCK], pr[BLOCK];
+    float acc[j->vdim], s[BLOCK];
     softmax_acc a;
     acc_init(&a, acc, j->vdim);
     int ctx = j->pos0 + t + 1; /* causal: keys 0..pos */
@@ -188,25 +204,58 @@ static void prefill_task(void *p, int task, int thread) {
         int n = ctx - s0 < BLOCK ? ctx - s0 : BLOCK;
         for (int u = 0; u < n; u++) {
             const float *kr = kh + (size_t)(s0 + u) * kv_stride, *pe = j->k_pe + (size_t)(s0 + u) * j->rope;
-            s[u] = k ? (k->dot(q, kr, j->nope) + k->dot(q + j->nope, pe, j->rope)) * j->scale
-                     : (dot(q, kr, j->nope) + dot(q + j->nope, pe, j->rope)) * j->scale;
+            s[u] = (dot(q, kr, j->nope) + dot(q + j->nope, pe, j->rope)) * j->scale;
         }
-        if (k)
-            acc_block_fast(k, &a, s, pr, n, kh + (size_t)s0 * kv_stride + j->nope, kv_stride);
-        else
-            acc_block(&a, s, n, kh + (size_t)s0 * kv_stride + j->nope, kv_stride);
+        acc_block(&a, s, n, kh + (size_t)s0 * kv_stride + j->nope, kv_stride);
     }
     acc_finish(&a, j->o + ((size_t)t * j->n_heads + h) * j->vdim);
+}
+
+/* Fast task = (block of QBLOCK query tokens, head h): each 64-key block is
+ * scored for all the block's queries at once (nope part against the head's
+ * keys, rope part against the shared k_pe), keys past a query's position masked
+ * out, then accumulated with the variant's helpers. */
+#define QBLOCK 16
+static void prefill_task_fast(void *p, int task, int thread) {
+    (void)thread;
+    const prefill_job *j = p;
+    const cpu_kernels *k = j->k;
+    const int h = task % j->n_heads, t0 = task / j->n_heads * QBLOCK;
+    const int qn = j->T - t0 < QBLOCK ? j->T - t0 : QBLOCK;
+    const int qdim = j->nope + j->rope, kvdim = j->nope + j->vdim;
+    const int64_t kv_stride = (int64_t)j->n_heads * kvdim, ldq = (int64_t)j->n_heads * qdim;
+    const float *q = j->q + ((size_t)t0 * j->n_heads + h) * qdim;
+    const float *kh = j->kvb + (size_t)h * kvdim;
+    float acc[qn][j->vdim], s[qn][BLOCK], pr[qn][BLOCK], rescale[qn];
+    int valid[qn];
+    softmax_acc a[qn];
+    for (int r = 0; r < qn; r++) acc_init(&a[r], acc[r], j->vdim);
+    const int ctx = j->pos0 + t0 + qn; /* keys the last query sees */
+    for (int s0 = 0; s0 < ctx; s0 += BLOCK) {
+        const int n = ctx - s0 < BLOCK ? ctx - s0 : BLOCK;
+        k->attn_scores(q, ldq, qn, kh + (size_t)s0 * kv_stride, kv_stride, n, j->nope, j->scale, 0, s[0], BLOCK);
+        k->attn_scores(q + j->nope, ldq, qn, j->k_pe + (size_t)s0 * j->rope, j->rope, n, j->rope, j->scale, 1, s[0],
+                       BLOCK);
+        for (int r = 0; r < qn; r++) valid[r] = j->pos0 + t0 + r + 1 - s0; /* causal: keys 0..pos */
+        softmax_rows(k, a, qn, s[0], pr[0], BLOCK, n, valid, rescale);
+        k->attn_accum(acc[0], j->vdim, rescale, qn, pr[0], BLOCK, n, kh + (size_t)s0 * kv_stride + j->nope, kv_stride,
+                      j->vdim);
+    }
+    for (int r = 0; r < qn; r++) acc_finish(&a[r], j->o + ((size_t)(t0 + r) * j->n_heads + h) * j->vdim);
 }
 
 void cpu_mla_prefill_ref(int T, int pos0, int n_heads, int nope, int rope, int vdim, const float *q,
                          const float *kvb, const float *k_pe, float scale, float *o) {
     prefill_job j = {NULL, T, pos0, n_heads, nope, rope, vdim, q, kvb, k_pe, scale, o};
-    threadpool_run(NULL, T * n_heads, prefill_task, &j);
+    threadpool_run(NULL, T * n_heads, prefill_task_ref, &j);
 }
 
 void cpu_mla_prefill(threadpool *pool, int T, int pos0, int n_heads, int nope, int rope, int vdim, const float *q,
                      const float *kvb, const float *k_pe, float scale, float *o) {
     prefill_job j = {cpu_kernels_get(), T, pos0, n_heads, nope, rope, vdim, q, kvb, k_pe, scale, o};
-    threadpool_run(pool, T * n_heads, prefill_task, &j);
+    if (!j.k) {
+        threadpool_run(pool, T * n_heads, prefill_task_ref, &j);
+        return;
+    }
+    threadpool_run(pool, (T + QBLOCK - 1) / QBLOCK * n_heads, prefill_task_fast, &j);
 }

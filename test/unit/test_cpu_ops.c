@@ -533,10 +533,10 @@ Test(cpu_ops, mla_decode_vs_ref, .timeout = 60) {
     uint64_t seed;
     rng r = rng_start(&seed);
     threadpool *pools[3] = {NULL, threadpool_create(2), threadpool_create(3)};
-    const int dims[][3] = {{512, 64, 16}, {72, 8, 3}, {13, 5, 7}}; /* kvr, rope, heads */
+    const int dims[][3] = {{512, 64, 16}, {72, 8, 3}, {13, 5, 7}, {96, 32, 4}}; /* kvr, rope, heads */
     const int lens[] = {1, 63, 64, 65, 200};
     const int n = 5, layers = 2;
-    for (size_t d = 0; d < 3; d++) {
+    for (size_t d = 0; d < sizeof dims / sizeof *dims; d++) {
         const int kvr = dims[d][0], rope = dims[d][1], H = dims[d][2];
         kv_cache kv;
         ms_err err = {{0}};
@@ -577,8 +577,11 @@ Test(cpu_ops, mla_prefill_vs_ref, .timeout = 60) {
     uint64_t seed;
     rng r = rng_start(&seed);
     threadpool *pool = threadpool_create(2);
-    const int cases[][6] = {{70, 0, 4, 128, 64, 128}, {9, 60, 3, 24, 8, 20}, {1, 0, 2, 5, 3, 7}}; /* T pos0 H nope rope v */
-    for (size_t c = 0; c < 3; c++) {
+    /* T pos0 H nope rope v: query blocks of 16 with a partial last one, chunks
+     * continuing a prefix across page lines, widths that leave SIMD tails */
+    const int cases[][6] = {{70, 0, 4, 128, 64, 128}, {9, 60, 3, 24, 8, 20}, {1, 0, 2, 5, 3, 7},
+                            {100, 30, 5, 16, 8, 16},  {33, 95, 2, 72, 40, 72}, {130, 0, 4, 32, 32, 48}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         const int T = cases[c][0], pos0 = cases[c][1], H = cases[c][2], nope = cases[c][3], rope = cases[c][4],
                   v = cases[c][5], ctx = pos0 + T;
         float *q = floats_random(&r, (size_t)T * H * (nope + rope), -1, 1);
