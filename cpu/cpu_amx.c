@@ -2,15 +2,18 @@
  * (AVX-512 + AMX), so the file builds with the common flags and nothing in it
  * runs on a CPU without AMX unless cpu_amx_usable() said yes.
  *
+ * x is packed as "virtual rows": row 3i + p is part p of row i of x, so the
+ * three parts of a few rows of x share one B tile (batch-1 decode uses 3 of its
+ * 16 columns, batch 5 uses 15) and each output sums its three columns at the end.
  * Tiles (palette 1, all 16 rows x 64 bytes): C00 C01 C10 C11 = 0..3 (fp32
- * 16x16: 16 outputs n by 16 rows of x), A0 A1 = 4, 5 (16 rows of W by 32 k,
- * bf16), B0 B1 = 6, 7 (32 k by 16 rows of x in pairs: one part of packed x).
+ * 16x16: 16 outputs n by 16 virtual rows), A0 A1 = 4, 5 (16 rows of W by 32 k,
+ * bf16), B0 B1 = 6, 7 (32 k by 16 virtual rows in pairs).
  * Outputs go 32 at a time (two A tiles); for each 128-column block of W the
  * two A tiles of each of its four 32-column steps are made (FP8 converted,
  * BF16 read in place when all 16 rows exist), and every pair of x tiles runs
- * through them: 3 parts x 4 steps into C, then C x block scale into fp32 sums
- * in scratch. Rows of x go chunk_rows() at a time so their packed parts stay
- * in L2. */
+ * through them: 4 steps into C, then C x block scale into fp32 sums in
+ * scratch. Virtual rows go chunk_rows() at a time (whole rows of x) so their
+ * packed parts stay in L2. */
 #include "cpu/cpu_amx.h"
 
 #include <pthread.h>
@@ -26,27 +29,28 @@
 #endif
 
 #define PARTS 3
-#define TILE_M 16    /* rows of x per tile */
+#define TILE_M 16    /* virtual rows (parts of rows of x) per tile */
 #define GROUP_N 32   /* outputs per group (two A tiles) */
 #define KSTEP 32     /* columns of W per A tile */
 #define KBLOCK 128   /* columns per scale block */
 #define XP_L2_BYTES (1 << 20)
 #define ABUF_ELEMS (2 * 4 * 16 * 32) /* A tiles of one block: 2 tiles x 4 steps of 16x32 bf16 */
+#define CHUNK_UNIT (2 * TILE_M * PARTS) /* 96 virtual rows: whole rows of x and whole tile pairs */
 
-static int mpad(int m) { return (m + TILE_M - 1) / TILE_M * TILE_M; }
+/* virtual rows of m rows of x, padded to whole tiles */
+static int vpad(int m) { return (PARTS * m + TILE_M - 1) / TILE_M * TILE_M; }
 
-size_t cpu_amx_xp_elems(int m, int64_t k) { return (size_t)mpad(m) * (size_t)k * PARTS; }
+size_t cpu_amx_xp_elems(int m, int64_t k) { return (size_t)vpad(m) * (size_t)k; }
 
-/* rows of x per chunk: a multiple of 2 tiles whose packed parts fit XP_L2_BYTES */
+/* virtual rows per chunk: a multiple of CHUNK_UNIT whose packed x fits XP_L2_BYTES */
 static int chunk_rows(int64_t k) {
-    int64_t r = XP_L2_BYTES / (k * PARTS * 2) / (2 * TILE_M) * (2 * TILE_M);
-    return r < 2 * TILE_M ? 2 * TILE_M : (int)r;
+    int64_t r = XP_L2_BYTES / (k * 2) / CHUNK_UNIT * CHUNK_UNIT;
+    return r < CHUNK_UNIT ? CHUNK_UNIT : (int)r;
 }
 
 size_t cpu_amx_scratch_floats(int m) {
-    const int mc = mpad(m);
-    /* A buffers (two blocks), C staging (4 tiles), sums [32][rows of x, padded] */
-    return 2 * ABUF_ELEMS / 2 + 4 * 256 + (size_t)GROUP_N * (size_t)mc;
+    /* A buffers (two blocks), C staging (4 tiles), sums [32][virtual rows of a chunk <= all] */
+    return 2 * ABUF_ELEMS / 2 + 4 * 256 + (size_t)GROUP_N * (size_t)vpad(m);
 }
 
 int cpu_amx_fits(const weight *w, int m) {
@@ -105,52 +109,54 @@ AMX_TARGET static inline __m512 bf16_widen(__m256i h) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* Layout: tile t of 16 rows, part p, row pair r = k/2 of W's columns: 16 rows of
- * x by 2 values, xp[((t·PARTS + p)·k/2 + r)·32 + 2·i + k%2]. */
+/* Layout: tile t of 16 virtual rows, row pair r = k/2 of W's columns: 16
+ * virtual rows by 2 values, xp[(t·k/2 + r)·32 + 2·(v % 16) + k % 2] for
+ * virtual row v = 3i + p in tile v / 16. Padding rows are zero. */
 AMX_TARGET void cpu_amx_pack_x(const float *x, int64_t ldx, int m, int64_t k, uint16_t *xp) {
-    const int tiles = mpad(m) / TILE_M;
     const int64_t pairs = k / 2;
-    for (int t = 0; t < tiles; t++)
-        for (int i = 0; i < TILE_M; i++) {
-            const int row = t * TILE_M + i;
-            uint32_t *dst[PARTS];
-            for (int p = 0; p < PARTS; p++) dst[p] = (uint32_t *)(xp + ((size_t)(t * PARTS + p) * pairs) * 32) + i;
-            if (row >= m) {
-                for (int p = 0; p < PARTS; p++)
-                    for (int64_t r = 0; r < pairs; r++) dst[p][r * 16] = 0;
-                continue;
+    for (int v = PARTS * m; v < vpad(m); v++) {
+        uint32_t *dst = (uint32_t *)(xp + (size_t)(v / TILE_M) * pairs * 32) + v % TILE_M;
+        for (int64_t r = 0; r < pairs; r++) dst[r * 16] = 0;
+    }
+    for (int i = 0; i < m; i++) {
+        uint32_t *dst[PARTS];
+        for (int p = 0; p < PARTS; p++) {
+            const int v = PARTS * i + p;
+            dst[p] = (uint32_t *)(xp + (size_t)(v / TILE_M) * pairs * 32) + v % TILE_M;
+        }
+        const float *xr = x + (size_t)i * ldx;
+        for (int64_t c = 0; c < k; c += 16) {
+            __m512 rest = _mm512_loadu_ps(xr + c);
+            __m256i part[PARTS];
+            for (int p = 0; p < PARTS; p++) {
+                part[p] = (__m256i)_mm512_cvtneps_pbh(rest);
+                rest = _mm512_sub_ps(rest, bf16_widen(part[p]));
             }
-            const float *xr = x + (size_t)row * ldx;
-            for (int64_t c = 0; c < k; c += 16) {
-                __m512 rest = _mm512_loadu_ps(xr + c);
-                __m256i part[PARTS];
-                for (int p = 0; p < PARTS; p++) {
-                    part[p] = (__m256i)_mm512_cvtneps_pbh(rest);
-                    rest = _mm512_sub_ps(rest, bf16_widen(part[p]));
-                }
-                for (int p = 0; p < PARTS; p++) {
-                    uint32_t v[8];
-                    _mm256_storeu_si256((__m256i *)v, part[p]);
-                    for (int q = 0; q < 8; q++) dst[p][(c / 2 + q) * 16] = v[q];
-                }
+            for (int p = 0; p < PARTS; p++) {
+                uint32_t v[8];
+                _mm256_storeu_si256((__m256i *)v, part[p]);
+                for (int q = 0; q < 8; q++) dst[p][(c / 2 + q) * 16] = v[q];
             }
         }
+    }
 }
 
 /* ---- the weights' side ------------------------------------------------------ */
 
 /* 32 e4m3 codes → 32 bf16 of the same value (exact; NaN codes read as ±480 like
- * the AVX kernels). Normal codes: exponent rebiased by 120; subnormal codes
- * (exponent 0: m·2^-9) from a table. */
+ * the AVX kernels). The code sign-extended to 16 bits, shifted left by 4 and
+ * masked is s 0000 eeee mmm 0000: normal codes then need their exponent
+ * rebiased by 120; codes with exponent 0 (zero and the subnormals m·2^-9) come
+ * from a table by m, and get their sign back with the rest. */
 AMX_TARGET static inline __m512i e4m3x32_to_bf16(const uint8_t *p) {
-    const __m512i code = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
-    const __m512i mag = _mm512_and_si512(code, _mm512_set1_epi16(0x7F));
+    const __m512i sx = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));
     const __m512i sub_table = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                                0, 0, 0x3C60, 0x3C40, 0x3C20, 0x3C00, 0x3BC0, 0x3B80, 0x3B00, 0);
-    __m512i v = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(0x3C00));
-    v = _mm512_mask_mov_epi16(v, _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8)),
-                              _mm512_permutexvar_epi16(mag, sub_table));
-    return _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(code, _mm512_set1_epi16(0x80)), 8));
+    __m512i v = _mm512_and_si512(_mm512_slli_epi16(sx, 4), _mm512_set1_epi16((short)0x87F0));
+    v = _mm512_add_epi16(v, _mm512_set1_epi16(0x3C00));
+    const __mmask32 exp0 = _mm512_testn_epi16_mask(sx, _mm512_set1_epi16(0x78));
+    v = _mm512_mask_permutexvar_epi16(v, exp0, sx, sub_table); /* index: the low 5 bits, 00mmm */
+    return _mm512_ternarylogic_epi32(v, sx, _mm512_set1_epi16((short)0x8000), 0xF8); /* v | (sx & sign) */
 }
 
 /* BF16 row r of W (logical), as uint16s. */
@@ -232,28 +238,25 @@ static inline __attribute__((always_inline)) void prefetch_block(const weight *w
 
 /* ---- the product ------------------------------------------------------------- */
 
-/* One step s, parts of x tile pair (B tiles from b0, b1 = packed x at this
- * step, part stride pstride elements): C0j += A0·Bj, C1j += A1·Bj. NT, MT are
- * literal 1 or 2 (tile numbers must be constants). */
+/* One step s of x tile pair (B tiles from b0, b1 = packed x at this step):
+ * C0j += A0·Bj, C1j += A1·Bj. NT, MT are literal 1 or 2 (tile numbers must be
+ * constants). */
 #define STEP_BODY(NT, MT)                                                              \
     do {                                                                               \
         _tile_loadd(4, t->a[0][s], t->stride[0]);                                      \
         if (NT == 2) _tile_loadd(5, t->a[1][s], t->stride[1]);                         \
-        for (int p = 0; p < PARTS; p++) {                                              \
-            _tile_loadd(6, b0 + (size_t)p * pstride + (size_t)s * 16 * 32, 64);         \
-            _tile_dpbf16ps(0, 4, 6);                                                   \
-            if (NT == 2) _tile_dpbf16ps(2, 5, 6);                                      \
-            if (MT == 2) {                                                             \
-                _tile_loadd(7, b1 + (size_t)p * pstride + (size_t)s * 16 * 32, 64);     \
-                _tile_dpbf16ps(1, 4, 7);                                               \
-                if (NT == 2) _tile_dpbf16ps(3, 5, 7);                                  \
-            }                                                                          \
+        _tile_loadd(6, b0 + (size_t)s * 16 * 32, 64);                                  \
+        _tile_dpbf16ps(0, 4, 6);                                                       \
+        if (NT == 2) _tile_dpbf16ps(2, 5, 6);                                          \
+        if (MT == 2) {                                                                 \
+            _tile_loadd(7, b1 + (size_t)s * 16 * 32, 64);                              \
+            _tile_dpbf16ps(1, 4, 7);                                                   \
+            if (NT == 2) _tile_dpbf16ps(3, 5, 7);                                      \
         }                                                                              \
     } while (0)
 
 #define BLOCK_FN(NAME, NT, MT)                                                                    \
-    AMX_TARGET static void NAME(const a_tiles *t, const uint16_t *b0, const uint16_t *b1,          \
-                                size_t pstride, float *cst) {                                     \
+    AMX_TARGET static void NAME(const a_tiles *t, const uint16_t *b0, const uint16_t *b1, float *cst) { \
         _tile_zero(0);                                                                            \
         if (MT == 2) _tile_zero(1);                                                               \
         if (NT == 2) _tile_zero(2);                                                               \
@@ -292,7 +295,6 @@ AMX_TARGET static int group(const weight *w, const uint16_t *xp, int64_t n, int6
     const int64_t K = w->cols, pairs = K / 2;
     const int f8 = w->dtype == DTYPE_F8_E4M3;
     const int64_t ldsum = (int64_t)(t1 - t0) * 16;
-    const size_t pstride = (size_t)pairs * 32; /* elements between the parts of one x tile */
     memset(sums, 0, (size_t)GROUP_N * (size_t)ldsum * sizeof *sums);
     a_tiles tiles[2];
     group_split(w, n, avail, &tiles[0]);
@@ -314,14 +316,14 @@ AMX_TARGET static int group(const weight *w, const uint16_t *xp, int64_t n, int6
         const a_tiles t = tiles[cur];
         for (int tt = t0; tt < t1; tt += 2) {
             const int mt = t1 - tt >= 2 ? 2 : 1;
-            const uint16_t *b0 = xp + (size_t)tt * PARTS * pstride + (size_t)(kb / 2) * 32;
-            const uint16_t *b1 = b0 + PARTS * pstride;
+            const uint16_t *b0 = xp + (size_t)tt * pairs * 32 + (size_t)(kb / 2) * 32;
+            const uint16_t *b1 = b0 + pairs * 32;
             if (t.nt == 2) {
-                if (mt == 2) block_22(&t, b0, b1, pstride, cst);
-                else block_21(&t, b0, b1, pstride, cst);
+                if (mt == 2) block_22(&t, b0, b1, cst);
+                else block_21(&t, b0, b1, cst);
             } else {
-                if (mt == 2) block_12(&t, b0, b1, pstride, cst);
-                else block_11(&t, b0, b1, pstride, cst);
+                if (mt == 2) block_12(&t, b0, b1, cst);
+                else block_11(&t, b0, b1, cst);
             }
             scale_add(&t, mt, cst, sums + (tt - t0) * 16, ldsum);
         }
@@ -335,15 +337,18 @@ AMX_TARGET void cpu_amx_linear(const weight *w, const uint16_t *xp, int m, float
     uint16_t *abuf = (uint16_t *)scratch;
     float *cst = scratch + 2 * ABUF_ELEMS / 2;
     float *sums = cst + 4 * 256;
-    const int tiles = mpad(m) / TILE_M, chunk = chunk_rows(w->cols) / TILE_M;
+    const int tiles = vpad(m) / TILE_M, chunk = chunk_rows(w->cols) / TILE_M;
     for (int t0 = 0; t0 < tiles; t0 += chunk) {
         const int t1 = t0 + chunk < tiles ? t0 + chunk : tiles;
         const int64_t ldsum = (int64_t)(t1 - t0) * 16;
+        const int i0 = t0 * TILE_M / PARTS, i1 = m < t1 * TILE_M / PARTS ? m : t1 * TILE_M / PARTS;
         for (int64_t n = n0, rows; n < n1; n += rows) {
             rows = group(w, xp, n, n1 - n < GROUP_N ? n1 - n : GROUP_N, n == n0, t0, t1, sums, abuf, cst);
-            const int i1 = m < t1 * 16 ? m : t1 * 16;
-            for (int i = t0 * 16; i < i1; i++)
-                for (int r = 0; r < rows; r++) y[(size_t)i * ldy + n + r] = sums[(size_t)r * ldsum + i - t0 * 16];
+            for (int i = i0; i < i1; i++) /* row i of x: its three virtual rows */
+                for (int r = 0; r < rows; r++) {
+                    const float *sv = sums + (size_t)r * ldsum + (size_t)(PARTS * i - t0 * TILE_M);
+                    y[(size_t)i * ldy + n + r] = sv[0] + sv[1] + sv[2];
+                }
         }
     }
 }

@@ -33,8 +33,9 @@ int cpu_amx_usable(void);
  * w->cols a multiple of 32, m >= 1. */
 int cpu_amx_fits(const weight *w, int m);
 
-/* x [m, k] (rows ldx floats apart) as the three bf16 parts, in tiles of 16 rows
- * of x (zero-padded): xp holds cpu_amx_xp_elems(m, k) uint16s. k % 32 == 0. */
+/* x [m, k] (rows ldx floats apart) as the three bf16 parts, each part of each
+ * row a "virtual row" (3i + p), in tiles of 16 virtual rows (zero-padded): xp
+ * holds cpu_amx_xp_elems(m, k) uint16s. k % 32 == 0. */
 size_t cpu_amx_xp_elems(int m, int64_t k);
 void cpu_amx_pack_x(const float *x, int64_t ldx, int m, int64_t k, uint16_t *xp);
 

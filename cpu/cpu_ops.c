@@ -104,12 +104,14 @@ static int64_t pick_chunk(int64_t n, int threads, int64_t min_chunk) {
 /* AMX (cpu/cpu_amx.h) takes every non-transposed product it fits from this
  * many rows of x up, in place of the tiled AVX kernel (~1.7x its speed at
  * m = 512 on a Xeon with AMX). Fewer rows stream faster through the AVX decode
- * kernel: the tiles compute 16 rows of x whatever m is, and FP8 decoding for
- * them costs as much as the AVX kernel's whole product. */
+ * kernel: the tile path reads W as 128-byte pieces of 32 rows at a time and
+ * decodes FP8 into a buffer first, ~9.6 GB/s from DRAM at any m <= 4 on two
+ * cores against the decode kernel's 21 GB/s at m = 1 and 8.7 at m = 8
+ * (bench_cpu_ops, session 6). */
 #define AMX_MIN_M (CPU_DECODE_MAX_M + 1)
 /* BF16 tiles load straight from the weights (no decoding), so from 4 rows up
- * the tiles win: bench-7b-bf16 batch-8 decode +10% over AMX_MIN_M (2 and 3
- * rows: slower). */
+ * the tiles win on most shapes: bench-7b-bf16 batch-8 decode +10% over
+ * AMX_MIN_M (2 and 3 rows: slower). */
 #define AMX_MIN_M_BF16 4
 
 static int use_amx(const cpu_kernels *k, const weight *w, int m) {

@@ -633,7 +633,9 @@ Test(cpu_ops, amx_kernel_vs_ref, .timeout = 60) {
     uint64_t seed;
     rng r = rng_start(&seed);
     const dtype_t dts[2] = {DTYPE_BF16, DTYPE_F8_E4M3};
-    const int ms[] = {1, 2, 15, 16, 17, 40};
+    /* three virtual rows (bf16 parts) per row of x: m = 5, 6 fill and cross the
+     * first tile; m = 600 spans two chunks of packed x */
+    const int ms[] = {1, 2, 5, 6, 15, 16, 17, 40, 600};
     for (int d = 0; d < 2; d++)
         for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++) {
             const int m = ms[mi];
