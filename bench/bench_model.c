@@ -4,7 +4,11 @@
  * read per step).
  * Usage: bench_model --model DIR [--threads N] [--prompt 512] [--decode 32]
  *                    [--batch 8] [--bandwidth-gbs GB/s] [--repeat R]
- *                    [--phases prefill,decode1,decodeB] [--row] [--profile]
+ *                    [--phases prefill,decode1,decodeB,chunk] [--chunk 64]
+ *                    [--attn auto|naive|absorb] [--row] [--profile]
+ * Phase "chunk" (not in the default set) times a prefill chunk of --chunk
+ * tokens continuing a cached prefix of --prompt tokens (what chunked prefill
+ * and prefix-cache hits run); --attn forces the attention form.
  * Before timing, every byte of the checkpoint is read once (the page cache may
  * hold another model's pages; a first touch from disk is not what is measured).
  * Each phase is run R times (default 2) and the best is kept: the machine may be
@@ -51,13 +55,14 @@ static void forward(model *m, kv_cache *kv, int n, const int32_t *tok, const int
     }
 }
 
-/* Prefill `len` tokens into each of `n_seqs` sequences, one sequence per call; returns seconds. */
-static double prefill(model *m, kv_cache *kv, kv_seq *seqs, int n_seqs, int len, float *logits) {
+/* Prefill `len` tokens at positions pos0.. into each of `n_seqs` sequences, one
+ * sequence per call; returns seconds. */
+static double prefill_at(model *m, kv_cache *kv, kv_seq *seqs, int n_seqs, int pos0, int len, float *logits) {
     int32_t *tok = malloc((size_t)len * 4), *pos = malloc((size_t)len * 4), *sq = calloc((size_t)len, 4);
     if (!tok || !pos || !sq) { fprintf(stderr, "bench_model: out of memory\n"); exit(1); }
     double t = 0;
     for (int s = 0; s < n_seqs; s++) {
-        for (int i = 0; i < len; i++) tok[i] = random_id(m->cfg.vocab_size), pos[i] = i;
+        for (int i = 0; i < len; i++) tok[i] = random_id(m->cfg.vocab_size), pos[i] = pos0 + i;
         kv_seq *one[1] = {&seqs[s]};
         int32_t last = len - 1;
         double t0 = now_s();
@@ -68,6 +73,10 @@ static double prefill(model *m, kv_cache *kv, kv_seq *seqs, int n_seqs, int len,
     free(pos);
     free(sq);
     return t;
+}
+
+static double prefill(model *m, kv_cache *kv, kv_seq *seqs, int n_seqs, int len, float *logits) {
+    return prefill_at(m, kv, seqs, n_seqs, 0, len, logits);
 }
 
 /* `steps` decode steps of all n_seqs sequences together; returns seconds. */
@@ -202,7 +211,8 @@ static double touch_weights(const model *m, int threads) {
 
 int main(int argc, char **argv) {
     const char *dir = NULL, *phases = "prefill,decode1,decodeB";
-    int threads = 2, prompt = 512, steps = 32, batch = 8, repeat = 2, row = 0, profile = 0;
+    int threads = 2, prompt = 512, steps = 32, batch = 8, repeat = 2, row = 0, profile = 0, chunk = 64;
+    const char *attn = "auto";
     double bw = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--row")) { row = 1; continue; }
@@ -216,15 +226,19 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--bandwidth-gbs")) bw = atof(argv[++i]);
         else if (!strcmp(argv[i], "--repeat")) repeat = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--phases")) phases = argv[++i];
+        else if (!strcmp(argv[i], "--chunk")) chunk = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--attn")) attn = argv[++i];
         else { dir = NULL; break; }
     }
-    if (!dir || batch < 1 || batch > 256 || prompt < 1 || steps < 1 || repeat < 1) {
+    const int attn_ok = !strcmp(attn, "auto") || !strcmp(attn, "naive") || !strcmp(attn, "absorb");
+    if (!dir || batch < 1 || batch > 256 || prompt < 1 || steps < 1 || repeat < 1 || chunk < 1 || !attn_ok) {
         fprintf(stderr, "usage: bench_model --model DIR [--threads N] [--prompt N] [--decode N] [--batch B] "
-                        "[--bandwidth-gbs X] [--repeat R] [--phases prefill,decode1,decodeB] [--row]\n");
+                        "[--chunk C] [--attn auto|naive|absorb] [--bandwidth-gbs X] [--repeat R] "
+                        "[--phases prefill,decode1,decodeB,chunk] [--row] [--profile]\n");
         return 2;
     }
     const int do_prefill = strstr(phases, "prefill") != NULL, do_d1 = strstr(phases, "decode1") != NULL,
-              do_db = strstr(phases, "decodeB") != NULL;
+              do_db = strstr(phases, "decodeB") != NULL, do_chunk = strstr(phases, "chunk") != NULL;
     ms_err err = {{0}};
     backend *be = backend_cpu_create(threads, &err);
     model *m = be ? model_load(dir, be, &err) : NULL;
@@ -233,6 +247,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_model: %s\n", err.msg);
         return 1;
     }
+    m->attn = !strcmp(attn, "naive") ? ATTN_NAIVE : !strcmp(attn, "absorb") ? ATTN_ABSORB : ATTN_AUTO;
     float *logits = malloc((size_t)batch * m->cfg.vocab_size * sizeof(float));
     kv_seq seqs[256];
     memset(seqs, 0, sizeof seqs);
@@ -245,7 +260,7 @@ int main(int argc, char **argv) {
     decode(m, &kv, seqs, 1, 0, 2, logits); /* warm the pools and scratch */
     release(&kv, seqs, 1);
     /* best tokens/s per phase and the CPU share of that run */
-    double pf = 0, d1 = 0, db = 0, pf_sh = 0, d1_sh = 0, db_sh = 0;
+    double pf = 0, d1 = 0, db = 0, ch = 0, pf_sh = 0, d1_sh = 0, db_sh = 0;
     double c0;
     for (int r = 0; r < repeat; r++) {
         if (do_prefill || do_d1) {
@@ -272,6 +287,14 @@ int main(int argc, char **argv) {
             if (batch * steps / tb > db) db = batch * steps / tb, db_sh = (cpu_s() - c0) / (tb * threads);
             release(&kv, seqs, batch);
         }
+        if (do_chunk) { /* a chunk continuing a cached prefix of `prompt` tokens */
+            prefill(m, &kv, seqs, 1, prompt, logits);
+            profile_reset();
+            double tc = prefill_at(m, &kv, seqs, 1, prompt, chunk, logits);
+            if (profile) profile_print("chunk after a cached prefix", tc, 1);
+            if (chunk / tc > ch) ch = chunk / tc;
+            release(&kv, seqs, 1);
+        }
     }
     const double roof = bw > 0 ? bw * 1e9 / active : 0;
     struct rusage ru;
@@ -293,6 +316,9 @@ int main(int argc, char **argv) {
         if (do_db)
             printf("| %s | %d | decode batch %d (ctx 64, CPU share %.0f%%), aggregate | %.2f | | %.2fx batch 1 |\n", name,
                    threads, batch, 100 * db_sh, db, d1 > 0 ? db / d1 : 0);
+        if (do_chunk)
+            printf("| %s | %d | prefill chunk of %d after %d cached (attn %s) | %.1f | | |\n", name, threads, chunk,
+                   prompt, attn, ch);
         printf("\nactive weight bytes per token: %.3f GB; peak RSS: %.2f GB (mapped weights count)\n", active / 1e9,
                rss_gb);
     }

@@ -190,8 +190,14 @@ static void attn_absorb(model *m, const kv_cache *kv, int l, const layer_weights
         op->copy_2d(m->be, o + (size_t)rows[i] * H * dv, 0, od + (size_t)i * H * dv, 0, 1, (int64_t)H * dv);
 }
 
+/* ATTN_AUTO: the expanded form for a run of several tokens unless it continues
+ * a cached context 8x its length or more (then re-expanding the context through
+ * kv_b costs more than attending in the latent space). bench-7b, bench_model
+ * --phases chunk, 64-token chunks: after 64 / 192 cached, naive 76 / 73 tok/s vs
+ * absorbed 73 / 70; 50 after 448: 59 vs 62; 64 after 2000: 46 vs 53. */
 static int use_naive(const model *m, const seq_run *run) {
-    return m->attn == ATTN_NAIVE || (m->attn == ATTN_AUTO && run->count > 1);
+    if (m->attn != ATTN_AUTO) return m->attn == ATTN_NAIVE;
+    return run->count > 1 && run->pos0 < 8 * run->count;
 }
 
 /* h += o_proj(attention(a)) */

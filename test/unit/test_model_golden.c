@@ -190,6 +190,36 @@ static void check_prompt_greedy(const char *model_name, engine *e, json_t *res, 
     free(ids);
 }
 
+/* Chunked prefill vs one full run: the first half of the prompt, then chunks of
+ * two tokens. Chunks continuing a context 8x their length run the absorbed form
+ * under ATTN_AUTO (engine/model.c use_naive), the earlier ones the expanded form. */
+static void check_prompt_chunks(const char *model_name, engine *e, json_t *res, const char *prompt) {
+    int n, V = e->m->cfg.vocab_size;
+    int32_t *ids = json_ids(json_object_get(res, "ids"), &n);
+    kv_seq full = {0}, seq = {0};
+    float *fl = run_chunk(e, &full, ids, n, 0);
+    const int n0 = n / 2 > 0 ? n / 2 : 1;
+    free(run_chunk(e, &seq, ids, n0, 0));
+    float worst = 0;
+    int absorbed = 0;
+    for (int p = n0; p < n; p += 2) {
+        const int c = n - p < 2 ? n - p : 2;
+        absorbed += p >= 8 * c;
+        float *l = run_chunk(e, &seq, ids + p, c, p);
+        for (size_t i = 0; i < (size_t)c * V; i++) {
+            float d = fabsf(l[i] - fl[(size_t)p * V + i]);
+            if (!(d <= worst)) worst = d;
+        }
+        free(l);
+    }
+    cr_expect(worst <= SELF_TOL, "%s/%s: chunked vs full prefill max |diff| %g", model_name, prompt, worst);
+    if (n >= 40) cr_expect(absorbed > 0, "%s/%s: no chunk ran the absorbed form", model_name, prompt);
+    kv_seq_release(&e->kv, &seq);
+    kv_seq_release(&e->kv, &full);
+    free(fl);
+    free(ids);
+}
+
 typedef void (*prompt_check)(const char *, engine *, json_t *, const char *);
 
 static void for_each_prompt(const char *model_name, prompt_check check, attn_mode mode) {
@@ -219,6 +249,8 @@ Test(golden_v3, greedy_and_incremental) { for_each_prompt("tiny-v3", check_promp
 Test(golden_v2, logits_every_position) { for_each_prompt("tiny-v2", check_prompt_logits, ATTN_AUTO); }
 Test(golden_v2, logits_absorb_only) { for_each_prompt("tiny-v2", check_prompt_logits, ATTN_ABSORB); }
 Test(golden_v2, greedy_and_incremental) { for_each_prompt("tiny-v2", check_prompt_greedy, ATTN_AUTO); }
+Test(golden_v3, chunked_prefill) { for_each_prompt("tiny-v3", check_prompt_chunks, ATTN_AUTO); }
+Test(golden_v2, chunked_prefill) { for_each_prompt("tiny-v2", check_prompt_chunks, ATTN_AUTO); }
 
 /* naive vs absorb inside the engine: the same prompt both ways, every position. */
 static void naive_vs_absorb(const char *model_name) {
