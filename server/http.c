@@ -166,6 +166,7 @@ typedef struct conn_state {
     int is_generation;
     int prompt_tokens, completion_tokens, cached_tokens;
     double ttft_s;
+    const atomic_int *draining; /* the server's: set, every answer closes its connection */
 } conn_state;
 
 static double now_s(void) {
@@ -200,6 +201,8 @@ static enum MHD_Result queue_json(struct MHD_Connection *c, conn_state *cs, int 
     if (status == 405 && cs && cs->rt) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, cs->rt->method);
     if (status == 429 || status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    /* while draining, a keep-alive client must reconnect (to another replica) */
+    if (cs && cs->draining && atomic_load(cs->draining)) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     if (cs) cs->status = status;
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -959,6 +962,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *con_cls = cs;
         cs->t_start = now_s();
         cs->ttft_s = -1;
+        cs->draining = &h->draining;
         conn_guard_headers_done(h->guard, c);
         snprintf(cs->method, sizeof cs->method, "%s", method);
         snprintf(cs->path, sizeof cs->path, "%s", url);

@@ -285,12 +285,41 @@ for i in 0 1 2 3; do
     fi
 done
 head -1 "$TMP/small.err" | grep -q '^{"ts":' || fail "--log-format json: $(head -1 "$TMP/small.err")"
-# SIGTERM while a stream runs: the stream completes, the process exits 0, the port closes
-curl -s -N -m 60 --data-binary '{"model":"tiny-v3","prompt":"x","max_tokens":60,"ignore_eos":true,"stream":true}' \
+# SIGTERM while a stream runs: the stream completes, the process exits 0, the port closes.
+# No new work is taken once the drain starts: a client that had a kept-alive connection
+# (node: one keep-alive socket, a request before the signal and one after it) finds it
+# closed and the port refusing (libmicrohttpd closes idle connections at quiesce), or,
+# if its request raced the drain, gets 503 shutting_down with Connection: close.
+curl -s -N -m 60 --data-binary '{"model":"tiny-v3","prompt":"x","max_tokens":400,"ignore_eos":true,"stream":true}' \
     "$SURL/v1/completions" > "$TMP/drain.txt" &
 CURL_PID=$!
 sleep 0.3
-kill -TERM "$SPID"
+SPID="$SPID" SURL="$SURL" node -e '
+const http = require("http");
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+const body = JSON.stringify({ model: "tiny-v3", prompt: "x", max_tokens: 2 });
+const post = () => new Promise((ok, bad) => {
+  const r = http.request(process.env.SURL + "/v1/completions", { method: "POST", agent,
+    headers: { "Content-Type": "application/json" } }, (res) => {
+    let t = ""; res.on("data", (d) => (t += d)); res.on("end", () => ok({ res, t }));
+  });
+  r.on("error", bad); r.end(body);
+});
+(async () => {
+  const a = await post();
+  if (a.res.statusCode !== 200) throw new Error("before the drain: HTTP " + a.res.statusCode);
+  process.kill(Number(process.env.SPID), "SIGTERM");
+  await new Promise((r) => setTimeout(r, 200));
+  let b;
+  try { b = await post(); } catch (e) {
+    if (e.code === "ECONNREFUSED" || e.code === "ECONNRESET") return; /* closed: the expected case */
+    throw e;
+  }
+  const code = JSON.parse(b.t).error?.code;
+  if (b.res.statusCode !== 503 || code !== "shutting_down") throw new Error("during the drain: " + b.res.statusCode + " " + b.t);
+  if (b.res.headers.connection !== "close") throw new Error("drain 503 without Connection: close: " + JSON.stringify(b.res.headers));
+})().catch((e) => { console.error(e.message); process.exit(1); });
+' 2> "$TMP/late.err" || fail "request on a kept-alive connection during the drain: $(cat "$TMP/late.err")"
 i=0
 while kill -0 "$SPID" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 if kill -0 "$SPID" 2>/dev/null; then
