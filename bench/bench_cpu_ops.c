@@ -22,7 +22,6 @@
 #include "cpu/cpu_ops.h"
 
 #define ARENA_BYTES ((size_t)1 << 30)
-#define MIN_ROTATION_BYTES ARENA_BYTES /* decode weights cycle through 1 GiB: more than any L3 */
 #define CPU_BENCH_DECODE_M 8                    /* above this, calls are compute-bound */
 
 static double now_s(void) {
@@ -87,8 +86,7 @@ static double time_linear(threadpool *pool, dtype_t dt, const bench_shape *s, in
                           const float *scale, const float *x, float *y, int rounds, int transposed) {
     size_t bytes = (size_t)(s->rows * s->cols) * dtype_size(dt);
     size_t stride = (bytes + 4095) & ~(size_t)4095;
-    int copies = (int)(MIN_ROTATION_BYTES / stride) + 1;
-    if ((size_t)copies * stride > ARENA_BYTES) copies = (int)(ARENA_BYTES / stride);
+    int copies = (int)(ARENA_BYTES / stride); /* decode weights cycle through 1 GiB: more than any L3 */
     if (copies < 1) copies = 1;
     if (m > CPU_BENCH_DECODE_M) copies = copies < 2 ? copies : 2; /* compute-bound: cache is fine */
     weight w = {.dtype = dt, .rows = s->rows, .cols = s->cols, .scale = scale};

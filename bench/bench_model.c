@@ -183,12 +183,15 @@ static void profile_print(const char *what, double total_s, int steps) {
     for (int i = 0; i < P_N; i++) sum += prof_s[i];
     fprintf(stderr, "profile %s: %.2f ms per step, ops %.2f ms, outside ops %.2f ms\n", what, 1e3 * total_s / steps,
             1e3 * sum / steps, 1e3 * (total_s - sum) / steps);
-    for (int i = 0; i < P_N; i++)
-        if (prof_calls[i])
-            fprintf(stderr, "  %-12s %8.3f ms/step %7.1f calls/step %8.2f us/call", prof_names[i],
-                    1e3 * prof_s[i] / steps, (double)prof_calls[i] / steps, 1e6 * prof_s[i] / prof_calls[i]),
-                fprintf(stderr, prof_bytes[i] > 0 ? " %7.1f MB/step %6.1f GB/s (weights)\n" : "\n",
-                        prof_bytes[i] / steps / 1e6, prof_bytes[i] / prof_s[i] / 1e9);
+    for (int i = 0; i < P_N; i++) {
+        if (!prof_calls[i]) continue;
+        fprintf(stderr, "  %-12s %8.3f ms/step %7.1f calls/step %8.2f us/call", prof_names[i], 1e3 * prof_s[i] / steps,
+                (double)prof_calls[i] / steps, 1e6 * prof_s[i] / prof_calls[i]);
+        if (prof_bytes[i] > 0)
+            fprintf(stderr, " %7.1f MB/step %6.1f GB/s (weights)", prof_bytes[i] / steps / 1e6,
+                    prof_bytes[i] / prof_s[i] / 1e9);
+        fputc('\n', stderr);
+    }
 }
 
 /* CPU seconds (user + system) this process has used so far. */

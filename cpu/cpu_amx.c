@@ -48,10 +48,11 @@ static int chunk_rows(int64_t k) {
     return r < CHUNK_UNIT ? CHUNK_UNIT : (int)r;
 }
 
-size_t cpu_amx_scratch_floats(int m) {
-    /* A buffers (two blocks), C staging (4 tiles), sums [32][virtual rows of a chunk <= all] */
-    return 2 * ABUF_ELEMS / 2 + 4 * 256 + (size_t)GROUP_N * (size_t)vpad(m);
-}
+/* Scratch, in floats: two A buffers of ABUF_ELEMS bf16 (= ABUF_ELEMS floats),
+ * C staging (4 tiles of 256 floats), sums [32][virtual rows of a chunk <= all]. */
+#define ABUF_FLOATS ABUF_ELEMS
+#define CST_FLOATS (4 * 256)
+size_t cpu_amx_scratch_floats(int m) { return ABUF_FLOATS + CST_FLOATS + (size_t)GROUP_N * (size_t)vpad(m); }
 
 int cpu_amx_fits(const weight *w, int m) {
     if (m < 1 || w->cols <= 0 || w->cols % KSTEP != 0) return 0;
@@ -335,8 +336,8 @@ AMX_TARGET void cpu_amx_linear(const weight *w, const uint16_t *xp, int m, float
                                int64_t n1, float *scratch) {
     tiles_configure();
     uint16_t *abuf = (uint16_t *)scratch;
-    float *cst = scratch + 2 * ABUF_ELEMS / 2;
-    float *sums = cst + 4 * 256;
+    float *cst = scratch + ABUF_FLOATS;
+    float *sums = cst + CST_FLOATS;
     const int tiles = vpad(m) / TILE_M, chunk = chunk_rows(w->cols) / TILE_M;
     for (int t0 = 0; t0 < tiles; t0 += chunk) {
         const int t1 = t0 + chunk < tiles ? t0 + chunk : tiles;

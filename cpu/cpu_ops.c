@@ -283,23 +283,22 @@ static int streams(const cpu_kernels *k, const linear_op *op) {
     return k && op->m <= CPU_DECODE_MAX_M && op->w.rows > 0 && op->w.cols > 0;
 }
 
-static int batch_amx(const cpu_kernels *k, const linear_op *op) {
-    return !op->transposed && op->w.rows > 0 && use_amx(k, &op->w, op->m);
-}
-
 /* x of the batch's AMX products packed one after another into the calling
  * thread's scratch; xp[i] = NULL for the others. */
 static void batch_pack_amx(const cpu_kernels *k, const linear_op *ops, int n, const uint16_t **xp) {
-    size_t total = 0;
-    for (int i = 0; i < n; i++)
-        if (batch_amx(k, &ops[i])) total += cpu_amx_xp_elems(ops[i].m, ops[i].w.cols);
+    size_t elems[CPU_BATCH_MAX], total = 0;
+    for (int i = 0; i < n; i++) {
+        const linear_op *op = &ops[i];
+        elems[i] = !op->transposed && op->w.rows > 0 && use_amx(k, &op->w, op->m)
+                       ? cpu_amx_xp_elems(op->m, op->w.cols) : 0;
+        total += elems[i];
+    }
     uint16_t *buf = total ? (uint16_t *)thread_scratch(SCRATCH_BATCH_X, total / 2 + 1) : NULL;
     for (int i = 0; i < n; i++) {
-        xp[i] = NULL;
-        if (!batch_amx(k, &ops[i])) continue;
+        xp[i] = elems[i] ? buf : NULL;
+        if (!elems[i]) continue;
         cpu_amx_pack_x(ops[i].x, ops[i].ldx, ops[i].m, ops[i].w.cols, buf);
-        xp[i] = buf;
-        buf += cpu_amx_xp_elems(ops[i].m, ops[i].w.cols);
+        buf += elems[i];
     }
 }
 

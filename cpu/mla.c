@@ -58,9 +58,9 @@ static void acc_block(softmax_acc *a, const float *s, int n, const float *vals, 
 }
 
 /* Softmax step of a block for nq query rows with the variant's helpers: row i
- * has scores s[i][0..min(valid[i], n)) (its p row is zero past them; valid
- * NULL: all n); sets rescale[i]
- * and p[i][0..n) and updates max and sum. attn_accum then folds p into acc. */
+ * has scores s[i][0..min(valid[i], n)) (valid NULL: all n; p is zero past
+ * them); sets rescale[i] and p[i][0..n) and updates max and sum. attn_accum
+ * then folds p into acc. */
 static void softmax_rows(const cpu_kernels *k, softmax_acc *a, int nq, const float *s, float *p, int64_t ld, int n,
                          const int *valid, float *rescale) {
     for (int i = 0; i < nq; i++) {
