@@ -15,6 +15,8 @@
 #define MR 6 /* 6 x 16 micro-kernel: 12 accumulators + 2 panel vectors + 1 broadcast */
 /* 16 ymm registers: up to 4 rows of x get split accumulators */
 #define DECODE_NA(M) ((M) <= 2 ? 4 : (M) <= 4 ? 2 : 1)
+#define DECODE_R(M) ((M) <= 2 ? 1 : 2)
+#define DECODE_MAX_R 2
 #define ATT_K 2  /* attention: 4 queries x 2 keys / x 2 vectors of dims per register block */
 #define ATT_DV 2
 #define VARIANT_TABLE cpu_kernels_avx2

@@ -15,6 +15,8 @@
 #define VW 16
 #define MR 12 /* 12 x 32 micro-kernel: 24 accumulators of the 32 zmm registers */
 #define DECODE_NA(M) ((M) <= 2 ? 4 : 2)
+#define DECODE_R(M) ((M) <= 2 ? 1 : (M) <= 4 ? 4 : 2)
+#define DECODE_MAX_R 4
 #define ATT_K 4  /* attention: 4 queries x 4 keys / x 4 vectors of dims per register block */
 #define ATT_DV 4
 #define VARIANT_TABLE cpu_kernels_avx512
