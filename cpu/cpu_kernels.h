@@ -14,13 +14,17 @@
 
 #include "engine/weight.h"
 
-/* cpu_linear uses the streaming "decode" kernel up to this many rows of x (the
- * weights are read once, every row of x rides along); above it the tiled GEMM. */
+/* The streaming "decode" kernel takes this many rows of x per pass over W
+ * (the weights are read once, every row of x rides along). */
 #define CPU_DECODE_MAX_M 8
+/* cpu_linear and cpu_linear_t stream W for up to this many rows of x (in
+ * passes of CPU_DECODE_MAX_M rows; a task's rows of W stay in L2 between
+ * passes), fewer for FP8 (cpu_ops.c stream_max_m); above it the tiled GEMM. */
+#define CPU_STREAM_MAX_M 64
 
 typedef struct cpu_kernels {
     const char *name;          /* "avx2", "avx512" */
-    /* y[i][n] = Σ_k x[i][k]·W[n][k] for n in [n0, n1), i < m <= CPU_DECODE_MAX_M.
+    /* y[i][n] = Σ_k x[i][k]·W[n][k] for n in [n0, n1), i < m <= CPU_STREAM_MAX_M.
      * x: m rows of w->cols floats, ldx apart; y: m rows, ldy apart. */
     void (*linear_rows)(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t n0,
                         int64_t n1);
@@ -44,7 +48,7 @@ typedef struct cpu_kernels {
     /* y[i] = silu(gate[i]) * up[i] */
     void (*silu_mul)(const float *gate, const float *up, float *y, int64_t n);
 
-    /* Streaming transposed product for small m (<= CPU_DECODE_MAX_M):
+    /* Streaming transposed product for small m (<= CPU_STREAM_MAX_M):
      * y[i][c] = Σ_n x[i][n]·W[n][c] for c in [c0, c1), x: m rows of w->rows
      * floats ldx apart (not packed), y: m rows ldy apart; W is read once, row by
      * row (per group of four rows of x). `scratch` holds m·w->rows floats. */

@@ -114,6 +114,17 @@ static int64_t pick_chunk(int64_t n, int threads, int64_t min_chunk) {
  * AMX_MIN_M (2 and 3 rows: slower). */
 #define AMX_MIN_M_BF16 4
 
+/* Rows of x up to which a product streams W through the decode kernel
+ * instead of the tiled GEMM, whose packing of W only pays off for many rows.
+ * One thread, bench-7b shapes (session 7, AVX-512 Zen 5): streaming BF16 runs
+ * ~125 GFLOP/s at any m (tiles: 23 at m = 9, 89 at m = 64); FP8 streaming
+ * ~110 against tiles 42 at m = 9 and level at m = 48; transposed FP8 (which
+ * converts W once per 4 rows of x) is level with its tiles at m = 12. */
+static int stream_max_m(const weight *w, int transposed) {
+    if (w->dtype != DTYPE_F8_E4M3) return CPU_STREAM_MAX_M;
+    return transposed ? 12 : 40;
+}
+
 static int use_amx(const cpu_kernels *k, const weight *w, int m) {
     const int min_m = w->dtype == DTYPE_BF16 ? AMX_MIN_M_BF16 : AMX_MIN_M;
     return k && m >= min_m && cpu_amx_fits(w, m) && cpu_amx_usable();
@@ -209,7 +220,7 @@ void cpu_linear(threadpool *pool, const weight *w, const float *x, float *y, int
     if (w->cols <= 0) { memset(y, 0, (size_t)m * (size_t)w->rows * sizeof *y); return; }
     const cpu_kernels *k = cpu_kernels_get();
     linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->rows};
-    j.mode = !k ? LINEAR_REF : use_amx(k, w, m) ? LINEAR_AMX : m <= CPU_DECODE_MAX_M ? LINEAR_ROWS : LINEAR_TILE;
+    j.mode = !k ? LINEAR_REF : use_amx(k, w, m) ? LINEAR_AMX : m <= stream_max_m(w, 0) ? LINEAR_ROWS : LINEAR_TILE;
     if (j.mode == LINEAR_TILE) j.x = pack_x_scratch(k, x, m, w->cols);
     if (j.mode == LINEAR_AMX) j.xp = amx_pack_scratch(x, w->cols, m, w->cols);
     linear_run(pool, &j, j.mode == LINEAR_ROWS ? 16 : 32, 1);
@@ -221,14 +232,14 @@ void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, i
     const cpu_kernels *k = cpu_kernels_get();
     linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->cols};
     /* small m: stream W once (packing it would cost more than the product) */
-    j.mode = !k ? LINEAR_T_REF : m <= CPU_DECODE_MAX_M ? LINEAR_T_ROWS : LINEAR_T_TILE;
+    j.mode = !k ? LINEAR_T_REF : m <= stream_max_m(w, 1) ? LINEAR_T_ROWS : LINEAR_T_TILE;
     if (j.mode == LINEAR_T_TILE) j.x = pack_x_scratch(k, x, m, w->rows);
     linear_run(pool, &j, 32, 0);
 }
 
 /* ---- linear_batch ----------------------------------------------------------- */
 
-/* Products of a batch that stream their weights (m <= CPU_DECODE_MAX_M) share
+/* Products of a batch that stream their weights (stream_max_m) share
  * one pool run: task t belongs to the product whose range of task numbers
  * holds it (first[i] <= t < first[i + 1]). */
 typedef struct {
@@ -280,7 +291,7 @@ static void linear_op_alone(threadpool *pool, const linear_op *op) {
 }
 
 static int streams(const cpu_kernels *k, const linear_op *op) {
-    return k && op->m <= CPU_DECODE_MAX_M && op->w.rows > 0 && op->w.cols > 0;
+    return k && op->m <= stream_max_m(&op->w, op->transposed) && op->w.rows > 0 && op->w.cols > 0;
 }
 
 /* x of the batch's AMX products packed one after another into the calling

@@ -28,7 +28,7 @@ void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, i
 void cpu_linear_t_ref(const weight *w, const float *x, float *y, int m);
 
 /* Runs n independent products (engine/backend.h linear_op) as one op: those
- * with m <= CPU_DECODE_MAX_M share one pool run (tasks from every product), the
+ * that stream W (few rows of x) share one pool run (tasks from every product), the
  * others run one after another. Each output equals what cpu_linear /
  * cpu_linear_t give for that product alone, bit for bit. */
 #define CPU_BATCH_MAX 64

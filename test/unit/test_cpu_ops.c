@@ -277,7 +277,7 @@ static const shape linear_shapes[] = {
      * groups and 128-column blocks, bands starting at 16- and odd rows */
     {200, 16, 170, 416}, {48, 0, 33, 64},       {300, 144, 150, 160}, {70, 3, 61, 96},
 };
-static const int linear_ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 64, 300};
+static const int linear_ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 33, 64, 300};
 
 static void check_linear(threadpool *pool, dtype_t dt, const shape *s, int m, rng *r, uint64_t seed,
                          int transposed) {
