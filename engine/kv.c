@@ -166,7 +166,6 @@ void kv_cache_set_prefix_caching(kv_cache *kv, int on) { kv->prefix_enabled = on
 int kv_prefix_match(kv_cache *kv, kv_seq *seq, const int32_t *tokens, int max_tokens) {
     if (!kv->prefix_enabled || seq->n_pages) return 0;
     int full = max_tokens / KV_PAGE_TOKENS;
-    kv->prefix_queries += (uint64_t)full * KV_PAGE_TOKENS;
     uint64_t h = 0;
     for (int i = 0; i < full; i++) {
         const int32_t *ids = tokens + (size_t)i * KV_PAGE_TOKENS;
@@ -179,8 +178,13 @@ int kv_prefix_match(kv_cache *kv, kv_seq *seq, const int32_t *tokens, int max_to
         seq->last_hash = h = hi;
     }
     seq->n_tokens = seq->n_pages * KV_PAGE_TOKENS;
-    kv->prefix_hits += (uint64_t)seq->n_tokens;
     return seq->n_tokens;
+}
+
+void kv_prefix_count(kv_cache *kv, int max_tokens, int hit_tokens) {
+    if (!kv->prefix_enabled) return;
+    kv->prefix_queries += (uint64_t)(max_tokens / KV_PAGE_TOKENS * KV_PAGE_TOKENS);
+    kv->prefix_hits += (uint64_t)hit_tokens;
 }
 
 void kv_prefix_register(kv_cache *kv, kv_seq *seq, const int32_t *tokens, int n_tokens) {

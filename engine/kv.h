@@ -87,6 +87,11 @@ void kv_seq_release(kv_cache *kv, kv_seq *seq);
  * tokens[0, max_tokens) (rounded down to whole pages) and returns the number of
  * tokens they hold (seq->n_tokens is set to it). 0 when caching is off. */
 int kv_prefix_match(kv_cache *kv, kv_seq *seq, const int32_t *tokens, int max_tokens);
+/* Adds one lookup to the counters (prefix_queries: the whole pages of
+ * max_tokens; prefix_hits: hit_tokens). Separate from kv_prefix_match so a
+ * caller that gives the pages back (admission failed for want of pages, to be
+ * retried) counts a prompt once, when it is admitted. */
+void kv_prefix_count(kv_cache *kv, int max_tokens, int hit_tokens);
 /* Registers seq's full pages covering tokens [0, n_tokens) that are not yet
  * registered (tokens = the ids seq's entries were computed from). */
 void kv_prefix_register(kv_cache *kv, kv_seq *seq, const int32_t *tokens, int n_tokens);

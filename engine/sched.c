@@ -447,11 +447,13 @@ static void ensure_decode_pages(sched *s) {
 /* Takes q's cached prefix pages; keeps them if the rest of its tokens (+1) fits
  * with a spare page per running sequence, else gives them back. */
 static int try_admit(sched *s, seq *q) {
-    int hit = kv_prefix_match(&s->kv, &q->kv, q->tokens, q->n_tokens - 1); /* the last token needs its logits */
+    const int lookup = q->n_tokens - 1; /* the last token needs its logits */
+    int hit = kv_prefix_match(&s->kv, &q->kv, q->tokens, lookup);
     if (kv_pages_for(q->n_tokens + 1) - q->kv.n_pages + s->n_running > kv_available(&s->kv)) {
         kv_seq_release(&s->kv, &q->kv);
         return 0;
     }
+    kv_prefix_count(&s->kv, lookup, hit);
     q->n_computed = hit;
     if (!q->admitted) q->n_cached = hit;
     return 1;

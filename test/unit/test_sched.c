@@ -355,6 +355,39 @@ static void prefix_reuse(int disabled) {
     close_fixture(&f);
 }
 
+/* A prompt waiting for pages is looked up in the prefix cache at every step
+ * until it fits; the counters must count it once, when it is admitted. With
+ * 3 pages, A (130 + 50 tokens) holds all of them and B waits ~50 steps. */
+Test(sched, prefix_counters_count_each_admission_once, .timeout = 120) {
+    fixture f;
+    open_fixture(&f, (sched_config){.max_num_seqs = 2, .kv_cache_tokens = 192});
+    json_t *g = golden("en_long");
+    int n;
+    int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
+    cr_assert_eq(n, 130);
+    result warm, a, b;
+    run_one(&f, ids, n, 1, &warm); /* registers the prompt's 2 full pages */
+    sched_request ra = greedy_request(ids, n, 50), rb = greedy_request(ids, n, 8);
+    ms_err err = {{0}};
+    sched_stream *sa = sched_submit(f.s, &ra, NULL, &err);
+    cr_assert(sa, "%s", err.msg);
+    sched_stream *sb = sched_submit(f.s, &rb, NULL, &err);
+    cr_assert(sb, "%s", err.msg);
+    drain(sa, &a);
+    drain(sb, &b);
+    cr_expect_eq(a.n, 50);
+    cr_expect_eq(b.n, 8);
+    sched_stats st;
+    sched_get_stats(f.s, &st);
+    cr_expect_eq(st.preemptions, 0, "the test assumes B waits rather than preempts");
+    cr_expect_eq(st.prefix_cache_queries, 3 * 128, "queried %llu tokens for 3 admissions of 128 cacheable tokens",
+                 (unsigned long long)st.prefix_cache_queries);
+    cr_expect_eq(st.prefix_cache_hits, 2 * 128, "hit %llu tokens", (unsigned long long)st.prefix_cache_hits);
+    free(ids);
+    json_decref(g);
+    close_fixture(&f);
+}
+
 Test(sched, prefix_cache_reuses_full_pages) { prefix_reuse(0); }
 Test(sched, prefix_cache_can_be_disabled) { prefix_reuse(1); }
 
