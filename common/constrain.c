@@ -399,6 +399,10 @@ static int step_number(cframe *f, const gram_node *n, int sym) {
 
 static int step_litset(const cons_grammar *g, mstate *s, cframe *f, const gram_node *n, int sym) {
     int32_t c = sym < GRAM_SYM_MARKER ? lit_child(g, f->a, sym) : -1;
+    if (c < 0 && g->lits[f->a].term >= 0 && n->cont >= 0) { /* a tool name that prefixes another */
+        frame_init(g, f, g->idx[n->cont + g->lits[f->a].term]);
+        return R_AGAIN;
+    }
     if (c < 0) return g->lits[f->a].term >= 0 ? R_POP : R_REJ;
     if (g->lits[c].end != (uint32_t)c + 1) {
         f->a = (uint32_t)c;
@@ -459,7 +463,8 @@ static int step_union(const cons_grammar *g, cframe *f, const gram_node *n, int 
 static int fr_step(const cons_grammar *g, mstate *s, int sym) {
     cframe *f = &s->f[s->depth - 1];
     const gram_node *n = &g->nodes[f->node];
-    int json = n->kind != G_ROOT && n->kind != G_SEQ && n->kind != G_REPEAT && n->kind != G_UNION;
+    int json = n->kind != G_ROOT && n->kind != G_SEQ && n->kind != G_REPEAT && n->kind != G_UNION &&
+               !(n->kind == G_LITSET && n->cont >= 0); /* a tool name may end at a marker (V3.1) */
     if (sym >= GRAM_SYM_MARKER && json) return rem(g, f) == 0 ? R_POP : R_REJ; /* markers are not JSON */
     switch (n->kind) {
     case G_ROOT: return step_root(g, s, f, n, sym);

@@ -74,15 +74,25 @@ void cons_vocab_free(cons_vocab *v);
  * (for schema-less values, "{" and "[" are refused beyond that depth). */
 cons_grammar *cons_grammar_json(const json_t *schema, ms_err *err);
 
-/* A forced tool call in DeepSeek-V3's format (markers are the added tokens):
+/* The tool-call format a chat template teaches its model. */
+typedef enum {
+    CONS_TOOLS_V3,  /* DeepSeek-V3 / R1 */
+    CONS_TOOLS_V31, /* DeepSeek-V3.1 */
+} cons_tool_format;
+
+/* A forced tool call (markers are the added tokens). CONS_TOOLS_V3:
  *   <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\nARGS\n```<｜tool▁call▁end｜>
  *   [ \n<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\nARGS\n```<｜tool▁call▁end｜> ]...
+ *   <｜tool▁calls▁end｜>
+ * CONS_TOOLS_V31:
+ *   <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>ARGS<｜tool▁call▁end｜>
+ *   [ <｜tool▁call▁begin｜>NAME<｜tool▁sep｜>ARGS<｜tool▁call▁end｜> ]...
  *   <｜tool▁calls▁end｜>
  * NAME is one of names[0..n_tools) (non-empty, no newline, distinct) and ARGS the
  * JSON (no surrounding whitespace) matching that tool's params[i] (NULL: any
  * object). parallel = 1 allows one or more calls, 0 exactly one. */
 cons_grammar *cons_grammar_tool_calls(const char *const *names, const json_t *const *params, int n_tools,
-                                      int parallel, ms_err *err);
+                                      int parallel, cons_tool_format format, ms_err *err);
 void cons_grammar_free(cons_grammar *g);
 
 /* A request's state; g and v must outlive it. after_think: the grammar starts only

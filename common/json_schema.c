@@ -770,7 +770,10 @@ static int check_tool_names(const char *const *names, int n_tools, ms_err *err) 
 }
 
 /* NAME "\n```json\n" for each tool, each followed by ARGS "\n```" <call_end>. */
-static int32_t make_tool_switch(cctx *c, const char *const *names, const json_t *const *params, int n_tools) {
+/* One of the tools: its name as a literal, then (V3) "\n```json\n" ARGS "\n```"
+ * or (V3.1) <｜tool▁sep｜> ARGS, then <｜tool▁call▁end｜>. */
+static int32_t make_tool_switch(cctx *c, const char *const *names, const json_t *const *params, int n_tools,
+                                cons_tool_format format) {
     int32_t cont = POOL_ADD(c, idx, n_tools);
     lit_in *lits = calloc((size_t)n_tools, sizeof *lits);
     char **texts = calloc((size_t)n_tools, sizeof *texts);
@@ -786,14 +789,16 @@ static int32_t make_tool_switch(cctx *c, const char *const *names, const json_t 
             ms_err_prefix(c->err, "tool '%s' parameters", names[i]);
             goto out;
         }
-        seq_part parts[] = {SP_NODE(args), SP_TEXT("\n```"), SP_MK(GRAM_MK_CALL_END)};
-        int32_t seq = make_seq(c, parts, 3);
-        size_t len = strlen(names[i]) + 9;
+        const int v31 = format == CONS_TOOLS_V31;
+        seq_part v3_parts[] = {SP_NODE(args), SP_TEXT("\n```"), SP_MK(GRAM_MK_CALL_END)};
+        seq_part v31_parts[] = {SP_MK(GRAM_MK_SEP), SP_NODE(args), SP_MK(GRAM_MK_CALL_END)};
+        int32_t seq = make_seq(c, v31 ? v31_parts : v3_parts, 3);
+        size_t len = strlen(names[i]) + (v31 ? 0 : 9);
         if (seq < 0 || !(texts[i] = malloc(len + 1))) {
             if (seq >= 0) ms_err_set(c->err, "tool calls: out of memory");
             goto out;
         }
-        snprintf(texts[i], len + 1, "%s\n```json\n", names[i]);
+        snprintf(texts[i], len + 1, v31 ? "%s" : "%s\n```json\n", names[i]);
         c->g->idx[cont + i] = seq;
         lits[i] = (lit_in){(const uint8_t *)texts[i], (uint32_t)len, i, c->g->nodes[seq].min_len};
     }
@@ -815,20 +820,24 @@ out:
     return node;
 }
 
+/* V3: CALLS_BEGIN (CALL_BEGIN "function" SEP tool) repeated with "\n" between, CALLS_END.
+ * V3.1: CALLS_BEGIN CALL_BEGIN tool repeated with CALL_BEGIN between, CALLS_END
+ * (the repeat's separator is the next call's opening marker). */
 cons_grammar *cons_grammar_tool_calls(const char *const *names, const json_t *const *params, int n_tools,
-                                      int parallel, ms_err *err) {
+                                      int parallel, cons_tool_format format, ms_err *err) {
     if (check_tool_names(names, n_tools, err) < 0) return NULL;
+    const int v31 = format == CONS_TOOLS_V31;
     cctx c;
     if (!grammar_new(&c, NULL, err)) return NULL;
-    int32_t sw = make_tool_switch(&c, names, params, n_tools);
+    int32_t sw = make_tool_switch(&c, names, params, n_tools, format);
     seq_part call[] = {SP_MK(GRAM_MK_CALL_BEGIN), SP_TEXT("function"), SP_MK(GRAM_MK_SEP), SP_NODE(sw)};
-    int32_t one = sw < 0 ? -1 : make_seq(&c, call, 4);
+    int32_t one = sw < 0 ? -1 : v31 ? sw : make_seq(&c, call, 4);
     int32_t rep = one < 0 ? -1 : new_node(&c, G_REPEAT);
     int32_t sep = rep < 0 ? -1 : POOL_ADD(&c, syms, 1);
     if (sep >= 0) {
         gram_node *r = &c.g->nodes[rep];
         const gram_node *o = &c.g->nodes[one];
-        c.g->syms[sep] = '\n';
+        c.g->syms[sep] = v31 ? GRAM_SYM_MARKER + GRAM_MK_CALL_BEGIN : '\n';
         r->child = one;
         r->list = sep;
         r->n = 1;
@@ -838,8 +847,9 @@ cons_grammar *cons_grammar_tool_calls(const char *const *names, const json_t *co
         r->depth = 1 + o->depth;
         first_or(r, o);
     }
-    seq_part top[] = {SP_MK(GRAM_MK_CALLS_BEGIN), SP_NODE(rep), SP_MK(GRAM_MK_CALLS_END)};
-    int32_t all = sep < 0 ? -1 : make_seq(&c, top, 3);
+    seq_part v3_top[] = {SP_MK(GRAM_MK_CALLS_BEGIN), SP_NODE(rep), SP_MK(GRAM_MK_CALLS_END)};
+    seq_part v31_top[] = {SP_MK(GRAM_MK_CALLS_BEGIN), SP_MK(GRAM_MK_CALL_BEGIN), SP_NODE(rep), SP_MK(GRAM_MK_CALLS_END)};
+    int32_t all = sep < 0 ? -1 : v31 ? make_seq(&c, v31_top, 4) : make_seq(&c, v3_top, 3);
     if (all < 0 || (c.g->root = make_root(&c, all, 0)) < 0) {
         cons_grammar_free(c.g);
         return NULL;

@@ -154,7 +154,7 @@ int oai_features_parse(const json_t *b, int chat, oai_features *f, oai_error *er
 }
 
 /* The forced-call grammar: every tool ("required") or the named one. */
-static int compile_tool_grammar(oai_features *f, oai_error *err) {
+static int compile_tool_grammar(oai_features *f, cons_tool_format format, oai_error *err) {
     size_t n = json_array_size(f->tools);
     const char *names[n ? n : 1];
     const json_t *params[n ? n : 1];
@@ -167,7 +167,7 @@ static int compile_tool_grammar(oai_features *f, oai_error *err) {
         params[k++] = json_is_object(p) ? p : NULL;
     }
     ms_err e = {{0}};
-    if (!(f->grammar = cons_grammar_tool_calls(names, params, k, f->parallel_tool_calls, &e)))
+    if (!(f->grammar = cons_grammar_tool_calls(names, params, k, f->parallel_tool_calls, format, &e)))
         return oai_error_set(err, 400, BAD, "tools", NULL, "cannot force this tool call: %s", e.msg);
     return 0;
 }
@@ -182,10 +182,7 @@ int oai_features_resolve(oai_features *f, chat_template_variant variant, int rea
     if (!f->parse_reasoning) f->starts_in_reasoning = 0;
     f->parse_tool_calls = f->tools && f->tool_choice != TOOL_CHOICE_NONE;
     if (f->tool_choice != TOOL_CHOICE_REQUIRED && f->tool_choice != TOOL_CHOICE_NAMED) return 0;
-    if (variant == CHAT_TEMPLATE_V31)
-        return oai_error_set(err, 400, BAD, "tool_choice", NULL,
-                             "a forced tool_choice is not supported with the DeepSeek-V3.1 template (use \"auto\")");
-    return compile_tool_grammar(f, err);
+    return compile_tool_grammar(f, variant == CHAT_TEMPLATE_V31 ? CONS_TOOLS_V31 : CONS_TOOLS_V3, err);
 }
 
 void oai_features_free(oai_features *f) {

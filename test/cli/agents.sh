@@ -3,7 +3,8 @@
 # openai client (test/integration/agents.mjs): structured outputs (50 schemas,
 # streaming and not), forced tool calls, tool history, schema errors; then a
 # server with DeepSeek-R1's template for reasoning_content, reasoning tokens
-# and JSON after "</think>". Needs MLASERVE_BIN, MLASERVE_TEST_MODELS, node and
+# and JSON after "</think>"; then DeepSeek-V3.1's template (its tool-call
+# format). Needs MLASERVE_BIN, MLASERVE_TEST_MODELS, node and
 # node_modules/openai.
 set -u
 BIN=${MLASERVE_BIN:?}
@@ -21,7 +22,13 @@ kill -TERM "$SPID"
 start_server "$TMP/r1" --max-num-seqs 8 --chat-template deepseek-r1 || { fail "R1 server did not start"; exit 1; }
 MLASERVE_BASE_URL="http://127.0.0.1:$SPORT/v1" MLASERVE_MODEL_NAME=tiny-v3 MLASERVE_MODE=r1 \
     timeout "$T" node "$ROOT/test/integration/agents.mjs" || fail "agents.mjs (r1)"
-grep -q "Traceback\|AddressSanitizer" "$TMP/v3.err" "$TMP/r1.err" && fail "server logs show a crash"
+kill -TERM "$SPID"
+
+# DeepSeek-V3.1's template: its own tool-call format (NAME<｜tool▁sep｜>ARGS), forced calls included
+start_server "$TMP/v31" --max-num-seqs 8 --chat-template deepseek-v3.1 || { fail "V3.1 server did not start"; exit 1; }
+MLASERVE_BASE_URL="http://127.0.0.1:$SPORT/v1" MLASERVE_MODEL_NAME=tiny-v3 MLASERVE_MODE=v31 \
+    timeout "$T" node "$ROOT/test/integration/agents.mjs" || fail "agents.mjs (v31)"
+grep -q "Traceback\|AddressSanitizer" "$TMP/v3.err" "$TMP/r1.err" "$TMP/v31.err" && fail "server logs show a crash"
 
 [ $fails -eq 0 ] && echo "agents: all passed"
 exit $((fails > 0))

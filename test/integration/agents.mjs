@@ -8,7 +8,7 @@
 // validity — never the server's own validator; OpenAI's documented response
 // shapes decide the rest. The model's weights are random, so every valid
 // output here is the constraint's doing.
-// Env: MLASERVE_BASE_URL, MLASERVE_MODEL_NAME, MLASERVE_MODE (v3 | r1).
+// Env: MLASERVE_BASE_URL, MLASERVE_MODEL_NAME, MLASERVE_MODE (v3 | r1 | v31).
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 

@@ -117,16 +117,16 @@ Test(constrain, tool_call_argument_errors) {
     ms_err err = {{0}};
     const char *dup[] = {"f", "f"};
     const json_t *none[] = {NULL, NULL};
-    cr_expect_null(cons_grammar_tool_calls(dup, none, 2, 0, &err));
+    cr_expect_null(cons_grammar_tool_calls(dup, none, 2, 0, CONS_TOOLS_V3, &err));
     cr_expect(strstr(err.msg, "'f' appears twice"), "%s", err.msg);
     const char *nl[] = {"a\nb"};
-    cr_expect_null(cons_grammar_tool_calls(nl, none, 1, 0, &err));
+    cr_expect_null(cons_grammar_tool_calls(nl, none, 1, 0, CONS_TOOLS_V3, &err));
     cr_expect(strstr(err.msg, "newline"), "%s", err.msg);
-    cr_expect_null(cons_grammar_tool_calls(nl, none, 0, 0, &err));
+    cr_expect_null(cons_grammar_tool_calls(nl, none, 0, 0, CONS_TOOLS_V31, &err));
     const char *one[] = {"get"};
     json_t *bad = parse("{\"type\":\"object\",\"properties\":{\"q\":{\"type\":\"string\",\"format\":\"x\",\"pattern\":\"y\"}}}");
     const json_t *params[] = {bad};
-    cr_expect_null(cons_grammar_tool_calls(one, params, 1, 0, &err));
+    cr_expect_null(cons_grammar_tool_calls(one, params, 1, 0, CONS_TOOLS_V3, &err));
     cr_expect(strstr(err.msg, "tool 'get' parameters: json_schema keyword 'pattern' is not supported"), "%s", err.msg);
     json_decref(bad);
 }
@@ -339,8 +339,8 @@ Test(constrain, tool_call_texts, .init = setup, .fini = teardown) {
                        "\"required\":[\"q\"],\"additionalProperties\":false}");
     const json_t *params[] = {p0, NULL, p2};
     ms_err err = {{0}};
-    cons_grammar *one = cons_grammar_tool_calls(names, params, 3, 0, &err);
-    cons_grammar *par = cons_grammar_tool_calls(names, params, 3, 1, &err);
+    cons_grammar *one = cons_grammar_tool_calls(names, params, 3, 0, CONS_TOOLS_V3, &err);
+    cons_grammar *par = cons_grammar_tool_calls(names, params, 3, 1, CONS_TOOLS_V3, &err);
     cr_assert(one && par, "%s", err.msg);
     const char *single = "<｜tool▁calls▁begin｜>" CALL("get_weather", "{\"city\": \"Paris\"}") "<｜tool▁calls▁end｜>";
     const char *two = "<｜tool▁calls▁begin｜>" CALL("search", "{\"q\":\"x\",\"n\":3}") "\n" CALL("get", "{}") "<｜tool▁calls▁end｜>";
@@ -368,6 +368,39 @@ Test(constrain, tool_call_texts, .init = setup, .fini = teardown) {
     cons_grammar_free(par);
     json_decref(p0);
     json_decref(p2);
+}
+
+#define CALL31(name, args) "<｜tool▁call▁begin｜>" name "<｜tool▁sep｜>" args "<｜tool▁call▁end｜>"
+
+/* DeepSeek-V3.1's format: no "function", no json fences, calls back to back. */
+Test(constrain, tool_call_texts_v31, .init = setup, .fini = teardown) {
+    const char *names[] = {"get_weather", "get", "search"};
+    json_t *p0 = parse("{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"]}");
+    const json_t *params[] = {p0, NULL, NULL};
+    ms_err err = {{0}};
+    cons_grammar *one = cons_grammar_tool_calls(names, params, 3, 0, CONS_TOOLS_V31, &err);
+    cons_grammar *par = cons_grammar_tool_calls(names, params, 3, 1, CONS_TOOLS_V31, &err);
+    cr_assert(one && par, "%s", err.msg);
+    const char *single = "<｜tool▁calls▁begin｜>" CALL31("get_weather", "{\"city\": \"Paris\"}") "<｜tool▁calls▁end｜>";
+    const char *two = "<｜tool▁calls▁begin｜>" CALL31("search", "{\"q\":1}") CALL31("get", "{}") "<｜tool▁calls▁end｜>";
+    cr_expect_eq(feed_tokens(one, 0, single), 'A');
+    cr_expect_eq(feed_tokens(par, 0, single), 'A');
+    cr_expect_eq(feed_tokens(par, 0, two), 'A');
+    cr_expect_eq(feed_tokens(one, 0, two), 'R'); /* parallel = 0: exactly one call */
+    cr_expect_eq(feed_tokens(par, 0, "<｜tool▁calls▁begin｜>" CALL31("get", "{}") "\n" CALL31("get", "{}")), 'R');
+    cr_expect_eq(feed_tokens(one, 0, "<｜tool▁calls▁begin｜>" CALL("get", "{}") "<｜tool▁calls▁end｜>"), 'R'); /* V3's */
+    cr_expect_eq(feed_tokens(one, 0, "<｜tool▁calls▁begin｜>" CALL31("nope", "{}") "<｜tool▁calls▁end｜>"), 'R');
+    cr_expect_eq(feed_tokens(one, 0, "<｜tool▁calls▁begin｜>" CALL31("get_weather", "{\"town\":\"x\"}")), 'R');
+    cr_expect_eq(feed_tokens(one, 0, "<｜tool▁calls▁begin｜>" CALL31("get", "{}")), 'P');
+    char r31 = feed_tokens(one, 1, "<think>hmm</think><｜tool▁calls▁begin｜>" CALL31("get", "{}") "<｜tool▁calls▁end｜>");
+    cr_expect_eq(r31, 'A', "got %c", r31);
+    char r31b = feed_tokens(one, 1, "<think>hmm</think><｜tool▁calls▁begin｜>" CALL31("get_weather", "{\"city\":\"x\"}") "<｜tool▁calls▁end｜>");
+    cr_expect_eq(r31b, 'A', "got %c", r31b);
+    char r31c = feed_tokens(one, 1, "<think>hmm</think>" "<｜tool▁calls▁begin｜>");
+    cr_expect_eq(r31c, 'P', "got %c", r31c);
+    cons_grammar_free(one);
+    cons_grammar_free(par);
+    json_decref(p0);
 }
 
 /* Schema-less values nest up to the frame limit: beyond it '[' is refused, and the
@@ -653,21 +686,25 @@ Test(constrain, mask_matches_reference_at_edges, .init = setup, .fini = teardown
 
 /* Tool calls: the output has the DeepSeek-V3 structure and valid arguments. */
 static void check_tool_text(const char *text, const char *const *names, const char *const *params, int n_tools,
-                            int parallel, const char *what) {
+                            int parallel, cons_tool_format format, const char *what) {
+    const int v31 = format == CONS_TOOLS_V31;
     const char *p = text, *mk_calls = "<｜tool▁calls▁begin｜>", *mk_end = "<｜tool▁calls▁end｜>";
-    const char *head = "<｜tool▁call▁begin｜>function<｜tool▁sep｜>", *tail = "\n```<｜tool▁call▁end｜>";
+    const char *head = v31 ? "<｜tool▁call▁begin｜>" : "<｜tool▁call▁begin｜>function<｜tool▁sep｜>";
+    const char *after_name = v31 ? "<｜tool▁sep｜>" : "\n```json\n";
+    const char *tail = v31 ? "<｜tool▁call▁end｜>" : "\n```<｜tool▁call▁end｜>";
+    const char *between = v31 ? "" : "\n";
     cr_assert(!strncmp(p, mk_calls, strlen(mk_calls)), "%s: %s", what, text);
     p += strlen(mk_calls);
     int calls = 0;
     for (;;) {
         cr_assert(!strncmp(p, head, strlen(head)), "%s: call %d: %s", what, calls, text);
         p += strlen(head);
-        const char *nl = strstr(p, "\n```json\n");
+        const char *nl = strstr(p, after_name);
         cr_assert(nl, "%s: %s", what, text);
         int k = 0;
         while (k < n_tools && ((size_t)(nl - p) != strlen(names[k]) || strncmp(p, names[k], (size_t)(nl - p)))) k++;
         cr_assert(k < n_tools, "%s: unknown tool name in %s", what, text);
-        p = nl + 9;
+        p = nl + strlen(after_name);
         const char *end = strstr(p, tail);
         cr_assert(end, "%s: %s", what, text);
         char *args = strndup(p, (size_t)(end - p));
@@ -681,8 +718,8 @@ static void check_tool_text(const char *text, const char *const *names, const ch
         free(args);
         p = end + strlen(tail);
         calls++;
-        if (*p != '\n') break;
-        p++;
+        if (strncmp(p, between, strlen(between)) || !strncmp(p + strlen(between), mk_end, strlen(mk_end))) break;
+        p += strlen(between);
     }
     cr_expect(parallel || calls == 1, "%s: %d calls", what, calls);
     cr_expect_str_eq(p, mk_end, "%s", what);
@@ -697,21 +734,23 @@ Test(constrain, walks_tool_calls, .init = setup, .fini = teardown) {
         "{\"type\":\"object\",\"properties\":{\"q\":{\"type\":\"string\",\"maxLength\":8},\"n\":{\"type\":\"integer\"}},"
         "\"required\":[\"q\",\"n\"],\"additionalProperties\":false}",
     };
+    for (int v31 = 0; v31 <= 1; v31++)
     for (int n_tools = 1; n_tools <= 3; n_tools += 2)
         for (int parallel = 0; parallel <= 1; parallel++) {
+            const cons_tool_format format = v31 ? CONS_TOOLS_V31 : CONS_TOOLS_V3;
             json_t *pj[3] = {0};
             for (int k = 0; k < n_tools; k++) pj[k] = params[k] ? parse(params[k]) : NULL;
             ms_err err = {{0}};
-            cons_grammar *g = cons_grammar_tool_calls(names, (const json_t *const *)pj, n_tools, parallel, &err);
+            cons_grammar *g = cons_grammar_tool_calls(names, (const json_t *const *)pj, n_tools, parallel, format, &err);
             cr_assert(g, "%s", err.msg);
             for (int b = 0; b < 3; b++)
                 for (int think = 0; think <= (b == 1); think++) {
                     char what[96];
                     int budget = (int[]){40, 100, 200}[b];
-                    snprintf(what, sizeof what, "tools %d parallel %d budget %d think %d", n_tools, parallel, budget,
-                             think);
+                    snprintf(what, sizeof what, "%s tools %d parallel %d budget %d think %d", v31 ? "v3.1" : "v3", n_tools,
+                             parallel, budget, think);
                     char *text = walk(g, think, (walk_opts){budget, 500u + (uint64_t)(b * 10 + n_tools + parallel), 0}, what);
-                    check_tool_text(json_part(text, think, what), names, params, n_tools, parallel, what);
+                    check_tool_text(json_part(text, think, what), names, params, n_tools, parallel, format, what);
                     free(text);
                 }
             cons_grammar_free(g);

@@ -409,6 +409,12 @@ Test(openai, structured_output_and_forced_tool_build_a_constraint) {
     /* json response_format + forced tool choice cannot both hold */
     cr_expect_neq(parse_with(&c, OAI_CHAT, CHAT(",\"tools\":[" TOOL "],\"tool_choice\":\"required\",\"response_format\":"
                                               "{\"type\":\"json_object\"}"), &r, &e), 0);
+    /* the V3.1 template gets its own call format: forced calls work there too */
+    oai_ctx c31 = ctx_vocab(v, CHAT_TEMPLATE_V31);
+    cr_assert_eq(parse_with(&c31, OAI_CHAT, CHAT(",\"tools\":[" TOOL "],\"tool_choice\":\"required\""), &r, &e), 0, "%s",
+                 e.message);
+    cr_expect(r.feat.parse_tool_calls && r.feat.grammar);
+    oai_request_free(&r);
     /* no vocabulary on the server: refused, not ignored */
     oai_ctx nov = ctx_vocab(NULL, CHAT_TEMPLATE_V3);
     cr_expect_neq(parse_with(&nov, OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"json_object\"}"), &r, &e), 0);
