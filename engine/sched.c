@@ -9,6 +9,7 @@
 #include "engine/sched.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -131,6 +132,8 @@ typedef struct seq {
     int n_prompt, n_generated, n_computed;
     int n_cached;           /* prompt tokens taken from the prefix cache at first admission */
     int max_tokens, ignore_eos, top_logprobs;
+    int prompt_lp;          /* sched_request.prompt_logprobs */
+    int lp_done;            /* prompt tokens whose events went out (prompt_lp) */
     kv_seq kv;
     sampler *smp;
     sched_text text;        /* detokenizer + stop-string holdback */
@@ -155,9 +158,9 @@ struct sched {
     int n_running;
     uint64_t admissions;
     sched_stats stats;
-    float *logits;          /* [max_num_seqs, vocab] */
+    float *logits;          /* [max_num_seqs + SCHED_PROMPT_LOGPROB_ROWS, vocab] */
     /* per-step batch arrays, sized max_batched_tokens + max_num_seqs */
-    int32_t *b_tokens, *b_pos, *b_seq, *b_rows;
+    int32_t *b_tokens, *b_pos, *b_seq, *b_rows; /* b_rows: as many as logits */
     kv_seq **b_seqs;
     seq **b_owner;          /* sequence of each batch run */
     int *b_samples;         /* per run: 1 if its last token's logits are sampled */
@@ -241,7 +244,8 @@ static int seq_append(seq *q, int32_t tok) {
 
 static int validate(const sched *s, const sched_request *r, ms_err *err) {
     if (r->n_prompt < 1) return ms_err_set(err, "the prompt is empty");
-    if (r->max_tokens < 1) return ms_err_set(err, "max_tokens must be at least 1, got %d", r->max_tokens);
+    if (r->max_tokens < 0) return ms_err_set(err, "max_tokens must be at least 0, got %d", r->max_tokens);
+    if (r->prompt_logprobs && r->top_logprobs < 0) return ms_err_set(err, "prompt_logprobs needs top_logprobs >= 0");
     if ((long)r->n_prompt + r->max_tokens > s->cfg.max_model_len)
         return ms_err_set(err, "this model's maximum context length is %d tokens; the request has %d prompt tokens "
                           "and asks for %d completion tokens", s->cfg.max_model_len, r->n_prompt, r->max_tokens);
@@ -271,6 +275,7 @@ static seq *seq_create(sched *s, const sched_request *r, ms_err *err) {
     q->max_tokens = r->max_tokens;
     q->ignore_eos = r->ignore_eos;
     q->top_logprobs = r->top_logprobs;
+    q->prompt_lp = r->prompt_logprobs != 0;
     q->cons = r->constraint;
     sampler_add_prompt(q->smp, r->prompt, (size_t)r->n_prompt);
     return q;
@@ -448,12 +453,13 @@ static void ensure_decode_pages(sched *s) {
  * with a spare page per running sequence, else gives them back. */
 static int try_admit(sched *s, seq *q) {
     const int lookup = q->n_tokens - 1; /* the last token needs its logits */
-    int hit = kv_prefix_match(&s->kv, &q->kv, q->tokens, lookup);
+    int want_all = q->prompt_lp && q->lp_done < q->n_prompt; /* every prompt row's logits */
+    int hit = want_all ? 0 : kv_prefix_match(&s->kv, &q->kv, q->tokens, lookup);
     if (kv_pages_for(q->n_tokens + 1) - q->kv.n_pages + s->n_running > kv_available(&s->kv)) {
         kv_seq_release(&s->kv, &q->kv);
         return 0;
     }
-    kv_prefix_count(&s->kv, lookup, hit);
+    if (!want_all) kv_prefix_count(&s->kv, lookup, hit);
     q->n_computed = hit;
     if (!q->admitted) q->n_cached = hit;
     return 1;
@@ -483,9 +489,19 @@ static void admit(sched *s, int budget_left) {
 
 typedef struct { int n_tokens, n_runs, n_logits; } batch_size;
 
-/* Adds tokens [n_computed, n_computed + n) of q as one run. */
+/* Prompt logprobs: the positions [*lo, *hi) of tokens [n_computed, n_computed + n)
+ * whose logits give a prompt token's logprob not yet sent (row p: token p + 1). */
+static int prompt_lp_rows(const seq *q, int n, int *lo, int *hi) {
+    *lo = q->lp_done - 1 > q->n_computed ? q->lp_done - 1 : q->n_computed;
+    *hi = q->n_computed + n < q->n_prompt - 1 ? q->n_computed + n : q->n_prompt - 1;
+    if (!q->prompt_lp || *hi < *lo) *hi = *lo;
+    return *hi - *lo;
+}
+
+/* Adds tokens [n_computed, n_computed + n) of q as one run: logits rows for
+ * its prompt logprobs (in order), then for sampling if the run ends q's tokens. */
 static void batch_add(sched *s, batch_size *bs, seq *q, int n) {
-    int run = bs->n_runs++;
+    int run = bs->n_runs++, first = bs->n_tokens, lo, hi;
     for (int i = 0; i < n; i++) {
         int k = bs->n_tokens++;
         s->b_tokens[k] = q->tokens[q->n_computed + i];
@@ -494,14 +510,17 @@ static void batch_add(sched *s, batch_size *bs, seq *q, int n) {
     }
     s->b_seqs[run] = &q->kv;
     s->b_owner[run] = q;
-    s->b_samples[run] = q->n_computed + n == q->n_tokens;
+    prompt_lp_rows(q, n, &lo, &hi);
+    for (int p = lo; p < hi; p++) s->b_rows[bs->n_logits++] = first + p - q->n_computed;
+    s->b_samples[run] = q->n_computed + n == q->n_tokens && q->max_tokens > 0;
     if (s->b_samples[run]) s->b_rows[bs->n_logits++] = bs->n_tokens - 1;
 }
 
-/* Decodes first (one token each), then prompt chunks under the budget and free pages. */
+/* Decodes first (one token each), then prompt chunks under the budget, free
+ * pages and the prompt-logprob rows left. */
 static batch_size build_batch(sched *s) {
     batch_size bs = {0, 0, 0};
-    int budget = s->cfg.max_batched_tokens, free_pages = kv_available(&s->kv);
+    int budget = s->cfg.max_batched_tokens, free_pages = kv_available(&s->kv), lp_left = SCHED_PROMPT_LOGPROB_ROWS, lo, hi;
     for (int i = 0; i < s->n_running; i++) {
         seq *q = s->running[i];
         if (q->n_tokens - q->n_computed != 1) continue;
@@ -515,8 +534,10 @@ static batch_size build_batch(sched *s) {
         if (left <= 1) continue;
         int n = left < budget ? left : budget;
         while (n > 0 && pages_needed(q, n) > free_pages) n = n > 64 ? n - 64 : n - 1;
+        while (n > 0 && prompt_lp_rows(q, n, &lo, &hi) > lp_left) n--;
         if (n <= 0) continue;
         free_pages -= pages_needed(q, n);
+        lp_left -= prompt_lp_rows(q, n, &lo, &hi);
         batch_add(s, &bs, q, n);
         budget -= n;
     }
@@ -574,6 +595,28 @@ static int sample_and_emit(sched *s, seq *q, float *logits) {
     return 1;
 }
 
+/* Sends q's prompt-token events for the run of n tokens just computed (logits
+ * rows from *row on, as batch_add laid them out); the first prompt token's
+ * event, which has no logprob, goes first. */
+static void emit_prompt_events(sched *s, seq *q, int n, int *row) {
+    int lo, hi, V = s->m->cfg.vocab_size;
+    if (!q->prompt_lp || q->lp_done >= q->n_prompt) return;
+    prompt_lp_rows(q, n, &lo, &hi);
+    if (q->lp_done == 0) {
+        sched_event ev = {.token = q->tokens[0], .prompt = 1, .logprob = NAN, .prompt_tokens = q->n_prompt};
+        stream_push(q->stream, &ev);
+        q->lp_done = 1;
+    }
+    for (int p = lo; p < hi; p++) {
+        const float *l = s->logits + (size_t)(*row)++ * V;
+        sched_event ev = {.token = q->tokens[p + 1], .prompt = 1, .prompt_tokens = q->n_prompt};
+        ev.n_top = sample_logprobs(l, V, ev.token, q->top_logprobs, (sample_logprob *)ev.top, &ev.logprob, NULL);
+        if (ev.n_top < 0) ev.n_top = 0;
+        stream_push(q->stream, &ev);
+        q->lp_done = p + 2;
+    }
+}
+
 /* Copies the engine-side counters where sched_get_stats reads them. */
 static void publish_stats(sched *s, int stepped, int generated) {
     pthread_mutex_lock(&s->mu);
@@ -610,19 +653,27 @@ static int step(sched *s, ms_err *err) {
         publish_stats(s, 1, 0);
         return 0;
     }
-    int row = 0;
+    int row = 0, sampled = 0;
     for (int r = 0; r < bs.n_runs; r++) {
         seq *q = s->b_owner[r];
+        emit_prompt_events(s, q, q->kv.n_tokens - q->n_computed, &row);
         q->n_computed = q->kv.n_tokens; /* model_forward advanced it past this run */
         kv_prefix_register(&s->kv, &q->kv, q->tokens, q->n_computed);
-        if (!s->b_samples[r]) continue;
-        float *l = s->logits + (size_t)row++ * s->m->cfg.vocab_size;
+        int prompt_only = q->max_tokens == 0 && q->n_computed == q->n_tokens;
+        if (!s->b_samples[r] && !prompt_only) continue;
         int idx = -1;
         for (int i = 0; i < s->n_running; i++)
             if (s->running[i] == q) idx = i;
+        if (prompt_only) {
+            if (idx >= 0) running_remove(s, idx);
+            seq_finish(s, q, FINISH_LENGTH, NULL);
+            continue;
+        }
+        float *l = s->logits + (size_t)row++ * s->m->cfg.vocab_size;
+        sampled++;
         if (sample_and_emit(s, q, l) && idx >= 0) running_remove(s, idx);
     }
-    publish_stats(s, 1, bs.n_logits);
+    publish_stats(s, 1, sampled);
     return 0;
 }
 
@@ -722,12 +773,13 @@ static void fill_defaults(sched_config *c, const model *m) {
 
 static int alloc_arrays(sched *s) {
     size_t nt = (size_t)s->cfg.max_batched_tokens + (size_t)s->cfg.max_num_seqs, ns = (size_t)s->cfg.max_num_seqs;
+    size_t rows = ns + SCHED_PROMPT_LOGPROB_ROWS;
     s->running = calloc(ns, sizeof *s->running);
-    s->logits = malloc(ns * (size_t)s->m->cfg.vocab_size * sizeof *s->logits);
+    s->logits = malloc(rows * (size_t)s->m->cfg.vocab_size * sizeof *s->logits);
     s->b_tokens = malloc(nt * sizeof(int32_t));
     s->b_pos = malloc(nt * sizeof(int32_t));
     s->b_seq = malloc(nt * sizeof(int32_t));
-    s->b_rows = malloc(ns * sizeof(int32_t));
+    s->b_rows = malloc(rows * sizeof(int32_t));
     s->b_seqs = malloc(ns * sizeof(kv_seq *));
     s->b_owner = malloc(ns * sizeof(seq *));
     s->b_samples = malloc(ns * sizeof(int));

@@ -31,6 +31,10 @@
 
 #define SCHED_MAX_STOP 8
 #define SCHED_MAX_TOP_LOGPROBS 20
+/* Prompt tokens per step whose logprobs (sched_request.prompt_logprobs) one
+ * step computes at most, over all sequences: the engine's logits buffer holds
+ * max_num_seqs + this many rows of vocab_size floats. */
+#define SCHED_PROMPT_LOGPROB_ROWS 64
 
 typedef enum {
     FINISH_NONE = 0,
@@ -76,12 +80,19 @@ typedef struct sched_constraint {
 typedef struct sched_request {
     const int32_t *prompt;   /* copied by sched_submit */
     int n_prompt;
-    int max_tokens;          /* completion tokens at most (>= 1) */
+    int max_tokens;          /* completion tokens at most; 0: compute the prompt only, then FINISH_LENGTH */
     sample_params sampling;
     int ignore_eos;
     const char *stop[SCHED_MAX_STOP]; /* stop strings (copied), NULL-terminated or n_stop */
     int n_stop;
     int top_logprobs;        /* -1: no logprobs; 0..20: chosen token's logprob + that many alternatives */
+    /* 1: also one event per prompt token (sched_event.prompt), before any
+     * generated token, with its logprob given the tokens before it and
+     * top_logprobs alternatives (needs top_logprobs >= 0). Such a prompt is
+     * computed in full (no prefix-cache reuse), at most
+     * SCHED_PROMPT_LOGPROB_ROWS tokens per step; after a preemption its
+     * events are not sent again. */
+    int prompt_logprobs;
     int skip_special;        /* detokenize without special tokens (default 1 for chat) */
     sched_constraint constraint; /* owned by the scheduler from sched_submit on, even when it fails */
 } sched_request;
@@ -93,9 +104,12 @@ typedef struct sched_logprob {
 
 /* One event of a stream: a generated token and the text it completed (possibly
  * empty while a UTF-8 character or a possible stop string is pending), or the
- * end of the stream (finish != FINISH_NONE, possibly with final text). */
+ * end of the stream (finish != FINISH_NONE, possibly with final text), or a
+ * prompt token's logprobs (prompt = 1: no text; the first prompt token has
+ * no logprob: NAN, n_top 0). */
 typedef struct sched_event {
     int32_t token;           /* -1 for a pure finish event */
+    int prompt;              /* 1: token is a prompt token (sched_request.prompt_logprobs) */
     char *text;              /* malloc'd, NUL-terminated; owned by the caller after next() */
     size_t text_len;
     float logprob;           /* of token, when requested */

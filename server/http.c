@@ -402,7 +402,7 @@ static void log_choice_warning(gen_job *j, int i) {
 /* Bookkeeping common to both modes after an event of choice i. */
 static void job_note(gen_job *j, int i, const sched_event *ev) {
     gen_choice *ch = &j->ch[i];
-    if (ev->token >= 0) {
+    if (ev->token >= 0 && !ev->prompt) {
         if (j->t_first == 0) j->t_first = ev->time_s;
         if (ch->t_last > 0) metrics_record_itl(&j->h->metrics, ev->time_s - ch->t_last);
         ch->t_last = ev->time_s;
@@ -456,8 +456,7 @@ static gen_job *job_create(http_server *h, struct MHD_Connection *c, conn_state 
             j->echo[p] = j->req.prompts[p].text ? strdup(j->req.prompts[p].text) /* as sent */
                          : tokenizer_decode(h->tok, j->req.prompts[p].ids, (size_t)j->req.prompts[p].n_ids, 0);
     for (int i = 0; i < j->n_ch; i++) {
-        const char *e = j->echo ? j->echo[i / j->req.n] : NULL;
-        if (oai_choice_init(&j->ch[i].acc, &j->req, e ? strlen(e) : 0) != 0) {
+        if (oai_choice_init(&j->ch[i].acc, &j->req, j->echo ? j->echo[i / j->req.n] : NULL) != 0) {
             job_free(j);
             return NULL;
         }
@@ -538,9 +537,8 @@ static void stream_first_chunks(gen_job *j) {
         if (j->req.kind == OAI_CHAT)
             out_event(j, oai_chunk_json(&j->req, j->id, j->created, j->h->fingerprint, i, "assistant", "", 0, NULL,
                                         FINISH_NONE));
-        else if (j->echo && j->echo[i / j->req.n])
-            out_event(j, oai_chunk_json(&j->req, j->id, j->created, j->h->fingerprint, i, NULL, j->echo[i / j->req.n],
-                                        strlen(j->echo[i / j->req.n]), NULL, FINISH_NONE));
+        else if (!j->req.prompt_logprobs) /* with them, the echo waits for the prompt's logprobs */
+            out_event(j, oai_stream_echo(&j->req, &j->ch[i].acc, j->id, j->created, j->h->fingerprint, i));
         j->ch[i].role_sent = 1;
     }
 }

@@ -179,8 +179,8 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
     if (user && !json_is_string(user)) return oai_error_set(err, 400, BAD, "user", NULL, "'user' must be a string");
     /* max_completion_tokens wins over the deprecated max_tokens (as vLLM). */
     long long mt = 0;
-    if ((rc = get_int(b, "max_completion_tokens", 1, INT32_MAX, &mt, err)) < 0) return -1;
-    if (!rc && (rc = get_int(b, "max_tokens", 1, INT32_MAX, &mt, err)) < 0) return -1;
+    if ((rc = get_int(b, "max_completion_tokens", 0, INT32_MAX, &mt, err)) < 0) return -1;
+    if (!rc && (rc = get_int(b, "max_tokens", 0, INT32_MAX, &mt, err)) < 0) return -1;
     r->max_tokens_given = rc;
     r->max_tokens = rc ? (int)mt : 0;
     /* Parameters that change the output's meaning and are not implemented: refuse, don't ignore. */
@@ -354,7 +354,12 @@ static int parse_logprobs(oai_kind kind, const json_t *b, oai_request *r, oai_er
         r->logprobs = rc;
         r->top_logprobs = rc ? (int)i : 0;
         if (get_bool(b, "echo", &r->echo, err) < 0) return -1;
+        r->prompt_logprobs = r->echo && r->logprobs;
     }
+    /* max_tokens 0 scores the echoed prompt (its logprobs) without generating */
+    if (r->max_tokens_given && r->max_tokens == 0 && !r->echo)
+        return oai_error_set(err, 400, BAD, field(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
+                             NULL, "max_tokens must be at least 1 (0 is allowed only with 'echo' on /v1/completions)");
     return 0;
 }
 
@@ -444,6 +449,7 @@ int oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sche
     for (int i = 0; i < r->n_stop; i++) out->stop[i] = r->stop[i];
     out->n_stop = r->n_stop;
     out->top_logprobs = r->logprobs ? r->top_logprobs : -1;
+    out->prompt_logprobs = r->prompt_logprobs;
     out->skip_special = r->skip_special;
     if (!r->feat.grammar) return 0;
     cons_state *st = cons_state_create(r->feat.grammar, r->vocab, r->feat.starts_in_reasoning, err);
@@ -481,6 +487,9 @@ static json_t *lp_json(float lp) { return json_real(isfinite(lp) ? lp : -9999.0)
 
 json_t *oai_event_logprobs(const oai_request *r, const tokenizer *tok, const sched_event *ev, size_t text_offset) {
     if (!r->logprobs || ev->token < 0) return NULL;
+    if (isnan(ev->logprob)) /* the first prompt token: nothing before it to condition on */
+        return json_pack("{s:[o],s:[n],s:[n],s:[I]}", "tokens", oai_token_text(tok, ev->token), "token_logprobs",
+                         "top_logprobs", "text_offset", (json_int_t)text_offset);
     if (r->kind == OAI_CHAT) {
         json_t *tops = json_array();
         for (int i = 0; i < ev->n_top && i < r->top_logprobs; i++)
@@ -501,9 +510,10 @@ json_t *oai_event_logprobs(const oai_request *r, const tokenizer *tok, const sch
                      lp_json(ev->logprob), "top_logprobs", tops, "text_offset", (json_int_t)text_offset);
 }
 
-int oai_choice_init(oai_choice *c, const oai_request *r, size_t echo_len) {
+int oai_choice_init(oai_choice *c, const oai_request *r, const char *echo) {
     memset(c, 0, sizeof *c);
-    c->text_offset = echo_len;
+    c->echo = echo;
+    c->echo_len = c->text_offset = echo ? strlen(echo) : 0;
     if (r->logprobs)
         c->logprobs = r->kind == OAI_CHAT ? json_pack("{s:[]}", "content")
                                           : json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs",
@@ -539,7 +549,37 @@ int oai_choice_reasoning_tokens(const oai_choice *c) { return c->out ? c->out->r
 
 const char *oai_choice_warning(const oai_choice *c) { return c->out && c->out->warning[0] ? c->out->warning : NULL; }
 
+/* Appends one event's logprobs entry (text_offset `offset`) to c->logprobs. */
+static void choice_add_logprobs(oai_choice *c, const oai_request *r, const tokenizer *tok, const sched_event *ev,
+                                size_t offset) {
+    json_t *lp = c->logprobs ? oai_event_logprobs(r, tok, ev, offset) : NULL;
+    if (!lp) return;
+    const char *key;
+    json_t *arr;
+    json_object_foreach(lp, key, arr) json_array_extend(json_object_get(c->logprobs, key), arr);
+    json_decref(lp);
+}
+
+/* Bytes of the echoed prompt that prompt token id spells at c->prompt_offset. */
+static size_t prompt_token_len(const oai_choice *c, const tokenizer *tok, int32_t id) {
+    size_t n = 0, at = c->prompt_offset < c->echo_len ? c->prompt_offset : c->echo_len, left = c->echo_len - at;
+    const char *b = tokenizer_token_bytes(tok, id, &n);
+    if (!b) return 0;
+    if (tokenizer_is_special(tok, id) || tokenizer_is_added(tok, id))
+        return n <= left && memcmp(c->echo + at, b, n) == 0 ? n : 0;
+    return n < left ? n : left;
+}
+
+static void choice_add_prompt(oai_choice *c, const oai_request *r, const tokenizer *tok, const sched_event *ev) {
+    choice_add_logprobs(c, r, tok, ev, c->prompt_offset);
+    c->prompt_offset += prompt_token_len(c, tok, ev->token);
+}
+
 int oai_choice_add(oai_choice *c, const oai_request *r, const tokenizer *tok, const sched_event *ev) {
+    if (ev->prompt) {
+        choice_add_prompt(c, r, tok, ev);
+        return 0;
+    }
     choice_parse(c, ev);
     if (c->out) {
         /* the split output is in c->out */
@@ -554,13 +594,7 @@ int oai_choice_add(oai_choice *c, const oai_request *r, const tokenizer *tok, co
         c->text_len += ev->text_len;
         c->text[c->text_len] = 0;
     }
-    json_t *lp = c->logprobs ? oai_event_logprobs(r, tok, ev, c->text_offset) : NULL;
-    if (lp) {
-        const char *key;
-        json_t *arr;
-        json_object_foreach(lp, key, arr) json_array_extend(json_object_get(c->logprobs, key), arr);
-        json_decref(lp);
-    }
+    choice_add_logprobs(c, r, tok, ev, c->text_offset);
     c->text_offset += ev->text_len;
     if (ev->completion_tokens > c->completion_tokens) c->completion_tokens = ev->completion_tokens;
     if (ev->cached_tokens > c->cached_tokens) c->cached_tokens = ev->cached_tokens;
@@ -688,9 +722,23 @@ static void parsed_chunks(json_t *chunks, const oai_request *r, oai_choice *c, j
     if (lp) json_array_append_new(chunks, delta_chunk(r, id, created, fp, index, json_object(), lp, NULL));
 }
 
+json_t *oai_stream_echo(const oai_request *r, oai_choice *c, const char *id, long created, const char *fingerprint,
+                        int index) {
+    if (!c->echo || c->echo_sent) return NULL;
+    c->echo_sent = 1;
+    json_t *lp = r->prompt_logprobs && c->logprobs ? json_incref(c->logprobs) : NULL;
+    return oai_chunk_json(r, id, created, fingerprint, index, NULL, c->echo, c->echo_len, lp, FINISH_NONE);
+}
+
 json_t *oai_stream_event(const oai_request *r, oai_choice *c, const tokenizer *tok, const sched_event *ev,
                          const char *id, long created, const char *fingerprint, int index) {
     json_t *chunks = json_array();
+    if (ev->prompt) {
+        choice_add_prompt(c, r, tok, ev);
+        return chunks;
+    }
+    json_t *echo = oai_stream_echo(r, c, id, created, fingerprint, index);
+    if (echo) json_array_append_new(chunks, echo);
     json_t *lp = oai_event_logprobs(r, tok, ev, c->text_offset);
     choice_parse(c, ev);
     if (c->out)

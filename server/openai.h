@@ -63,7 +63,8 @@ typedef struct oai_request {
     oai_prompt *prompts;       /* chat: 1; completions: one per prompt */
     int n_prompts;
     int n;                     /* choices per prompt */
-    int max_tokens;            /* resolved: sent value, else the rest of the context (of the longest prompt) */
+    int max_tokens;            /* resolved: sent value, else the rest of the context (of the longest prompt);
+                                * 0 only with completions echo (the prompt scored, nothing generated) */
     int max_tokens_given;
     sample_params sampling;    /* seed: the request's, else chosen by the caller (seed_given 0) */
     int seed_given;
@@ -74,6 +75,7 @@ typedef struct oai_request {
     int top_logprobs;          /* alternatives per token (chat top_logprobs / completions logprobs) */
     int ignore_eos;
     int echo;                  /* completions: prepend the prompt text */
+    int prompt_logprobs;       /* completions echo + logprobs: the prompt tokens' logprobs lead the choice's */
     int skip_special;
     oai_features feat;         /* tools, tool_choice, response_format, reasoning (server/oai_chat.h) */
     const cons_vocab *vocab;   /* from the ctx, for the per-choice constraint */
@@ -110,14 +112,22 @@ typedef struct oai_choice {
     int cached_tokens;         /* prompt tokens served from the prefix cache */
     json_t *logprobs;          /* chat: array of content entries; completions: object of arrays; NULL if not asked */
     size_t text_offset;        /* completions logprobs: offset of the next token's text */
+    const char *echo;          /* completions echo: the prompt text (borrowed), else NULL */
+    size_t echo_len;
+    size_t prompt_offset;      /* prompt logprobs: offset of the next prompt token's text within echo */
+    int echo_sent;             /* streaming: the echo chunk went out (oai_stream_echo) */
     chat_output *out;          /* chat with reasoning or tool parsing: the split output; else NULL */
     int failed;                /* out of memory while parsing the output */
 } oai_choice;
 
-/* 0, or -1 when out of memory. */
-int oai_choice_init(oai_choice *c, const oai_request *r, size_t echo_len);
+/* echo: the prompt text a completions choice starts with (borrowed: it must
+ * outlive c), or NULL. 0, or -1 when out of memory. */
+int oai_choice_init(oai_choice *c, const oai_request *r, const char *echo);
 void oai_choice_free(oai_choice *c);
-/* Appends an event's text and logprobs (if asked) to c. 0, or -1 out of memory. */
+/* Appends an event's text and logprobs (if asked) to c; a prompt token's event
+ * (ev->prompt) adds only its logprobs, with text_offset inside the echoed
+ * prompt (a special token the prompt text does not spell, like the BOS added
+ * to a text prompt, takes no room). 0, or -1 out of memory. */
 int oai_choice_add(oai_choice *c, const oai_request *r, const tokenizer *tok, const sched_event *ev);
 
 /* "stop" / "length" (cancelled and error map to "stop"; NONE to JSON null). */
@@ -150,10 +160,18 @@ json_t *oai_response_json(const oai_request *r, const char *id, long created, co
  * With r->include_usage every chunk carries "usage": null. */
 json_t *oai_chunk_json(const oai_request *r, const char *id, long created, const char *fingerprint, int index,
                        const char *role, const char *text, size_t len, json_t *logprobs, finish_reason finish);
+/* Completions echo, streaming: the chunk carrying the prompt text (with the
+ * prompt's logprobs when asked), once; NULL when c has no echo or it was sent.
+ * Without prompt logprobs it goes out first; with them, before the first
+ * non-prompt event (oai_stream_event). New reference. */
+json_t *oai_stream_echo(const oai_request *r, oai_choice *c, const char *id, long created, const char *fingerprint,
+                        int index);
 /* Everything one engine event of choice `index` sends when streaming, as an
- * array of chunks (maybe empty): text/logprobs chunks (chat with reasoning or
- * tools: reasoning_content / content / tool_calls deltas), then the finish
- * chunk. Updates c (counters, text offset, output parsing). New reference. */
+ * array of chunks (maybe empty): the echo chunk if due, text/logprobs chunks
+ * (chat with reasoning or tools: reasoning_content / content / tool_calls
+ * deltas), then the finish chunk; a prompt token's event sends nothing (its
+ * logprobs go with the echo chunk). Updates c (counters, text offset, output
+ * parsing). New reference. */
 json_t *oai_stream_event(const oai_request *r, oai_choice *c, const tokenizer *tok, const sched_event *ev,
                          const char *id, long created, const char *fingerprint, int index);
 

@@ -120,6 +120,56 @@ await check('completions', async () => {
   assert.equal(text, r.choices[0].text);
 });
 
+// Scoring as lm-eval-harness does (echo + logprobs, token-id prompt): the
+// greedy continuation of a prompt, scored as part of the prompt, has the
+// logprobs it was generated with and is the top alternative at each step.
+await check('prompt logprobs: echo + logprobs scores the prompt', async () => {
+  const { tokens: ids } = await (await fetch(baseURL.replace(/\/v1$/, '') + '/tokenize', {
+    method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
+    body: JSON.stringify({ model, prompt: 'The sea is deep and' }),
+  })).json();
+  assert.ok(ids.length >= 3, `tokenized: ${ids}`);
+  const gen = await client.completions.create({ model, prompt: ids, max_tokens: 6, temperature: 0, ignore_eos: true, logprobs: 1 });
+  const genLp = gen.choices[0].logprobs;
+  const cont = await (await fetch(baseURL.replace(/\/v1$/, '') + '/tokenize', {
+    method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
+    body: JSON.stringify({ model, prompt: gen.choices[0].text, add_special_tokens: false }),
+  })).json();
+  const full = ids.concat(cont.tokens);
+  const sc = await client.completions.create({ model, prompt: full, max_tokens: 0, echo: true, logprobs: 1, temperature: 0 });
+  const lp = sc.choices[0].logprobs;
+  assert.equal(sc.choices[0].finish_reason, 'length');
+  assert.equal(sc.usage.completion_tokens, 0);
+  assert.equal(lp.tokens.length, full.length);
+  assert.equal(lp.token_logprobs[0], null);
+  assert.equal(lp.top_logprobs[0], null);
+  for (let i = 1; i < full.length; i++) {
+    assert.equal(typeof lp.token_logprobs[i], 'number');
+    assert.ok(lp.token_logprobs[i] <= 0, `logprob ${lp.token_logprobs[i]} at ${i}`);
+    assert.ok(lp.text_offset[i] >= lp.text_offset[i - 1]);
+  }
+  if (cont.tokens.length === genLp.tokens.length) { // the continuation re-tokenizes to the same tokens
+    for (let k = 0; k < cont.tokens.length; k++) {
+      const i = ids.length + k;
+      assert.ok(Math.abs(lp.token_logprobs[i] - genLp.token_logprobs[k]) < 1e-3, `token ${k}: ${lp.token_logprobs[i]} vs ${genLp.token_logprobs[k]}`);
+      assert.equal(Math.max(...Object.values(lp.top_logprobs[i])), lp.token_logprobs[i], `token ${k} is greedy`);
+    }
+  }
+  // lm-eval's own request: max_tokens 1, the last entry is the generated token
+  const one = await client.completions.create({ model, prompt: full, max_tokens: 1, echo: true, logprobs: 1, temperature: 0 });
+  assert.equal(one.choices[0].logprobs.tokens.length, full.length + 1);
+  assert.deepEqual(one.choices[0].logprobs.token_logprobs.slice(0, full.length), lp.token_logprobs);
+  // streaming: the echo chunk carries the prompt's logprobs
+  const s = await client.completions.create({ model, prompt: full, max_tokens: 2, echo: true, logprobs: 1, temperature: 0, ignore_eos: true, stream: true });
+  const chunks = [];
+  for await (const chunk of s) chunks.push(chunk);
+  const first = chunks[0].choices[0];
+  assert.equal(first.logprobs.tokens.length, full.length);
+  assert.deepEqual(first.logprobs.token_logprobs, lp.token_logprobs);
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.completions.create({ model, prompt: 'x', max_tokens: 0 }), 'max_tokens');
+});
+
 await check('n=2 and seed reproducibility', async () => {
   const req = { model, messages, max_tokens: 8, temperature: 1.0, seed: 1234, n: 2, ignore_eos: true };
   const a = await client.chat.completions.create(req);

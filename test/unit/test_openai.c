@@ -255,7 +255,7 @@ Test(openai, chat_response_shape) {
     oai_error e;
     cr_assert_eq(parse(OAI_CHAT, CHAT(",\"logprobs\":true,\"top_logprobs\":1"), &r, &e), 0, "%s", e.message);
     oai_choice c;
-    oai_choice_init(&c, &r, 0);
+    oai_choice_init(&c, &r, NULL);
     sched_event e1 = token_event(19923, "Hello", 1, FINISH_NONE), e2 = token_event(2058, " world", 2, FINISH_LENGTH);
     cr_assert_eq(oai_choice_add(&c, &r, tok, &e1), 0);
     cr_assert_eq(oai_choice_add(&c, &r, tok, &e2), 0);
@@ -286,7 +286,7 @@ Test(openai, completion_response_echo_and_logprobs) {
     cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"logprobs\":2,\"echo\":true"), &r, &e), 0, "%s", e.message);
     cr_expect_str_eq(r.prompts[0].text, "Hello world", "echo keeps the prompt as sent (no BOS text)");
     oai_choice c;
-    oai_choice_init(&c, &r, strlen("Hello world"));
+    oai_choice_init(&c, &r, "Hello world");
     sched_event e1 = token_event(2058, " world", 1, FINISH_STOP);
     cr_assert_eq(oai_choice_add(&c, &r, tok, &e1), 0);
     const char *echo[] = {"Hello world"};
@@ -304,6 +304,78 @@ Test(openai, completion_response_echo_and_logprobs) {
     json_decref(j);
     oai_choice_free(&c);
     oai_request_free(&r);
+}
+
+static sched_event prompt_event(int32_t id, float lp) {
+    sched_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.token = id;
+    ev.prompt = 1;
+    ev.logprob = lp;
+    if (!isnan(lp)) {
+        ev.n_top = 2;
+        ev.top[0] = (sched_logprob){2058, -0.25f};
+        ev.top[1] = (sched_logprob){19923, -2.0f};
+    }
+    return ev;
+}
+
+/* echo + logprobs + max_tokens 0 (how lm-eval-harness scores a text): the
+ * prompt's tokens lead the logprobs, the first (the BOS the server added, which
+ * the echoed text does not spell: offset 0, no room) with nulls. */
+Test(openai, completion_prompt_logprobs) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"logprobs\":1,\"echo\":true,\"max_tokens\":0"), &r, &e), 0, "%s",
+                 e.message);
+    cr_expect(r.prompt_logprobs);
+    cr_expect_eq(r.max_tokens, 0);
+    sched_request sr;
+    cr_assert_eq(oai_sched_request(&r, 0, 1, &sr, NULL), 0);
+    cr_expect(sr.prompt_logprobs && sr.top_logprobs == 1 && sr.max_tokens == 0);
+    cr_assert_eq(r.prompts[0].n_ids, 3, "BOS Hello world");
+    oai_choice c, cs;
+    oai_choice_init(&c, &r, "Hello world");
+    oai_choice_init(&cs, &r, "Hello world");
+    sched_event ev[4] = {prompt_event(r.prompts[0].ids[0], NAN), prompt_event(19923, -3.0f), prompt_event(2058, -0.25f),
+                         {.token = -1, .finish = FINISH_LENGTH}};
+    json_t *chunks[4];
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(oai_choice_add(&c, &r, tok, &ev[i]), 0);
+        chunks[i] = oai_stream_event(&r, &cs, tok, &ev[i], "c", 1, "fp", 0);
+    }
+    const char *echo[] = {"Hello world"};
+    oai_usage u = {.prompt_tokens = 3};
+    json_t *j = oai_response_json(&r, "cmpl-1", 1, "fp", &c, 1, echo, &u);
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    cr_expect_str_eq(json_string_value(json_object_get(ch, "text")), "Hello world");
+    cr_expect_str_eq(json_string_value(json_object_get(ch, "finish_reason")), "length");
+    char *s = json_dumps(json_object_get(ch, "logprobs"), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    const char *want = "{\"tokens\":[\"<\uff5cbegin\u2581of\u2581sentence\uff5c>\",\"Hello\",\" world\"],"
+                       "\"token_logprobs\":[null,-3.0,-0.25],\"top_logprobs\":[null,{\" world\":-0.25},{\" world\":-0.25}],"
+                       "\"text_offset\":[0,0,5]}";
+    cr_expect_str_eq(s, want);
+    free(s);
+    /* streaming: the prompt events send nothing; the echo chunk carries their logprobs before the finish chunk */
+    for (int i = 0; i < 3; i++) cr_expect_eq(json_array_size(chunks[i]), 0, "prompt event %d", i);
+    cr_assert_eq(json_array_size(chunks[3]), 2);
+    json_t *ech = json_array_get(json_object_get(json_array_get(chunks[3], 0), "choices"), 0);
+    cr_expect_str_eq(json_string_value(json_object_get(ech, "text")), "Hello world");
+    s = json_dumps(json_object_get(ech, "logprobs"), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    cr_expect_str_eq(s, want);
+    free(s);
+    for (int i = 0; i < 4; i++) json_decref(chunks[i]);
+    json_decref(j);
+    oai_choice_free(&c);
+    oai_choice_free(&cs);
+    oai_request_free(&r);
+}
+
+Test(openai, max_tokens_zero_needs_echo) {
+    expect_error(OAI_COMPLETION, CMPL(",\"max_tokens\":0"), 400, "max_tokens");
+    expect_error(OAI_COMPLETION, CMPL(",\"max_completion_tokens\":0"), 400, "max_completion_tokens");
+    expect_error(OAI_CHAT, CHAT(",\"max_tokens\":0"), 400, "max_tokens");
+    expect_error(OAI_COMPLETION, CMPL(",\"max_tokens\":-1,\"echo\":true"), 400, "max_tokens");
 }
 
 Test(openai, stream_chunks) {

@@ -519,3 +519,189 @@ Test(sched, prefix_cache_stress_500_requests_frees_every_page, .timeout = SLOW_T
     cr_expect_eq(s.running, 0);
     close_fixture(&f);
 }
+
+/* ---- prompt logprobs (sched_request.prompt_logprobs) */
+
+typedef struct {
+    int n_prompt_events, n_tokens;   /* prompt events; generated tokens */
+    int order_ok;                    /* every prompt event came before every generated token */
+    int32_t prompt[256], tokens[256];
+    float prompt_lp[256], token_lp[256];
+    sched_logprob top[256][3];
+    int n_top[256];
+    finish_reason finish;
+    int completion_tokens, timed_out;
+} lp_result;
+
+static void drain_lp(sched_stream *st, lp_result *res) {
+    memset(res, 0, sizeof *res);
+    res->order_ok = 1;
+    for (;;) {
+        sched_event ev;
+        if (sched_stream_next(st, &ev, event_wait_ms()) != 1) {
+            res->timed_out = 1;
+            break;
+        }
+        free(ev.text);
+        if (ev.prompt && res->n_prompt_events < 256) {
+            int i = res->n_prompt_events++;
+            res->order_ok &= res->n_tokens == 0;
+            res->prompt[i] = ev.token;
+            res->prompt_lp[i] = ev.logprob;
+            res->n_top[i] = ev.n_top;
+            for (int k = 0; k < ev.n_top && k < 3; k++) res->top[i][k] = ev.top[k];
+        } else if (ev.token >= 0 && res->n_tokens < 256) {
+            res->tokens[res->n_tokens] = ev.token;
+            res->token_lp[res->n_tokens++] = ev.logprob;
+        }
+        if (ev.finish != FINISH_NONE) {
+            res->finish = ev.finish;
+            res->completion_tokens = ev.completion_tokens;
+            break;
+        }
+    }
+    sched_stream_free(st);
+}
+
+static sched_request lp_request(const int32_t *ids, int n, int max_tokens) {
+    sched_request r = greedy_request(ids, n, max_tokens);
+    r.top_logprobs = 3;
+    r.prompt_logprobs = 1;
+    return r;
+}
+
+/* golden top-20 logit of token id at one position, or NAN */
+static double golden_logit(json_t *top20_row, int32_t id) {
+    size_t k;
+    json_t *e;
+    json_array_foreach(top20_row, k, e) if (json_integer_value(json_array_get(e, 0)) == id) return json_real_value(json_array_get(e, 1));
+    return NAN;
+}
+
+/* The golden 130-token prompt plus its first 8 greedy tokens, scored with
+ * max_tokens 0 (3 steps of <= 64 logits rows): one event per prompt token, the
+ * first without a logprob; the prompt part agrees with DeepSeek's reference
+ * logits (log-softmax keeps logit differences), the continuation part with the
+ * logprobs the engine reported while generating it, and each continuation
+ * token is the top alternative (it was greedy). */
+Test(sched, prompt_logprobs_match_golden_and_generation, .timeout = 120) {
+    fixture f;
+    open_fixture(&f, (sched_config){0});
+    json_t *g = golden("en_long");
+    int n;
+    int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
+    json_t *top20 = json_object_get(g, "top20");
+    ms_err err = {{0}};
+    sched_request gr = greedy_request(ids, n, 8);
+    gr.top_logprobs = 3;
+    lp_result gen, sc;
+    drain_lp(sched_submit(f.s, &gr, NULL, &err), &gen);
+    cr_assert_eq(gen.n_tokens, 8);
+    cr_expect_eq(gen.n_prompt_events, 0, "no prompt events unless asked");
+    int32_t full[140];
+    memcpy(full, ids, (size_t)n * sizeof *ids);
+    memcpy(full + n, gen.tokens, 8 * sizeof *ids);
+    sched_request r = lp_request(full, n + 8, 0);
+    sched_stream *st = sched_submit(f.s, &r, NULL, &err);
+    cr_assert(st, "%s", err.msg);
+    drain_lp(st, &sc);
+    cr_assert(!sc.timed_out);
+    cr_expect_eq(sc.finish, FINISH_LENGTH);
+    cr_expect_eq(sc.n_tokens, 0);
+    cr_expect_eq(sc.completion_tokens, 0);
+    cr_assert_eq(sc.n_prompt_events, n + 8);
+    cr_expect(isnan(sc.prompt_lp[0]) && sc.n_top[0] == 0, "the first prompt token has no logprob");
+    for (int i = 0; i < n + 8; i++) cr_expect_eq(sc.prompt[i], full[i], "event %d is prompt token %d", i, i);
+    for (int i = 1; i < n; i++) {
+        json_t *row = json_array_get(top20, (size_t)i - 1);
+        cr_assert_eq(sc.n_top[i], 3);
+        double g0 = golden_logit(row, sc.top[i][0].id);
+        for (int k = 1; k < 3; k++) {
+            double gk = golden_logit(row, sc.top[i][k].id);
+            cr_expect(fabs((sc.top[i][k].logprob - sc.top[i][0].logprob) - (gk - g0)) <= 2e-4,
+                      "position %d alternative %d: logprob gap %g, golden logit gap %g", i - 1, k,
+                      sc.top[i][k].logprob - sc.top[i][0].logprob, gk - g0);
+        }
+        double gt = golden_logit(row, full[i]);
+        if (!isnan(gt))
+            cr_expect(fabs((sc.prompt_lp[i] - sc.top[i][0].logprob) - (gt - g0)) <= 2e-4, "position %d: token", i - 1);
+    }
+    for (int i = 0; i < 8; i++) {
+        cr_expect(fabsf(sc.prompt_lp[n + i] - gen.token_lp[i]) <= 1e-3f, "continuation %d: %g scored, %g generated", i,
+                  sc.prompt_lp[n + i], gen.token_lp[i]);
+        cr_expect_eq(sc.top[n + i][0].id, gen.tokens[i], "continuation %d was the greedy choice", i);
+    }
+    free(ids);
+    json_decref(g);
+    close_fixture(&f);
+}
+
+typedef struct {
+    fixture *f;
+    const int32_t *ids;
+    int n;
+    lp_result res;
+} lp_client;
+
+static void *lp_client_main(void *p) {
+    lp_client *c = p;
+    sched_request r = lp_request(c->ids, c->n, 100);
+    sched_stream *st = sched_submit(c->f->s, &r, NULL, NULL);
+    if (st) drain_lp(st, &c->res);
+    else c->res.timed_out = 1;
+    return NULL;
+}
+
+/* 4 prompt-logprob requests (130 + 100 tokens each: 4 pages) on a 6-page pool
+ * are preempted and recompute their prompts; each still sends every prompt
+ * event exactly once, in order, and equals its solo run. */
+Test(sched, prompt_logprobs_are_sent_once_across_preemption, .timeout = SLOW_TEST_TIMEOUT_S) {
+    fixture f;
+    open_fixture(&f, (sched_config){.max_num_seqs = 4, .max_batched_tokens = 128, .kv_cache_tokens = 384});
+    json_t *g = golden("en_long");
+    int n;
+    int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
+    lp_client solo = {&f, ids, n, {0}}, cl[4];
+    lp_client_main(&solo);
+    cr_assert(!solo.res.timed_out);
+    cr_assert_eq(solo.res.n_prompt_events, n);
+    cr_assert_eq(solo.res.n_tokens, 100);
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        cl[i] = (lp_client){&f, ids, n, {0}};
+        pthread_create(&th[i], NULL, lp_client_main, &cl[i]);
+    }
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 4; i++) {
+        const lp_result *c = &cl[i].res;
+        cr_expect(!c->timed_out && c->order_ok, "client %d", i);
+        cr_expect_eq(c->n_prompt_events, n, "client %d: %d prompt events", i, c->n_prompt_events);
+        cr_expect_eq(memcmp(c->prompt, ids, (size_t)n * sizeof *ids), 0, "client %d: prompt tokens in order", i);
+        for (int k = 1; k < n && k < c->n_prompt_events; k++)
+            cr_expect(fabsf(c->prompt_lp[k] - solo.res.prompt_lp[k]) <= 1e-4f, "client %d position %d", i, k);
+        cr_expect_eq(c->n_tokens, 100);
+        cr_expect_eq(memcmp(c->tokens, solo.res.tokens, 100 * sizeof *ids), 0, "client %d equals its solo run", i);
+    }
+    sched_stats st;
+    sched_get_stats(f.s, &st);
+    cr_expect(st.preemptions > 0, "the 6-page pool should have forced preemption");
+    cr_expect_eq(st.generation_tokens, 500, "prompt logits rows are not generated tokens");
+    free(ids);
+    json_decref(g);
+    close_fixture(&f);
+}
+
+Test(sched, prompt_logprobs_need_top_logprobs) {
+    fixture f;
+    open_fixture(&f, (sched_config){0});
+    int32_t ids[2] = {0, 671};
+    ms_err err = {{0}};
+    sched_request r = lp_request(ids, 2, 1);
+    r.top_logprobs = -1;
+    cr_expect_null(sched_submit(f.s, &r, NULL, &err));
+    cr_expect(strstr(err.msg, "top_logprobs"), "%s", err.msg);
+    r = greedy_request(ids, 2, -1);
+    cr_expect_null(sched_submit(f.s, &r, NULL, &err));
+    cr_expect(strstr(err.msg, "max_tokens"), "%s", err.msg);
+    close_fixture(&f);
+}
