@@ -12,6 +12,7 @@
 typedef struct {
     threadpool *pool;
     int reference; /* use the *_ref kernels */
+    int invariant; /* batch-invariant kernels (set_batch_invariant) */
 } cpu_state;
 
 static cpu_state *state(backend *be) { return be->impl; }
@@ -37,16 +38,19 @@ static void cpu_weight_release(backend *be, const void *placed) {
 
 static void cpu_linear_op(backend *be, const weight *w, const float *x, float *y, int m) {
     if (state(be)->reference) cpu_linear_ref(w, x, y, m);
+    else if (state(be)->invariant) cpu_linear_invariant(state(be)->pool, w, x, y, m);
     else cpu_linear(state(be)->pool, w, x, y, m);
 }
 
 static void cpu_linear_t_op(backend *be, const weight *w, const float *x, float *y, int m) {
     if (state(be)->reference) cpu_linear_t_ref(w, x, y, m);
+    else if (state(be)->invariant) cpu_linear_t_invariant(state(be)->pool, w, x, y, m);
     else cpu_linear_t(state(be)->pool, w, x, y, m);
 }
 
 static void cpu_linear_batch_op(backend *be, const linear_op *ops, int n) {
     if (state(be)->reference) cpu_linear_batch_ref(ops, n);
+    else if (state(be)->invariant) cpu_linear_batch_invariant(state(be)->pool, ops, n);
     else cpu_linear_batch(state(be)->pool, ops, n);
 }
 
@@ -115,6 +119,8 @@ static void cpu_mla_decode_op(backend *be, const kv_cache *kv, int layer, int n,
                               const int32_t *ctx, int n_heads, const float *q_lat, const float *q_pe, float scale,
                               float *o_lat) {
     if (state(be)->reference) cpu_mla_decode_ref(kv, layer, n, seqs, ctx, n_heads, q_lat, q_pe, scale, o_lat);
+    else if (state(be)->invariant)
+        cpu_mla_decode_invariant(state(be)->pool, kv, layer, n, seqs, ctx, n_heads, q_lat, q_pe, scale, o_lat);
     else cpu_mla_decode(state(be)->pool, kv, layer, n, seqs, ctx, n_heads, q_lat, q_pe, scale, o_lat);
 }
 
@@ -123,6 +129,8 @@ static void cpu_mla_prefill_op(backend *be, int T, int pos0, int n_heads, int no
     if (state(be)->reference) cpu_mla_prefill_ref(T, pos0, n_heads, nope, rope, vdim, q, kvb, k_pe, scale, o);
     else cpu_mla_prefill(state(be)->pool, T, pos0, n_heads, nope, rope, vdim, q, kvb, k_pe, scale, o);
 }
+
+static void cpu_set_batch_invariant(backend *be, int on) { state(be)->invariant = on; }
 
 static const backend_ops cpu_ops_table = {
     .name = "cpu",
@@ -147,6 +155,7 @@ static const backend_ops cpu_ops_table = {
     .kv_gather = cpu_kv_gather,
     .mla_decode = cpu_mla_decode_op,
     .mla_prefill = cpu_mla_prefill_op,
+    .set_batch_invariant = cpu_set_batch_invariant,
 };
 
 backend *backend_cpu_create(int n_threads, ms_err *err) {

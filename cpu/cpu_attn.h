@@ -12,6 +12,11 @@
 void cpu_mla_decode(threadpool *pool, const kv_cache *kv, int layer, int n, const kv_seq *const *seqs,
                     const int32_t *ctx, int n_heads, const float *q_lat, const float *q_pe, float scale,
                     float *o_lat);
+/* The same, batch-invariant: a head's result does not depend on n or on the
+ * other tokens of the call (serve --batch-invariant). */
+void cpu_mla_decode_invariant(threadpool *pool, const kv_cache *kv, int layer, int n, const kv_seq *const *seqs,
+                              const int32_t *ctx, int n_heads, const float *q_lat, const float *q_pe, float scale,
+                              float *o_lat);
 void cpu_mla_prefill(threadpool *pool, int T, int pos0, int n_heads, int nope, int rope, int vdim, const float *q,
                      const float *kvb, const float *k_pe, float scale, float *o);
 void cpu_mla_decode_ref(const kv_cache *kv, int layer, int n, const kv_seq *const *seqs, const int32_t *ctx,

@@ -55,6 +55,14 @@ typedef struct cpu_kernels {
     void (*linear_t_rows)(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t c0,
                           int64_t c1, float *scratch);
 
+    /* Batch-invariant versions of linear_rows and linear_t_rows, for any m:
+     * every output is summed in one order whatever m is and whichever rows of
+     * x share the call (row i of y equals the call with row i of x alone, bit
+     * for bit). */
+    void (*linear_rows_inv)(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t n0,
+                            int64_t n1);
+    void (*linear_t_rows_inv)(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t c0,
+                              int64_t c1, float *scratch);
     /* Attention helpers (cpu/mla.c), all rows given with their strides: */
     /* s[i][j] = add·s[i][j] + scale · Σ_{c<dim} q[i][c]·k[j][c] for i < nq, j < n:
      * a block of queries scored against a block of keys */

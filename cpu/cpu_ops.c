@@ -141,6 +141,7 @@ typedef struct {
     int64_t chunk;    /* task t covers [t*chunk - shift, (t+1)*chunk - shift) ∩ [0, n_out) */
     int64_t shift;
     int mode;         /* LINEAR_* */
+    int inv;          /* batch-invariant kernels (LINEAR_ROWS, LINEAR_T_ROWS) */
 } linear_job;
 
 enum { LINEAR_ROWS, LINEAR_TILE, LINEAR_AMX, LINEAR_T_ROWS, LINEAR_T_TILE, LINEAR_REF, LINEAR_T_REF };
@@ -158,7 +159,9 @@ static void linear_task(void *ctx, int task, int thread) {
     if (o1 > j->n_out) o1 = j->n_out;
     if (o0 >= o1) return;
     switch (j->mode) {
-    case LINEAR_ROWS: j->k->linear_rows(j->w, j->x, j->w->cols, j->y, j->w->rows, j->m, o0, o1); break;
+    case LINEAR_ROWS:
+        (j->inv ? j->k->linear_rows_inv : j->k->linear_rows)(j->w, j->x, j->w->cols, j->y, j->w->rows, j->m, o0, o1);
+        break;
     case LINEAR_TILE:
         j->k->linear_tile(j->w, j->x, j->y, j->m, o0, o1, thread_scratch(SCRATCH_TILE, j->k->scratch_floats));
         break;
@@ -167,7 +170,7 @@ static void linear_task(void *ctx, int task, int thread) {
                        thread_scratch(SCRATCH_TILE, cpu_amx_scratch_floats(j->m)));
         break;
     case LINEAR_T_ROWS:
-        j->k->linear_t_rows(j->w, j->x, j->w->rows, j->y, j->w->cols, j->m, o0, o1,
+        (j->inv ? j->k->linear_t_rows_inv : j->k->linear_t_rows)(j->w, j->x, j->w->rows, j->y, j->w->cols, j->m, o0, o1,
                             thread_scratch(SCRATCH_TILE, (size_t)j->m * (size_t)j->w->rows));
         break;
     case LINEAR_T_TILE:
@@ -215,26 +218,41 @@ static const uint16_t *amx_pack_scratch(const float *x, int64_t ldx, int m, int6
     return xp;
 }
 
-void cpu_linear(threadpool *pool, const weight *w, const float *x, float *y, int m) {
+static void linear_impl(threadpool *pool, const weight *w, const float *x, float *y, int m, int inv) {
     if (m <= 0 || w->rows <= 0) return;
     if (w->cols <= 0) { memset(y, 0, (size_t)m * (size_t)w->rows * sizeof *y); return; }
     const cpu_kernels *k = cpu_kernels_get();
-    linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->rows};
-    j.mode = !k ? LINEAR_REF : use_amx(k, w, m) ? LINEAR_AMX : m <= stream_max_m(w, 0) ? LINEAR_ROWS : LINEAR_TILE;
+    linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->rows, .inv = inv};
+    j.mode = !k                                     ? LINEAR_REF
+             : inv                                  ? LINEAR_ROWS
+             : use_amx(k, w, m)                     ? LINEAR_AMX
+             : m <= stream_max_m(w, 0)              ? LINEAR_ROWS
+                                                    : LINEAR_TILE;
     if (j.mode == LINEAR_TILE) j.x = pack_x_scratch(k, x, m, w->cols);
     if (j.mode == LINEAR_AMX) j.xp = amx_pack_scratch(x, w->cols, m, w->cols);
     linear_run(pool, &j, j.mode == LINEAR_ROWS ? 16 : 32, 1);
 }
 
-void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, int m) {
+static void linear_t_impl(threadpool *pool, const weight *w, const float *x, float *y, int m, int inv) {
     if (m <= 0 || w->cols <= 0) return;
     if (w->rows <= 0) { memset(y, 0, (size_t)m * (size_t)w->cols * sizeof *y); return; }
     const cpu_kernels *k = cpu_kernels_get();
-    linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->cols};
+    linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->cols, .inv = inv};
     /* small m: stream W once (packing it would cost more than the product) */
-    j.mode = !k ? LINEAR_T_REF : m <= stream_max_m(w, 1) ? LINEAR_T_ROWS : LINEAR_T_TILE;
+    j.mode = !k ? LINEAR_T_REF : inv || m <= stream_max_m(w, 1) ? LINEAR_T_ROWS : LINEAR_T_TILE;
     if (j.mode == LINEAR_T_TILE) j.x = pack_x_scratch(k, x, m, w->rows);
     linear_run(pool, &j, 32, 0);
+}
+
+void cpu_linear(threadpool *pool, const weight *w, const float *x, float *y, int m) { linear_impl(pool, w, x, y, m, 0); }
+void cpu_linear_invariant(threadpool *pool, const weight *w, const float *x, float *y, int m) {
+    linear_impl(pool, w, x, y, m, 1);
+}
+void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, int m) {
+    linear_t_impl(pool, w, x, y, m, 0);
+}
+void cpu_linear_t_invariant(threadpool *pool, const weight *w, const float *x, float *y, int m) {
+    linear_t_impl(pool, w, x, y, m, 1);
 }
 
 /* ---- linear_batch ----------------------------------------------------------- */
@@ -248,6 +266,7 @@ typedef struct {
     int64_t first[CPU_BATCH_MAX + 1]; /* first task of each product */
     int64_t chunk[CPU_BATCH_MAX], shift[CPU_BATCH_MAX];
     const uint16_t *xp[CPU_BATCH_MAX]; /* x packed for AMX, or NULL */
+    int inv;                           /* batch-invariant kernels */
 } batch_job;
 
 static void batch_task(void *ctx, int task, int thread) {
@@ -265,15 +284,15 @@ static void batch_task(void *ctx, int task, int thread) {
         cpu_amx_linear(&op->w, b->xp[i], op->m, op->y, op->ldy, o0, o1,
                        thread_scratch(SCRATCH_TILE, cpu_amx_scratch_floats(op->m)));
     else if (op->transposed)
-        b->k->linear_t_rows(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1,
+        (b->inv ? b->k->linear_t_rows_inv : b->k->linear_t_rows)(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1,
                             thread_scratch(SCRATCH_TILE, (size_t)op->m * (size_t)op->w.rows));
     else
-        b->k->linear_rows(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1);
+        (b->inv ? b->k->linear_rows_inv : b->k->linear_rows)(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1);
 }
 
 /* One product with strided rows through the contiguous entry points: x gathered
  * into, and y scattered from, the caller's scratch. */
-static void linear_op_alone(threadpool *pool, const linear_op *op) {
+static void linear_op_alone(threadpool *pool, const linear_op *op, int inv) {
     const int64_t in = op->transposed ? op->w.rows : op->w.cols, out = op->transposed ? op->w.cols : op->w.rows;
     const float *x = op->x;
     float *y = op->y;
@@ -284,23 +303,23 @@ static void linear_op_alone(threadpool *pool, const linear_op *op) {
         x = buf;
         y = buf + (size_t)op->m * in;
     }
-    if (op->transposed) cpu_linear_t(pool, &op->w, x, y, op->m);
-    else cpu_linear(pool, &op->w, x, y, op->m);
+    if (op->transposed) linear_t_impl(pool, &op->w, x, y, op->m, inv);
+    else linear_impl(pool, &op->w, x, y, op->m, inv);
     if (buf)
         for (int i = 0; i < op->m; i++) memcpy(op->y + (size_t)i * op->ldy, y + (size_t)i * out, (size_t)out * sizeof *y);
 }
 
-static int streams(const cpu_kernels *k, const linear_op *op) {
-    return k && op->m <= stream_max_m(&op->w, op->transposed) && op->w.rows > 0 && op->w.cols > 0;
+static int streams(const cpu_kernels *k, const linear_op *op, int inv) {
+    return k && (inv || op->m <= stream_max_m(&op->w, op->transposed)) && op->w.rows > 0 && op->w.cols > 0;
 }
 
 /* x of the batch's AMX products packed one after another into the calling
  * thread's scratch; xp[i] = NULL for the others. */
-static void batch_pack_amx(const cpu_kernels *k, const linear_op *ops, int n, const uint16_t **xp) {
+static void batch_pack_amx(const cpu_kernels *k, const linear_op *ops, int n, int inv, const uint16_t **xp) {
     size_t elems[CPU_BATCH_MAX], total = 0;
     for (int i = 0; i < n; i++) {
         const linear_op *op = &ops[i];
-        elems[i] = !op->transposed && op->w.rows > 0 && use_amx(k, &op->w, op->m)
+        elems[i] = !inv && !op->transposed && op->w.rows > 0 && use_amx(k, &op->w, op->m)
                        ? cpu_amx_xp_elems(op->m, op->w.cols) : 0;
         total += elems[i];
     }
@@ -314,19 +333,19 @@ static void batch_pack_amx(const cpu_kernels *k, const linear_op *ops, int n, co
 }
 
 /* Up to CPU_BATCH_MAX products at a time. */
-static void linear_batch_part(threadpool *pool, const cpu_kernels *k, const linear_op *ops, int n) {
-    batch_job b = {.k = k, .ops = ops};
+static void linear_batch_part(threadpool *pool, const cpu_kernels *k, const linear_op *ops, int n, int inv) {
+    batch_job b = {.k = k, .ops = ops, .inv = inv};
     const int threads = threadpool_size(pool);
     int64_t total_out = 0, macs = 0;
-    batch_pack_amx(k, ops, n, b.xp);
+    batch_pack_amx(k, ops, n, inv, b.xp);
     for (int i = 0; i < n; i++)
-        if (b.xp[i] || streams(k, &ops[i])) total_out += ops[i].transposed ? ops[i].w.cols : ops[i].w.rows;
+        if (b.xp[i] || streams(k, &ops[i], inv)) total_out += ops[i].transposed ? ops[i].w.cols : ops[i].w.rows;
     for (int i = 0; i < n; i++) {
         const linear_op *op = &ops[i];
         b.first[i + 1] = b.first[i];
         b.chunk[i] = 1;
         b.shift[i] = 0;
-        if (!b.xp[i] && !streams(k, op)) continue;
+        if (!b.xp[i] && !streams(k, op, inv)) continue;
         const int64_t n_out = op->transposed ? op->w.cols : op->w.rows;
         /* the whole batch gives the threads their several tasks each */
         int64_t c = 128;
@@ -339,14 +358,17 @@ static void linear_batch_part(threadpool *pool, const cpu_kernels *k, const line
     }
     threadpool_run(macs < PARALLEL_MIN_MACS ? NULL : pool, (int)b.first[n], batch_task, &b);
     for (int i = 0; i < n; i++)
-        if (!b.xp[i] && !streams(k, &ops[i]) && ops[i].m > 0) linear_op_alone(pool, &ops[i]);
+        if (!b.xp[i] && !streams(k, &ops[i], inv) && ops[i].m > 0) linear_op_alone(pool, &ops[i], inv);
 }
 
-void cpu_linear_batch(threadpool *pool, const linear_op *ops, int n) {
+static void linear_batch_impl(threadpool *pool, const linear_op *ops, int n, int inv) {
     const cpu_kernels *k = cpu_kernels_get();
     for (int i0 = 0; i0 < n; i0 += CPU_BATCH_MAX)
-        linear_batch_part(pool, k, ops + i0, n - i0 < CPU_BATCH_MAX ? n - i0 : CPU_BATCH_MAX);
+        linear_batch_part(pool, k, ops + i0, n - i0 < CPU_BATCH_MAX ? n - i0 : CPU_BATCH_MAX, inv);
 }
+
+void cpu_linear_batch(threadpool *pool, const linear_op *ops, int n) { linear_batch_impl(pool, ops, n, 0); }
+void cpu_linear_batch_invariant(threadpool *pool, const linear_op *ops, int n) { linear_batch_impl(pool, ops, n, 1); }
 
 /* References: every element through weight_get, sums in double; rows of x
  * ldx apart, rows of y ldy apart. */

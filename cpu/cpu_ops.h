@@ -35,6 +35,15 @@ void cpu_linear_t_ref(const weight *w, const float *x, float *y, int m);
 void cpu_linear_batch(threadpool *pool, const linear_op *ops, int n);
 void cpu_linear_batch_ref(const linear_op *ops, int n);
 
+/* Batch-invariant versions (serve --batch-invariant): one kernel and one
+ * summation order per output for every m, so row i of y is bit for bit what
+ * the product of row i of x alone gives, whatever m and the other rows are
+ * (no tiles, no AMX: slower for many rows). The references above are
+ * invariant too (one double sum per output). */
+void cpu_linear_invariant(threadpool *pool, const weight *w, const float *x, float *y, int m);
+void cpu_linear_t_invariant(threadpool *pool, const weight *w, const float *x, float *y, int m);
+void cpu_linear_batch_invariant(threadpool *pool, const linear_op *ops, int n);
+
 /* y[i] = x[i] / sqrt(mean(x[i]²) + eps) * g   for each of m rows of d values; g: [d] weight
  * (any dtype, one row). y may alias x. */
 void cpu_rmsnorm(threadpool *pool, const weight *g, const float *x, float *y, int m, int d, float eps);

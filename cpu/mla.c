@@ -177,6 +177,17 @@ void cpu_mla_decode(threadpool *pool, const kv_cache *kv, int layer, int n, cons
     threadpool_run(pool, n * ((n_heads + hpt - 1) / hpt), decode_task_fast, &j);
 }
 
+/* Heads are grouped 4 to a task whatever n is: a head's scores take the same
+ * path (4-query register block or single dot) in every batch. */
+void cpu_mla_decode_invariant(threadpool *pool, const kv_cache *kv, int layer, int n, const kv_seq *const *seqs,
+                              const int32_t *ctx, int n_heads, const float *q_lat, const float *q_pe, float scale,
+                              float *o_lat) {
+    const cpu_kernels *k = cpu_kernels_get();
+    const int hpt = n_heads < 4 ? n_heads : 4;
+    decode_job j = {k, kv, layer, n_heads, k ? hpt : 1, seqs, ctx, q_lat, q_pe, scale, o_lat};
+    threadpool_run(pool, k ? n * ((n_heads + hpt - 1) / hpt) : n * n_heads, k ? decode_task_fast : decode_task_ref, &j);
+}
+
 /* ---- expanded causal prefill ------------------------------------------------ */
 
 typedef struct {

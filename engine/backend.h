@@ -114,6 +114,12 @@ typedef struct backend_ops {
      * latents), k_pe [ctx, rope]; o [T, H, v]. */
     void (*mla_prefill)(backend *be, int T, int pos0, int n_heads, int nope, int rope, int vdim, const float *q,
                         const float *kvb, const float *k_pe, float scale, float *o);
+
+    /* Batch-invariant mode (optional; NULL: the backend has none): on, every
+     * row of linear / linear_t / linear_batch / mla_decode is computed with the
+     * same arithmetic whatever the other rows of the call are and however many
+     * there are (bit-identical to the row alone). */
+    void (*set_batch_invariant)(backend *be, int on);
 } backend_ops;
 
 struct backend {

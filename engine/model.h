@@ -97,6 +97,13 @@ int model_forward(model *m, kv_cache *kv, const model_batch *b, float *logits, m
  * run where owner[e] says (NULL: contiguous slices, engine/ep.h). */
 int model_set_ep(model *m, comm *c, const int32_t *owner, ms_err *err);
 
+/* Batch-invariant mode: every token's logits are bit-identical whatever else
+ * shares its steps (other sequences, how its prompt was split into chunks):
+ * the backend's batch-invariant kernels, and every token through the absorbed
+ * attention (so a row does not depend on where its chunk starts). Slower for
+ * long prompts. -1 with err if the backend has no such mode. */
+int model_set_batch_invariant(model *m, int on, ms_err *err);
+
 /* out[e] = rows routed expert e has run on this rank since load (summed over
  * layers; experts owned elsewhere stay 0). Safe from any thread. */
 void model_expert_tokens(const model *m, uint64_t *out);

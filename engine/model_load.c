@@ -267,6 +267,14 @@ int model_set_ep(model *m, comm *c, const int32_t *owner, ms_err *err) {
     return m->ep ? 0 : -1;
 }
 
+int model_set_batch_invariant(model *m, int on, ms_err *err) {
+    if (!m->be->ops->set_batch_invariant)
+        return ms_err_set(err, "the %s backend has no batch-invariant mode", m->be->ops->name);
+    m->be->ops->set_batch_invariant(m->be, on);
+    m->attn = on ? ATTN_ABSORB : ATTN_AUTO;
+    return 0;
+}
+
 void model_expert_tokens(const model *m, uint64_t *out) {
     for (int e = 0; e < m->cfg.n_routed_experts; e++)
         out[e] = m->expert_tokens ? __atomic_load_n(&m->expert_tokens[e], __ATOMIC_RELAXED) : 0;

@@ -188,7 +188,7 @@ int cmd_generate(int argc, char **argv) {
     int rc = CLI_FAIL;
     if (prompt_ids(tok, &a, &ids, &n) == 0 &&
         cli_engine_open(&e, a.model_dir, (int)n + (int)a.max_tokens + 1,
-                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device}) == 0) {
+                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, 0}) == 0) {
         if ((long)n + a.max_tokens > e.m->cfg.max_position_embeddings)
             fprintf(stderr, "mlaserve generate: %zu prompt tokens + %ld exceed the context (%d)\n", n, a.max_tokens,
                     e.m->cfg.max_position_embeddings);

@@ -161,7 +161,7 @@ int cmd_logits(int argc, char **argv) {
     }
     cli_engine e;
     if (cli_engine_open(&e, a.model_dir, n + (int)a.greedy + 1,
-                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device}) != 0) { free(ids); return CLI_FAIL; }
+                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, 0}) != 0) { free(ids); return CLI_FAIL; }
     e.m->attn = a.attn;
     int rc = run(&e, &a, ids, n);
     cli_engine_close(&e);

@@ -46,6 +46,7 @@ typedef struct serve_args {
     int log_json;
     const char *template_name;   /* --chat-template; NULL: detected from tokenizer_config.json */
     int reasoning_flag;          /* --reasoning-parser: 1 deepseek-r1, -1 none, 0 auto */
+    int batch_invariant;         /* --batch-invariant */
 } serve_args;
 
 static void usage(FILE *f) {
@@ -68,6 +69,8 @@ static void usage(FILE *f) {
             "  --device cpu|cuda[:N]        where the model runs (default cpu; cuda needs a make CUDA=1 build)\n"
             "  --max-queue N                waiting requests at most; beyond, 429 (default 256)\n"
             "  --no-prefix-caching          do not reuse the KV pages of a shared prompt prefix\n"
+            "  --batch-invariant            a request's output does not depend on the other requests it is batched\n"
+            "                               with (bit-identical logits; CPU only; slower, docs/operations.md)\n"
             "  --max-body-bytes N           request bodies at most (default 8 MiB); beyond, 413\n"
             "  --max-connections N          concurrent HTTP connections at most (default 256)\n"
             "  --idle-timeout S             close a keep-alive connection idle this long (default 60)\n"
@@ -165,6 +168,10 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         }
         if (!strcmp(o, "--no-prefix-caching")) {
             a->sc.no_prefix_caching = 1;
+            continue;
+        }
+        if (!strcmp(o, "--batch-invariant")) {
+            a->batch_invariant = 1;
             continue;
         }
         if (!v) {
@@ -276,6 +283,7 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
            st.kv_pages_total, st.kv_pages_total * 64, sc->max_model_len, sc->max_num_seqs, sc->max_batched_tokens,
            sc->max_queue, n_threads);
     if (strcmp(device, "CPU")) printf("  device %s\n", device);
+    if (a->batch_invariant) printf("  batch-invariant kernels: outputs do not depend on batching\n");
     if (sched_n_ranks(s) > 1)
         printf("  expert parallel: %d CPU ranks (%s placement); KV pool, max seqs and tokens/step are per rank\n",
                sched_n_ranks(s), a->placement ? a->placement : "contiguous");
@@ -357,7 +365,7 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
         ms_err_set(&err, "--ep-placement needs --ep 2 or more");
         goto done;
     }
-    if (ep_launch_open(&ranks, a.model_dir, &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device}, &err) != 0)
+    if (ep_launch_open(&ranks, a.model_dir, &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, a.batch_invariant}, &err) != 0)
         goto done;
     m = ranks.m[0];
     /* A CPU step costs in proportion to its tokens: short steps let the first

@@ -25,6 +25,7 @@ typedef struct ep_launch_opts {
     int n_threads;          /* CPU threads in all, <= 0: all online CPUs, split over the ranks */
     const char *placement;  /* --ep-placement file, or NULL */
     const char *device;     /* "cpu" (NULL too), "cuda" or "cuda:N" */
+    int batch_invariant;    /* --batch-invariant: model_set_batch_invariant on every rank */
 } ep_launch_opts;
 
 typedef struct ep_launch {

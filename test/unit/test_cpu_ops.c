@@ -392,6 +392,60 @@ Test(cpu_ops, linear_batch_equals_each_alone, .timeout = 120) {
     threadpool_free(pools[1]);
 }
 
+/* Batch-invariant products: for every dtype, direction, view shape and m
+ * (streamed and, without the mode, tiled or AMX), row i of y is bit for bit the
+ * product of row i of x alone, also inside a linear_batch, and still close to
+ * the reference. */
+static void check_invariant(threadpool *pool, dtype_t dt, const shape *s, int m, rng *r, uint64_t seed, int tr) {
+    test_weight t = weight_random(r, dt, s->phys_rows, s->cols);
+    weight w = weight_rows(&t.w, s->row0, s->rows);
+    const int64_t in = tr ? w.rows : w.cols, out = tr ? w.cols : w.rows;
+    float *x = floats_random(r, (size_t)(m * in), -1, 1);
+    float *y = floats_alloc((size_t)(m * out)), *yb = floats_alloc((size_t)(m * out)), *one = floats_alloc((size_t)out);
+    float *want = floats_alloc((size_t)(m * out));
+    if (tr) {
+        cpu_linear_t_invariant(pool, &w, x, y, m);
+        cpu_linear_t_ref(&w, x, want, m);
+    } else {
+        cpu_linear_invariant(pool, &w, x, y, m);
+        cpu_linear_ref(&w, x, want, m);
+    }
+    linear_op ops[2] = {{.w = w, .x = x, .y = yb, .m = m, .transposed = tr, .ldx = in, .ldy = out},
+                        {.w = w, .x = x, .y = one, .m = 1, .transposed = tr, .ldx = in, .ldy = out}};
+    cpu_linear_batch_invariant(pool, ops, 2);
+    ASSERT_CLOSE(y, want, (size_t)(m * out), TOL, "invariant %s %s m=%d seed %llu", tr ? "linear_t" : "linear",
+                 dtype_name(dt), m, (unsigned long long)seed);
+    cr_assert(memcmp(yb, y, (size_t)(m * out) * sizeof *y) == 0, "batch differs from alone: %s m=%d", dtype_name(dt), m);
+    for (int i = 0; i < m; i += (m > 16 ? 7 : 1)) {
+        if (tr) cpu_linear_t_invariant(pool, &w, x + (size_t)i * in, one, 1);
+        else cpu_linear_invariant(pool, &w, x + (size_t)i * in, one, 1);
+        cr_assert(memcmp(one, y + (size_t)i * out, (size_t)out * sizeof *one) == 0,
+                  "%s %s [%lld rows from %lld, %lld cols] row %d of m=%d differs from the row alone, simd=%s seed %llu",
+                  tr ? "linear_t" : "linear", dtype_name(dt), (long long)s->rows, (long long)s->row0,
+                  (long long)s->cols, i, m, cpu_simd_level(), (unsigned long long)seed);
+    }
+    free(x), free(y), free(yb), free(one), free(want);
+    weight_free(&t);
+}
+
+Test(cpu_ops, linear_invariant_rows_equal_alone, .timeout = 120) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pools[2] = {threadpool_create(2), threadpool_create(3)};
+    cr_assert(pools[0] && pools[1]);
+    int run = 0;
+    for (size_t d = 0; d < sizeof all_dtypes / sizeof *all_dtypes; d++)
+        for (size_t s = 0; s < sizeof linear_shapes / sizeof *linear_shapes; s++)
+            for (size_t mi = 0; mi < sizeof linear_ms / sizeof *linear_ms; mi++) {
+                const shape *sh = &linear_shapes[s];
+                if (linear_ms[mi] == 300 && sh->rows * sh->cols > 40000) continue;
+                check_invariant(pools[run % 2], all_dtypes[d], sh, linear_ms[mi], &r, seed, run % 3 == 0);
+                run++;
+            }
+    threadpool_free(pools[0]);
+    threadpool_free(pools[1]);
+}
+
 /* Every non-NaN e4m3 code through both linear paths and the row decoder, exactly. */
 Test(cpu_ops, fp8_every_code_exact) {
     enum { CODES = 256, COLS = 64 };
@@ -570,6 +624,54 @@ Test(cpu_ops, mla_decode_vs_ref, .timeout = 60) {
     }
     threadpool_free(pools[1]);
     threadpool_free(pools[2]);
+}
+
+/* Batch-invariant decode attention: each token's heads give the same bits
+ * in a batch of 1 and of 5 (the fast decode groups heads by batch size), and
+ * stay close to the reference. */
+Test(cpu_ops, mla_decode_invariant_tokens_equal_alone, .timeout = 60) {
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pool = threadpool_create(2);
+    const int dims[][3] = {{512, 64, 16}, {72, 8, 3}, {96, 32, 6}}; /* kvr, rope, heads */
+    const int lens[] = {1, 63, 64, 65, 200};
+    enum { N = 5 };
+    for (size_t d = 0; d < sizeof dims / sizeof *dims; d++) {
+        const int kvr = dims[d][0], rope = dims[d][1], H = dims[d][2];
+        kv_cache kv;
+        ms_err err = {{0}};
+        cr_assert(kv_cache_init(&kv, NULL, 1, kvr, rope, 16, &err) == 0, "%s", err.msg);
+        kv_seq seqs[N];
+        memset(seqs, 0, sizeof seqs);
+        const kv_seq *sp[N];
+        int32_t ctx[N];
+        for (int i = 0; i < N; i++) {
+            cr_assert(kv_seq_reserve(&kv, &seqs[i], lens[i], &err) == 0, "%s", err.msg);
+            for (int t = 0; t < lens[i]; t++) {
+                float *e = kv_entry(&kv, &seqs[i], 0, t);
+                for (int k = 0; k < kv.entry_dim; k++) e[k] = rng_uniform(&r, -1, 1);
+            }
+            sp[i] = &seqs[i];
+            ctx[i] = lens[i];
+        }
+        float *ql = floats_random(&r, (size_t)N * H * kvr, -1, 1), *qp = floats_random(&r, (size_t)N * H * rope, -1, 1);
+        float *all = floats_alloc((size_t)N * H * kvr), *one = floats_alloc((size_t)H * kvr);
+        float *want = floats_alloc((size_t)N * H * kvr);
+        cpu_mla_decode_invariant(pool, &kv, 0, N, sp, ctx, H, ql, qp, 0.3f, all);
+        cpu_mla_decode_ref(&kv, 0, N, sp, ctx, H, ql, qp, 0.3f, want);
+        ASSERT_CLOSE(all, want, (size_t)N * H * kvr, TOL, "invariant decode kvr=%d H=%d seed %llu", kvr, H,
+                     (unsigned long long)seed);
+        for (int i = 0; i < N; i++) {
+            cpu_mla_decode_invariant(pool, &kv, 0, 1, sp + i, ctx + i, H, ql + (size_t)i * H * kvr,
+                                     qp + (size_t)i * H * rope, 0.3f, one);
+            cr_assert(memcmp(one, all + (size_t)i * H * kvr, (size_t)H * kvr * sizeof *one) == 0,
+                      "token %d (kvr=%d H=%d): batch of %d differs from alone", i, kvr, H, N);
+        }
+        free(ql), free(qp), free(all), free(one), free(want);
+        for (int i = 0; i < N; i++) kv_seq_release(&kv, &seqs[i]);
+        kv_cache_free(&kv);
+    }
+    threadpool_free(pool);
 }
 
 /* Expanded causal prefill: a chunk continuing a cached prefix (pos0 > 0) and one from 0. */

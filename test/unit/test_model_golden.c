@@ -252,6 +252,79 @@ Test(golden_v2, greedy_and_incremental) { for_each_prompt("tiny-v2", check_promp
 Test(golden_v3, chunked_prefill) { for_each_prompt("tiny-v3", check_prompt_chunks, ATTN_AUTO); }
 Test(golden_v2, chunked_prefill) { for_each_prompt("tiny-v2", check_prompt_chunks, ATTN_AUTO); }
 
+/* Two sequences in one batch: a chunk of each (run A then run B), logits for every row. */
+static float *run_pair(engine *e, kv_seq *sa, const int32_t *a, int na, int pa, kv_seq *sb, const int32_t *b, int nb,
+                       int pb) {
+    const int n = na + nb, V = e->m->cfg.vocab_size;
+    int32_t *ids = malloc((size_t)n * 4), *pos = malloc((size_t)n * 4), *sq = malloc((size_t)n * 4), *rows = malloc((size_t)n * 4);
+    for (int i = 0; i < n; i++) {
+        ids[i] = i < na ? a[i] : b[i - na];
+        pos[i] = i < na ? pa + i : pb + i - na;
+        sq[i] = i >= na;
+        rows[i] = i;
+    }
+    float *logits = malloc((size_t)n * V * sizeof *logits);
+    kv_seq *seqs[2] = {sa, sb};
+    model_batch bt = {n, ids, pos, sq, seqs, 2, rows, n};
+    ms_err err = {{0}};
+    cr_assert_eq(model_forward(e->m, &e->kv, &bt, logits, &err), 0, "%s", err.msg);
+    free(ids), free(pos), free(sq), free(rows);
+    return logits;
+}
+
+/* Batch-invariant mode (model_set_batch_invariant): the prompt's logits at
+ * every position are bit for bit the same whether it runs as one chunk alone
+ * or in chunks of 1..16 tokens sharing each step with another sequence's
+ * chunks; and they still agree with the golden reference. */
+static void check_prompt_invariant(const char *model_name, engine *e, json_t *res, const char *prompt) {
+    int n, V = e->m->cfg.vocab_size;
+    int32_t *ids = json_ids(json_object_get(res, "ids"), &n);
+    json_t *top20 = json_object_get(res, "top20");
+    kv_seq full = {0}, seq = {0}, other = {0};
+    float *fl = run_chunk(e, &full, ids, n, 0);
+    for (int p = 0; p < n; p++) check_top20(fl + (size_t)p * V, json_array_get(top20, (size_t)p), prompt, p);
+    static const int sizes[] = {1, 7, 3, 16, 2, 5};
+    int32_t filler[16];
+    for (int i = 0; i < 16; i++) filler[i] = (int32_t)(1000 + 37 * i);
+    int other_pos = 0, differ = -1;
+    for (int p = 0, k = 0; p < n; k++) {
+        const int c = n - p < sizes[k % 6] ? n - p : sizes[k % 6], co = sizes[(k + 3) % 6];
+        float *l = run_pair(e, &other, filler, co, other_pos, &seq, ids + p, c, p);
+        if (differ < 0 && memcmp(l + (size_t)co * V, fl + (size_t)p * V, (size_t)c * V * sizeof *l) != 0) differ = p;
+        other_pos += co;
+        p += c;
+        free(l);
+    }
+    cr_expect(differ < 0, "%s/%s: logits at positions from %d differ between one chunk alone and mixed chunks",
+              model_name, prompt, differ);
+    kv_seq_release(&e->kv, &seq);
+    kv_seq_release(&e->kv, &other);
+    kv_seq_release(&e->kv, &full);
+    free(fl);
+    free(ids);
+}
+
+static void invariant_prompts(const char *model_name) {
+    const char *golden = env_or("MLASERVE_GOLDEN", "test/golden");
+    const char *names[] = {"en_short", "code_py", "en_long"};
+    engine e;
+    engine_open(&e, model_name);
+    ms_err err = {{0}};
+    cr_assert_eq(model_set_batch_invariant(e.m, 1, &err), 0, "%s", err.msg);
+    for (size_t i = 0; i < 3; i++) {
+        char sub[512];
+        snprintf(sub, sizeof sub, "%s/results/%s.json", model_name, names[i]);
+        json_t *res = load_json("%s/%s", golden, sub);
+        check_prompt_invariant(model_name, &e, res, names[i]);
+        json_decref(res);
+    }
+    cr_expect_eq(e.kv.n_free, e.kv.n_pages, "KV pages leaked");
+    engine_close(&e);
+}
+
+Test(golden_v3, batch_invariant_chunks_and_neighbours, .timeout = 120) { invariant_prompts("tiny-v3"); }
+Test(golden_v2, batch_invariant_chunks_and_neighbours, .timeout = 120) { invariant_prompts("tiny-v2"); }
+
 /* naive vs absorb inside the engine: the same prompt both ways, every position. */
 static void naive_vs_absorb(const char *model_name) {
     engine e;

@@ -705,3 +705,64 @@ Test(sched, prompt_logprobs_need_top_logprobs) {
     cr_expect(strstr(err.msg, "max_tokens"), "%s", err.msg);
     close_fixture(&f);
 }
+
+/* ---- batch-invariant mode (model_set_batch_invariant) */
+
+typedef struct {
+    fixture *f;
+    int32_t *ids;
+    int n;
+    lp_result res;
+} inv_client;
+
+static void *inv_client_main(void *p) {
+    inv_client *c = p;
+    sched_request r = greedy_request(c->ids, c->n, 24);
+    r.top_logprobs = 2;
+    sched_stream *st = sched_submit(c->f->s, &r, NULL, NULL);
+    if (st) drain_lp(st, &c->res);
+    else c->res.timed_out = 1;
+    return NULL;
+}
+
+/* #3's batch invariance, held exactly: 16 concurrent greedy requests (7
+ * prompts, chunked differently under a 40-token step budget, prefix-cache hits
+ * for the repeats, decode batches of 1..8) give the tokens and the logprob
+ * bits of each prompt's solo run. */
+Test(sched, batch_invariant_mode_concurrent_equals_solo_bitwise, .timeout = SLOW_TEST_TIMEOUT_S) {
+    fixture f;
+    open_fixture(&f, (sched_config){.max_num_seqs = 8, .max_batched_tokens = 40});
+    ms_err err = {{0}};
+    sched_free(f.s); /* the mode is set before the engine runs */
+    cr_assert_eq(model_set_batch_invariant(f.m, 1, &err), 0, "%s", err.msg);
+    sched_config cfg = {.max_num_seqs = 8, .max_batched_tokens = 40};
+    f.s = sched_create(f.m, f.tok, &cfg, &err);
+    cr_assert(f.s, "%s", err.msg);
+    inv_client solo[7], cl[16];
+    for (int p = 0; p < 7; p++) {
+        json_t *g = golden(prompts[p]);
+        int n;
+        int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
+        solo[p] = (inv_client){&f, ids, n, {0}};
+        json_decref(g);
+        inv_client_main(&solo[p]);
+        cr_assert(!solo[p].res.timed_out && solo[p].res.n_tokens == 24, "solo %s", prompts[p]);
+    }
+    pthread_t th[16];
+    for (int i = 0; i < 16; i++) {
+        cl[i] = (inv_client){&f, solo[i % 7].ids, solo[i % 7].n, {0}};
+        pthread_create(&th[i], NULL, inv_client_main, &cl[i]);
+    }
+    for (int i = 0; i < 16; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 16; i++) {
+        const lp_result *a = &cl[i].res, *b = &solo[i % 7].res;
+        cr_expect(!a->timed_out, "client %d", i);
+        cr_expect_eq(a->n_tokens, b->n_tokens, "client %d", i);
+        cr_expect_eq(memcmp(a->tokens, b->tokens, sizeof a->tokens), 0, "client %d (%s): tokens differ from solo", i,
+                     prompts[i % 7]);
+        cr_expect_eq(memcmp(a->token_lp, b->token_lp, sizeof a->token_lp), 0,
+                     "client %d (%s): logprob bits differ from solo", i, prompts[i % 7]);
+    }
+    for (int p = 0; p < 7; p++) free(solo[p].ids);
+    close_fixture(&f);
+}
