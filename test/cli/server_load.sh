@@ -295,6 +295,59 @@ say "preemption: requests $PICK need $NEED pages of 8; $pre preemptions"
 [ -n "$pre" ] && [ "$pre" -gt 0 ] || fail "mlaserve:num_preemptions_total is '$pre', want > 0"
 pages_settled "$SURL" > "$TMP/settle.txt" || fail "small server after the preemption test: $(cat "$TMP/settle.txt")"
 
+# ---------------------------------------------------------------- 4. --batch-invariant
+# The same 32 requests with logprobs, against a server started with --batch-invariant: concurrent
+# and solo runs must give the same text and the same logprob bits (the default kernels give the
+# same text here but not always the same last bits: docs/design.md "Batch invariance").
+say "batch-invariant server: 32 concurrent streams with logprobs"
+start_server "$TMP/inv" --batch-invariant || fail "--batch-invariant server did not start"
+IURL=http://127.0.0.1:$SPORT
+grep -q "batch-invariant kernels" "$TMP/inv.out" || fail "--batch-invariant banner: $(cat "$TMP/inv.out")"
+node -e '
+const fs = require("fs"), dir = process.argv[1], n = +process.argv[2];
+for (let i = 0; i < n; i++) {
+  const req = JSON.parse(fs.readFileSync(dir + "/req" + i + ".json", "utf8"));
+  if (req.messages) { req.logprobs = true; req.top_logprobs = 2; } else req.logprobs = 2;
+  fs.writeFileSync(dir + "/req" + (100 + i) + ".json", JSON.stringify(req));
+  fs.copyFileSync(dir + "/req" + i + ".path", dir + "/req" + (100 + i) + ".path");
+}' "$TMP" $N
+i=100 jobs=""
+while [ $i -lt $((100 + N)) ]; do
+    stream "$IURL" $i "$TMP/icc" &
+    jobs="$jobs $!"
+    i=$((i + 1))
+done
+for j in $jobs; do wait "$j"; done
+i=100
+while [ $i -lt $((100 + N)) ]; do
+    stream "$IURL" $i "$TMP/isolo"
+    i=$((i + 1))
+done
+node -e '
+const { parse } = require(process.argv[1] + "/sse.js"); const fs = require("fs");
+const dir = process.argv[1], n = +process.argv[2], errs = [];
+// every logprob number of a stream, in order, as the server wrote it
+const lps = (file) => fs.readFileSync(file, "utf8").split("\n").filter((l) => l.startsWith("data: {")).flatMap((l) =>
+  JSON.parse(l.slice(6)).choices.flatMap((c) => !c.logprobs ? [] : c.logprobs.content ? c.logprobs.content.map((e) => e.logprob)
+                                                                     : c.logprobs.token_logprobs));
+let total = 0;
+for (let i = 100; i < 100 + n; i++) {
+  const req = JSON.parse(fs.readFileSync(dir + "/req" + i + ".json", "utf8"));
+  try {
+    const a = parse(dir + "/icc" + i + ".sse", req.max_tokens), b = parse(dir + "/isolo" + i + ".sse", req.max_tokens);
+    const la = lps(dir + "/icc" + i + ".sse"), lb = lps(dir + "/isolo" + i + ".sse");
+    if (a.text !== b.text) errs.push("request " + i + ": text differs from solo");
+    if (la.length !== req.max_tokens) errs.push("request " + i + ": " + la.length + " logprobs");
+    if (JSON.stringify(la) !== JSON.stringify(lb)) errs.push("request " + i + ": logprobs differ from solo: " +
+                                                             JSON.stringify(la.slice(0, 4)) + " vs " + JSON.stringify(lb.slice(0, 4)));
+    total += la.length;
+  } catch (e) { errs.push("request " + i + ": " + e.message); }
+}
+console.log("server_load: batch-invariant: " + total + " logprobs of 32 concurrent streams compared with their solo runs");
+if (errs.length) { console.log(errs.join("\n")); process.exit(1); }
+' "$TMP" $N || fail "--batch-invariant: concurrent differs from solo"
+pages_settled "$IURL" > "$TMP/settle.txt" || fail "batch-invariant server: $(cat "$TMP/settle.txt")"
+
 say "done"
 [ $fails -eq 0 ] && echo "server_load.sh: all checks passed"
 [ $fails -eq 0 ]
