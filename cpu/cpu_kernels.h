@@ -22,6 +22,10 @@
  * passes), fewer for FP8 (cpu_ops.c stream_max_m); above it the tiled GEMM. */
 #define CPU_STREAM_MAX_M 64
 
+/* The batch-invariant product decodes this many rows of W at a time into a
+ * per-thread buffer shared by its passes over the rows of x. */
+#define CPU_INV_BUF_ROWS 16
+
 typedef struct cpu_kernels {
     const char *name;          /* "avx2", "avx512" */
     /* y[i][n] = Σ_k x[i][k]·W[n][k] for n in [n0, n1), i < m <= CPU_STREAM_MAX_M.
@@ -60,7 +64,7 @@ typedef struct cpu_kernels {
      * x share the call (row i of y equals the call with row i of x alone, bit
      * for bit). */
     void (*linear_rows_inv)(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t n0,
-                            int64_t n1);
+                            int64_t n1, float *scratch); /* scratch: CPU_INV_BUF_ROWS * w->cols floats */
     void (*linear_t_rows_inv)(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t c0,
                               int64_t c1, float *scratch);
     /* Attention helpers (cpu/mla.c), all rows given with their strides: */

@@ -160,7 +160,11 @@ static void linear_task(void *ctx, int task, int thread) {
     if (o0 >= o1) return;
     switch (j->mode) {
     case LINEAR_ROWS:
-        (j->inv ? j->k->linear_rows_inv : j->k->linear_rows)(j->w, j->x, j->w->cols, j->y, j->w->rows, j->m, o0, o1);
+        if (j->inv)
+            j->k->linear_rows_inv(j->w, j->x, j->w->cols, j->y, j->w->rows, j->m, o0, o1,
+                                  thread_scratch(SCRATCH_TILE, (size_t)CPU_INV_BUF_ROWS * (size_t)j->w->cols));
+        else
+            j->k->linear_rows(j->w, j->x, j->w->cols, j->y, j->w->rows, j->m, o0, o1);
         break;
     case LINEAR_TILE:
         j->k->linear_tile(j->w, j->x, j->y, j->m, o0, o1, thread_scratch(SCRATCH_TILE, j->k->scratch_floats));
@@ -286,8 +290,11 @@ static void batch_task(void *ctx, int task, int thread) {
     else if (op->transposed)
         (b->inv ? b->k->linear_t_rows_inv : b->k->linear_t_rows)(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1,
                             thread_scratch(SCRATCH_TILE, (size_t)op->m * (size_t)op->w.rows));
+    else if (b->inv)
+        b->k->linear_rows_inv(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1,
+                              thread_scratch(SCRATCH_TILE, (size_t)CPU_INV_BUF_ROWS * (size_t)op->w.cols));
     else
-        (b->inv ? b->k->linear_rows_inv : b->k->linear_rows)(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1);
+        b->k->linear_rows(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1);
 }
 
 /* One product with strided rows through the contiguous entry points: x gathered
