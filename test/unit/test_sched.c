@@ -636,17 +636,16 @@ Test(sched, prompt_logprobs_match_golden_and_generation, .timeout = 120) {
     close_fixture(&f);
 }
 
+/* A client thread: submits req, drains it into res. */
 typedef struct {
     fixture *f;
-    const int32_t *ids;
-    int n;
+    sched_request req;
     lp_result res;
 } lp_client;
 
 static void *lp_client_main(void *p) {
     lp_client *c = p;
-    sched_request r = lp_request(c->ids, c->n, 100);
-    sched_stream *st = sched_submit(c->f->s, &r, NULL, NULL);
+    sched_stream *st = sched_submit(c->f->s, &c->req, NULL, NULL);
     if (st) drain_lp(st, &c->res);
     else c->res.timed_out = 1;
     return NULL;
@@ -661,14 +660,14 @@ Test(sched, prompt_logprobs_are_sent_once_across_preemption, .timeout = SLOW_TES
     json_t *g = golden("en_long");
     int n;
     int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
-    lp_client solo = {&f, ids, n, {0}}, cl[4];
+    lp_client solo = {&f, lp_request(ids, n, 100), {0}}, cl[4];
     lp_client_main(&solo);
     cr_assert(!solo.res.timed_out);
     cr_assert_eq(solo.res.n_prompt_events, n);
     cr_assert_eq(solo.res.n_tokens, 100);
     pthread_t th[4];
     for (int i = 0; i < 4; i++) {
-        cl[i] = (lp_client){&f, ids, n, {0}};
+        cl[i] = (lp_client){&f, lp_request(ids, n, 100), {0}};
         pthread_create(&th[i], NULL, lp_client_main, &cl[i]);
     }
     for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
@@ -683,9 +682,14 @@ Test(sched, prompt_logprobs_are_sent_once_across_preemption, .timeout = SLOW_TES
         cr_expect_eq(memcmp(c->tokens, solo.res.tokens, 100 * sizeof *ids), 0, "client %d equals its solo run", i);
     }
     sched_stats st;
-    sched_get_stats(f.s, &st);
+    for (int k = 0; k < 200; k++) { /* the step's counters are published just after its events */
+        sched_get_stats(f.s, &st);
+        if (st.generation_tokens >= 500) break;
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
+    }
     cr_expect(st.preemptions > 0, "the 6-page pool should have forced preemption");
-    cr_expect_eq(st.generation_tokens, 500, "prompt logits rows are not generated tokens");
+    cr_expect_eq(st.generation_tokens, 500, "prompt logits rows are not generated tokens: %llu",
+                 (unsigned long long)st.generation_tokens);
     free(ids);
     json_decref(g);
     close_fixture(&f);
@@ -708,21 +712,10 @@ Test(sched, prompt_logprobs_need_top_logprobs) {
 
 /* ---- batch-invariant mode (model_set_batch_invariant) */
 
-typedef struct {
-    fixture *f;
-    int32_t *ids;
-    int n;
-    lp_result res;
-} inv_client;
-
-static void *inv_client_main(void *p) {
-    inv_client *c = p;
-    sched_request r = greedy_request(c->ids, c->n, 24);
+static sched_request logprob_request(const int32_t *ids, int n) {
+    sched_request r = greedy_request(ids, n, 24);
     r.top_logprobs = 2;
-    sched_stream *st = sched_submit(c->f->s, &r, NULL, NULL);
-    if (st) drain_lp(st, &c->res);
-    else c->res.timed_out = 1;
-    return NULL;
+    return r;
 }
 
 /* #3's batch invariance, held exactly: 16 concurrent greedy requests (7
@@ -738,20 +731,21 @@ Test(sched, batch_invariant_mode_concurrent_equals_solo_bitwise, .timeout = SLOW
     sched_config cfg = {.max_num_seqs = 8, .max_batched_tokens = 40};
     f.s = sched_create(f.m, f.tok, &cfg, &err);
     cr_assert(f.s, "%s", err.msg);
-    inv_client solo[7], cl[16];
+    lp_client solo[7], cl[16];
+    int32_t *ids[7];
     for (int p = 0; p < 7; p++) {
         json_t *g = golden(prompts[p]);
         int n;
-        int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
-        solo[p] = (inv_client){&f, ids, n, {0}};
+        ids[p] = ids_of(json_object_get(g, "ids"), &n);
+        solo[p] = (lp_client){&f, logprob_request(ids[p], n), {0}};
         json_decref(g);
-        inv_client_main(&solo[p]);
+        lp_client_main(&solo[p]);
         cr_assert(!solo[p].res.timed_out && solo[p].res.n_tokens == 24, "solo %s", prompts[p]);
     }
     pthread_t th[16];
     for (int i = 0; i < 16; i++) {
-        cl[i] = (inv_client){&f, solo[i % 7].ids, solo[i % 7].n, {0}};
-        pthread_create(&th[i], NULL, inv_client_main, &cl[i]);
+        cl[i] = (lp_client){&f, solo[i % 7].req, {0}};
+        pthread_create(&th[i], NULL, lp_client_main, &cl[i]);
     }
     for (int i = 0; i < 16; i++) pthread_join(th[i], NULL);
     for (int i = 0; i < 16; i++) {
@@ -763,6 +757,6 @@ Test(sched, batch_invariant_mode_concurrent_equals_solo_bitwise, .timeout = SLOW
         cr_expect_eq(memcmp(a->token_lp, b->token_lp, sizeof a->token_lp), 0,
                      "client %d (%s): logprob bits differ from solo", i, prompts[i % 7]);
     }
-    for (int p = 0; p < 7; p++) free(solo[p].ids);
+    for (int p = 0; p < 7; p++) free(ids[p]);
     close_fixture(&f);
 }
