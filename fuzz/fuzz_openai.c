@@ -44,7 +44,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (oai_parse_request(kind, body, len, &ctx, &r, &err) == 0) {
         FUZZ_CHECK(r.n_prompts >= 1 && r.n_prompts <= OAI_MAX_PROMPTS, "%d prompts", r.n_prompts);
         FUZZ_CHECK(r.n >= 1 && r.n <= OAI_MAX_N, "n = %d", r.n);
-        FUZZ_CHECK(r.max_tokens >= 1, "max_tokens = %d", r.max_tokens);
+        /* 0 only to score an echoed completions prompt */
+        FUZZ_CHECK(r.max_tokens >= 1 || (r.max_tokens == 0 && kind == OAI_COMPLETION && r.echo), "max_tokens = %d",
+                   r.max_tokens);
+        FUZZ_CHECK(!r.prompt_logprobs || (r.echo && r.logprobs), "prompt logprobs without echo + logprobs");
         FUZZ_CHECK(r.n_stop >= 0 && r.n_stop <= SCHED_MAX_STOP, "n_stop = %d", r.n_stop);
         for (int p = 0; p < r.n_prompts; p++) {
             FUZZ_CHECK(r.prompts[p].n_ids >= 1, "empty prompt %d", p);
