@@ -10,13 +10,14 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 check() { if [ "$1" -eq 0 ]; then echo "ok: $2"; else echo "FAIL: $2"; fail=1; fi; }
 
+for mode in "" --batch-invariant; do
 for m in tiny-v3 tiny-v2; do
     for p in en_short zh; do
         res="$MLASERVE_GOLDEN/$m/results/$p.json"
         ids=$(node -e 'console.log(require(process.argv[1]).ids.join(","))' "$res")
-        "$MLASERVE_BIN" logits --model "$MLASERVE_TEST_MODELS/$m" --ids "$ids" --top 20 --greedy 32 \
+        "$MLASERVE_BIN" logits --model "$MLASERVE_TEST_MODELS/$m" --ids "$ids" --top 20 --greedy 32 $mode \
             --last-logits "$tmp/last.bin" > "$tmp/out.json" 2> "$tmp/err"
-        check $? "$m/$p: logits exits 0"
+        check $? "$m/$p$mode: logits exits 0"
         node - "$tmp/out.json" "$res" "$MLASERVE_GOLDEN/$m/logits/$p.last.f32.bin" "$tmp/last.bin" <<'JS'
 const fs = require('fs');
 const [out, gold, goldBin, lastBin] = process.argv.slice(2);
@@ -39,9 +40,12 @@ let lw = 0; for (let i = 0; i < a.length; i++) lw = Math.max(lw, Math.abs(a[i] -
 if (!(worst <= 1e-4) || !(lw <= 1e-4)) problems.push(`max |diff| top ${worst}, last ${lw}`);
 if (problems.length) { console.error(problems.slice(0, 5).join('\n')); process.exit(1); }
 JS
-        check $? "$m/$p: top-20, greedy and last logits match the golden"
+        check $? "$m/$p$mode: top-20, greedy and last logits match the golden"
     done
 done
+done
+"$MLASERVE_BIN" logits --model "$MLASERVE_TEST_MODELS/tiny-v3" --ids 1 --batch-invariant --attn naive > /dev/null 2>&1
+check $([ $? -eq 2 ]; echo $?) "--batch-invariant with --attn naive exits 2"
 
 "$MLASERVE_BIN" logits --model "$MLASERVE_TEST_MODELS/tiny-v3" > /dev/null 2>&1; check $([ $? -eq 2 ]; echo $?) "logits without --ids exits 2"
 "$MLASERVE_BIN" logits --model "$MLASERVE_TEST_MODELS/tiny-v3" --ids 1,x > /dev/null 2>&1; check $([ $? -eq 2 ]; echo $?) "bad --ids exits 2"
