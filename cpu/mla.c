@@ -159,22 +159,25 @@ void cpu_mla_decode_ref(const kv_cache *kv, int layer, int n, const kv_seq *cons
     threadpool_run(NULL, n * n_heads, decode_task_ref, &j);
 }
 
+/* Runs the decode with hpt heads per task (hpt 0: the scalar reference, one
+ * (token, head) per task, for CPUs without a SIMD variant). */
+static void decode_run(threadpool *pool, const cpu_kernels *k, int hpt, const kv_cache *kv, int layer, int n,
+                       const kv_seq *const *seqs, const int32_t *ctx, int n_heads, const float *q_lat,
+                       const float *q_pe, float scale, float *o_lat) {
+    decode_job j = {k, kv, layer, n_heads, hpt ? hpt : 1, seqs, ctx, q_lat, q_pe, scale, o_lat};
+    if (!hpt) threadpool_run(pool, n * n_heads, decode_task_ref, &j);
+    else threadpool_run(pool, n * ((n_heads + hpt - 1) / hpt), decode_task_fast, &j);
+}
+
 void cpu_mla_decode(threadpool *pool, const kv_cache *kv, int layer, int n, const kv_seq *const *seqs,
                     const int32_t *ctx, int n_heads, const float *q_lat, const float *q_pe, float scale,
                     float *o_lat) {
     const cpu_kernels *k = cpu_kernels_get();
-    if (!k) {
-        decode_job j = {NULL, kv, layer, n_heads, 1, seqs, ctx, q_lat, q_pe, scale, o_lat};
-        threadpool_run(pool, n * n_heads, decode_task_ref, &j);
-        return;
-    }
     /* enough tasks for every thread at batch 1; up to 16 heads share a page read */
-    const int threads = threadpool_size(pool);
-    int hpt = n * n_heads / threads;
+    int hpt = n * n_heads / threadpool_size(pool);
     hpt = hpt < 1 ? 1 : hpt > 16 ? 16 : hpt;
     if (hpt > n_heads) hpt = n_heads;
-    decode_job j = {k, kv, layer, n_heads, hpt, seqs, ctx, q_lat, q_pe, scale, o_lat};
-    threadpool_run(pool, n * ((n_heads + hpt - 1) / hpt), decode_task_fast, &j);
+    decode_run(pool, k, k ? hpt : 0, kv, layer, n, seqs, ctx, n_heads, q_lat, q_pe, scale, o_lat);
 }
 
 /* Heads are grouped 4 to a task whatever n is: a head's scores take the same
@@ -184,8 +187,7 @@ void cpu_mla_decode_invariant(threadpool *pool, const kv_cache *kv, int layer, i
                               float *o_lat) {
     const cpu_kernels *k = cpu_kernels_get();
     const int hpt = n_heads < 4 ? n_heads : 4;
-    decode_job j = {k, kv, layer, n_heads, k ? hpt : 1, seqs, ctx, q_lat, q_pe, scale, o_lat};
-    threadpool_run(pool, k ? n * ((n_heads + hpt - 1) / hpt) : n * n_heads, k ? decode_task_fast : decode_task_ref, &j);
+    decode_run(pool, k, k ? hpt : 0, kv, layer, n, seqs, ctx, n_heads, q_lat, q_pe, scale, o_lat);
 }
 
 /* ---- expanded causal prefill ------------------------------------------------ */

@@ -537,8 +537,10 @@ static void stream_first_chunks(gen_job *j) {
         if (j->req.kind == OAI_CHAT)
             out_event(j, oai_chunk_json(&j->req, j->id, j->created, j->h->fingerprint, i, "assistant", "", 0, NULL,
                                         FINISH_NONE));
-        else if (!j->req.prompt_logprobs) /* with them, the echo waits for the prompt's logprobs */
-            out_event(j, oai_stream_echo(&j->req, &j->ch[i].acc, j->id, j->created, j->h->fingerprint, i));
+        else if (!j->req.prompt_logprobs) { /* with them, the echo waits for the prompt's logprobs */
+            json_t *echo = oai_stream_echo(&j->req, &j->ch[i].acc, j->id, j->created, j->h->fingerprint, i);
+            if (echo) out_event(j, echo);
+        }
         j->ch[i].role_sent = 1;
     }
 }
