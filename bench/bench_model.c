@@ -5,11 +5,13 @@
  * Usage: bench_model --model DIR [--threads N] [--prompt 512] [--decode 32]
  *                    [--batch 8] [--bandwidth-gbs GB/s] [--repeat R]
  *                    [--phases prefill,decode1,decodeB,chunk] [--chunk 64]
- *                    [--attn auto|naive|absorb] [--batch-invariant] [--row] [--profile]
+ *                    [--attn auto|naive|absorb] [--batch-invariant] [--bf16-activations]
+ *                    [--row] [--profile]
  * Phase "chunk" (not in the default set) times a prefill chunk of --chunk
  * tokens continuing a cached prefix of --prompt tokens (what chunked prefill
  * and prefix-cache hits run); --attn forces the attention form; --batch-invariant
- * runs the batch-invariant kernels (serve --batch-invariant, absorbed attention).
+ * runs the batch-invariant kernels (serve --batch-invariant, absorbed attention),
+ * --bf16-activations the bf16 dot-product kernels (serve --bf16-activations).
  * Before timing, every byte of the checkpoint is read once (the page cache may
  * hold another model's pages; a first touch from disk is not what is measured).
  * Each phase is run R times (default 2) and the best is kept: the machine may be
@@ -215,13 +217,14 @@ static double touch_weights(const model *m, int threads) {
 
 int main(int argc, char **argv) {
     const char *dir = NULL, *phases = "prefill,decode1,decodeB";
-    int threads = 2, prompt = 512, steps = 32, batch = 8, repeat = 2, row = 0, profile = 0, chunk = 64, inv = 0;
+    int threads = 2, prompt = 512, steps = 32, batch = 8, repeat = 2, row = 0, profile = 0, chunk = 64, inv = 0, bf16 = 0;
     const char *attn = "auto";
     double bw = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--row")) { row = 1; continue; }
         if (!strcmp(argv[i], "--profile")) { profile = 1; continue; }
         if (!strcmp(argv[i], "--batch-invariant")) { inv = 1; continue; }
+        if (!strcmp(argv[i], "--bf16-activations")) { bf16 = 1; continue; }
         if (i + 1 >= argc) { dir = NULL; break; }
         if (!strcmp(argv[i], "--model")) dir = argv[++i];
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[++i]);
@@ -238,7 +241,8 @@ int main(int argc, char **argv) {
     const int attn_ok = !strcmp(attn, "auto") || !strcmp(attn, "naive") || !strcmp(attn, "absorb");
     if (!dir || batch < 1 || batch > 256 || prompt < 1 || steps < 1 || repeat < 1 || chunk < 1 || !attn_ok) {
         fprintf(stderr, "usage: bench_model --model DIR [--threads N] [--prompt N] [--decode N] [--batch B] "
-                        "[--chunk C] [--attn auto|naive|absorb] [--batch-invariant] [--bandwidth-gbs X] [--repeat R] "
+                        "[--chunk C] [--attn auto|naive|absorb] [--batch-invariant] [--bf16-activations] [--bandwidth-gbs X] "
+                        "[--repeat R] "
                         "[--phases prefill,decode1,decodeB,chunk] [--row] [--profile]\n");
         return 2;
     }
@@ -253,7 +257,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     m->attn = !strcmp(attn, "naive") ? ATTN_NAIVE : !strcmp(attn, "absorb") ? ATTN_ABSORB : ATTN_AUTO;
-    if (inv && model_set_batch_invariant(m, 1, &err) != 0) {
+    if ((inv && model_set_batch_invariant(m, 1, &err) != 0) || (bf16 && model_set_bf16_activations(m, 1, &err) != 0)) {
         fprintf(stderr, "bench_model: %s\n", err.msg);
         return 1;
     }

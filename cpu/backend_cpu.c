@@ -7,15 +7,23 @@
 #include <string.h>
 
 #include "cpu/cpu_attn.h"
+#include "cpu/cpu_bf16dot.h"
 #include "cpu/cpu_ops.h"
 
 typedef struct {
     threadpool *pool;
     int reference; /* use the *_ref kernels */
     int invariant; /* batch-invariant kernels (set_batch_invariant) */
+    int bf16;      /* bf16 activations in the products (set_bf16_activations) */
 } cpu_state;
 
+
 static cpu_state *state(backend *be) { return be->impl; }
+
+/* cpu_ops.h flags of the products */
+static int linear_flags(backend *be) {
+    return (state(be)->invariant ? CPU_INVARIANT : 0) | (state(be)->bf16 ? CPU_BF16_ACT : 0);
+}
 
 static void *cpu_alloc(backend *be, size_t bytes) { (void)be; return malloc(bytes ? bytes : 1); }
 static void cpu_free(backend *be, void *p) { (void)be; free(p); }
@@ -38,20 +46,17 @@ static void cpu_weight_release(backend *be, const void *placed) {
 
 static void cpu_linear_op(backend *be, const weight *w, const float *x, float *y, int m) {
     if (state(be)->reference) cpu_linear_ref(w, x, y, m);
-    else if (state(be)->invariant) cpu_linear_invariant(state(be)->pool, w, x, y, m);
-    else cpu_linear(state(be)->pool, w, x, y, m);
+    else cpu_linear_flags(state(be)->pool, w, x, y, m, linear_flags(be));
 }
 
 static void cpu_linear_t_op(backend *be, const weight *w, const float *x, float *y, int m) {
     if (state(be)->reference) cpu_linear_t_ref(w, x, y, m);
-    else if (state(be)->invariant) cpu_linear_t_invariant(state(be)->pool, w, x, y, m);
-    else cpu_linear_t(state(be)->pool, w, x, y, m);
+    else cpu_linear_t_flags(state(be)->pool, w, x, y, m, linear_flags(be));
 }
 
 static void cpu_linear_batch_op(backend *be, const linear_op *ops, int n) {
     if (state(be)->reference) cpu_linear_batch_ref(ops, n);
-    else if (state(be)->invariant) cpu_linear_batch_invariant(state(be)->pool, ops, n);
-    else cpu_linear_batch(state(be)->pool, ops, n);
+    else cpu_linear_batch_flags(state(be)->pool, ops, n, linear_flags(be));
 }
 
 static void cpu_rmsnorm_op(backend *be, const weight *g, const float *x, float *y, int m, int d, float eps) {
@@ -132,6 +137,14 @@ static void cpu_mla_prefill_op(backend *be, int T, int pos0, int n_heads, int no
 
 static void cpu_set_batch_invariant(backend *be, int on) { state(be)->invariant = on; }
 
+static int cpu_set_bf16_activations(backend *be, int on, ms_err *err) {
+    if (on && !cpu_bf16dot_usable())
+        return ms_err_set(err, "bf16 activations need the AVX-512 kernels with AVX512_BF16 dot products "
+                                "(this CPU has none, or MLASERVE_CPU_SIMD caps SIMD below AVX-512)");
+    state(be)->bf16 = on;
+    return 0;
+}
+
 static const backend_ops cpu_ops_table = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -156,6 +169,7 @@ static const backend_ops cpu_ops_table = {
     .mla_decode = cpu_mla_decode_op,
     .mla_prefill = cpu_mla_prefill_op,
     .set_batch_invariant = cpu_set_batch_invariant,
+    .set_bf16_activations = cpu_set_bf16_activations,
 };
 
 backend *backend_cpu_create(int n_threads, ms_err *err) {

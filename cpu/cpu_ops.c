@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "cpu/cpu_amx.h"
+#include "cpu/cpu_bf16dot.h"
 #include "cpu/cpu_kernels.h"
 
 /* ---- variant choice ------------------------------------------------------- */
@@ -51,7 +52,7 @@ const char *cpu_simd_level(void) {
 
 /* ---- per-thread scratch ---------------------------------------------------- */
 
-enum { SCRATCH_TILE, SCRATCH_VEC, SCRATCH_X, SCRATCH_BATCH, SCRATCH_BATCH_X, SCRATCH_SLOTS };
+enum { SCRATCH_TILE, SCRATCH_VEC, SCRATCH_X, SCRATCH_BATCH, SCRATCH_BATCH_X, SCRATCH_BF16, SCRATCH_SLOTS };
 
 typedef struct {
     float *buf[SCRATCH_SLOTS];
@@ -144,7 +145,17 @@ typedef struct {
     int inv;          /* batch-invariant kernels (LINEAR_ROWS, LINEAR_T_ROWS) */
 } linear_job;
 
-enum { LINEAR_ROWS, LINEAR_TILE, LINEAR_AMX, LINEAR_T_ROWS, LINEAR_T_TILE, LINEAR_REF, LINEAR_T_REF };
+enum { LINEAR_ROWS, LINEAR_TILE, LINEAR_AMX, LINEAR_BF16, LINEAR_T_ROWS, LINEAR_T_TILE, LINEAR_REF, LINEAR_T_REF };
+
+/* With CPU_BF16_ACT, the non-transposed products cpu_bf16dot computes go
+ * there (any m); everything else as without the flag. */
+static int use_bf16dot(const weight *w, int flags) {
+    return (flags & CPU_BF16_ACT) && cpu_bf16dot_fits(w) && cpu_bf16dot_usable();
+}
+
+static uint16_t *bf16dot_scratch(const weight *w) {
+    return (uint16_t *)thread_scratch(SCRATCH_BF16, cpu_bf16dot_scratch_elems(w) / 2 + 1);
+}
 
 static void linear_ref_range(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t n0,
                              int64_t n1);
@@ -173,6 +184,7 @@ static void linear_task(void *ctx, int task, int thread) {
         cpu_amx_linear(j->w, j->xp, j->m, j->y, j->w->rows, o0, o1,
                        thread_scratch(SCRATCH_TILE, cpu_amx_scratch_floats(j->m)));
         break;
+    case LINEAR_BF16: cpu_bf16dot_rows(j->w, j->x, j->w->cols, j->y, j->w->rows, j->m, o0, o1, bf16dot_scratch(j->w)); break;
     case LINEAR_T_ROWS:
         (j->inv ? j->k->linear_t_rows_inv : j->k->linear_t_rows)(j->w, j->x, j->w->rows, j->y, j->w->cols, j->m, o0, o1,
                             thread_scratch(SCRATCH_TILE, (size_t)j->m * (size_t)j->w->rows));
@@ -222,22 +234,25 @@ static const uint16_t *amx_pack_scratch(const float *x, int64_t ldx, int m, int6
     return xp;
 }
 
-static void linear_impl(threadpool *pool, const weight *w, const float *x, float *y, int m, int inv) {
+static void linear_impl(threadpool *pool, const weight *w, const float *x, float *y, int m, int flags) {
+    const int inv = flags & CPU_INVARIANT;
     if (m <= 0 || w->rows <= 0) return;
     if (w->cols <= 0) { memset(y, 0, (size_t)m * (size_t)w->rows * sizeof *y); return; }
     const cpu_kernels *k = cpu_kernels_get();
     linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->rows, .inv = inv};
     j.mode = !k                                     ? LINEAR_REF
+             : use_bf16dot(w, flags)                ? LINEAR_BF16
              : inv                                  ? LINEAR_ROWS
              : use_amx(k, w, m)                     ? LINEAR_AMX
              : m <= stream_max_m(w, 0)              ? LINEAR_ROWS
                                                     : LINEAR_TILE;
     if (j.mode == LINEAR_TILE) j.x = pack_x_scratch(k, x, m, w->cols);
     if (j.mode == LINEAR_AMX) j.xp = amx_pack_scratch(x, w->cols, m, w->cols);
-    linear_run(pool, &j, j.mode == LINEAR_ROWS ? 16 : 32, 1);
+    linear_run(pool, &j, j.mode == LINEAR_ROWS || j.mode == LINEAR_BF16 ? 16 : 32, 1);
 }
 
-static void linear_t_impl(threadpool *pool, const weight *w, const float *x, float *y, int m, int inv) {
+static void linear_t_impl(threadpool *pool, const weight *w, const float *x, float *y, int m, int flags) {
+    const int inv = flags & CPU_INVARIANT;
     if (m <= 0 || w->cols <= 0) return;
     if (w->rows <= 0) { memset(y, 0, (size_t)m * (size_t)w->cols * sizeof *y); return; }
     const cpu_kernels *k = cpu_kernels_get();
@@ -250,13 +265,19 @@ static void linear_t_impl(threadpool *pool, const weight *w, const float *x, flo
 
 void cpu_linear(threadpool *pool, const weight *w, const float *x, float *y, int m) { linear_impl(pool, w, x, y, m, 0); }
 void cpu_linear_invariant(threadpool *pool, const weight *w, const float *x, float *y, int m) {
-    linear_impl(pool, w, x, y, m, 1);
+    linear_impl(pool, w, x, y, m, CPU_INVARIANT);
+}
+void cpu_linear_flags(threadpool *pool, const weight *w, const float *x, float *y, int m, int flags) {
+    linear_impl(pool, w, x, y, m, flags);
 }
 void cpu_linear_t(threadpool *pool, const weight *w, const float *x, float *y, int m) {
     linear_t_impl(pool, w, x, y, m, 0);
 }
 void cpu_linear_t_invariant(threadpool *pool, const weight *w, const float *x, float *y, int m) {
-    linear_t_impl(pool, w, x, y, m, 1);
+    linear_t_impl(pool, w, x, y, m, CPU_INVARIANT);
+}
+void cpu_linear_t_flags(threadpool *pool, const weight *w, const float *x, float *y, int m, int flags) {
+    linear_t_impl(pool, w, x, y, m, flags);
 }
 
 /* ---- linear_batch ----------------------------------------------------------- */
@@ -271,6 +292,7 @@ typedef struct {
     int64_t chunk[CPU_BATCH_MAX], shift[CPU_BATCH_MAX];
     const uint16_t *xp[CPU_BATCH_MAX]; /* x packed for AMX, or NULL */
     int inv;                           /* batch-invariant kernels */
+    int flags;                         /* CPU_INVARIANT | CPU_BF16_ACT */
 } batch_job;
 
 static void batch_task(void *ctx, int task, int thread) {
@@ -284,7 +306,9 @@ static void batch_task(void *ctx, int task, int thread) {
     if (o0 < 0) o0 = 0;
     if (o1 > n_out) o1 = n_out;
     if (o0 >= o1) return;
-    if (b->xp[i])
+    if (!op->transposed && use_bf16dot(&op->w, b->flags))
+        cpu_bf16dot_rows(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1, bf16dot_scratch(&op->w));
+    else if (b->xp[i])
         cpu_amx_linear(&op->w, b->xp[i], op->m, op->y, op->ldy, o0, o1,
                        thread_scratch(SCRATCH_TILE, cpu_amx_scratch_floats(op->m)));
     else if (op->transposed)
@@ -299,7 +323,7 @@ static void batch_task(void *ctx, int task, int thread) {
 
 /* One product with strided rows through the contiguous entry points: x gathered
  * into, and y scattered from, the caller's scratch. */
-static void linear_op_alone(threadpool *pool, const linear_op *op, int inv) {
+static void linear_op_alone(threadpool *pool, const linear_op *op, int flags) {
     const int64_t in = op->transposed ? op->w.rows : op->w.cols, out = op->transposed ? op->w.cols : op->w.rows;
     const float *x = op->x;
     float *y = op->y;
@@ -310,23 +334,26 @@ static void linear_op_alone(threadpool *pool, const linear_op *op, int inv) {
         x = buf;
         y = buf + (size_t)op->m * in;
     }
-    if (op->transposed) linear_t_impl(pool, &op->w, x, y, op->m, inv);
-    else linear_impl(pool, &op->w, x, y, op->m, inv);
+    if (op->transposed) linear_t_impl(pool, &op->w, x, y, op->m, flags);
+    else linear_impl(pool, &op->w, x, y, op->m, flags);
     if (buf)
         for (int i = 0; i < op->m; i++) memcpy(op->y + (size_t)i * op->ldy, y + (size_t)i * out, (size_t)out * sizeof *y);
 }
 
-static int streams(const cpu_kernels *k, const linear_op *op, int inv) {
-    return k && (inv || op->m <= stream_max_m(&op->w, op->transposed)) && op->w.rows > 0 && op->w.cols > 0;
+static int streams(const cpu_kernels *k, const linear_op *op, int flags) {
+    const int fast = (flags & CPU_INVARIANT) || op->m <= stream_max_m(&op->w, op->transposed) ||
+                     (!op->transposed && use_bf16dot(&op->w, flags));
+    return k && fast && op->w.rows > 0 && op->w.cols > 0;
 }
 
 /* x of the batch's AMX products packed one after another into the calling
  * thread's scratch; xp[i] = NULL for the others. */
-static void batch_pack_amx(const cpu_kernels *k, const linear_op *ops, int n, int inv, const uint16_t **xp) {
+static void batch_pack_amx(const cpu_kernels *k, const linear_op *ops, int n, int flags, const uint16_t **xp) {
+    const int inv = flags & CPU_INVARIANT;
     size_t elems[CPU_BATCH_MAX], total = 0;
     for (int i = 0; i < n; i++) {
         const linear_op *op = &ops[i];
-        elems[i] = !inv && !op->transposed && op->w.rows > 0 && use_amx(k, &op->w, op->m)
+        elems[i] = !inv && !op->transposed && op->w.rows > 0 && !use_bf16dot(&op->w, flags) && use_amx(k, &op->w, op->m)
                        ? cpu_amx_xp_elems(op->m, op->w.cols) : 0;
         total += elems[i];
     }
@@ -340,19 +367,19 @@ static void batch_pack_amx(const cpu_kernels *k, const linear_op *ops, int n, in
 }
 
 /* Up to CPU_BATCH_MAX products at a time. */
-static void linear_batch_part(threadpool *pool, const cpu_kernels *k, const linear_op *ops, int n, int inv) {
-    batch_job b = {.k = k, .ops = ops, .inv = inv};
+static void linear_batch_part(threadpool *pool, const cpu_kernels *k, const linear_op *ops, int n, int flags) {
+    batch_job b = {.k = k, .ops = ops, .inv = flags & CPU_INVARIANT, .flags = flags};
     const int threads = threadpool_size(pool);
     int64_t total_out = 0, macs = 0;
-    batch_pack_amx(k, ops, n, inv, b.xp);
+    batch_pack_amx(k, ops, n, flags, b.xp);
     for (int i = 0; i < n; i++)
-        if (b.xp[i] || streams(k, &ops[i], inv)) total_out += ops[i].transposed ? ops[i].w.cols : ops[i].w.rows;
+        if (b.xp[i] || streams(k, &ops[i], flags)) total_out += ops[i].transposed ? ops[i].w.cols : ops[i].w.rows;
     for (int i = 0; i < n; i++) {
         const linear_op *op = &ops[i];
         b.first[i + 1] = b.first[i];
         b.chunk[i] = 1;
         b.shift[i] = 0;
-        if (!b.xp[i] && !streams(k, op, inv)) continue;
+        if (!b.xp[i] && !streams(k, op, flags)) continue;
         const int64_t n_out = op->transposed ? op->w.cols : op->w.rows;
         /* the whole batch gives the threads their several tasks each */
         int64_t c = 128;
@@ -365,17 +392,22 @@ static void linear_batch_part(threadpool *pool, const cpu_kernels *k, const line
     }
     threadpool_run(macs < PARALLEL_MIN_MACS ? NULL : pool, (int)b.first[n], batch_task, &b);
     for (int i = 0; i < n; i++)
-        if (!b.xp[i] && !streams(k, &ops[i], inv) && ops[i].m > 0) linear_op_alone(pool, &ops[i], inv);
+        if (!b.xp[i] && !streams(k, &ops[i], flags) && ops[i].m > 0) linear_op_alone(pool, &ops[i], flags);
 }
 
-static void linear_batch_impl(threadpool *pool, const linear_op *ops, int n, int inv) {
+static void linear_batch_impl(threadpool *pool, const linear_op *ops, int n, int flags) {
     const cpu_kernels *k = cpu_kernels_get();
     for (int i0 = 0; i0 < n; i0 += CPU_BATCH_MAX)
-        linear_batch_part(pool, k, ops + i0, n - i0 < CPU_BATCH_MAX ? n - i0 : CPU_BATCH_MAX, inv);
+        linear_batch_part(pool, k, ops + i0, n - i0 < CPU_BATCH_MAX ? n - i0 : CPU_BATCH_MAX, flags);
 }
 
 void cpu_linear_batch(threadpool *pool, const linear_op *ops, int n) { linear_batch_impl(pool, ops, n, 0); }
-void cpu_linear_batch_invariant(threadpool *pool, const linear_op *ops, int n) { linear_batch_impl(pool, ops, n, 1); }
+void cpu_linear_batch_invariant(threadpool *pool, const linear_op *ops, int n) {
+    linear_batch_impl(pool, ops, n, CPU_INVARIANT);
+}
+void cpu_linear_batch_flags(threadpool *pool, const linear_op *ops, int n, int flags) {
+    linear_batch_impl(pool, ops, n, flags);
+}
 
 /* References: every element through weight_get, sums in double; rows of x
  * ldx apart, rows of y ldy apart. */

@@ -44,6 +44,20 @@ void cpu_linear_invariant(threadpool *pool, const weight *w, const float *x, flo
 void cpu_linear_t_invariant(threadpool *pool, const weight *w, const float *x, float *y, int m);
 void cpu_linear_batch_invariant(threadpool *pool, const linear_op *ops, int n);
 
+/* The products with a choice of kernels, flags a set of:
+ *  CPU_INVARIANT  the batch-invariant kernels above;
+ *  CPU_BF16_ACT   activations rounded to bf16 in every non-transposed product
+ *                 with FP8 or BF16 weights and a multiple of 32 columns, on
+ *                 AVX512_BF16 dot products (cpu/cpu_bf16dot.h: ~2x the
+ *                 multiply-adds per instruction; logits within ~1e-2 of fp32;
+ *                 batch-invariant too); the rest as without the flag. Only
+ *                 where cpu_bf16dot_usable(): without it the flag changes nothing.
+ * cpu_linear_flags(.., 0) is cpu_linear, (.., CPU_INVARIANT) cpu_linear_invariant. */
+enum { CPU_INVARIANT = 1, CPU_BF16_ACT = 2 };
+void cpu_linear_flags(threadpool *pool, const weight *w, const float *x, float *y, int m, int flags);
+void cpu_linear_t_flags(threadpool *pool, const weight *w, const float *x, float *y, int m, int flags);
+void cpu_linear_batch_flags(threadpool *pool, const linear_op *ops, int n, int flags);
+
 /* y[i] = x[i] / sqrt(mean(x[i]²) + eps) * g   for each of m rows of d values; g: [d] weight
  * (any dtype, one row). y may alias x. */
 void cpu_rmsnorm(threadpool *pool, const weight *g, const float *x, float *y, int m, int d, float eps);

@@ -120,6 +120,11 @@ typedef struct backend_ops {
      * same arithmetic whatever the other rows of the call are and however many
      * there are (bit-identical to the row alone). */
     void (*set_batch_invariant)(backend *be, int on);
+    /* BF16-activation mode (optional; NULL: the backend has none): on, the
+     * weight products may round their activations to bf16 (fp32 sums) where
+     * that is faster. Returns 0, or -1 with err when this backend instance
+     * cannot (e.g. the CPU lacks bf16 dot products). */
+    int (*set_bf16_activations)(backend *be, int on, ms_err *err);
 } backend_ops;
 
 struct backend {

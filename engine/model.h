@@ -104,6 +104,13 @@ int model_set_ep(model *m, comm *c, const int32_t *owner, ms_err *err);
  * long prompts. -1 with err if the backend has no such mode. */
 int model_set_batch_invariant(model *m, int on, ms_err *err);
 
+/* BF16-activation mode: the weight products round their activations to bf16
+ * (sums in fp32) where the backend has faster kernels for it — on the CPU,
+ * AVX512_BF16 dot products for FP8/BF16 weights (~2x the multiply-adds per
+ * instruction; logits move by ~1e-2 against fp32). -1 with err if the backend
+ * or this machine cannot. */
+int model_set_bf16_activations(model *m, int on, ms_err *err);
+
 /* out[e] = rows routed expert e has run on this rank since load (summed over
  * layers; experts owned elsewhere stay 0). Safe from any thread. */
 void model_expert_tokens(const model *m, uint64_t *out);

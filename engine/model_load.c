@@ -275,6 +275,12 @@ int model_set_batch_invariant(model *m, int on, ms_err *err) {
     return 0;
 }
 
+int model_set_bf16_activations(model *m, int on, ms_err *err) {
+    if (!m->be->ops->set_bf16_activations)
+        return ms_err_set(err, "the %s backend has no bf16-activation mode", m->be->ops->name);
+    return m->be->ops->set_bf16_activations(m->be, on, err);
+}
+
 void model_expert_tokens(const model *m, uint64_t *out) {
     for (int e = 0; e < m->cfg.n_routed_experts; e++)
         out[e] = m->expert_tokens ? __atomic_load_n(&m->expert_tokens[e], __ATOMIC_RELAXED) : 0;

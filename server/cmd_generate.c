@@ -18,7 +18,7 @@
 typedef struct {
     const char *model_dir, *prompt, *chat, *placement, *device;
     long max_tokens, threads, ep;
-    int ignore_eos, quiet_stats, seed_given;
+    int ignore_eos, quiet_stats, seed_given, bf16_activations;
     sample_params sp;
 } gen_args;
 
@@ -26,7 +26,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: mlaserve generate --model DIR (--prompt TEXT | --chat TEXT) [--max-tokens N]\n"
                "                         [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
                "                         [--repetition-penalty R] [--threads N] [--ignore-eos] [--no-stats]\n"
-               "                         [--ep N] [--ep-placement FILE] [--device cpu|cuda[:N]]\n"
+               "                         [--ep N] [--ep-placement FILE] [--device cpu|cuda[:N]] [--bf16-activations]\n"
                "--prompt continues raw text (BOS prepended as tokenizer_config.json says); --chat sends TEXT\n"
                "as one user message through the chat template. Sampling defaults: generation_config.json,\n"
                "else greedy. --temperature 0 is greedy.\n");
@@ -72,6 +72,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) { usage(stdout); exit(CLI_OK); }
         if (!strcmp(o, "--ignore-eos")) { a->ignore_eos = 1; continue; }
         if (!strcmp(o, "--no-stats")) { a->quiet_stats = 1; continue; }
+        if (!strcmp(o, "--bf16-activations")) { a->bf16_activations = 1; continue; }
         if (!v) { fprintf(stderr, "mlaserve generate: %s needs a value\n", o); return -1; }
         i++;
         if (!strcmp(o, "--model")) continue;
@@ -188,7 +189,8 @@ int cmd_generate(int argc, char **argv) {
     int rc = CLI_FAIL;
     if (prompt_ids(tok, &a, &ids, &n) == 0 &&
         cli_engine_open(&e, a.model_dir, (int)n + (int)a.max_tokens + 1,
-                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, 0}) == 0) {
+                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, 0,
+                                          a.bf16_activations}) == 0) {
         if ((long)n + a.max_tokens > e.m->cfg.max_position_embeddings)
             fprintf(stderr, "mlaserve generate: %zu prompt tokens + %ld exceed the context (%d)\n", n, a.max_tokens,
                     e.m->cfg.max_position_embeddings);

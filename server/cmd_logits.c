@@ -16,24 +16,26 @@ typedef struct {
     attn_mode attn;
     int expert_counts;
     int batch_invariant;
+    int bf16_activations;
 } logits_args;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: mlaserve logits --model DIR --ids ID,ID,... [--top K] [--greedy N]\n"
                "                       [--last-logits FILE] [--threads N] [--attn auto|absorb|naive]\n"
                "                       [--ep N] [--ep-placement FILE] [--expert-counts] [--device cpu|cuda[:N]]\n"
-               "                       [--batch-invariant]  (the kernels of serve --batch-invariant)\n"
+               "                       [--batch-invariant] [--bf16-activations]  (the kernels of serve's options)\n"
                "Prints {\"top\": [[[id, logit], ...] per prompt position], \"greedy\": [N ids]}; with\n"
                "--expert-counts also \"expert_tokens\": [rows each routed expert ran, over all layers and ranks].\n");
 }
 
 static int parse_args(int argc, char **argv, logits_args *a) {
-    *a = (logits_args){NULL, NULL, NULL, NULL, NULL, 20, 0, 0, 1, ATTN_AUTO, 0, 0};
+    *a = (logits_args){NULL, NULL, NULL, NULL, NULL, 20, 0, 0, 1, ATTN_AUTO, 0, 0, 0};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) { usage(stdout); exit(CLI_OK); }
         if (!strcmp(o, "--expert-counts")) { a->expert_counts = 1; continue; }
         if (!strcmp(o, "--batch-invariant")) { a->batch_invariant = 1; continue; }
+        if (!strcmp(o, "--bf16-activations")) { a->bf16_activations = 1; continue; }
         if (!v) { fprintf(stderr, "mlaserve logits: %s needs a value\n", o); return -1; }
         i++;
         if (!strcmp(o, "--model")) a->model_dir = v;
@@ -168,7 +170,8 @@ int cmd_logits(int argc, char **argv) {
     }
     cli_engine e;
     if (cli_engine_open(&e, a.model_dir, n + (int)a.greedy + 1,
-                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, a.batch_invariant}) != 0) {
+                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, a.batch_invariant,
+                                          a.bf16_activations}) != 0) {
         free(ids);
         return CLI_FAIL;
     }

@@ -47,6 +47,7 @@ typedef struct serve_args {
     const char *template_name;   /* --chat-template; NULL: detected from tokenizer_config.json */
     int reasoning_flag;          /* --reasoning-parser: 1 deepseek-r1, -1 none, 0 auto */
     int batch_invariant;         /* --batch-invariant */
+    int bf16_activations;        /* --bf16-activations */
 } serve_args;
 
 static void usage(FILE *f) {
@@ -71,6 +72,8 @@ static void usage(FILE *f) {
             "  --no-prefix-caching          do not reuse the KV pages of a shared prompt prefix\n"
             "  --batch-invariant            a request's output does not depend on the other requests it is batched\n"
             "                               with (bit-identical logits; CPU only; slower, docs/operations.md)\n"
+            "  --bf16-activations           round activations to bf16 in the weight products: ~2x prefill on CPUs\n"
+            "                               with AVX512_BF16; logits move by ~1e-2 (docs/operations.md)\n"
             "  --max-body-bytes N           request bodies at most (default 8 MiB); beyond, 413\n"
             "  --max-connections N          concurrent HTTP connections at most (default 256)\n"
             "  --idle-timeout S             close a keep-alive connection idle this long (default 60)\n"
@@ -172,6 +175,10 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         }
         if (!strcmp(o, "--batch-invariant")) {
             a->batch_invariant = 1;
+            continue;
+        }
+        if (!strcmp(o, "--bf16-activations")) {
+            a->bf16_activations = 1;
             continue;
         }
         if (!v) {
@@ -284,6 +291,7 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
            sc->max_queue, n_threads);
     if (strcmp(device, "CPU")) printf("  device %s\n", device);
     if (a->batch_invariant) printf("  batch-invariant kernels: outputs do not depend on batching\n");
+    if (a->bf16_activations) printf("  bf16 activations in the weight products (AVX512_BF16)\n");
     if (sched_n_ranks(s) > 1)
         printf("  expert parallel: %d CPU ranks (%s placement); KV pool, max seqs and tokens/step are per rank\n",
                sched_n_ranks(s), a->placement ? a->placement : "contiguous");
@@ -365,7 +373,8 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
         ms_err_set(&err, "--ep-placement needs --ep 2 or more");
         goto done;
     }
-    if (ep_launch_open(&ranks, a.model_dir, &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, a.batch_invariant}, &err) != 0)
+    if (ep_launch_open(&ranks, a.model_dir, &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, a.batch_invariant,
+                                                                 a.bf16_activations}, &err) != 0)
         goto done;
     m = ranks.m[0];
     /* A CPU step costs in proportion to its tokens: short steps let the first

@@ -96,6 +96,8 @@ int ep_launch_open(ep_launch *l, const char *dir, const ep_launch_opts *o, ms_er
     if (rc == 0 && placement) rc = ep_load_placement(placement, l->m[0]->cfg.n_routed_experts, n_ranks, &owner, err);
     for (int r = 0; rc == 0 && o->batch_invariant && r < n_ranks; r++)
         if (model_set_batch_invariant(l->m[r], 1, err) != 0) rc = ms_err_prefix(err, "--batch-invariant");
+    for (int r = 0; rc == 0 && o->bf16_activations && r < n_ranks; r++)
+        if (model_set_bf16_activations(l->m[r], 1, err) != 0) rc = ms_err_prefix(err, "--bf16-activations");
     for (int r = 0; rc == 0 && l->world && r < n_ranks; r++)
         if (model_set_ep(l->m[r], comm_cpu_world_rank(l->world, r), owner, err) != 0)
             rc = ms_err_prefix(err, "--ep %d", n_ranks);

@@ -26,6 +26,7 @@ typedef struct ep_launch_opts {
     const char *placement;  /* --ep-placement file, or NULL */
     const char *device;     /* "cpu" (NULL too), "cuda" or "cuda:N" */
     int batch_invariant;    /* --batch-invariant: model_set_batch_invariant on every rank */
+    int bf16_activations;   /* --bf16-activations: model_set_bf16_activations on every rank */
 } ep_launch_opts;
 
 typedef struct ep_launch {

@@ -47,6 +47,19 @@ done
 "$MLASERVE_BIN" logits --model "$MLASERVE_TEST_MODELS/tiny-v3" --ids 1 --batch-invariant --attn naive > /dev/null 2>&1
 check $([ $? -eq 2 ]; echo $?) "--batch-invariant with --attn naive exits 2"
 
+# --bf16-activations: where the CPU has AVX512_BF16 the run succeeds and keeps the
+# golden top-1 (test_model_golden checks the tolerances); elsewhere a clear error, exit 1
+"$MLASERVE_BIN" logits --model "$MLASERVE_TEST_MODELS/tiny-v3" --ids 0,671,4787,13769,46012,54994,1060,270,41638,6397,16 --top 1 --bf16-activations \
+    > "$tmp/out.json" 2> "$tmp/err"; rc=$?
+if [ $rc -eq 0 ]; then
+    node -e 'const o = require(process.argv[1]), g = require(process.argv[2]);
+             process.exit(o.top.length === g.top20.length && o.top.every((t, p) => t[0][0] === g.top20[p][0][0]) ? 0 : 1)' \
+        "$tmp/out.json" "$MLASERVE_GOLDEN/tiny-v3/results/en_short.json"
+    check $? "--bf16-activations: logits keeps the golden top-1 at every position"
+else
+    check $([ $rc -eq 1 ] && grep -q "AVX512_BF16" "$tmp/err"; echo $?) "--bf16-activations without AVX512_BF16: exit 1 naming it"
+fi
+
 "$MLASERVE_BIN" logits --model "$MLASERVE_TEST_MODELS/tiny-v3" > /dev/null 2>&1; check $([ $? -eq 2 ]; echo $?) "logits without --ids exits 2"
 "$MLASERVE_BIN" logits --model "$MLASERVE_TEST_MODELS/tiny-v3" --ids 1,x > /dev/null 2>&1; check $([ $? -eq 2 ]; echo $?) "bad --ids exits 2"
 "$MLASERVE_BIN" logits --model "$tmp/nothing" --ids 1 > /dev/null 2> "$tmp/err"; rc=$?

@@ -19,6 +19,7 @@
 #include "common/dtype.h"
 #include "cpu/cpu_amx.h"
 #include "cpu/cpu_attn.h"
+#include "cpu/cpu_bf16dot.h"
 #include "cpu/cpu_ops.h"
 #include "engine/kv.h"
 
@@ -444,6 +445,82 @@ Test(cpu_ops, linear_invariant_rows_equal_alone, .timeout = 120) {
             }
     threadpool_free(pools[0]);
     threadpool_free(pools[1]);
+}
+
+/* ---- bf16 activations (cpu/cpu_bf16dot.h) ---------------------------------------- */
+
+/* x rounded to bf16 (round to nearest even), as a float. */
+static float bf16_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+
+/* The contract of cpu_bf16dot_rows in float64: Σ_k bf16(x·s)·q, q the weight
+ * without its scale (e4m3 subnormals read as 0), s the block scale (1: BF16). */
+static double bf16dot_oracle(const test_weight *t, const weight *w, const float *x, int64_t n, double *mag) {
+    const int64_t prow = w->row0 + n;
+    double acc = 0, sum_abs = 0;
+    for (int64_t k = 0; k < w->cols; k++) {
+        size_t i = (size_t)(prow * w->cols + k);
+        double q;
+        float s = 1.0f;
+        if (w->dtype == DTYPE_F8_E4M3) {
+            uint8_t c = ((const uint8_t *)t->data)[i];
+            q = (c & 0x78) ? (double)e4m3_to_f32(c) : 0.0;
+            s = t->scale[(prow / 128) * weight_scale_cols(w) + k / 128];
+        } else {
+            q = (double)bf16_to_f32(((const uint16_t *)t->data)[i]);
+        }
+        double term = (double)bf16_round(x[k] * s) * q;
+        acc += term;
+        sum_abs += fabs(term);
+    }
+    *mag = sum_abs;
+    return acc;
+}
+
+/* cpu_bf16dot_rows against its oracle (fp32 sums: 1e-5 of Σ|terms|), through
+ * cpu_linear_flags and cpu_linear_batch_flags (equal bit for bit), and every
+ * row equal to the row alone. */
+Test(cpu_ops, bf16dot_vs_oracle_and_rows_alone, .timeout = 120) {
+    if (!cpu_bf16dot_usable()) cr_skip_test("bf16-activation kernel not run: no AVX512_BF16 here (or MLASERVE_CPU_SIMD caps SIMD below AVX-512)");
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pool = threadpool_create(3);
+    const dtype_t dts[] = {DTYPE_F8_E4M3, DTYPE_BF16};
+    const shape shapes[] = {{200, 16, 170, 416}, {48, 0, 33, 64}, {300, 144, 150, 160}, {70, 3, 61, 96},
+                            {256, 0, 256, 2048}};
+    const int ms[] = {1, 2, 3, 5, 8, 9, 17, 40};
+    for (size_t d = 0; d < 2; d++)
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+            for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++) {
+                const shape *sh = &shapes[si];
+                const int m = ms[mi];
+                test_weight t = weight_random(&r, dts[d], sh->phys_rows, sh->cols);
+                weight w = weight_rows(&t.w, sh->row0, sh->rows);
+                cr_assert(cpu_bf16dot_fits(&w));
+                float *x = floats_random(&r, (size_t)(m * w.cols), -3, 3);
+                float *y = floats_alloc((size_t)(m * w.rows)), *yb = floats_alloc((size_t)(m * w.rows));
+                float *one = floats_alloc((size_t)w.rows);
+                cpu_linear_flags(pool, &w, x, y, m, CPU_BF16_ACT);
+                for (int i = 0; i < m; i++)
+                    for (int64_t n = 0; n < w.rows; n++) {
+                        double mag, want = bf16dot_oracle(&t, &w, x + (size_t)i * w.cols, n, &mag);
+                        double got = y[(size_t)i * w.rows + n];
+                        cr_assert(fabs(got - want) <= 1e-5 * mag + 1e-30, "bf16dot %s [%lld from %lld, %lld] m=%d row %d n %lld: %.9g vs %.9g seed %llu",
+                                  dtype_name(dts[d]), (long long)sh->rows, (long long)sh->row0, (long long)sh->cols, m, i,
+                                  (long long)n, got, want, (unsigned long long)seed);
+                    }
+                linear_op op = {.w = w, .x = x, .y = yb, .m = m, .ldx = w.cols, .ldy = w.rows};
+                cpu_linear_batch_flags(pool, &op, 1, CPU_BF16_ACT);
+                cr_assert(memcmp(yb, y, (size_t)(m * w.rows) * sizeof *y) == 0, "linear_batch differs: m=%d", m);
+                for (int i = 0; i < m; i++) {
+                    cpu_linear_flags(pool, &w, x + (size_t)i * w.cols, one, 1, CPU_BF16_ACT);
+                    cr_assert(memcmp(one, y + (size_t)i * w.rows, (size_t)w.rows * sizeof *one) == 0,
+                              "bf16dot %s row %d of m=%d differs from the row alone, seed %llu", dtype_name(dts[d]), i, m,
+                              (unsigned long long)seed);
+                }
+                free(x), free(y), free(yb), free(one);
+                weight_free(&t);
+            }
+    threadpool_free(pool);
 }
 
 /* Every non-NaN e4m3 code through both linear paths and the row decoder, exactly. */
