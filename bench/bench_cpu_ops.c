@@ -9,8 +9,11 @@
  * Weights are laid out as many copies in one large arena and successive calls use
  * successive copies, so decode numbers come from DRAM, as in a real model whose
  * layers never fit in cache.
- * Usage: bench_cpu_ops [--threads N] [--quick] [--membw-only]   (N defaults to 2)
- * --membw-only prints just the bandwidth in GB/s (best of 10 passes), for scripts. */
+ * Usage: bench_cpu_ops [--threads N] [--quick] [--membw-only] [--bf16-activations]
+ * (N defaults to 2). --membw-only prints just the bandwidth in GB/s (best of 10
+ * passes), for scripts. --bf16-activations times every product with the flag
+ * `serve --bf16-activations` sets (CPU_BF16_ACT: the non-transposed products on
+ * AVX512_BF16 dot products; needs a CPU that has them). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +22,7 @@
 
 #include "common/dtype.h"
 #include "common/threadpool.h"
+#include "cpu/cpu_bf16dot.h"
 #include "cpu/cpu_ops.h"
 
 #define ARENA_BYTES ((size_t)1 << 30)
@@ -82,6 +86,14 @@ typedef struct { const char *name; int64_t rows, cols; } bench_shape;
  * reads a copy not touched since the previous round, so from DRAM, as the
  * layers of a model are); returns the mean time per call of the best of
  * `rounds` rounds through all the copies (back-to-back calls, as in a model). */
+/* Kernel flags of every timed product (--bf16-activations: CPU_BF16_ACT). */
+static int g_flags;
+
+static void run_linear(threadpool *pool, const weight *w, const float *x, float *y, int m, int transposed) {
+    if (transposed) cpu_linear_t_flags(pool, w, x, y, m, g_flags);
+    else cpu_linear_flags(pool, w, x, y, m, g_flags);
+}
+
 static double time_linear(threadpool *pool, dtype_t dt, const bench_shape *s, int m, uint8_t *arena,
                           const float *scale, const float *x, float *y, int rounds, int transposed) {
     size_t bytes = (size_t)(s->rows * s->cols) * dtype_size(dt);
@@ -91,16 +103,13 @@ static double time_linear(threadpool *pool, dtype_t dt, const bench_shape *s, in
     if (m > CPU_BENCH_DECODE_M) copies = copies < 2 ? copies : 2; /* compute-bound: cache is fine */
     weight w = {.dtype = dt, .rows = s->rows, .cols = s->cols, .scale = scale};
     w.data = arena; /* warm-up */
-    transposed ? cpu_linear_t(pool, &w, x, y, m) : cpu_linear(pool, &w, x, y, m);
+    run_linear(pool, &w, x, y, m, transposed);
     double best = 1e30;
     for (int r = 0; r < rounds; r++) {
         double t0 = now_s();
         for (int c = 0; c < copies; c++) {
             w.data = arena + (size_t)c * stride;
-            if (transposed)
-                cpu_linear_t(pool, &w, x, y, m);
-            else
-                cpu_linear(pool, &w, x, y, m);
+            run_linear(pool, &w, x, y, m, transposed);
         }
         double dt = (now_s() - t0) / copies;
         if (dt < best) best = dt;
@@ -130,8 +139,9 @@ int main(int argc, char **argv) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--quick") == 0) quick = 1;
         else if (strcmp(argv[i], "--membw-only") == 0) membw_only = 1;
+        else if (strcmp(argv[i], "--bf16-activations") == 0) g_flags |= CPU_BF16_ACT;
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick] [--membw-only]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--membw-only] [--bf16-activations]\n", argv[0]);
             return 2;
         }
     }
@@ -152,7 +162,13 @@ int main(int argc, char **argv) {
         threadpool_free(pool);
         return 0;
     }
-    printf("# bench_cpu_ops: simd=%s threads=%d\n", cpu_simd_level(), threads);
+    if ((g_flags & CPU_BF16_ACT) && !cpu_bf16dot_usable()) {
+        fprintf(stderr, "bench_cpu_ops: --bf16-activations needs a CPU with AVX512_BF16 (simd=%s)\n",
+                cpu_simd_level());
+        return 2;
+    }
+    printf("# bench_cpu_ops: simd=%s threads=%d activations=%s\n", cpu_simd_level(), threads,
+           g_flags & CPU_BF16_ACT ? "bf16 (non-transposed products)" : "fp32");
     print_header();
     const int rounds = quick ? 2 : 5;
     double membw = bench_membw(pool, arena, quick ? 3 : 6, 1);

@@ -24,6 +24,7 @@
 #define BD_M 8           /* rows of x per pass */
 #define BD_MAX_R 4       /* rows of W per step, at most */
 #define XPAD 32          /* x rows in scratch are K + XPAD apart (L1 set spread) */
+#define L1_X_BYTES 24576 /* converted x a pass may keep in L1 (of 32 KiB or more) */
 #define PF_BYTES 8192     /* software read-ahead of the weight rows (as cpu_kernels.inc) */
 #define F8_X_SCALE 18446744073709551616.0f /* 2^64 */
 #define F8_Y_SCALE 72057594037927936.0f    /* 2^56 */
@@ -148,10 +149,21 @@ ALWAYS_INLINE void pass(int fp8, int M, int R, const weight *w, const float *x, 
 PASS_FN(pass_f8, 1)
 PASS_FN(pass_bf16, 0)
 
+/* Rows of x per pass. BF16 weights need no conversion per pass, so when BD_M
+ * converted rows would not stay in L1 beside the weight rows (K = 2048: 33 KB)
+ * fewer rows per pass are cheaper (the task's rows of W come again from L2);
+ * down to 4, below which rereading W costs more than it saves. FP8 weights
+ * are converted again in every pass: always BD_M. */
+static int pass_rows(const weight *w) {
+    const int64_t fit = L1_X_BYTES / ((w->cols + XPAD) * (int64_t)sizeof(uint16_t));
+    return w->dtype != DTYPE_BF16 || fit >= BD_M || fit < 4 ? BD_M : (int)fit;
+}
+
 void cpu_bf16dot_rows(const weight *w, const float *x, int64_t ldx, float *y, int64_t ldy, int m, int64_t n0,
                       int64_t n1, uint16_t *scratch) {
-    for (int i0 = 0; i0 < m; i0 += BD_M) {
-        const int mg = m - i0 < BD_M ? m - i0 : BD_M;
+    const int P = pass_rows(w);
+    for (int i0 = 0; i0 < m; i0 += P) {
+        const int mg = m - i0 < P ? m - i0 : P;
         const float *xg = x + (size_t)i0 * (size_t)ldx;
         float *yg = y + (size_t)i0 * (size_t)ldy;
         if (w->dtype == DTYPE_F8_E4M3) pass_f8(w, xg, ldx, yg, ldy, mg, n0, n1, scratch);
