@@ -148,12 +148,11 @@ typedef struct {
 enum { LINEAR_ROWS, LINEAR_TILE, LINEAR_AMX, LINEAR_BF16, LINEAR_T_ROWS, LINEAR_T_TILE, LINEAR_REF, LINEAR_T_REF };
 
 /* With CPU_BF16_ACT, the non-transposed products cpu_bf16dot computes go
- * there; everything else as without the flag. One exception: a single row of
- * x against BF16 weights keeps the fp32 kernels, which stream BF16 faster
- * there (decode is memory-bound and needs no extra multiply-adds), unless
- * CPU_INVARIANT asks for one kernel at every m. */
-static int use_bf16dot(const weight *w, int m, int flags) {
-    if (m == 1 && w->dtype == DTYPE_BF16 && !(flags & CPU_INVARIANT)) return 0;
+ * there, for every m (one kernel: batch-invariant); everything else as
+ * without the flag. (A single row against BF16 weights streams faster on the
+ * fp32 kernels, ~15% at batch-1 decode of a BF16 checkpoint, but taking them
+ * would make a request's logits depend on its batch by bf16 rounding.) */
+static int use_bf16dot(const weight *w, int flags) {
     return (flags & CPU_BF16_ACT) && cpu_bf16dot_fits(w) && cpu_bf16dot_usable();
 }
 
@@ -245,7 +244,7 @@ static void linear_impl(threadpool *pool, const weight *w, const float *x, float
     const cpu_kernels *k = cpu_kernels_get();
     linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->rows, .inv = inv};
     j.mode = !k                                     ? LINEAR_REF
-             : use_bf16dot(w, m, flags)             ? LINEAR_BF16
+             : use_bf16dot(w, flags)                ? LINEAR_BF16
              : inv                                  ? LINEAR_ROWS
              : use_amx(k, w, m)                     ? LINEAR_AMX
              : m <= stream_max_m(w, 0)              ? LINEAR_ROWS
@@ -310,7 +309,7 @@ static void batch_task(void *ctx, int task, int thread) {
     if (o0 < 0) o0 = 0;
     if (o1 > n_out) o1 = n_out;
     if (o0 >= o1) return;
-    if (!op->transposed && use_bf16dot(&op->w, op->m, b->flags))
+    if (!op->transposed && use_bf16dot(&op->w, b->flags))
         cpu_bf16dot_rows(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1, bf16dot_scratch(&op->w));
     else if (b->xp[i])
         cpu_amx_linear(&op->w, b->xp[i], op->m, op->y, op->ldy, o0, o1,
@@ -346,7 +345,7 @@ static void linear_op_alone(threadpool *pool, const linear_op *op, int flags) {
 
 static int streams(const cpu_kernels *k, const linear_op *op, int flags) {
     const int fast = (flags & CPU_INVARIANT) || op->m <= stream_max_m(&op->w, op->transposed) ||
-                     (!op->transposed && use_bf16dot(&op->w, op->m, flags));
+                     (!op->transposed && use_bf16dot(&op->w, flags));
     return k && fast && op->w.rows > 0 && op->w.cols > 0;
 }
 
@@ -357,7 +356,7 @@ static void batch_pack_amx(const cpu_kernels *k, const linear_op *ops, int n, in
     size_t elems[CPU_BATCH_MAX], total = 0;
     for (int i = 0; i < n; i++) {
         const linear_op *op = &ops[i];
-        const int amx = !inv && !op->transposed && op->w.rows > 0 && !use_bf16dot(&op->w, op->m, flags) &&
+        const int amx = !inv && !op->transposed && op->w.rows > 0 && !use_bf16dot(&op->w, flags) &&
                         use_amx(k, &op->w, op->m);
         elems[i] = amx ? cpu_amx_xp_elems(op->m, op->w.cols) : 0;
         total += elems[i];

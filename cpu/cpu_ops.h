@@ -49,12 +49,9 @@ void cpu_linear_batch_invariant(threadpool *pool, const linear_op *ops, int n);
  *  CPU_BF16_ACT   activations rounded to bf16 in every non-transposed product
  *                 with FP8 or BF16 weights and a multiple of 32 columns, on
  *                 AVX512_BF16 dot products (cpu/cpu_bf16dot.h: ~2x the
- *                 multiply-adds per instruction; logits within ~1e-2 of fp32),
- *                 except one row of x against BF16 weights (m = 1: the fp32
- *                 kernels, faster there); the rest as without the flag. Only
+ *                 multiply-adds per instruction; logits within ~1e-2 of fp32;
+ *                 batch-invariant too); the rest as without the flag. Only
  *                 where cpu_bf16dot_usable(): without it the flag changes nothing.
- *                 With CPU_INVARIANT too, every m takes the bf16 kernel (one
- *                 summation order per output: batch-invariant).
  * cpu_linear_flags(.., 0) is cpu_linear, (.., CPU_INVARIANT) cpu_linear_invariant. */
 enum { CPU_INVARIANT = 1, CPU_BF16_ACT = 2 };
 void cpu_linear_flags(threadpool *pool, const weight *w, const float *x, float *y, int m, int flags);

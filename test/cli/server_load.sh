@@ -19,6 +19,9 @@
 #     8 sequences; 8 concurrent requests needing 3..4 pages each (~28 in all,
 #     each growing by 2..3 pages while decoding) all complete with the solo
 #     text of the first server, and mlaserve:num_preemptions_total > 0.
+#  4. --batch-invariant: the 32 requests with logprobs, concurrent == solo bit for bit.
+#  5. --bf16-activations --batch-invariant: 8 of them, concurrent == solo bit for bit and unlike
+#     part 4's fp32 logprobs (where the CPU has AVX512_BF16; elsewhere the refusal is checked).
 # Oracle: the server's own solo output (itself checked against
 # `mlaserve generate` in server.sh). Servers on free loopback ports, bounded
 # waits, killed on exit; under the sanitizers (MLASERVE_TEST_TIME_SCALE, set by
@@ -60,6 +63,56 @@ pages_settled() {
 stream() {
     curl -s -N -m $((120 * SCALE)) -o "$3$2.sse" -w '%{http_code}' -H 'Content-Type: application/json' \
         --data-binary @"$TMP/req$2.json" "$1$(cat "$TMP/req$2.path")" > "$3$2.st" 2>/dev/null
+}
+
+# logprobs.js: lps(file) = every logprob number of a stream, in order, as the server wrote it
+cat > "$TMP/logprobs.js" <<'EOF'
+const fs = require("fs");
+exports.lps = (file) => fs.readFileSync(file, "utf8").split("\n").filter((l) => l.startsWith("data: {")).flatMap((l) =>
+  JSON.parse(l.slice(6)).choices.flatMap((c) => !c.logprobs ? [] : c.logprobs.content ? c.logprobs.content.map((e) => e.logprob)
+                                                                     : c.logprobs.token_logprobs));
+EOF
+
+# same_as_solo CC SOLO FIRST COUNT: streams FIRST..FIRST+COUNT-1 of $TMP/CC* have max_tokens logprobs
+# and the text and logprob bits of the same streams in $TMP/SOLO*
+same_as_solo() {
+    node -e '
+const { parse } = require(process.argv[1] + "/sse.js"); const { lps } = require(process.argv[1] + "/logprobs.js");
+const fs = require("fs"), [dir, cc, solo] = process.argv.slice(1, 4), first = +process.argv[4], n = +process.argv[5];
+const errs = [];
+let total = 0;
+for (let i = first; i < first + n; i++) {
+  const req = JSON.parse(fs.readFileSync(dir + "/req" + i + ".json", "utf8"));
+  try {
+    const a = parse(dir + "/" + cc + i + ".sse", req.max_tokens), b = parse(dir + "/" + solo + i + ".sse", req.max_tokens);
+    const la = lps(dir + "/" + cc + i + ".sse"), lb = lps(dir + "/" + solo + i + ".sse");
+    if (a.text !== b.text) errs.push("request " + i + ": text differs from solo");
+    if (la.length !== req.max_tokens) errs.push("request " + i + ": " + la.length + " logprobs");
+    if (JSON.stringify(la) !== JSON.stringify(lb)) errs.push("request " + i + ": logprobs differ from solo: " +
+                                                             JSON.stringify(la.slice(0, 4)) + " vs " + JSON.stringify(lb.slice(0, 4)));
+    total += la.length;
+  } catch (e) { errs.push("request " + i + ": " + e.message); }
+}
+console.log("server_load: " + cc + ": " + total + " logprobs of " + n + " concurrent streams compared with their solo runs");
+if (errs.length) { console.log(errs.join("\n")); process.exit(1); }
+' "$TMP" "$1" "$2" "$3" "$4"
+}
+
+# run_streams URL CC SOLO FIRST COUNT: requests FIRST..FIRST+COUNT-1 all at once into $TMP/CC*, then
+# one by one into $TMP/SOLO*
+run_streams() {
+    _i=$4 _jobs=""
+    while [ $_i -lt $(($4 + $5)) ]; do
+        stream "$1" $_i "$TMP/$2" &
+        _jobs="$_jobs $!"
+        _i=$((_i + 1))
+    done
+    for _j in $_jobs; do wait "$_j"; done
+    _i=$4
+    while [ $_i -lt $(($4 + $5)) ]; do
+        stream "$1" $_i "$TMP/$3"
+        _i=$((_i + 1))
+    done
 }
 
 start_server "$TMP/main" || { fail "main server did not start"; exit 1; }
@@ -311,42 +364,35 @@ for (let i = 0; i < n; i++) {
   fs.writeFileSync(dir + "/req" + (100 + i) + ".json", JSON.stringify(req));
   fs.copyFileSync(dir + "/req" + i + ".path", dir + "/req" + (100 + i) + ".path");
 }' "$TMP" $N
-i=100 jobs=""
-while [ $i -lt $((100 + N)) ]; do
-    stream "$IURL" $i "$TMP/icc" &
-    jobs="$jobs $!"
-    i=$((i + 1))
-done
-for j in $jobs; do wait "$j"; done
-i=100
-while [ $i -lt $((100 + N)) ]; do
-    stream "$IURL" $i "$TMP/isolo"
-    i=$((i + 1))
-done
-node -e '
-const { parse } = require(process.argv[1] + "/sse.js"); const fs = require("fs");
-const dir = process.argv[1], n = +process.argv[2], errs = [];
-// every logprob number of a stream, in order, as the server wrote it
-const lps = (file) => fs.readFileSync(file, "utf8").split("\n").filter((l) => l.startsWith("data: {")).flatMap((l) =>
-  JSON.parse(l.slice(6)).choices.flatMap((c) => !c.logprobs ? [] : c.logprobs.content ? c.logprobs.content.map((e) => e.logprob)
-                                                                     : c.logprobs.token_logprobs));
-let total = 0;
-for (let i = 100; i < 100 + n; i++) {
-  const req = JSON.parse(fs.readFileSync(dir + "/req" + i + ".json", "utf8"));
-  try {
-    const a = parse(dir + "/icc" + i + ".sse", req.max_tokens), b = parse(dir + "/isolo" + i + ".sse", req.max_tokens);
-    const la = lps(dir + "/icc" + i + ".sse"), lb = lps(dir + "/isolo" + i + ".sse");
-    if (a.text !== b.text) errs.push("request " + i + ": text differs from solo");
-    if (la.length !== req.max_tokens) errs.push("request " + i + ": " + la.length + " logprobs");
-    if (JSON.stringify(la) !== JSON.stringify(lb)) errs.push("request " + i + ": logprobs differ from solo: " +
-                                                             JSON.stringify(la.slice(0, 4)) + " vs " + JSON.stringify(lb.slice(0, 4)));
-    total += la.length;
-  } catch (e) { errs.push("request " + i + ": " + e.message); }
-}
-console.log("server_load: batch-invariant: " + total + " logprobs of 32 concurrent streams compared with their solo runs");
-if (errs.length) { console.log(errs.join("\n")); process.exit(1); }
-' "$TMP" $N || fail "--batch-invariant: concurrent differs from solo"
+run_streams "$IURL" icc isolo 100 $N
+same_as_solo icc isolo 100 $N || fail "--batch-invariant: concurrent differs from solo"
 pages_settled "$IURL" > "$TMP/settle.txt" || fail "batch-invariant server: $(cat "$TMP/settle.txt")"
+
+# ---------------------------------------------------------------- 5. --bf16-activations
+# Requests 100..107 against a server with --bf16-activations and --batch-invariant (the pair is
+# batch-invariant too: docs/operations.md): concurrent == solo bit for bit, and the logprobs are
+# not those of the fp32 server of part 4 (the bf16 kernels ran). Where the CPU has no AVX512_BF16
+# (or MLASERVE_CPU_SIMD caps the kernels) the server must refuse to start, naming it.
+say "bf16-activations server: 8 concurrent streams with logprobs"
+if start_server "$TMP/bf" --bf16-activations --batch-invariant > "$TMP/bf.start"; then
+    BURL=http://127.0.0.1:$SPORT
+    grep -q "bf16 activations" "$TMP/bf.out" || fail "--bf16-activations banner: $(cat "$TMP/bf.out")"
+    run_streams "$BURL" bcc bsolo 100 8
+    same_as_solo bcc bsolo 100 8 || fail "--bf16-activations --batch-invariant: concurrent differs from solo"
+    node -e '
+const { lps } = require(process.argv[1] + "/logprobs.js"), dir = process.argv[1];
+let same = 0;
+for (let i = 100; i < 108; i++)
+  if (JSON.stringify(lps(dir + "/bcc" + i + ".sse")) === JSON.stringify(lps(dir + "/icc" + i + ".sse"))) same++;
+console.log("server_load: bf16: " + (8 - same) + " of 8 streams have logprobs other than the fp32 server'"'"'s");
+process.exit(same === 8 ? 1 : 0);
+' "$TMP" || fail "--bf16-activations: every logprob equals the fp32 server's: the bf16 kernels did not run"
+    pages_settled "$BURL" > "$TMP/settle.txt" || fail "bf16 server: $(cat "$TMP/settle.txt")"
+elif grep -q "AVX512_BF16" "$TMP/bf.err"; then
+    say "SKIP --bf16-activations server (refused as it must be here): $(grep -o "bf16 activations need.*" "$TMP/bf.err" | head -1)"
+else
+    fail "--bf16-activations server did not start: $(cat "$TMP/bf.start")"
+fi
 
 say "done"
 [ $fails -eq 0 ] && echo "server_load.sh: all checks passed"

@@ -478,14 +478,12 @@ static double bf16dot_oracle(const test_weight *t, const weight *w, const float 
 
 /* cpu_bf16dot_rows against its oracle (fp32 sums: 1e-5 of Σ|terms|), through
  * cpu_linear_flags and cpu_linear_batch_flags (equal bit for bit), and every
- * row equal to the row alone — with CPU_INVARIANT, which keeps the bf16
- * kernel also for one row of BF16 weights (see bf16_act_single_row_bf16). */
+ * row equal to the row alone. */
 Test(cpu_ops, bf16dot_vs_oracle_and_rows_alone, .timeout = 120) {
     if (!cpu_bf16dot_usable()) cr_skip_test("bf16-activation kernel not run: no AVX512_BF16 here (or MLASERVE_CPU_SIMD caps SIMD below AVX-512)");
     uint64_t seed;
     rng r = rng_start(&seed);
     threadpool *pool = threadpool_create(3);
-    const int BF = CPU_BF16_ACT | CPU_INVARIANT;
     const dtype_t dts[] = {DTYPE_F8_E4M3, DTYPE_BF16};
     const shape shapes[] = {{200, 16, 170, 416}, {48, 0, 33, 64}, {300, 144, 150, 160}, {70, 3, 61, 96},
                             {256, 0, 256, 2048}};
@@ -501,7 +499,7 @@ Test(cpu_ops, bf16dot_vs_oracle_and_rows_alone, .timeout = 120) {
                 float *x = floats_random(&r, (size_t)(m * w.cols), -3, 3);
                 float *y = floats_alloc((size_t)(m * w.rows)), *yb = floats_alloc((size_t)(m * w.rows));
                 float *one = floats_alloc((size_t)w.rows);
-                cpu_linear_flags(pool, &w, x, y, m, BF);
+                cpu_linear_flags(pool, &w, x, y, m, CPU_BF16_ACT);
                 for (int i = 0; i < m; i++)
                     for (int64_t n = 0; n < w.rows; n++) {
                         double mag, want = bf16dot_oracle(&t, &w, x + (size_t)i * w.cols, n, &mag);
@@ -511,10 +509,10 @@ Test(cpu_ops, bf16dot_vs_oracle_and_rows_alone, .timeout = 120) {
                                   (long long)n, got, want, (unsigned long long)seed);
                     }
                 linear_op op = {.w = w, .x = x, .y = yb, .m = m, .ldx = w.cols, .ldy = w.rows};
-                cpu_linear_batch_flags(pool, &op, 1, BF);
+                cpu_linear_batch_flags(pool, &op, 1, CPU_BF16_ACT);
                 cr_assert(memcmp(yb, y, (size_t)(m * w.rows) * sizeof *y) == 0, "linear_batch differs: m=%d", m);
                 for (int i = 0; i < m; i++) {
-                    cpu_linear_flags(pool, &w, x + (size_t)i * w.cols, one, 1, BF);
+                    cpu_linear_flags(pool, &w, x + (size_t)i * w.cols, one, 1, CPU_BF16_ACT);
                     cr_assert(memcmp(one, y + (size_t)i * w.rows, (size_t)w.rows * sizeof *one) == 0,
                               "bf16dot %s row %d of m=%d differs from the row alone, seed %llu", dtype_name(dts[d]), i, m,
                               (unsigned long long)seed);
@@ -522,32 +520,6 @@ Test(cpu_ops, bf16dot_vs_oracle_and_rows_alone, .timeout = 120) {
                 free(x), free(y), free(yb), free(one);
                 weight_free(&t);
             }
-    threadpool_free(pool);
-}
-
-/* Without CPU_INVARIANT, one row of x against BF16 weights takes the fp32
- * kernels (bit for bit cpu_linear), FP8 weights and more rows the bf16 kernel
- * (bit for bit the invariant bf16 product). */
-Test(cpu_ops, bf16_act_single_row_bf16) {
-    if (!cpu_bf16dot_usable()) cr_skip_test("bf16-activation kernel not run: no AVX512_BF16 here (or MLASERVE_CPU_SIMD caps SIMD below AVX-512)");
-    uint64_t seed;
-    rng r = rng_start(&seed);
-    threadpool *pool = threadpool_create(2);
-    const dtype_t dts[] = {DTYPE_F8_E4M3, DTYPE_BF16};
-    for (size_t d = 0; d < 2; d++)
-        for (int m = 1; m <= 3; m++) {
-            test_weight t = weight_random(&r, dts[d], 256, 2048);
-            float *x = floats_random(&r, (size_t)m * 2048, -3, 3);
-            float *y = floats_alloc((size_t)m * 256), *want = floats_alloc((size_t)m * 256);
-            cpu_linear_flags(pool, &t.w, x, y, m, CPU_BF16_ACT);
-            const int fp32 = m == 1 && dts[d] == DTYPE_BF16;
-            if (fp32) cpu_linear(pool, &t.w, x, want, m);
-            else cpu_linear_flags(pool, &t.w, x, want, m, CPU_BF16_ACT | CPU_INVARIANT);
-            cr_assert(memcmp(y, want, (size_t)m * 256 * sizeof *y) == 0, "%s m=%d: expected the %s kernel, seed %llu",
-                      dtype_name(dts[d]), m, fp32 ? "fp32" : "bf16", (unsigned long long)seed);
-            free(x), free(y), free(want);
-            weight_free(&t);
-        }
     threadpool_free(pool);
 }
 
