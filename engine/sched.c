@@ -165,12 +165,52 @@ struct sched {
     seq **b_owner;          /* sequence of each batch run */
     int *b_samples;         /* per run: 1 if its last token's logits are sampled */
     int waiting_pages;      /* pages the waiting sequences need (guarded by mu) */
+    /* events of the step being run, delivered after its counters are published
+     * (a client that sees its last token then sees /metrics count it) */
+    struct outbox_item *outbox;
+    int n_outbox, cap_outbox, deferring;
     /* expert parallelism: a rank has comm + group; the front has ranks (and no engine thread) */
     comm *comm;
     sched_group *group;
     sched **ranks;
     int n_ranks;
 };
+
+typedef struct outbox_item {
+    sched_stream *st; /* holds a reference until delivered */
+    sched_event ev;
+} outbox_item;
+
+static void stream_ref(sched_stream *st) {
+    pthread_mutex_lock(&st->mu);
+    st->refs++;
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* Queues ev for st: at once, or during a step at its end (outbox_flush); out
+ * of memory for the outbox, at once. */
+static void emit(sched *s, sched_stream *st, const sched_event *ev) {
+    if (s->deferring && s->n_outbox == s->cap_outbox) {
+        int cap = s->cap_outbox ? 2 * s->cap_outbox : 64;
+        outbox_item *g = realloc(s->outbox, (size_t)cap * sizeof *g);
+        if (g) s->outbox = g, s->cap_outbox = cap;
+    }
+    if (!s->deferring || s->n_outbox == s->cap_outbox) {
+        stream_push(st, ev);
+        return;
+    }
+    stream_ref(st);
+    s->outbox[s->n_outbox++] = (outbox_item){st, *ev};
+}
+
+/* Delivers the step's events in the order they were emitted. */
+static void outbox_flush(sched *s) {
+    for (int i = 0; i < s->n_outbox; i++) {
+        stream_push(s->outbox[i].st, &s->outbox[i].ev);
+        stream_unref(s->outbox[i].st);
+    }
+    s->n_outbox = 0;
+}
 
 static void constraint_free(sched_constraint *c) {
     if (c->ctx && c->free) c->free(c->ctx);
@@ -223,7 +263,7 @@ static void seq_finish(sched *s, seq *q, finish_reason reason, const char *error
     s->stats.requests_finished++;
     pthread_mutex_unlock(&s->mu);
     group_add_busy(s->group, -1);
-    stream_push(q->stream, &ev);
+    emit(s, q->stream, &ev);
     stream_unref(q->stream);
     seq_free(q);
 }
@@ -588,7 +628,7 @@ static int sample_and_emit(sched *s, seq *q, float *logits) {
     finish_reason end = is_eos || stopped || complete ? FINISH_STOP
                         : (q->n_generated >= q->max_tokens || q->n_tokens >= s->cfg.max_model_len) ? FINISH_LENGTH
                                                                                                      : FINISH_NONE;
-    stream_push(q->stream, &ev);
+    emit(s, q->stream, &ev);
     if (end == FINISH_NONE) return 0;
     if (end == FINISH_STOP && stopped) q->text.stopped = 1;
     seq_finish(s, q, end, NULL);
@@ -604,7 +644,7 @@ static void emit_prompt_events(sched *s, seq *q, int n, int *row) {
     prompt_lp_rows(q, n, &lo, &hi);
     if (q->lp_done == 0) {
         sched_event ev = {.token = q->tokens[0], .prompt = 1, .logprob = NAN, .prompt_tokens = q->n_prompt};
-        stream_push(q->stream, &ev);
+        emit(s, q->stream, &ev);
         q->lp_done = 1;
     }
     for (int p = lo; p < hi; p++) {
@@ -612,7 +652,7 @@ static void emit_prompt_events(sched *s, seq *q, int n, int *row) {
         sched_event ev = {.token = q->tokens[p + 1], .prompt = 1, .prompt_tokens = q->n_prompt};
         ev.n_top = sample_logprobs(l, V, ev.token, q->top_logprobs, (sample_logprob *)ev.top, &ev.logprob, NULL);
         if (ev.n_top < 0) ev.n_top = 0;
-        stream_push(q->stream, &ev);
+        emit(s, q->stream, &ev);
         q->lp_done = p + 2;
     }
 }
@@ -629,9 +669,8 @@ static void publish_stats(sched *s, int stepped, int generated) {
     pthread_mutex_unlock(&s->mu);
 }
 
-/* One engine step. Returns -1 only when an expert-parallel world failed (err
- * set): the rank must stop. */
-static int step(sched *s, ms_err *err) {
+/* The work of one engine step (step() delivers its events afterwards). */
+static int step_run(sched *s, ms_err *err) {
     finish_cancelled(s);
     ensure_decode_pages(s);
     admit(s, s->cfg.max_batched_tokens - s->n_running);
@@ -675,6 +714,17 @@ static int step(sched *s, ms_err *err) {
     }
     publish_stats(s, 1, sampled);
     return 0;
+}
+
+/* One engine step; its events reach the streams after its counters are
+ * published. Returns -1 only when an expert-parallel world failed (err set):
+ * the rank must stop. */
+static int step(sched *s, ms_err *err) {
+    s->deferring = 1;
+    int rc = step_run(s, err);
+    s->deferring = 0;
+    outbox_flush(s);
+    return rc;
 }
 
 /* Ends every running and waiting sequence (the engine is stopping). */
@@ -790,6 +840,7 @@ static int alloc_arrays(sched *s) {
 static void free_arrays(sched *s) {
     free(s->running);
     free(s->logits);
+    free(s->outbox);
     free(s->b_tokens);
     free(s->b_pos);
     free(s->b_seq);

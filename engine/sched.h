@@ -17,7 +17,11 @@
  * Text: the engine detokenizes incrementally (never half a UTF-8 character) and
  * applies stop strings itself: text that could be the start of a stop string is
  * held back until it is known not to be, and a matched stop string never reaches
- * the stream. Greedy output of a request does not depend on the batch. */
+ * the stream. Greedy output of a request does not depend on the batch.
+ *
+ * Counters: a step's events reach the streams only after the step's counters
+ * are published (sched_get_stats), so a client holding a token or the end of
+ * its stream sees them counted (tokens, finished requests, pages freed). */
 #ifndef MS_SCHED_H
 #define MS_SCHED_H
 

@@ -41,8 +41,9 @@ metric() {
     curl -s -m 5 "$1/metrics" | sed -n "s/^$2 \([0-9.e+]*\).*/\1/p" | head -1
 }
 
-# pages_settled URL: running 0, waiting 0, free == total within a second x SCALE (the last [DONE] can reach
-# the client just before the engine publishes its step's numbers); prints the numbers when not
+# pages_settled URL: running 0, waiting 0, free == total within a second x SCALE (the engine publishes a
+# step's numbers before its events, but a cancelled stream's pages return at the next step); prints the
+# numbers when not
 pages_settled() {
     _k=0
     while [ $_k -lt $((10 * SCALE)) ]; do

@@ -313,6 +313,42 @@ Test(sched, cancel_frees_pages) {
     close_fixture(&f);
 }
 
+/* A step's counters are published before its events reach the streams: a
+ * client holding its n-th token sees generation_tokens count it, and one
+ * holding its final event sees the request finished, nothing running and
+ * every page free (the order /metrics readers and load balancers rely on). */
+Test(sched, counters_are_published_before_events, .timeout = 120) {
+    fixture f;
+    open_fixture(&f, (sched_config){0});
+    int32_t ids[5] = {0, 671, 4787, 13769, 46012};
+    uint64_t tokens = 0;
+    for (int req = 1; req <= 4; req++) {
+        ids[4] = 46012 + req; /* no prefix-cache state matters here, but keep prompts apart */
+        sched_request r = greedy_request(ids, 5, 40);
+        sched_stream *st = sched_submit(f.s, &r, NULL, NULL);
+        cr_assert(st);
+        for (;;) {
+            sched_event ev;
+            cr_assert_eq(sched_stream_next(st, &ev, event_wait_ms()), 1);
+            free(ev.text);
+            sched_stats s;
+            sched_get_stats(f.s, &s);
+            if (ev.token >= 0) tokens++;
+            cr_assert_geq(s.generation_tokens, tokens, "request %d token %llu: generation_tokens %llu", req,
+                          (unsigned long long)tokens, (unsigned long long)s.generation_tokens);
+            if (ev.finish == FINISH_NONE) continue;
+            cr_assert_eq(ev.finish, FINISH_LENGTH);
+            cr_assert_eq(s.requests_finished, (uint64_t)req);
+            cr_assert_eq(s.running, 0, "request %d ended but %d running", req, s.running);
+            cr_assert_eq(s.kv_pages_free, s.kv_pages_total, "request %d ended with %d of %d pages free", req,
+                         s.kv_pages_free, s.kv_pages_total);
+            break;
+        }
+        sched_stream_free(st);
+    }
+    close_fixture(&f);
+}
+
 Test(sched, queue_full_is_reported) {
     fixture f;
     open_fixture(&f, (sched_config){.max_num_seqs = 1, .max_queue = 2});
