@@ -4,11 +4,11 @@
  * Rows of x go BD_M at a time (a "pass"). A pass's rows are converted once per
  * 128-row block of W into bf16 in scratch (FP8: times the block's scales and
  * 2^64), then every row of W of the task streams past them, R rows at a time:
- * 32 weights per step, converted in registers (FP8: four integer ops), each
+ * 32 weights per step, converted in registers (FP8: three integer ops), each
  * multiplied into all the pass's rows, one fp32 accumulator vector per (row of
  * W, row of x). The task's rows of W stay in L2 between passes.
  *
- * FP8 e4m3 → bf16 bits: the code's 7 magnitude bits land in the bf16 exponent
+ * FP8 e4m3 → bf16 bits (three integer ops): the code's 7 magnitude bits land in the bf16 exponent
  * and mantissa fields as they are (exponent e, mantissa mmm0000), which is the
  * value × 2^-120 for every normal code; subnormal codes (e = 0) become bf16
  * subnormals, which vdpbf16ps reads as zero. The 2^-120 is paid back as 2^64
@@ -52,10 +52,12 @@ size_t cpu_bf16dot_scratch_elems(const weight *w) { return (size_t)BD_M * (size_
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
+/* Sign-extended to 16 bits and shifted left by 4, a code s eeee mmm has its
+ * sign in bits 15..11 and its magnitude bits in 10..4; the mask keeps bit 15
+ * and bits 10..4: the bf16 pattern s 0000eeee mmm0000 (value × 2^-120). */
 ALWAYS_INLINE __m512bh f8_to_bf16(const uint8_t *p) {
-    __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
-    c = _mm512_srai_epi16(_mm512_slli_epi16(c, 8), 4);
-    return (__m512bh)_mm512_and_si512(c, _mm512_set1_epi16((short)0x87f0));
+    __m512i c = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    return (__m512bh)_mm512_and_si512(_mm512_slli_epi16(c, 4), _mm512_set1_epi16((short)0x87f0));
 }
 
 ALWAYS_INLINE __m512bh w_step(int fp8, const void *row, int64_t k) {
