@@ -14,17 +14,21 @@
 # (CPU time / (wall time x threads) of its best run).
 # The bench models are generated into models/ if missing (~9 GB and ~16 GB,
 # a few minutes each). With --kernels, bench_cpu_ops' per-kernel table too.
-# Usage: sh scripts/bench-cpu.sh BUILD [--threads N] [--repeat R] [--kernels]
+# With --bf16-activations, every measurement runs in that mode (serve's flag:
+# docs/operations.md; needs AVX512_BF16).
+# Usage: sh scripts/bench-cpu.sh BUILD [--threads N] [--repeat R] [--kernels] [--bf16-activations]
 set -u
 BUILD=${1:-build}
 [ $# -gt 0 ] && shift
-THREADS=2 REPEAT=2 KERNELS=0
+THREADS=2 REPEAT=2 KERNELS=0 MODE=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --threads) THREADS=$2; shift 2 ;;
     --repeat) REPEAT=$2; shift 2 ;;
     --kernels) KERNELS=1; shift ;;
-    *) echo "usage: sh scripts/bench-cpu.sh BUILD [--threads N] [--repeat R] [--kernels]" >&2; exit 2 ;;
+    --bf16-activations) MODE=--bf16-activations; shift ;;
+    *) echo "usage: sh scripts/bench-cpu.sh BUILD [--threads N] [--repeat R] [--kernels] [--bf16-activations]" >&2
+       exit 2 ;;
     esac
 done
 cd "$(dirname "$0")/.."
@@ -46,14 +50,14 @@ done
 
 if [ "$KERNELS" = 1 ]; then
     echo "== kernels: $BUILD/bench/bench_cpu_ops --threads $THREADS"
-    "$BUILD/bench/bench_cpu_ops" --threads "$THREADS" || { echo "bench-cpu: bench_cpu_ops failed" >&2; exit 1; }
+    "$BUILD/bench/bench_cpu_ops" --threads "$THREADS" $MODE || { echo "bench-cpu: bench_cpu_ops failed" >&2; exit 1; }
     echo
 fi
 
 BW=$("$BUILD/bench/bench_cpu_ops" --threads "$THREADS" --membw-only) ||
     { echo "bench-cpu: bandwidth probe failed" >&2; exit 1; }
 echo "# $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) CPUs; threads $THREADS;" \
-     "read bandwidth $BW GB/s; best of $REPEAT runs"
+     "read bandwidth $BW GB/s; best of $REPEAT runs; activations ${MODE:-fp32}"
 echo "# load before: $(uptime | sed 's/.*load average/load average/')"
 echo
 echo "| model | prefill 512 tok/s | decode b1 tok/s (ctx 512) | b1 roofline tok/s (% reached) | decode b8 tok/s (aggregate) | b8 / b1 | peak RSS GB | CPU share prefill / b1 / b8 |"
@@ -74,7 +78,7 @@ for m in bench-7b bench-7b-bf16; do
     BWM=$(awk -v a="$BW" -v b="$BWM" 'BEGIN { print (a > b ? a : b) }')
     NOTES="$NOTES# $m: roofline from read bandwidth $BWM GB/s\n"
     "$BUILD/bench/bench_model" --model "models/$m" --threads "$THREADS" --repeat "$REPEAT" \
-        --bandwidth-gbs "$BWM" --row || { echo "bench-cpu: bench_model failed on $m" >&2; exit 1; }
+        --bandwidth-gbs "$BWM" --row $MODE || { echo "bench-cpu: bench_model failed on $m" >&2; exit 1; }
 done
 echo
 printf "$NOTES"

@@ -9,11 +9,6 @@
 
 #define BAD "invalid_request_error"
 
-static json_t *present(const json_t *b, const char *name) {
-    json_t *v = json_object_get(b, name);
-    return json_is_null(v) ? NULL : v;
-}
-
 static int valid_function_name(const char *s) {
     size_t n = strlen(s);
     if (n == 0 || n > TOOLCALL_NAME_MAX) return 0;
@@ -61,7 +56,7 @@ static int find_tool(const json_t *tools, const char *name) {
 }
 
 static int parse_tool_choice(const json_t *b, oai_features *f, oai_error *err) {
-    json_t *tc = present(b, "tool_choice");
+    json_t *tc = oai_field(b, "tool_choice");
     f->tool_choice = f->tools ? TOOL_CHOICE_AUTO : TOOL_CHOICE_NONE;
     if (!tc) return 0;
     if (json_is_string(tc)) {
@@ -95,7 +90,7 @@ static int compile_json(const json_t *schema, oai_features *f, oai_error *err) {
 }
 
 static int parse_response_format(const json_t *b, oai_features *f, oai_error *err) {
-    json_t *rf = present(b, "response_format");
+    json_t *rf = oai_field(b, "response_format");
     if (!rf) return 0;
     const char *type = json_string_value(json_object_get(rf, "type"));
     if (!json_is_object(rf) || !type)
@@ -114,7 +109,7 @@ static int parse_response_format(const json_t *b, oai_features *f, oai_error *er
 }
 
 static int parse_reasoning_opts(const json_t *b, oai_features *f, oai_error *err) {
-    json_t *ir = present(b, "include_reasoning"), *kw = present(b, "chat_template_kwargs");
+    json_t *ir = oai_field(b, "include_reasoning"), *kw = oai_field(b, "chat_template_kwargs");
     f->include_reasoning = 1;
     if (ir && !json_is_boolean(ir)) return oai_error_set(err, 400, BAD, "include_reasoning", NULL, "'include_reasoning' must be a boolean");
     if (ir) f->include_reasoning = json_is_true(ir);
@@ -135,12 +130,12 @@ int oai_features_parse(const json_t *b, int chat, oai_features *f, oai_error *er
     if (!chat) {
         static const char *chat_only[] = {"tools", "tool_choice", "parallel_tool_calls", "include_reasoning", "chat_template_kwargs"};
         for (size_t i = 0; i < sizeof chat_only / sizeof *chat_only; i++)
-            if (present(b, chat_only[i]))
+            if (oai_field(b, chat_only[i]))
                 return oai_error_set(err, 400, BAD, chat_only[i], NULL, "'%s' is only supported by /v1/chat/completions",
                                      chat_only[i]);
         return parse_response_format(b, f, err);
     }
-    json_t *tools = present(b, "tools"), *ptc = present(b, "parallel_tool_calls");
+    json_t *tools = oai_field(b, "tools"), *ptc = oai_field(b, "parallel_tool_calls");
     if (tools && check_tools(tools, err)) return -1;
     if (tools && json_array_size(tools)) f->tools = json_incref(tools);
     if (ptc && !json_is_boolean(ptc))

@@ -59,7 +59,7 @@ void oai_request_free(oai_request *r) {
 
 /* ---- typed field access: null counts as absent ---- */
 
-static json_t *field(const json_t *body, const char *name) {
+json_t *oai_field(const json_t *body, const char *name) {
     json_t *v = json_object_get(body, name);
     return json_is_null(v) ? NULL : v;
 }
@@ -67,7 +67,7 @@ static json_t *field(const json_t *body, const char *name) {
 /* A number in [lo, hi] (lo excluded when lo_open). 1 present, 0 absent, -1 bad. */
 static int get_number(const json_t *body, const char *name, double lo, double hi, int lo_open, double *out,
                       oai_error *err) {
-    json_t *v = field(body, name);
+    json_t *v = oai_field(body, name);
     if (!v) return 0;
     if (!json_is_number(v)) return oai_error_set(err, 400, BAD, name, NULL, "'%s' must be a number", name);
     double d = json_number_value(v);
@@ -80,7 +80,7 @@ static int get_number(const json_t *body, const char *name, double lo, double hi
 
 /* An integer (a real with an integral value counts) in [lo, hi]. */
 static int get_int(const json_t *body, const char *name, long long lo, long long hi, long long *out, oai_error *err) {
-    json_t *v = field(body, name);
+    json_t *v = oai_field(body, name);
     if (!v) return 0;
     double d = json_is_real(v) ? json_real_value(v) : 0;
     if (!json_is_integer(v) && !(json_is_real(v) && d == floor(d) && fabs(d) < 9e15))
@@ -93,7 +93,7 @@ static int get_int(const json_t *body, const char *name, long long lo, long long
 }
 
 static int get_bool(const json_t *body, const char *name, int *out, oai_error *err) {
-    json_t *v = field(body, name);
+    json_t *v = oai_field(body, name);
     if (!v) return 0;
     if (!json_is_boolean(v)) return oai_error_set(err, 400, BAD, name, NULL, "'%s' must be a boolean", name);
     *out = json_is_true(v);
@@ -156,7 +156,7 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
     if ((rc = get_int(b, "n", 1, OAI_MAX_N, &i, err)) < 0) return -1;
     if (rc) r->n = (int)i;
     if (get_bool(b, "stream", &r->stream, err) < 0) return -1;
-    json_t *so = field(b, "stream_options");
+    json_t *so = oai_field(b, "stream_options");
     if (so) {
         if (!json_is_object(so)) return oai_error_set(err, 400, BAD, "stream_options", NULL, "'stream_options' must be an object");
         if (!r->stream)
@@ -167,7 +167,7 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
         }
     }
     if (get_bool(b, "ignore_eos", &r->ignore_eos, err) < 0) return -1;
-    json_t *stop = field(b, "stop");
+    json_t *stop = oai_field(b, "stop");
     if (json_is_array(stop)) {
         size_t k;
         json_t *s;
@@ -175,7 +175,7 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
     } else if (stop && add_stop(r, stop, err)) {
         return -1;
     }
-    json_t *user = field(b, "user");
+    json_t *user = oai_field(b, "user");
     if (user && !json_is_string(user)) return oai_error_set(err, 400, BAD, "user", NULL, "'user' must be a string");
     /* max_completion_tokens wins over the deprecated max_tokens (as vLLM). */
     long long mt = 0;
@@ -186,7 +186,7 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
     /* Parameters that change the output's meaning and are not implemented: refuse, don't ignore. */
     static const char *unsupported[] = {"functions", "logit_bias", "suffix", "best_of"};
     for (size_t k = 0; k < sizeof unsupported / sizeof *unsupported; k++) {
-        json_t *v = field(b, unsupported[k]);
+        json_t *v = oai_field(b, unsupported[k]);
         if (!v) continue;
         if (!strcmp(unsupported[k], "best_of") && json_is_integer(v) && json_integer_value(v) <= 1) continue;
         if ((json_is_array(v) && json_array_size(v) == 0) || (json_is_object(v) && json_object_size(v) == 0)) continue;
@@ -357,9 +357,11 @@ static int parse_logprobs(oai_kind kind, const json_t *b, oai_request *r, oai_er
         r->prompt_logprobs = r->echo && r->logprobs;
     }
     /* max_tokens 0 scores the echoed prompt (its logprobs) without generating */
-    if (r->max_tokens_given && r->max_tokens == 0 && !r->echo)
-        return oai_error_set(err, 400, BAD, field(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
-                             NULL, "max_tokens must be at least 1 (0 is allowed only with 'echo' on /v1/completions)");
+    if (r->max_tokens_given && r->max_tokens == 0 && !r->echo) {
+        const char *param = oai_field(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+        return oai_error_set(err, 400, BAD, param, NULL,
+                             "max_tokens must be at least 1 (0 is allowed only with 'echo' on /v1/completions)");
+    }
     return 0;
 }
 

@@ -95,6 +95,10 @@ int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx
  * when the constraint cannot be created. */
 int oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sched_request *out, ms_err *err);
 
+/* body's member `name`, or NULL when it is absent or JSON null (OpenAI clients
+ * send null for "not set"). */
+json_t *oai_field(const json_t *body, const char *name);
+
 /* Fills err (returns -1 for `return oai_error_set(...)`). param/code may be NULL. */
 int oai_error_set(oai_error *err, int status, const char *type, const char *param, const char *code,
                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
