@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/prefix_affinity.h"
 #include "engine/sched_text.h"
 
 /* The ranks of an expert-parallel world (sched_create_ep) share this: how many
@@ -174,6 +175,7 @@ struct sched {
     sched_group *group;
     sched **ranks;
     int n_ranks;
+    prefix_affinity *affinity; /* the front's: where prompt prefixes went */
 };
 
 typedef struct outbox_item {
@@ -331,23 +333,45 @@ static sched_stream *stream_create(sched *s) {
     return st;
 }
 
-/* The data-parallel rank for a new sequence: the most free KV pages (less what
- * its waiting sequences need), then the fewest sequences, then the lowest rank. */
-static sched *pick_rank(sched *f) {
-    sched *best = NULL;
-    long best_free = 0, best_load = 0;
+/* A rank's free KV pages (less what its waiting sequences need) and sequences. */
+static void rank_room(sched *s, long *free_pages, long *load) {
+    pthread_mutex_lock(&s->mu);
+    *free_pages = (long)s->stats.kv_pages_free - s->waiting_pages;
+    *load = s->stats.running + s->n_waiting;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* A rank that saw a prompt's prefix keeps its continuations while it has at
+ * least half the best rank's free pages and at most this many sequences more
+ * than the least loaded rank. */
+#define AFFINITY_SLACK 2
+
+/* The data-parallel rank for a new sequence: by default the most free KV pages,
+ * then the fewest sequences, then the lowest rank; but the rank an earlier
+ * prompt with the same page-aligned prefix went to, when it has room
+ * (engine/prefix_affinity.h). */
+static sched *pick_rank(sched *f, const sched_request *req) {
+    int best = -1;
+    long best_free = 0, best_load = 0, min_load = 0;
     for (int r = 0; r < f->n_ranks; r++) {
-        sched *s = f->ranks[r];
-        pthread_mutex_lock(&s->mu);
-        long free_pages = (long)s->stats.kv_pages_free - s->waiting_pages, load = s->stats.running + s->n_waiting;
-        pthread_mutex_unlock(&s->mu);
-        if (!best || free_pages > best_free || (free_pages == best_free && load < best_load)) {
-            best = s;
+        long free_pages, load;
+        rank_room(f->ranks[r], &free_pages, &load);
+        if (r == 0 || load < min_load) min_load = load;
+        if (best < 0 || free_pages > best_free || (free_pages == best_free && load < best_load)) {
+            best = r;
             best_free = free_pages;
             best_load = load;
         }
     }
-    return best;
+    if (f->cfg.no_prefix_caching) return f->ranks[best];
+    int pages, pick = best, prev = prefix_affinity_lookup(f->affinity, req->prompt, req->n_prompt, &pages);
+    if (prev >= 0 && prev < f->n_ranks && prev != best) {
+        long free_pages, load;
+        rank_room(f->ranks[prev], &free_pages, &load);
+        if (2 * free_pages >= best_free && load <= min_load + AFFINITY_SLACK) pick = prev;
+    }
+    prefix_affinity_record(f->affinity, req->prompt, req->n_prompt, pick);
+    return f->ranks[pick];
 }
 
 static int group_failed(sched_group *g, ms_err *err) {
@@ -366,7 +390,7 @@ sched_stream *sched_submit(sched *s, const sched_request *r, int *queue_full, ms
         constraint_free(&cons);
         return NULL;
     }
-    if (s->ranks) return sched_submit(pick_rank(s), r, queue_full, err);
+    if (s->ranks) return sched_submit(pick_rank(s, r), r, queue_full, err);
     sched_constraint cons = r->constraint;
     seq *q = validate(s, r, err) == 0 ? seq_create(s, r, err) : NULL;
     if (!q) {
@@ -896,6 +920,7 @@ static void front_free(sched *f) {
     pthread_cond_destroy(&g->cv);
     free(g);
     free(f->ranks);
+    prefix_affinity_free(f->affinity);
     free(f);
 }
 
@@ -910,7 +935,12 @@ sched *sched_create_ep(model *const *models, int n_ranks, const tokenizer *tok, 
     }
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
-    *f = (sched){.m = models[0], .tok = tok, .group = g, .ranks = ranks};
+    *f = (sched){.m = models[0], .tok = tok, .group = g, .ranks = ranks, .affinity = prefix_affinity_create()};
+    if (!f->affinity) {
+        ms_err_set(err, "out of memory");
+        front_free(f);
+        return NULL;
+    }
     for (int r = 0; r < n_ranks; r++) {
         if (!models[r]->ep || ep_size(models[r]->ep) != n_ranks || ep_rank(models[r]->ep) != r) {
             ms_err_set(err, "model %d is not rank %d of a %d-rank expert-parallel world", r, r, n_ranks);

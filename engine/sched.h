@@ -143,8 +143,11 @@ sched *sched_create(model *m, const tokenizer *tok, const sched_config *cfg, ms_
  * (model_set_ep). Returns a front scheduler with the same API: one engine thread,
  * KV pool and running set per rank (cfg applies to each rank: kv_cache_tokens
  * and max_num_seqs are per rank); each new request goes to the rank with the
- * most free KV pages; all ranks step together while any has work (an idle rank
- * steps with no tokens, running its experts for the others); stats add up. */
+ * most free KV pages, or, when it continues an earlier prompt's page-aligned
+ * prefix and that rank has room, to where that prompt went (prefix-cache
+ * affinity: engine/prefix_affinity.h); all ranks step together while any has
+ * work (an idle rank steps with no tokens, running its experts for the
+ * others); stats add up. */
 sched *sched_create_ep(model *const *models, int n_ranks, const tokenizer *tok, const sched_config *cfg, ms_err *err);
 /* Stops the engine thread; waiting and running requests finish with FINISH_CANCELLED. */
 void sched_free(sched *s);

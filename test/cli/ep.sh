@@ -19,6 +19,9 @@
 #     tokens all along) also matches.
 #  6. `serve --ep 2` with MLASERVE_EP_FAULT=1:30: the in-flight requests end
 #     with an error response, the server exits 1 naming rank 1, no hang.
+#  7. `serve --ep 2` with prefix caching: a prompt's continuation goes to the
+#     rank that computed the prompt (prefix-cache hits) although the other
+#     rank has more free pages.
 # Needs MLASERVE_BIN, MLASERVE_TEST_MODELS, MLASERVE_GOLDEN, curl, node.
 set -u
 SCALE=${MLASERVE_TEST_TIME_SCALE:-1}
@@ -171,6 +174,34 @@ for i in 1 2 3 4; do
     [ "$code" = 500 ] && grep -q "injected fault" "$TMP/f.$i" || { bad=1; echo "request $i: $code $(head -c 200 "$TMP/f.$i")"; }
 done
 [ $bad = 0 ] && ok "in-flight requests ended with a 500 naming the fault" || fail "in-flight requests after the fault"
+
+# ---- 7. prefix-cache affinity (engine/prefix_affinity.h): a continuation of a prompt goes to
+# the rank that computed the prompt, even when the other rank has more free pages
+start_server "$TMP/aff" --ep 2 || exit 1
+P4=$SPORT
+LONG=$(node -e 'console.log(Array.from({length: 150}, (_, i) => "word" + i).join(" "))')
+complete() { curl -s -m $((60 * SCALE)) -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P4/v1/completions" \
+    -H 'Content-Type: application/json' -d "{\"model\":\"tiny-v3\",\"prompt\":\"$1\",\"max_tokens\":1}"; }
+[ "$(complete "$LONG")" = 200 ] || fail "affinity: the first request failed"
+# a long request holds rank 0 (ties go to the lowest rank), so rank 1 has more free pages
+curl -s -N -m $((120 * SCALE)) -o /dev/null "http://127.0.0.1:$P4/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"tiny-v3","prompt":"hold","max_tokens":2000,"stream":true,"ignore_eos":true}' &
+HOLD=$!
+k=0
+while [ "$(metric $P4 'dp_rank_requests_running{rank="0"}' | awk '{print $2}')" != 1 ] && [ $k -lt $((100 * SCALE)) ]; do
+    sleep 0.05
+    k=$((k + 1))
+done
+h0=$(metric $P4 'prefix_cache_hits_total' | awk '{print $2}')
+[ "$(complete "$LONG and then some more words")" = 200 ] || fail "affinity: the continuation failed"
+h1=$(metric $P4 'prefix_cache_hits_total' | awk '{print $2}')
+f0=$(metric $P4 'dp_rank_requests_finished_total{rank="0"}' | awk '{print $2}')
+f1=$(metric $P4 'dp_rank_requests_finished_total{rank="1"}' | awk '{print $2}')
+kill "$HOLD" 2>/dev/null
+wait "$HOLD" 2>/dev/null
+[ "$f0" = 2 ] && [ "$f1" = 0 ] && [ $((h1 - h0)) -ge 256 ] &&
+    ok "a continuation followed its prompt to rank 0 and reused $((h1 - h0)) cached tokens" ||
+    fail "affinity: finished rank 0 $f0, rank 1 $f1 (want 2, 0); prefix-cache hits +$((h1 - h0)) (want >= 256)"
 
 [ $fails -eq 0 ] && echo "ep: all passed" || echo "ep: $fails failed"
 [ $fails -eq 0 ]
