@@ -67,6 +67,6 @@ Test(prefix_affinity, many_prompts_mostly_remembered) {
         cr_assert(r == -1 || r == i % 7, "prompt %d: rank %d", i, r);
         found += r == i % 7;
     }
-    cr_expect_geq(found, N * 9 / 10, "%d of %d prompts remembered in a 4096-slot table", found, N);
+    cr_expect(found >= N * 9 / 10, "%d of %d prompts remembered in a 4096-slot table", found, N);
     prefix_affinity_free(a);
 }
