@@ -82,10 +82,6 @@ static double bench_membw(threadpool *pool, const uint8_t *arena, int passes, in
 
 typedef struct { const char *name; int64_t rows, cols; } bench_shape;
 
-/* Times cpu_linear on copies of W laid out back to back in the arena (each call
- * reads a copy not touched since the previous round, so from DRAM, as the
- * layers of a model are); returns the mean time per call of the best of
- * `rounds` rounds through all the copies (back-to-back calls, as in a model). */
 /* Kernel flags of every timed product (--bf16-activations: CPU_BF16_ACT). */
 static int g_flags;
 
@@ -94,6 +90,10 @@ static void run_linear(threadpool *pool, const weight *w, const float *x, float 
     else cpu_linear_flags(pool, w, x, y, m, g_flags);
 }
 
+/* Times the product on copies of W laid out back to back in the arena (each call
+ * reads a copy not touched since the previous round, so from DRAM, as the
+ * layers of a model are); returns the mean time per call of the best of
+ * `rounds` rounds through all the copies (back-to-back calls, as in a model). */
 static double time_linear(threadpool *pool, dtype_t dt, const bench_shape *s, int m, uint8_t *arena,
                           const float *scale, const float *x, float *y, int rounds, int transposed) {
     size_t bytes = (size_t)(s->rows * s->cols) * dtype_size(dt);

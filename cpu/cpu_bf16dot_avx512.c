@@ -8,8 +8,8 @@
  * multiplied into all the pass's rows, one fp32 accumulator vector per (row of
  * W, row of x). The task's rows of W stay in L2 between passes.
  *
- * FP8 e4m3 → bf16 bits (three integer ops): the code's 7 magnitude bits land in the bf16 exponent
- * and mantissa fields as they are (exponent e, mantissa mmm0000), which is the
+ * FP8 e4m3 → bf16 bits (f8_to_bf16): the code's 7 magnitude bits land in the
+ * bf16 exponent and mantissa fields as they are (exponent e, mantissa mmm0000), which is the
  * value × 2^-120 for every normal code; subnormal codes (e = 0) become bf16
  * subnormals, which vdpbf16ps reads as zero. The 2^-120 is paid back as 2^64
  * in the scaled x and 2^56 on the sum (neither can overflow: |x·s| < 2^64). */
