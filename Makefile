@@ -82,9 +82,10 @@ CUDA_BENCH_BIN := $(BUILD)/bench/bench_cuda
 endif
 
 BIN := $(BUILD)/mlaserve
+TSAN_SHIM_STAMP := $(BUILD)/test-tsan/shim-syntax.ok
 
 .PHONY: all test test-unit run deps clean bench
-all: $(BIN) $(TEST_BIN) $(BENCH_BIN) $(CUDA_TEST_BIN) $(CUDA_BENCH_BIN)
+all: $(BIN) $(TEST_BIN) $(BENCH_BIN) $(CUDA_TEST_BIN) $(CUDA_BENCH_BIN) $(TSAN_SHIM_STAMP)
 
 $(BIN): $(SERVER_OBJ) $(BUILD)/libmlaserve.a
 	$(CC) $(LDFLAGS) -o $@ $(SERVER_OBJ) $(BUILD)/libmlaserve.a $(LDLIBS)
@@ -219,6 +220,14 @@ sanitize-ci:
 
 lint-deploy:
 	sh scripts/lint-deploy.sh
+
+# Every build checks that the TSan test files compile against the shim (it has
+# only the cr_assert / cr_expect forms the tests use so far), so a test using a
+# form it lacks fails here, not 30 minutes into make test's TSan stage.
+$(TSAN_SHIM_STAMP): $(addprefix test/unit/,$(addsuffix .c,$(TSAN_TESTS))) test/tsan/criterion/criterion.h
+	@mkdir -p $(dir $@)
+	for t in $(TSAN_TESTS); do $(CC) -Itest/tsan $(filter-out -MMD -MP,$(CFLAGS_COMMON)) -fsyntax-only test/unit/$$t.c || exit 1; done
+	@touch $@
 
 # Criterion test files built against test/tsan/criterion/criterion.h (no -lcriterion).
 $(BUILD)/test-tsan/%: test/unit/%.c $(BUILD)/libmlaserve.a test/tsan/criterion/criterion.h
