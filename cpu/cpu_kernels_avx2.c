@@ -54,17 +54,21 @@ static inline void w_load2_f8(const uint8_t *p, vf *a, vf *b) {
     *b = _mm256_cvtph_ps(hi);
 }
 
-/* 32 codes at once: the in-lane unpacks leave [0..7 | 16..23] and [8..15 | 24..31]. */
-#define HAVE_W_LOAD4_F8 1
-static inline void w_load4_f8(const uint8_t *p, vf *a, vf *b, vf *c, vf *d) {
-    const __m256i v = _mm256_loadu_si256((const __m256i *)p);
-    const __m256i zero = _mm256_setzero_si256(), mask = _mm256_set1_epi16((short)0xBFFF);
-    const __m256i lo = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpacklo_epi8(zero, v), 1), mask);
-    const __m256i hi = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpackhi_epi8(zero, v), 1), mask);
-    *a = _mm256_cvtph_ps(_mm256_castsi256_si128(lo));
-    *b = _mm256_cvtph_ps(_mm256_castsi256_si128(hi));
-    *c = _mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1));
-    *d = _mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1));
+/* The decode kernels' FP8 load (cpu/cpu_kernels_avx512.c explains the
+ * bits): 16 codes → value × 2^-120 as floats, a = codes 0-3, 8-11 and
+ * b = 4-7, 12-15, without a half conversion; x_dot2 orders x alike. */
+#define F8_DOT_WSHIFT 120
+static inline void w_dot2_f8(const uint8_t *p, vf *a, vf *b) {
+    __m256i h = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
+    h = _mm256_and_si256(_mm256_slli_epi16(h, 4), _mm256_set1_epi16((short)0x87F0));
+    *a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), h));
+    *b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), h));
+}
+
+static inline void x_dot2(const float *x, vf *a, vf *b) {
+    const vf x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
+    *a = _mm256_permute2f128_ps(x0, x1, 0x20);
+    *b = _mm256_permute2f128_ps(x0, x1, 0x31);
 }
 
 static inline vf bf16x8(const uint16_t *p) {

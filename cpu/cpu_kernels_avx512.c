@@ -48,7 +48,7 @@ static inline void w_load2_f8(const uint8_t *p, vf *a, vf *b) {
     *b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
 }
 
-/* The decode kernels' FP8 load (HAVE_F8_DOT): 32 e4m3 codes → value × 2^-120
+/* The decode kernels' FP8 load: 32 e4m3 codes → value × 2^-120
  * in dot order, five ops and no half-float conversion (the conversions were
  * the limit: 17 → 28 G weights/s per Zen 4 core in cache). Sign-extended and
  * shifted left by 4, a code lies as s eeee mmm at bits 15, 10..4 of a 16-bit
@@ -56,7 +56,6 @@ static inline void w_load2_f8(const uint8_t *p, vf *a, vf *b) {
  * exponent bias is 127, e4m3's 7), subnormals included. Unpacking those words
  * with zero makes them the high halves of floats, in-lane: a holds codes
  * 0-3, 8-11, 16-19, 24-27 and b the others — x_dot2 gives x the same order. */
-#define HAVE_F8_DOT 1
 #define F8_DOT_WSHIFT 120
 static inline void w_dot2_f8(const uint8_t *p, vf *a, vf *b) {
     __m512i h = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));
