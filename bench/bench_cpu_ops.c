@@ -3,13 +3,15 @@
  *   membw          memory read bandwidth, read the way the decode kernels read
  *                  (widest vector loads, every thread of the pool) over a buffer
  *                  far larger than L3; best of several passes
- *   linear m=1,8   decode: GB/s of weights streamed and % of membw
+ *   linear m=1,8   decode: GB/s of weights streamed and % of membw (the row
+ *                  counts: --decode-m, default 1,8)
  *   linear m=512   prefill: GFLOP/s (2·m·N·K per call)
  *   linear_t       the absorbed-MLA product [128, 512], GFLOP/s
  * Weights are laid out as many copies in one large arena and successive calls use
  * successive copies, so decode numbers come from DRAM, as in a real model whose
  * layers never fit in cache.
  * Usage: bench_cpu_ops [--threads N] [--quick] [--membw-only] [--bf16-activations]
+ *                      [--decode-m M,M,...]
  * (N defaults to 2). --membw-only prints just the bandwidth in GB/s (best of 10
  * passes), for scripts. --bf16-activations times every product with the flag
  * `serve --bf16-activations` sets (CPU_BF16_ACT: the non-transposed products on
@@ -23,6 +25,7 @@
 #include "common/dtype.h"
 #include "common/threadpool.h"
 #include "cpu/cpu_bf16dot.h"
+#include "cpu/cpu_kernels.h"
 #include "cpu/cpu_ops.h"
 
 #define ARENA_BYTES ((size_t)1 << 30)
@@ -133,17 +136,39 @@ static void bench_linear(threadpool *pool, dtype_t dt, const bench_shape *s, int
     free(y);
 }
 
+/* "1,4,8" -> ms[]; the count, or -1 when a value is not in 1..CPU_DECODE_MAX_M. */
+static int parse_ms(const char *s, int *ms) {
+    int n = 0;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1 || v > CPU_DECODE_MAX_M || n == CPU_DECODE_MAX_M) return -1;
+        ms[n++] = (int)v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return -1;
+    }
+    return n;
+}
+
 int main(int argc, char **argv) {
     int threads = 2, quick = 0, membw_only = 0;
+    int decode_ms[CPU_DECODE_MAX_M] = {1, 8}, n_decode_ms = 2;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--decode-m") == 0 && i + 1 < argc) n_decode_ms = parse_ms(argv[++i], decode_ms);
         else if (strcmp(argv[i], "--quick") == 0) quick = 1;
         else if (strcmp(argv[i], "--membw-only") == 0) membw_only = 1;
         else if (strcmp(argv[i], "--bf16-activations") == 0) g_flags |= CPU_BF16_ACT;
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick] [--membw-only] [--bf16-activations]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--membw-only] [--bf16-activations] [--decode-m M,M,...]\n",
+                    argv[0]);
             return 2;
         }
+    }
+    if (n_decode_ms < 1) {
+        fprintf(stderr, "bench_cpu_ops: --decode-m takes 1 to %d row counts in 1..%d, e.g. 1,4,8\n", CPU_DECODE_MAX_M,
+                CPU_DECODE_MAX_M);
+        return 2;
     }
     threadpool *pool = threadpool_create(threads);
     if (!pool) {
@@ -180,13 +205,12 @@ int main(int argc, char **argv) {
         {"[3072x768]", 3072, 768},    /* q_b: 16 heads x 192, q_lora 768 */
     };
     const dtype_t dts[2] = {DTYPE_F8_E4M3, DTYPE_BF16};
-    const int decode_ms[2] = {1, 8};
     for (int d = 0; d < 2; d++)
         for (size_t s = 0; s < sizeof decode_shapes / sizeof *decode_shapes; s++)
-            for (int mi = 0; mi < 2; mi++)
+            for (int mi = 0; mi < n_decode_ms; mi++)
                 bench_linear(pool, dts[d], &decode_shapes[s], decode_ms[mi], arena, scale, membw, rounds, 0);
     static const bench_shape lm_head = {"[129280x2048]", 129280, 2048};
-    for (int mi = 0; mi < 2; mi++)
+    for (int mi = 0; mi < n_decode_ms; mi++)
         bench_linear(pool, DTYPE_BF16, &lm_head, decode_ms[mi], arena, scale, membw, quick ? 1 : 2, 0);
 
     static const bench_shape prefill_shapes[] = {

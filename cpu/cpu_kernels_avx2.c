@@ -13,9 +13,12 @@
 
 #define VW 8
 #define MR 6 /* 6 x 16 micro-kernel: 12 accumulators + 2 panel vectors + 1 broadcast */
-/* 16 ymm registers: up to 4 rows of x get split accumulators */
-#define DECODE_NA(M) ((M) <= 2 ? 4 : (M) <= 4 ? 2 : 1)
-#define DECODE_R(M) ((M) <= 2 ? 1 : 2)
+/* 16 ymm registers. Up to 4 rows of x: two rows of W per pass (R·M
+ * accumulators + 2·R converted weight vectors + x). From 5 rows of x one row
+ * of W (M·NA accumulators): two rows would need 2·M accumulators, and at M >= 6
+ * the spills halved the kernel (Zen 3, FP8 m = 8: 82 -> 101-130 GFLOP/s). */
+#define DECODE_NA(M) ((M) <= 2 ? 4 : (M) <= 6 ? 2 : 1)
+#define DECODE_R(M) ((M) <= 2 ? 1 : (M) <= 4 ? 2 : 1)
 #define DECODE_MAX_R 2
 #define ATT_K 2  /* attention: 4 queries x 2 keys / x 2 vectors of dims per register block */
 #define ATT_DV 2
