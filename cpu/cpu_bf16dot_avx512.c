@@ -25,7 +25,9 @@
 #define BD_MAX_R 4       /* rows of W per step, at most */
 #define XPAD 32          /* x rows in scratch are K + XPAD apart (L1 set spread) */
 #define L1_X_BYTES 24576 /* converted x a pass may keep in L1 (of 32 KiB or more) */
-#define PF_BYTES 8192     /* software read-ahead of the weight rows (as cpu_kernels.inc) */
+#ifndef PF_BYTES
+#define PF_BYTES 8192 /* software read-ahead of the weight rows (as cpu_kernels.inc) */
+#endif
 #define F8_X_SCALE 18446744073709551616.0f /* 2^64 */
 #define F8_Y_SCALE 72057594037927936.0f    /* 2^56 */
 
