@@ -41,6 +41,9 @@ typedef struct cpu_kernels {
                           float *scratch);
     size_t scratch_floats;     /* scratch size the tile kernels need, in floats */
     int mr;                    /* rows of x per micro-kernel (packing block) */
+    /* Non-transposed products of 16-bit weights (BF16, F16) stream through
+     * linear_rows up to this many rows of x (<= CPU_STREAM_MAX_M), tiles above. */
+    int stream_max_m_16;
     /* Row r of the view w, columns [c0, c0+n), dequantised into out. */
     void (*decode_row)(const weight *w, int64_t r, int64_t c0, int64_t n, float *out);
     float (*sum_squares)(const float *x, int64_t n);

@@ -22,6 +22,9 @@
 #define DECODE_MAX_R 2
 #define ATT_K 2  /* attention: 4 queries x 2 keys / x 2 vectors of dims per register block */
 #define ATT_DV 2
+/* Zen 3, in cache, 2 threads, BF16 [1408x2048]: streaming 110.6 / 90.3 / 95.2
+ * GFLOP/s at m = 32 / 48 / 64 against tiles 105.6 / 111.6 / 102.5. */
+#define STREAM_MAX_M_16 40
 #define VARIANT_TABLE cpu_kernels_avx2
 #define VARIANT_NAME "avx2"
 
@@ -58,20 +61,29 @@ static inline void w_load2_f8(const uint8_t *p, vf *a, vf *b) {
 }
 
 /* The decode kernels' FP8 load (cpu/cpu_kernels_avx512.c explains the
- * bits): 16 codes → value × 2^-120 as floats, a = codes 0-3, 8-11 and
- * b = 4-7, 12-15, without a half conversion; x_dot2 orders x alike. */
+ * bits): 16 codes → value × 2^-120 as floats, a = the odd codes 1, 3, … 15
+ * and b = the even codes 0, 2, … 14, without a half conversion. After the
+ * sign extension and shift each 32-bit lane holds two bf16 patterns (code
+ * 2j in its low half, 2j+1 in its high half, sign-extension bits still set
+ * between them): the mask keeps the high one as a float, a 16-bit left
+ * shift and the same mask make the low one a float. On Zen 3 that is ~15%
+ * faster in L2 than unpacking the halves with zero (two shuffles, the
+ * pipes the sign extension also needs); x_dot2 orders x alike. */
 #define F8_DOT_WSHIFT 120
 static inline void w_dot2_f8(const uint8_t *p, vf *a, vf *b) {
-    __m256i h = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
-    h = _mm256_and_si256(_mm256_slli_epi16(h, 4), _mm256_set1_epi16((short)0x87F0));
-    *a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), h));
-    *b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), h));
+    const __m256i h = _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p)), 4);
+    const __m256i m = _mm256_set1_epi32((int)0x87F00000u);
+    *a = _mm256_castsi256_ps(_mm256_and_si256(h, m));
+    *b = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(h, 16), m));
 }
 
+/* x[1], x[3], … x[15] and x[0], x[2], … x[14] (the in-lane shuffle gives
+ * 1 3 9 11 | 5 7 13 15; the lane permutation puts them in order). */
 static inline void x_dot2(const float *x, vf *a, vf *b) {
     const vf x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
-    *a = _mm256_permute2f128_ps(x0, x1, 0x20);
-    *b = _mm256_permute2f128_ps(x0, x1, 0x31);
+    const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    *a = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(x0, x1, 0xDD), order);
+    *b = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(x0, x1, 0x88), order);
 }
 
 static inline vf bf16x8(const uint16_t *p) {

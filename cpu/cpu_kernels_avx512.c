@@ -19,6 +19,7 @@
 #define DECODE_MAX_R 4
 #define ATT_K 4  /* attention: 4 queries x 4 keys / x 4 vectors of dims per register block */
 #define ATT_DV 4
+#define STREAM_MAX_M_16 CPU_STREAM_MAX_M /* tiles lag at every m here (cpu_ops.c stream_max_m) */
 #define VARIANT_TABLE cpu_kernels_avx512
 #define VARIANT_NAME "avx512"
 

@@ -120,10 +120,13 @@ static int64_t pick_chunk(int64_t n, int threads, int64_t min_chunk) {
  * One thread, bench-7b shapes (session 7, AVX-512 Zen 5): streaming BF16 runs
  * ~125 GFLOP/s at any m (tiles: 23 at m = 9, 89 at m = 64); FP8 streaming
  * ~110 against tiles 42 at m = 9 and level at m = 48; transposed FP8 (which
- * converts W once per 4 rows of x) is level with its tiles at m = 12. */
-static int stream_max_m(const weight *w, int transposed) {
-    if (w->dtype != DTYPE_F8_E4M3) return CPU_STREAM_MAX_M;
-    return transposed ? 12 : 40;
+ * converts W once per 4 rows of x) is level with its tiles at m = 12. The
+ * AVX2 variant's BF16 tiles overtake streaming from ~48 rows (Zen 3): each
+ * variant says how far its 16-bit weights stream (stream_max_m_16). */
+static int stream_max_m(const cpu_kernels *k, const weight *w, int transposed) {
+    if (w->dtype == DTYPE_F8_E4M3) return transposed ? 12 : 40;
+    if (k && !transposed && (w->dtype == DTYPE_BF16 || w->dtype == DTYPE_F16)) return k->stream_max_m_16;
+    return CPU_STREAM_MAX_M;
 }
 
 static int use_amx(const cpu_kernels *k, const weight *w, int m) {
@@ -247,7 +250,7 @@ static void linear_impl(threadpool *pool, const weight *w, const float *x, float
              : use_bf16dot(w, flags)                ? LINEAR_BF16
              : inv                                  ? LINEAR_ROWS
              : use_amx(k, w, m)                     ? LINEAR_AMX
-             : m <= stream_max_m(w, 0)              ? LINEAR_ROWS
+             : m <= stream_max_m(k, w, 0)              ? LINEAR_ROWS
                                                     : LINEAR_TILE;
     if (j.mode == LINEAR_TILE) j.x = pack_x_scratch(k, x, m, w->cols);
     if (j.mode == LINEAR_AMX) j.xp = amx_pack_scratch(x, w->cols, m, w->cols);
@@ -261,7 +264,7 @@ static void linear_t_impl(threadpool *pool, const weight *w, const float *x, flo
     const cpu_kernels *k = cpu_kernels_get();
     linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->cols, .inv = inv};
     /* small m: stream W once (packing it would cost more than the product) */
-    j.mode = !k ? LINEAR_T_REF : inv || m <= stream_max_m(w, 1) ? LINEAR_T_ROWS : LINEAR_T_TILE;
+    j.mode = !k ? LINEAR_T_REF : inv || m <= stream_max_m(k, w, 1) ? LINEAR_T_ROWS : LINEAR_T_TILE;
     if (j.mode == LINEAR_T_TILE) j.x = pack_x_scratch(k, x, m, w->rows);
     linear_run(pool, &j, 32, 0);
 }
@@ -344,7 +347,7 @@ static void linear_op_alone(threadpool *pool, const linear_op *op, int flags) {
 }
 
 static int streams(const cpu_kernels *k, const linear_op *op, int flags) {
-    const int fast = (flags & CPU_INVARIANT) || op->m <= stream_max_m(&op->w, op->transposed) ||
+    const int fast = (flags & CPU_INVARIANT) || op->m <= stream_max_m(k, &op->w, op->transposed) ||
                      (!op->transposed && use_bf16dot(&op->w, flags));
     return k && fast && op->w.rows > 0 && op->w.cols > 0;
 }
