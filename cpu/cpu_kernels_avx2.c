@@ -66,9 +66,10 @@ static inline void w_load2_f8(const uint8_t *p, vf *a, vf *b) {
  * sign extension and shift each 32-bit lane holds two bf16 patterns (code
  * 2j in its low half, 2j+1 in its high half, sign-extension bits still set
  * between them): the mask keeps the high one as a float, a 16-bit left
- * shift and the same mask make the low one a float. On Zen 3 that is ~15%
+ * shift and the same mask make the low one a float. On Zen 3 that is 15-25%
  * faster in L2 than unpacking the halves with zero (two shuffles, the
- * pipes the sign extension also needs); x_dot2 orders x alike. */
+ * pipes the sign extension also needs; docs/benchmarks.md, session 12);
+ * x_dot2 orders x alike. */
 #define F8_DOT_WSHIFT 120
 static inline void w_dot2_f8(const uint8_t *p, vf *a, vf *b) {
     const __m256i h = _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p)), 4);

@@ -250,7 +250,7 @@ static void linear_impl(threadpool *pool, const weight *w, const float *x, float
              : use_bf16dot(w, flags)                ? LINEAR_BF16
              : inv                                  ? LINEAR_ROWS
              : use_amx(k, w, m)                     ? LINEAR_AMX
-             : m <= stream_max_m(k, w, 0)              ? LINEAR_ROWS
+             : m <= stream_max_m(k, w, 0)           ? LINEAR_ROWS
                                                     : LINEAR_TILE;
     if (j.mode == LINEAR_TILE) j.x = pack_x_scratch(k, x, m, w->cols);
     if (j.mode == LINEAR_AMX) j.xp = amx_pack_scratch(x, w->cols, m, w->cols);
