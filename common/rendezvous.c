@@ -1,7 +1,9 @@
 /* common/rendezvous.c — see rendezvous.h. Wire format (big-endian u32 fields):
  *   hello  node -> 0 : magic, version, nnodes, node_rank, blob_len      (20 bytes)
- *   reply  0 -> node : magic, status (0 blob, 1 stopped), len, then len bytes:
- *                      the blob, or why node 0 refused the node / gave up
+ *                      then blob_len bytes: the node's own entry
+ *   reply  0 -> node : magic, status (0 table, 1 stopped), len, then len bytes:
+ *                      the table (nnodes x (4-byte IPv4 + blob_len bytes)), or
+ *                      why node 0 refused the node / gave up
  *   ack    node -> 0 : magic, node_rank                                  (8 bytes)
  * Node 0 polls, in one loop, the listening socket, the connections that have
  * not finished their hello (at most MAX_PENDING: a new one evicts the oldest, so
@@ -24,7 +26,7 @@
 #include <unistd.h>
 
 #define RV_MAGIC 0x4d53525au /* "MSRZ" */
-#define RV_VERSION 1u
+#define RV_VERSION 2u
 #define HELLO_BYTES 20
 #define REPLY_BYTES 12
 #define ACK_BYTES 8
@@ -130,19 +132,43 @@ static const char *reason_of(const ms_err *err) {
     return strncmp(err->msg, PREFIX, strlen(PREFIX)) == 0 ? err->msg + strlen(PREFIX) : err->msg;
 }
 
+/* Fills out[nnodes] from a received table (each entry malloc'd; rendezvous_nodes_free). */
+static int table_unpack(const unsigned char *t, int nnodes, uint32_t blob_len, rendezvous_node *out, ms_err *err) {
+    size_t row = 4 + (size_t)blob_len;
+    for (int r = 0; r < nnodes; r++) {
+        memcpy(&out[r].ipv4, t + r * row, 4);
+        if (!(out[r].entry = malloc(blob_len ? blob_len : 1))) {
+            rendezvous_nodes_free(out, r);
+            return ms_err_set(err, PREFIX "out of memory");
+        }
+        if (blob_len) memcpy(out[r].entry, t + r * row + 4, blob_len);
+    }
+    return 0;
+}
+
+void rendezvous_nodes_free(rendezvous_node *nodes, int n) {
+    for (int r = 0; nodes && r < n; r++) {
+        free(nodes[r].entry);
+        nodes[r].entry = NULL;
+    }
+}
+
 /* ---- node 0 ----------------------------------------------------------------------- */
 
 typedef struct {
     int fd; /* -1: free */
     int64_t since_ms;
-    size_t got;
+    size_t got;                /* bytes of hello + entry received */
+    int rank;                  /* from the checked hello, else -1 */
     unsigned char hello[HELLO_BYTES];
-    char peer[64]; /* "ip:port" */
+    unsigned char *entry;      /* [blob_len], once the hello passed its check */
+    uint32_t addr;             /* IPv4, network order, as node 0 sees the node */
+    char peer[64];             /* "ip:port" */
 } conn;
 
 typedef struct {
     const rendezvous_cfg *cfg;
-    uint32_t blob_len;
+    uint32_t blob_len;         /* bytes per node entry */
     int64_t deadline;
     int listen_fd;
     conn pending[MAX_PENDING]; /* connected, hello not complete yet */
@@ -170,12 +196,18 @@ static int listen_on(int port, ms_err *err) {
     return ms_err_set(err, PREFIX "cannot listen on 0.0.0.0:%d: %s", port, strerror(e));
 }
 
+static void conn_close(conn *c) {
+    if (c->fd >= 0) close(c->fd);
+    free(c->entry);
+    memset(c, 0, sizeof *c);
+    c->fd = -1;
+    c->rank = -1;
+}
+
 static void server_free(server *s) {
     if (s->listen_fd >= 0) close(s->listen_fd);
-    for (int i = 0; i < MAX_PENDING; i++)
-        if (s->pending[i].fd >= 0) close(s->pending[i].fd);
-    for (int r = 0; s->nodes && r < s->cfg->nnodes; r++)
-        if (s->nodes[r].fd >= 0) close(s->nodes[r].fd);
+    for (int i = 0; i < MAX_PENDING; i++) conn_close(&s->pending[i]);
+    for (int r = 0; s->nodes && r < s->cfg->nnodes; r++) conn_close(&s->nodes[r]);
     free(s->nodes);
     free(s->pfds);
 }
@@ -185,7 +217,7 @@ static int server_init(server *s, const rendezvous_cfg *cfg, uint32_t blob_len, 
     s->cfg = cfg;
     s->blob_len = blob_len;
     s->deadline = deadline;
-    for (int i = 0; i < MAX_PENDING; i++) s->pending[i].fd = -1;
+    for (int i = 0; i < MAX_PENDING; i++) s->pending[i].fd = -1, s->pending[i].rank = -1;
     s->nodes = calloc((size_t)cfg->nnodes, sizeof *s->nodes);
     s->pfds = calloc(1 + MAX_PENDING + (size_t)cfg->nnodes, sizeof *s->pfds);
     s->listen_fd = -1;
@@ -193,7 +225,7 @@ static int server_init(server *s, const rendezvous_cfg *cfg, uint32_t blob_len, 
         server_free(s);
         return ms_err_set(err, PREFIX "out of memory");
     }
-    for (int r = 0; r < cfg->nnodes; r++) s->nodes[r].fd = -1;
+    for (int r = 0; r < cfg->nnodes; r++) s->nodes[r].fd = -1, s->nodes[r].rank = -1;
     s->listen_fd = listen_on(cfg->master_port, err);
     if (s->listen_fd < 0) {
         server_free(s);
@@ -260,22 +292,27 @@ static void server_accept(server *s) {
         if (s->pending[i].since_ms < s->pending[slot].since_ms) slot = i;
     }
     conn *c = &s->pending[slot];
-    if (c->fd >= 0) close(c->fd);
-    memset(c, 0, sizeof *c);
+    conn_close(c);
     c->fd = fd;
     c->since_ms = now_ms();
+    c->addr = a.sin_addr.s_addr;
     peer_name(&a, c->peer, sizeof c->peer);
 }
 
-/* Reads what a pending connection sent: 1 hello complete, 0 not yet, -1 drop it
- * (closed, failed, or not speaking this protocol). */
-static int pending_read(conn *c) {
-    ssize_t n = recv(c->fd, c->hello + c->got, HELLO_BYTES - c->got, 0);
+/* Reads what a pending connection sent into its hello, then (once the hello
+ * passed hello_check, c->rank >= 0) into its entry: 1 the part being read is
+ * complete, 0 not yet, -1 drop it (closed, failed, or not speaking this protocol). */
+static int pending_read(conn *c, uint32_t blob_len) {
+    int in_hello = c->got < HELLO_BYTES;
+    unsigned char *at = in_hello ? c->hello + c->got : c->entry + (c->got - HELLO_BYTES);
+    size_t want = in_hello ? HELLO_BYTES - c->got : HELLO_BYTES + blob_len - c->got;
+    if (want == 0) return 1;
+    ssize_t n = recv(c->fd, at, want, 0);
     if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
     if (n == 0) return -1;
     c->got += (size_t)n;
     if (c->got >= 4 && get_u32(c->hello) != RV_MAGIC) return -1;
-    return c->got == HELLO_BYTES;
+    return (size_t)n == want;
 }
 
 /* The node rank a complete hello names, or -1 with err when it cannot join this world. */
@@ -305,26 +342,34 @@ static int server_handle(server *s, ms_err *err) {
     struct pollfd *node_pfd = s->pfds + 1 + MAX_PENDING;
     for (int r = 1; r < s->cfg->nnodes; r++) { /* a joined node that talks or closes before the blob: forget it */
         if (!node_pfd[r].revents || s->nodes[r].fd < 0) continue;
-        close(s->nodes[r].fd);
-        s->nodes[r].fd = -1;
+        conn_close(&s->nodes[r]);
         s->joined--;
     }
     for (int i = 0; i < MAX_PENDING; i++) {
         conn *c = &s->pending[i];
         if (!s->pfds[1 + i].revents || c->fd < 0) continue;
-        int got = pending_read(c);
-        if (got < 0) {
-            close(c->fd);
-            c->fd = -1;
-        }
+        int got = pending_read(c, s->blob_len);
+        if (got < 0) conn_close(c);
         if (got <= 0) continue;
-        int rank = hello_check(s, c, err);
-        if (rank < 0) {
+        if (c->rank < 0) { /* the hello is complete: check it, then read the entry */
+            int rank = hello_check(s, c, err);
+            if (rank < 0) {
+                server_give_up(s, c->fd, reason_of(err));
+                return -1;
+            }
+            c->rank = rank;
+            if (!(c->entry = malloc(s->blob_len ? s->blob_len : 1))) return ms_err_set(err, PREFIX "out of memory");
+            if (c->got < HELLO_BYTES + s->blob_len) continue;
+        }
+        if (s->nodes[c->rank].fd >= 0) { /* another connection completed the same rank first */
+            hello_check(s, c, err);
             server_give_up(s, c->fd, reason_of(err));
             return -1;
         }
-        s->nodes[rank] = *c;
+        s->nodes[c->rank] = *c;
+        memset(c, 0, sizeof *c);
         c->fd = -1;
+        c->rank = -1;
         s->joined++;
     }
     if (s->pfds[0].revents) server_accept(s);
@@ -346,14 +391,28 @@ static int server_wait_joins(server *s, ms_err *err) {
     return 0;
 }
 
-static int server_send_blob(server *s, const void *blob, ms_err *err) {
+/* table = nnodes x (IPv4 + entry); node 0's own address is left 0 (the others know it as master_addr). */
+static unsigned char *server_table(const server *s, const void *mine, size_t *len) {
+    size_t row = 4 + (size_t)s->blob_len;
+    unsigned char *t = calloc((size_t)s->cfg->nnodes, row);
+    *len = (size_t)s->cfg->nnodes * row;
+    if (!t) return NULL;
+    if (s->blob_len) memcpy(t + 4, mine, s->blob_len);
     for (int r = 1; r < s->cfg->nnodes; r++) {
-        if (send_reply(s->nodes[r].fd, 0, blob, s->blob_len, s->deadline) == 0) continue;
+        memcpy(t + r * row, &s->nodes[r].addr, 4);
+        if (s->blob_len) memcpy(t + r * row + 4, s->nodes[r].entry, s->blob_len);
+    }
+    return t;
+}
+
+static int server_send_table(server *s, const unsigned char *table, uint32_t len, ms_err *err) {
+    for (int r = 1; r < s->cfg->nnodes; r++) {
+        if (send_reply(s->nodes[r].fd, 0, table, len, s->deadline) == 0) continue;
         if (errno == ETIMEDOUT)
-            ms_err_set(err, PREFIX "could not send the blob to node %d (%s) within %.1f s", r, s->nodes[r].peer,
+            ms_err_set(err, PREFIX "could not send the table to node %d (%s) within %.1f s", r, s->nodes[r].peer,
                        timeout_s(s->cfg));
         else
-            ms_err_set(err, PREFIX "node %d (%s) went away before it got the blob: %s", r, s->nodes[r].peer,
+            ms_err_set(err, PREFIX "node %d (%s) went away before it got the table: %s", r, s->nodes[r].peer,
                        strerror(errno));
         server_give_up(s, -1, reason_of(err));
         return -1;
@@ -375,19 +434,25 @@ static int server_wait_acks(server *s, ms_err *err) {
     if (any) {
         char list[400];
         rank_list(missing, n, list, sizeof list);
-        ms_err_set(err, PREFIX "node(s) %s of %d did not acknowledge the blob within %.1f s", list, n,
+        ms_err_set(err, PREFIX "node(s) %s of %d did not acknowledge the table within %.1f s", list, n,
                    timeout_s(s->cfg));
     }
     free(missing);
     return any ? -1 : 0;
 }
 
-static int server_run(const rendezvous_cfg *cfg, const void *blob, uint32_t blob_len, int64_t deadline, ms_err *err) {
+static int server_run(const rendezvous_cfg *cfg, const void *mine, uint32_t blob_len, rendezvous_node *out,
+                      int64_t deadline, ms_err *err) {
     server s;
     if (server_init(&s, cfg, blob_len, deadline, err) != 0) return -1;
     int rc = server_wait_joins(&s, err);
-    if (rc == 0) rc = server_send_blob(&s, blob, err);
+    size_t len = 0;
+    unsigned char *table = rc == 0 ? server_table(&s, mine, &len) : NULL;
+    if (rc == 0 && !table) rc = ms_err_set(err, PREFIX "out of memory");
+    if (rc == 0) rc = server_send_table(&s, table, (uint32_t)len, err);
     if (rc == 0) rc = server_wait_acks(&s, err);
+    if (rc == 0) rc = table_unpack(table, cfg->nnodes, blob_len, out, err);
+    free(table);
     server_free(&s);
     return rc;
 }
@@ -463,42 +528,52 @@ static int client_stopped(int fd, const rendezvous_cfg *cfg, uint32_t len, int64
 
 /* One session on a connected socket: 0 done, 1 node 0 closed before replying
  * (connect again), -2 no answer by the deadline, -1 error (err set). */
-static int client_session(int fd, const rendezvous_cfg *cfg, void *blob, uint32_t blob_len, int64_t deadline,
-                          ms_err *err) {
+static int client_session(int fd, const rendezvous_cfg *cfg, const void *mine, uint32_t blob_len,
+                          rendezvous_node *out, int64_t deadline, ms_err *err) {
     unsigned char hello[HELLO_BYTES], reply[REPLY_BYTES], ack[ACK_BYTES];
     put_u32(hello, RV_MAGIC);
     put_u32(hello + 4, RV_VERSION);
     put_u32(hello + 8, (uint32_t)cfg->nnodes);
     put_u32(hello + 12, (uint32_t)cfg->node_rank);
     put_u32(hello + 16, blob_len);
-    if (send_all(fd, hello, sizeof hello, deadline) != 0) return errno == ETIMEDOUT ? -2 : 1;
+    if (send_all(fd, hello, sizeof hello, deadline) != 0 || send_all(fd, mine, blob_len, deadline) != 0)
+        return errno == ETIMEDOUT ? -2 : 1;
     if (recv_all(fd, reply, sizeof reply, deadline) != 0) return errno == ETIMEDOUT ? -2 : 1;
     if (get_u32(reply) != RV_MAGIC)
         return ms_err_set(err, PREFIX "node %d: %s:%d answered, but not as an mlaserve rendezvous", cfg->node_rank,
                           cfg->master_addr, cfg->master_port);
     uint32_t status = get_u32(reply + 4), len = get_u32(reply + 8);
     if (status != 0) return client_stopped(fd, cfg, len, deadline, err);
-    if (len != blob_len)
-        return ms_err_set(err, PREFIX "node %d: node 0 sent a %u-byte blob, expected %u", cfg->node_rank, len, blob_len);
-    if (recv_all(fd, blob, len, deadline) != 0)
-        return ms_err_set(err, PREFIX "node %d lost node 0 (%s:%d) while receiving the blob: %s", cfg->node_rank,
+    size_t want = (size_t)cfg->nnodes * (4 + (size_t)blob_len);
+    if (len != want)
+        return ms_err_set(err, PREFIX "node %d: node 0 sent a %u-byte table, expected %zu", cfg->node_rank, len, want);
+    unsigned char *table = malloc(want ? want : 1);
+    if (!table) return ms_err_set(err, PREFIX "out of memory");
+    if (recv_all(fd, table, len, deadline) != 0) {
+        free(table);
+        return ms_err_set(err, PREFIX "node %d lost node 0 (%s:%d) while receiving the table: %s", cfg->node_rank,
                           cfg->master_addr, cfg->master_port, strerror(errno));
+    }
+    int rc = table_unpack(table, cfg->nnodes, blob_len, out, err);
+    free(table);
+    if (rc != 0) return -1;
     put_u32(ack, RV_MAGIC);
     put_u32(ack + 4, (uint32_t)cfg->node_rank);
     if (send_all(fd, ack, sizeof ack, deadline) != 0)
-        return ms_err_set(err, PREFIX "node %d could not acknowledge the blob to node 0 (%s:%d): %s", cfg->node_rank,
+        return ms_err_set(err, PREFIX "node %d could not acknowledge the table to node 0 (%s:%d): %s", cfg->node_rank,
                           cfg->master_addr, cfg->master_port, strerror(errno));
     return 0;
 }
 
-static int client_run(const rendezvous_cfg *cfg, void *blob, uint32_t blob_len, int64_t deadline, ms_err *err) {
+static int client_run(const rendezvous_cfg *cfg, const void *mine, uint32_t blob_len, rendezvous_node *out,
+                      int64_t deadline, ms_err *err) {
     char why[256] = "no attempt finished";
     for (;;) {
         int fd = client_connect(cfg, deadline, why, sizeof why);
         if (fd < 0)
             return ms_err_set(err, PREFIX "node %d could not reach node 0 at %s:%d within %.1f s (last error: %s)",
                               cfg->node_rank, cfg->master_addr, cfg->master_port, timeout_s(cfg), why);
-        int rc = client_session(fd, cfg, blob, blob_len, deadline, err);
+        int rc = client_session(fd, cfg, mine, blob_len, out, deadline, err);
         close(fd);
         if (rc == -2)
             return ms_err_set(err, PREFIX "node %d reached node 0 at %s:%d but got no answer within %.1f s "
@@ -529,12 +604,42 @@ static int cfg_check(const rendezvous_cfg *cfg, const void *blob, size_t blob_le
     return 0;
 }
 
-int rendezvous_run(const rendezvous_cfg *cfg, void *blob, size_t blob_len, ms_err *err) {
+static int own_entry_only(const void *mine, size_t blob_len, rendezvous_node *out, ms_err *err) {
+    out[0].ipv4 = 0;
+    if (!(out[0].entry = malloc(blob_len ? blob_len : 1))) return ms_err_set(err, PREFIX "out of memory");
+    if (blob_len) memcpy(out[0].entry, mine, blob_len);
+    return 0;
+}
+
+int rendezvous_exchange(const rendezvous_cfg *cfg, const void *mine, size_t blob_len, rendezvous_node *out,
+                        ms_err *err) {
     ms_err local;
     if (!err) err = &local; /* messages are also passed on to the other nodes */
+    if (cfg_check(cfg, mine, blob_len, err) != 0) return -1;
+    if (cfg->nnodes > 1 && (size_t)cfg->nnodes * (4 + blob_len) > MAX_BLOB_BYTES)
+        return ms_err_set(err, PREFIX "a table of %d x %zu bytes is too large (at most 1 GiB)", cfg->nnodes, blob_len);
+    int64_t deadline = now_ms() + (cfg->timeout_ms > 0 ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS);
+    if (cfg->nnodes == 1) return own_entry_only(mine, blob_len, out, err);
+    if (cfg->node_rank == 0) return server_run(cfg, mine, (uint32_t)blob_len, out, deadline, err);
+    return client_run(cfg, mine, (uint32_t)blob_len, out, deadline, err);
+}
+
+int rendezvous_run(const rendezvous_cfg *cfg, void *blob, size_t blob_len, ms_err *err) {
+    ms_err local;
+    if (!err) err = &local;
     if (cfg_check(cfg, blob, blob_len, err) != 0) return -1;
     if (cfg->nnodes == 1) return 0;
-    int64_t deadline = now_ms() + (cfg->timeout_ms > 0 ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS);
-    if (cfg->node_rank == 0) return server_run(cfg, blob, (uint32_t)blob_len, deadline, err);
-    return client_run(cfg, blob, (uint32_t)blob_len, deadline, err);
+    rendezvous_node *nodes = calloc((size_t)cfg->nnodes, sizeof *nodes);
+    void *zeros = cfg->node_rank ? calloc(1, blob_len ? blob_len : 1) : NULL; /* what the others contribute */
+    if (!nodes || (cfg->node_rank && !zeros)) {
+        free(nodes);
+        free(zeros);
+        return ms_err_set(err, PREFIX "out of memory");
+    }
+    int rc = rendezvous_exchange(cfg, cfg->node_rank ? zeros : blob, blob_len, nodes, err);
+    free(zeros);
+    if (rc == 0 && cfg->node_rank != 0 && blob_len) memcpy(blob, nodes[0].entry, blob_len);
+    rendezvous_nodes_free(nodes, rc == 0 ? cfg->nnodes : 0);
+    free(nodes);
+    return rc;
 }

@@ -4,7 +4,8 @@
  *
  * Node 0 listens on 0.0.0.0:master_port (IPv4, SO_REUSEADDR), waits for nodes
  * 1..nnodes-1 to connect and say hello (magic, protocol version, nnodes,
- * node_rank, blob_len), then sends every node the blob_len bytes at `blob`;
+ * node_rank, blob_len, then their own entry), then sends every node the table
+ * of all entries (rendezvous_run: the blob_len bytes at `blob`);
  * each node acknowledges; node 0 returns 0 when all have. Other nodes connect
  * to master_addr:master_port (retrying until the deadline, since node 0 may
  * start later), send hello, receive the blob into `blob`, ack and return 0.
@@ -25,6 +26,7 @@
 #define MS_RENDEZVOUS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/err.h"
 
@@ -35,7 +37,22 @@ typedef struct rendezvous_cfg {
     int timeout_ms;          /* overall deadline for everyone to join (<= 0: 300000) */
 } rendezvous_cfg;
 
-/* Node 0 sends blob[0..blob_len); the others receive into it (same blob_len everywhere). */
+/* What rendezvous_exchange hands every node about node r. */
+typedef struct rendezvous_node {
+    uint32_t ipv4;         /* node r's IPv4 address (network order) as node 0 saw it; 0 for node 0 itself */
+    unsigned char *entry;  /* node r's blob_len bytes (malloc'd) */
+} rendezvous_node;
+
+/* Every node contributes blob_len bytes (`mine`; the same blob_len everywhere);
+ * on success every node gets out[nnodes]: each node's entry and address
+ * (free with rendezvous_nodes_free). Same protocol, errors and deadline as
+ * rendezvous_run (the hello carries the entry, node 0's reply the table). */
+int rendezvous_exchange(const rendezvous_cfg *cfg, const void *mine, size_t blob_len, rendezvous_node *out,
+                        ms_err *err);
+void rendezvous_nodes_free(rendezvous_node *nodes, int n);
+
+/* Node 0 sends blob[0..blob_len); the others receive into it (same blob_len
+ * everywhere): rendezvous_exchange where only node 0's entry is used. */
 int rendezvous_run(const rendezvous_cfg *cfg, void *blob, size_t blob_len, ms_err *err);
 
 #endif

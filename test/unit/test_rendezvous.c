@@ -239,3 +239,39 @@ Test(rendezvous, stray_connections_are_survived, .timeout = 60) {
     expect_blob(&a[0]);
     expect_blob(&a[1]);
 }
+
+typedef struct {
+    rendezvous_cfg cfg;
+    unsigned char mine[40];
+    rendezvous_node out[3];
+    ms_err err;
+    int rc;
+} exchange_arg;
+
+static void *exchange_main(void *p) {
+    exchange_arg *a = p;
+    a->rc = rendezvous_exchange(&a->cfg, a->mine, sizeof a->mine, a->out, &a->err);
+    return NULL;
+}
+
+/* Every node gets every node's entry and the address node 0 saw it connect from. */
+Test(rendezvous, exchange_hands_every_node_the_whole_table, .timeout = 30) {
+    int port = free_port();
+    exchange_arg a[3];
+    pthread_t th[3];
+    memset(a, 0, sizeof a);
+    for (int r = 0; r < 3; r++) {
+        a[r].cfg = (rendezvous_cfg){"127.0.0.1", port, 3, r, 10000};
+        for (size_t i = 0; i < sizeof a[r].mine; i++) a[r].mine[i] = (unsigned char)(r * 50 + i);
+        cr_assert(pthread_create(&th[r], NULL, exchange_main, &a[r]) == 0);
+    }
+    for (int r = 0; r < 3; r++) pthread_join(th[r], NULL);
+    for (int r = 0; r < 3; r++) {
+        cr_assert_eq(a[r].rc, 0, "node %d: %s", r, a[r].err.msg);
+        for (int q = 0; q < 3; q++) {
+            cr_expect_eq(memcmp(a[r].out[q].entry, a[q].mine, sizeof a[q].mine), 0, "node %d's copy of node %d", r, q);
+            cr_expect_eq(a[r].out[q].ipv4, q == 0 ? 0u : htonl(INADDR_LOOPBACK), "node %d's address of node %d", r, q);
+        }
+        rendezvous_nodes_free(a[r].out, 3);
+    }
+}
