@@ -4,7 +4,8 @@
  *
  * Implementations: CPU ranks as threads of one process exchanging through
  * shared memory (cpu/comm_cpu.h; tests and CPU deployments; buffers are host
- * memory) and NCCL (cuda/comm_nccl.h; buffers are device memory). Every rank of
+ * memory), CPU ranks in several processes or machines over TCP (cpu/comm_tcp.h;
+ * `--nnodes` without GPUs) and NCCL (cuda/comm_nccl.h; buffers are device memory). Every rank of
  * a world must make the same sequence of calls. A rank that fails calls
  * abort(reason): with the CPU comm every rank's pending and later calls then
  * return -1 with that reason instead of waiting forever; with NCCL the abort
@@ -26,7 +27,7 @@ typedef struct comm_ops {
     /* Sends send_bytes[p] bytes starting at send + (sum of send_bytes[q] for q < p)
      * to each rank p. Receives peer p's slice for this rank at recv + (sum of
      * recv_bytes[q] for q < p); fills recv_bytes[size]. Fails if the total exceeds
-     * recv_cap (every rank then fails the call). */
+     * recv_cap (the world fails: every other rank fails this call or its next). */
     int (*all_to_all_v)(comm *c, const void *send, const size_t *send_bytes, void *recv, size_t recv_cap,
                         size_t *recv_bytes, ms_err *err);
     /* buf[i] = Σ over ranks of buf[i]. CPU: summed in rank order (bitwise equal on
