@@ -557,6 +557,9 @@ static int client_session(int fd, const rendezvous_cfg *cfg, const void *mine, u
     int rc = table_unpack(table, cfg->nnodes, blob_len, out, err);
     free(table);
     if (rc != 0) return -1;
+    struct sockaddr_in a; /* node 0's address: the one this node reached it at */
+    socklen_t alen = sizeof a;
+    if (getpeername(fd, (struct sockaddr *)&a, &alen) == 0 && a.sin_family == AF_INET) out[0].ipv4 = a.sin_addr.s_addr;
     put_u32(ack, RV_MAGIC);
     put_u32(ack + 4, (uint32_t)cfg->node_rank);
     if (send_all(fd, ack, sizeof ack, deadline) != 0)

@@ -39,7 +39,8 @@ typedef struct rendezvous_cfg {
 
 /* What rendezvous_exchange hands every node about node r. */
 typedef struct rendezvous_node {
-    uint32_t ipv4;         /* node r's IPv4 address (network order) as node 0 saw it; 0 for node 0 itself */
+    uint32_t ipv4;         /* node r's IPv4 address (network order) as node 0 saw it; for node 0 the
+                            * address this node reached it at (0 on node 0 itself, or over IPv6) */
     unsigned char *entry;  /* node r's blob_len bytes (malloc'd) */
 } rendezvous_node;
 

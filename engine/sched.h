@@ -140,7 +140,9 @@ typedef struct sched_stats {
 sched *sched_create(model *m, const tokenizer *tok, const sched_config *cfg, ms_err *err);
 
 /* Expert parallelism (engine/ep.h): models[r] is rank r of one world
- * (model_set_ep). Returns a front scheduler with the same API: one engine thread,
+ * (model_set_ep); the world may have more ranks than n_ranks (other nodes' ranks
+ * that follow the step agreement of server/ep_launch.h with no sequences:
+ * ep_follow). Returns a front scheduler with the same API: one engine thread,
  * KV pool and running set per rank (cfg applies to each rank: kv_cache_tokens
  * and max_num_seqs are per rank); each new request goes to the rank with the
  * most free KV pages, or, when it continues an earlier prompt's page-aligned

@@ -7,22 +7,19 @@
 
 #include "cpu/backend_cpu.h"
 
-/* Every step starts with this agreement: rank 0 says go (1) or stop (0). */
-static int agree(comm *c, float go) {
+/* The step agreement of ep_launch.h: rank 0 brings its tokens (step) or stop;
+ * 1 the world steps, 0 it stops, -1 it has failed. */
+static int agree(comm *c, int step) {
     ms_err err = {{0}};
-    float v = c->rank == 0 ? go : 0.0f;
-    if (c->ops->all_reduce_sum(c, &v, 1, &err) != 0) return -1;
-    return v != 0.0f;
+    float v[2] = {step ? 1.0f : 0.0f, step ? 0.0f : 1.0f};
+    if (c->ops->all_reduce_sum(c, v, 2, &err) != 0) return -1;
+    return v[1] > 0.0f ? 0 : 1;
 }
 
-/* Ranks 1..N-1: an empty step (their share of the experts) each time rank 0 steps. */
+/* Local ranks 1..N-1 (workers on other nodes run the same loop). */
 static void *follower_main(void *arg) {
-    model *m = arg;
-    comm *c = ep_comm(m->ep);
-    model_batch none = {0};
     ms_err err = {{0}};
-    while (agree(c, 0.0f) == 1)
-        if (model_forward(m, NULL, &none, NULL, &err) != 0) break; /* the world has failed; rank 0 reports it */
+    ep_follow(arg, &err); /* a failure reaches rank 0 through the world */
     return NULL;
 }
 
@@ -46,7 +43,7 @@ int cli_engine_open(cli_engine *e, const char *dir, int kv_tokens, const ep_laun
     e->be = e->ranks.be[0];
     e->m = e->ranks.m[0];
     if (model_kv_init(e->m, &e->kv, kv_tokens, &err) != 0) goto fail;
-    if (o->n_ranks > 1 && start_followers(e, &err) != 0) goto fail;
+    if (e->ranks.n_ranks > 1 && start_followers(e, &err) != 0) goto fail;
     return 0;
 fail:
     fprintf(stderr, "mlaserve: %s\n", err.msg);
@@ -57,7 +54,10 @@ fail:
 }
 
 void cli_engine_close(cli_engine *e) {
-    if (e->n_followers) agree(ep_comm(e->m->ep), 0.0f);
+    if (e->m && e->m->ep) { /* stop the world, or fail it if its local ranks never all started */
+        if (e->n_followers == e->ranks.n_ranks - 1) agree(ep_comm(e->m->ep), 0);
+        else ep_abort(e->m->ep, "rank 0 could not start");
+    }
     for (int i = 0; i < e->n_followers; i++) pthread_join(e->followers[i], NULL);
     free(e->followers);
     kv_cache_free(&e->kv);
@@ -78,7 +78,7 @@ int cli_engine_step(cli_engine *e, kv_seq *seq, const int32_t *ids, int n, int p
     model_batch b = {n, ids, pos, sq, seqs, 1, all_rows ? rows : rows + n - 1, all_rows ? n : 1};
     ms_err err = {{0}};
     int rc = 0;
-    if (e->n_followers && agree(ep_comm(e->m->ep), 1.0f) != 1)
+    if (e->m->ep && agree(ep_comm(e->m->ep), 1) != 1)
         rc = ms_err_set(&err, "expert-parallel ranks are not running");
     if (rc == 0) rc = model_forward(e->m, &e->kv, &b, logits, &err);
     if (rc != 0) fprintf(stderr, "mlaserve: %s\n", err.msg);

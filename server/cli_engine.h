@@ -5,7 +5,9 @@
  * With --ep N > 1 the model runs expert-parallel over N CPU ranks
  * (server/ep_launch.h): the caller's sequence lives on rank 0; ranks 1..N-1 are
  * threads that join every step with no tokens of their own and run their share
- * of the routed experts, so results can be compared across rank counts. */
+ * of the routed experts, so results can be compared across rank counts. With
+ * --nnodes this process is node 0 and the other nodes' ranks follow the same
+ * way (server/ep_launch.h); the caller sends node_rank >= 1 to ep_launch_worker. */
 #ifndef MS_CLI_ENGINE_H
 #define MS_CLI_ENGINE_H
 

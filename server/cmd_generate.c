@@ -20,6 +20,7 @@ typedef struct {
     long max_tokens, threads, ep;
     int ignore_eos, quiet_stats, seed_given, bf16_activations;
     sample_params sp;
+    ep_launch_opts nodes; /* --nnodes, --node-rank, --master-addr, --master-port, --rendezvous-timeout */
 } gen_args;
 
 static void usage(FILE *f) {
@@ -27,6 +28,7 @@ static void usage(FILE *f) {
                "                         [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
                "                         [--repetition-penalty R] [--threads N] [--ignore-eos] [--no-stats]\n"
                "                         [--ep N] [--ep-placement FILE] [--device cpu|cuda[:N]] [--bf16-activations]\n"
+               EP_LAUNCH_NODES_USAGE
                "--prompt continues raw text (BOS prepended as tokenizer_config.json says); --chat sends TEXT\n"
                "as one user message through the chat template. Sampling defaults: generation_config.json,\n"
                "else greedy. --temperature 0 is greedy.\n");
@@ -75,7 +77,13 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         if (!strcmp(o, "--bf16-activations")) { a->bf16_activations = 1; continue; }
         if (!v) { fprintf(stderr, "mlaserve generate: %s needs a value\n", o); return -1; }
         i++;
+        int bad = 0;
         if (!strcmp(o, "--model")) continue;
+        if (ep_launch_parse_opt(&a->nodes, o, v, &bad) && !bad) continue;
+        if (bad) {
+            fprintf(stderr, "mlaserve generate: bad value for %s: %s\n", o, v);
+            return -1;
+        }
         if (!strcmp(o, "--prompt")) a->prompt = v;
         else if (!strcmp(o, "--chat")) a->chat = v;
         else if (!strcmp(o, "--max-tokens") && !cli_parse_int(v, 1, 1 << 24, &a->max_tokens)) continue;
@@ -88,6 +96,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             return -1;
         }
     }
+    if (a->model_dir && a->nodes.node_rank > 0) return 0; /* a worker node: no prompt of its own */
     if (!a->model_dir || (!a->prompt == !a->chat)) {
         fprintf(stderr, "mlaserve generate: --model and exactly one of --prompt / --chat are required\n");
         return -1;
@@ -179,6 +188,10 @@ static int decode_loop(cli_engine *e, const tokenizer *tok, const gen_args *a, c
 int cmd_generate(int argc, char **argv) {
     gen_args a;
     if (parse_args(argc, argv, &a) != 0) { usage(stderr); return CLI_USAGE; }
+    ep_launch_opts lo = a.nodes;
+    lo.n_ranks = (int)a.ep, lo.n_threads = (int)a.threads, lo.placement = a.placement, lo.device = a.device;
+    lo.bf16_activations = a.bf16_activations;
+    if (lo.node_rank > 0) return ep_launch_worker(a.model_dir, &lo);
     ms_err err = {{0}};
     if (sample_params_validate(&a.sp, &err) != 0) { fprintf(stderr, "mlaserve generate: %s\n", err.msg); return CLI_USAGE; }
     tokenizer *tok = tokenizer_load(a.model_dir, &err);
@@ -188,9 +201,7 @@ int cmd_generate(int argc, char **argv) {
     cli_engine e;
     int rc = CLI_FAIL;
     if (prompt_ids(tok, &a, &ids, &n) == 0 &&
-        cli_engine_open(&e, a.model_dir, (int)n + (int)a.max_tokens + 1,
-                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, 0,
-                                          a.bf16_activations}) == 0) {
+        cli_engine_open(&e, a.model_dir, (int)n + (int)a.max_tokens + 1, &lo) == 0) {
         if ((long)n + a.max_tokens > e.m->cfg.max_position_embeddings)
             fprintf(stderr, "mlaserve generate: %zu prompt tokens + %ld exceed the context (%d)\n", n, a.max_tokens,
                     e.m->cfg.max_position_embeddings);

@@ -17,6 +17,7 @@ typedef struct {
     int expert_counts;
     int batch_invariant;
     int bf16_activations;
+    ep_launch_opts nodes; /* --nnodes, --node-rank, --master-addr, --master-port, --rendezvous-timeout */
 } logits_args;
 
 static void usage(FILE *f) {
@@ -24,12 +25,13 @@ static void usage(FILE *f) {
                "                       [--last-logits FILE] [--threads N] [--attn auto|absorb|naive]\n"
                "                       [--ep N] [--ep-placement FILE] [--expert-counts] [--device cpu|cuda[:N]]\n"
                "                       [--batch-invariant] [--bf16-activations]  (the kernels of serve's options)\n"
+               EP_LAUNCH_NODES_USAGE
                "Prints {\"top\": [[[id, logit], ...] per prompt position], \"greedy\": [N ids]}; with\n"
                "--expert-counts also \"expert_tokens\": [rows each routed expert ran, over all layers and ranks].\n");
 }
 
 static int parse_args(int argc, char **argv, logits_args *a) {
-    *a = (logits_args){NULL, NULL, NULL, NULL, NULL, 20, 0, 0, 1, ATTN_AUTO, 0, 0, 0};
+    *a = (logits_args){NULL, NULL, NULL, NULL, NULL, 20, 0, 0, 1, ATTN_AUTO, 0, 0, 0, {0}};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) { usage(stdout); exit(CLI_OK); }
@@ -38,6 +40,9 @@ static int parse_args(int argc, char **argv, logits_args *a) {
         if (!strcmp(o, "--bf16-activations")) { a->bf16_activations = 1; continue; }
         if (!v) { fprintf(stderr, "mlaserve logits: %s needs a value\n", o); return -1; }
         i++;
+        int bad = 0;
+        if (ep_launch_parse_opt(&a->nodes, o, v, &bad) && !bad) continue;
+        if (bad) { fprintf(stderr, "mlaserve logits: bad value for %s: %s\n", o, v); return -1; }
         if (!strcmp(o, "--model")) a->model_dir = v;
         else if (!strcmp(o, "--ids")) a->ids_text = v;
         else if (!strcmp(o, "--last-logits")) a->last_logits = v;
@@ -51,6 +56,11 @@ static int parse_args(int argc, char **argv, logits_args *a) {
         else if (!strcmp(o, "--attn") && !strcmp(v, "absorb")) a->attn = ATTN_ABSORB;
         else if (!strcmp(o, "--attn") && !strcmp(v, "naive")) a->attn = ATTN_NAIVE;
         else { fprintf(stderr, "mlaserve logits: bad option or value: %s %s\n", o, v); return -1; }
+    }
+    if (a->model_dir && a->nodes.node_rank > 0) return 0; /* a worker node: no ids of its own */
+    if (a->expert_counts && a->nodes.nnodes > 1) {
+        fprintf(stderr, "mlaserve logits: --expert-counts sees only this node's experts; drop it with --nnodes\n");
+        return -1;
     }
     if (!a->model_dir || !a->ids_text) { fprintf(stderr, "mlaserve logits: --model and --ids are required\n"); return -1; }
     if (a->batch_invariant && a->attn == ATTN_NAIVE) {
@@ -163,15 +173,17 @@ int cmd_logits(int argc, char **argv) {
     int32_t *ids = NULL;
     int n = 0;
     if (parse_args(argc, argv, &a) != 0) { usage(stderr); return CLI_USAGE; }
+    ep_launch_opts lo = a.nodes;
+    lo.n_ranks = (int)a.ep, lo.n_threads = (int)a.threads, lo.placement = a.placement, lo.device = a.device;
+    lo.batch_invariant = a.batch_invariant, lo.bf16_activations = a.bf16_activations;
+    if (lo.node_rank > 0) return ep_launch_worker(a.model_dir, &lo);
     if (parse_ids(a.ids_text, &ids, &n) != 0) {
         fprintf(stderr, "mlaserve logits: --ids must be comma-separated token ids, got \"%s\"\n", a.ids_text);
         free(ids);
         return CLI_USAGE;
     }
     cli_engine e;
-    if (cli_engine_open(&e, a.model_dir, n + (int)a.greedy + 1,
-                        &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, a.batch_invariant,
-                                          a.bf16_activations}) != 0) {
+    if (cli_engine_open(&e, a.model_dir, n + (int)a.greedy + 1, &lo) != 0) {
         free(ids);
         return CLI_FAIL;
     }

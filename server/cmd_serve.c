@@ -48,7 +48,15 @@ typedef struct serve_args {
     int reasoning_flag;          /* --reasoning-parser: 1 deepseek-r1, -1 none, 0 auto */
     int batch_invariant;         /* --batch-invariant */
     int bf16_activations;        /* --bf16-activations */
+    ep_launch_opts nodes;        /* --nnodes, --node-rank, --master-addr, --master-port, --rendezvous-timeout */
 } serve_args;
+
+static ep_launch_opts launch_opts(const serve_args *a) {
+    ep_launch_opts o = a->nodes;
+    o.n_ranks = (int)a->ep, o.n_threads = (int)a->threads, o.placement = a->placement, o.device = a->device;
+    o.batch_invariant = a->batch_invariant, o.bf16_activations = a->bf16_activations;
+    return o;
+}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -67,6 +75,7 @@ static void usage(FILE *f) {
             "  --ep N                       expert parallelism over N CPU ranks: each rank owns a slice of the\n"
             "                               routed experts, its own sequences and KV pool (default 1)\n"
             "  --ep-placement FILE          JSON array: the rank of each routed expert (default: contiguous slices)\n"
+            EP_LAUNCH_NODES_USAGE
             "  --device cpu|cuda[:N]        where the model runs (default cpu; cuda needs a make CUDA=1 build)\n"
             "  --max-queue N                waiting requests at most; beyond, 429 (default 256)\n"
             "  --no-prefix-caching          do not reuse the KV pages of a shared prompt prefix\n"
@@ -188,7 +197,8 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         i++;
         long n;
         int bad = 0, ok = 1;
-        if (!strcmp(o, "--model")) a->model_dir = v;
+        if (ep_launch_parse_opt(&a->nodes, o, v, &bad)) {}
+        else if (!strcmp(o, "--model")) a->model_dir = v;
         else if (!strcmp(o, "--host")) a->host = v;
         else if (!strcmp(o, "--port")) bad = cli_parse_int(v, 0, 65535, &a->port);
         else if (!strcmp(o, "--api-key")) bad = !*v || add_key(a, v, strlen(v));
@@ -369,13 +379,8 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     cons_vocab *vocab = NULL;
     if (!tok) goto done;
     int n_threads = a.threads > 0 ? (int)a.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (a.placement && a.ep == 1) {
-        ms_err_set(&err, "--ep-placement needs --ep 2 or more");
-        goto done;
-    }
-    if (ep_launch_open(&ranks, a.model_dir, &(ep_launch_opts){(int)a.ep, (int)a.threads, a.placement, a.device, a.batch_invariant,
-                                                                 a.bf16_activations}, &err) != 0)
-        goto done;
+    ep_launch_opts lo = launch_opts(&a);
+    if (ep_launch_open(&ranks, a.model_dir, &lo, &err) != 0) goto done;
     m = ranks.m[0];
     /* A CPU step costs in proportion to its tokens: short steps let the first
      * prompts of a burst start streaming sooner (docs/benchmarks-serving.md,
@@ -391,7 +396,7 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     }
     a.sc.on_fatal = on_engine_fatal;
     a.sc.fatal_ctx = &ss;
-    if (!(s = a.ep > 1 ? sched_create_ep(ranks.m, (int)a.ep, tok, &a.sc, &err) : sched_create(m, tok, &a.sc, &err))) goto done;
+    if (!(s = m->ep ? sched_create_ep(ranks.m, ranks.n_ranks, tok, &a.sc, &err) : sched_create(m, tok, &a.sc, &err))) goto done;
     if (!(vocab = cons_vocab_create(tok, m->cfg.eos_token_id, m->cfg.vocab_size, &err))) goto done;
     chat_template_variant variant = template_variant(&a, tok);
     http_engine he = {s, tok, m->cfg.vocab_size, vocab, variant};
@@ -429,7 +434,8 @@ int cmd_serve(int argc, char **argv) {
         usage(stderr);
         return CLI_USAGE;
     }
-    int rc = serve(&a, &kv);
+    ep_launch_opts lo = launch_opts(&a);
+    int rc = lo.node_rank > 0 ? ep_launch_worker(a.model_dir, &lo) : serve(&a, &kv); /* node 0 serves HTTP */
     free_keys(&a);
     return rc;
 }

@@ -1,13 +1,18 @@
 /* server/ep_launch.c — see ep_launch.h. */
 #include "server/ep_launch.h"
 
+#include <errno.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "common/rendezvous.h"
 #include "cpu/backend_cpu.h"
+#include "server/cli.h"
+#include "server/cli_engine.h"
 #ifdef MS_CUDA
 #include "cuda/backend_cuda.h"
 #endif
@@ -76,31 +81,140 @@ static void close_backend(const ep_launch *l, backend *be) {
     backend_cpu_free(be);
 }
 
+/* ---- several nodes ------------------------------------------------------------------ */
+
+#define NODE_ENTRY_VERSION 1u
+#define NODE_ENTRY_BYTES (16 + 2 * EP_LAUNCH_MAX_LOCAL) /* version, ranks, config hash, placement hash, ports */
+
+static uint32_t fnv1a(uint32_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+
+/* FNV-1a of dir/config.json's bytes: the nodes must run the same model. */
+static int config_hash(const char *dir, uint32_t *h, ms_err *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f) return ms_err_set(err, "%s: %s", path, strerror(errno));
+    unsigned char buf[4096];
+    size_t n;
+    *h = 2166136261u;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) *h = fnv1a(*h, buf, n);
+    fclose(f);
+    return 0;
+}
+
+static uint32_t placement_hash(const int32_t *owner, int n_experts, int size) {
+    uint32_t h = 2166136261u;
+    for (int e = 0; e < n_experts; e++) {
+        int32_t r = owner ? owner[e] : ep_default_owner(e, n_experts, size);
+        h = fnv1a(h, &r, sizeof r);
+    }
+    return h;
+}
+
+static void put_u32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (24 - 8 * i));
+}
+static uint32_t get_u32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Checks what node r said against this node: 0, or -1 naming what differs. */
+static int entry_check(const unsigned char *mine, const unsigned char *theirs, int r, int self, ms_err *err) {
+    if (get_u32(theirs) != NODE_ENTRY_VERSION)
+        return ms_err_set(err, "--nnodes: node %d runs another mlaserve version", r);
+    if (get_u32(theirs + 4) != get_u32(mine + 4))
+        return ms_err_set(err, "--nnodes: node %d runs --ep %u, node %d --ep %u (every node needs the same)", r,
+                          get_u32(theirs + 4), self, get_u32(mine + 4));
+    if (get_u32(theirs + 8) != get_u32(mine + 8))
+        return ms_err_set(err, "--nnodes: node %d loaded a different model (its config.json differs from node %d's)", r,
+                          self);
+    if (get_u32(theirs + 12) != get_u32(mine + 12))
+        return ms_err_set(err, "--nnodes: node %d places the routed experts differently from node %d (--ep-placement)", r,
+                          self);
+    return 0;
+}
+
+/* Meets the other nodes and connects this node's ranks to all of theirs. */
+static int join_nodes(ep_launch *l, const char *dir, const ep_launch_opts *o, const int32_t *owner, ms_err *err) {
+    int nnodes = l->nnodes, n_local = l->n_ranks, timeout_ms = (o->rendezvous_timeout_s > 0 ? o->rendezvous_timeout_s : 300) * 1000;
+    unsigned char mine[NODE_ENTRY_BYTES] = {0};
+    uint32_t cfg_h;
+    if (config_hash(dir, &cfg_h, err) != 0) return -1;
+    if (!(l->tcp = comm_tcp_node_open(nnodes, l->node_rank, n_local, err))) return -1;
+    put_u32(mine, NODE_ENTRY_VERSION);
+    put_u32(mine + 4, (uint32_t)n_local);
+    put_u32(mine + 8, cfg_h);
+    put_u32(mine + 12, placement_hash(owner, l->m[0]->cfg.n_routed_experts, nnodes * n_local));
+    for (int r = 0; r < n_local; r++) {
+        int port = comm_tcp_node_port(l->tcp, r);
+        mine[16 + 2 * r] = (unsigned char)(port >> 8), mine[17 + 2 * r] = (unsigned char)port;
+    }
+    rendezvous_cfg rc = {o->master_addr ? o->master_addr : "127.0.0.1", o->master_port ? o->master_port : 29500, nnodes,
+                         l->node_rank, timeout_ms};
+    rendezvous_node *nodes = calloc((size_t)nnodes, sizeof *nodes);
+    uint32_t *ips = calloc((size_t)nnodes, sizeof *ips);
+    uint16_t *ports = calloc((size_t)nnodes * (size_t)n_local, sizeof *ports);
+    int ok = nodes && ips && ports ? 0 : ms_err_set(err, "out of memory");
+    int joined = ok == 0 && rendezvous_exchange(&rc, mine, sizeof mine, nodes, err) == 0;
+    for (int r = 0; joined && ok == 0 && r < nnodes; r++) {
+        ok = entry_check(mine, nodes[r].entry, r, l->node_rank, err);
+        ips[r] = nodes[r].ipv4;
+        for (int q = 0; q < n_local; q++)
+            ports[r * n_local + q] = (uint16_t)(nodes[r].entry[16 + 2 * q] << 8 | nodes[r].entry[17 + 2 * q]);
+    }
+    if (joined && ok == 0 && l->node_rank > 0 && ips[0] == 0)
+        ok = ms_err_set(err, "--nnodes: node 0 (%s) must be reachable over IPv4", rc.master_addr);
+    if (joined && ok == 0) ok = comm_tcp_node_connect(l->tcp, ips, ports, timeout_ms, err);
+    if (!joined) ok = -1;
+    if (nodes) rendezvous_nodes_free(nodes, joined ? nnodes : 0);
+    free(nodes);
+    free(ips);
+    free(ports);
+    return ok;
+}
+
+static int nodes_check(const ep_launch_opts *o, int gpu, int world, ms_err *err) {
+    int nnodes = o->nnodes > 1 ? o->nnodes : 1;
+    if (o->node_rank < 0 || o->node_rank >= nnodes)
+        return ms_err_set(err, "--node-rank %d is outside 0..%d (--nnodes %d)", o->node_rank, nnodes - 1, nnodes);
+    if (o->n_ranks > EP_LAUNCH_MAX_LOCAL) return ms_err_set(err, "--ep %d: at most %d ranks per node", o->n_ranks, EP_LAUNCH_MAX_LOCAL);
+    if (gpu >= 0 && world > 1)
+        return ms_err_set(err, "--ep %d%s with --device cuda needs NCCL ranks, which are not wired yet "
+                          "(docs/expert-parallel.md); use --ep 1 on a GPU or CPU ranks", o->n_ranks,
+                          nnodes > 1 ? " over several nodes" : "");
+    if (o->placement && world == 1) return ms_err_set(err, "--ep-placement needs --ep 2 or more (or several nodes)");
+    return 0;
+}
+
 int ep_launch_open(ep_launch *l, const char *dir, const ep_launch_opts *o, ms_err *err) {
-    int n_ranks = o->n_ranks, gpu = device_index(o->device);
-    *l = (ep_launch){n_ranks, 0, "CPU", NULL, calloc((size_t)n_ranks, sizeof(backend *)),
+    int n_ranks = o->n_ranks, gpu = device_index(o->device), nnodes = o->nnodes > 1 ? o->nnodes : 1;
+    int world = n_ranks * nnodes;
+    *l = (ep_launch){n_ranks, nnodes, o->node_rank, 0, "CPU", NULL, NULL, calloc((size_t)n_ranks, sizeof(backend *)),
                      calloc((size_t)n_ranks, sizeof(model *))};
     int32_t *owner = NULL;
     int rc = l->be && l->m ? 0 : ms_err_set(err, "out of memory");
     if (rc == 0 && gpu == -2) rc = ms_err_set(err, "--device must be cpu, cuda or cuda:N, got \"%s\"", o->device);
-    if (rc == 0 && gpu >= 0 && n_ranks > 1)
-        rc = ms_err_set(err, "--ep %d with --device cuda needs NCCL ranks, which are not wired yet "
-                        "(docs/expert-parallel.md); use --ep 1 on a GPU or CPU ranks", n_ranks);
-    if (rc == 0 && o->placement && n_ranks == 1) rc = ms_err_set(err, "--ep-placement needs --ep 2 or more");
-    if (rc == 0 && n_ranks > 1 && !(l->world = comm_cpu_world_create(n_ranks, err))) rc = -1;
+    if (rc == 0) rc = nodes_check(o, gpu, world, err);
+    if (rc == 0 && nnodes == 1 && n_ranks > 1 && !(l->world = comm_cpu_world_create(n_ranks, err))) rc = -1;
     for (int r = 0; rc == 0 && r < n_ranks; r++) {
         if (!(l->be[r] = open_backend(l, gpu, threads_per_rank(o->n_threads, n_ranks), err))) rc = -1;
         else if (!(l->m[r] = model_load(dir, l->be[r], err))) rc = -1;
     }
     const char *placement = o->placement;
-    if (rc == 0 && placement) rc = ep_load_placement(placement, l->m[0]->cfg.n_routed_experts, n_ranks, &owner, err);
+    if (rc == 0 && placement) rc = ep_load_placement(placement, l->m[0]->cfg.n_routed_experts, world, &owner, err);
     for (int r = 0; rc == 0 && o->batch_invariant && r < n_ranks; r++)
         if (model_set_batch_invariant(l->m[r], 1, err) != 0) rc = ms_err_prefix(err, "--batch-invariant");
     for (int r = 0; rc == 0 && o->bf16_activations && r < n_ranks; r++)
         if (model_set_bf16_activations(l->m[r], 1, err) != 0) rc = ms_err_prefix(err, "--bf16-activations");
-    for (int r = 0; rc == 0 && l->world && r < n_ranks; r++)
-        if (model_set_ep(l->m[r], comm_cpu_world_rank(l->world, r), owner, err) != 0)
-            rc = ms_err_prefix(err, "--ep %d", n_ranks);
+    if (rc == 0 && nnodes > 1) rc = join_nodes(l, dir, o, owner, err);
+    for (int r = 0; rc == 0 && world > 1 && r < n_ranks; r++) {
+        comm *c = l->tcp ? comm_tcp_node_rank(l->tcp, r) : comm_cpu_world_rank(l->world, r);
+        if (model_set_ep(l->m[r], c, owner, err) != 0) rc = ms_err_prefix(err, "--ep %d", world);
+    }
     free(owner);
     if (rc != 0) ep_launch_close(l);
     return rc;
@@ -114,5 +228,80 @@ void ep_launch_close(ep_launch *l) {
     free(l->m);
     free(l->be);
     comm_cpu_world_free(l->world);
+    comm_tcp_node_free(l->tcp);
     *l = (ep_launch){0};
+}
+
+int ep_launch_parse_opt(ep_launch_opts *o, const char *opt, const char *val, int *bad) {
+    long n = 0;
+    if (!strcmp(opt, "--nnodes")) *bad = cli_parse_int(val, 1, 4096, &n) != 0, o->nnodes = (int)n;
+    else if (!strcmp(opt, "--node-rank")) *bad = cli_parse_int(val, 0, 4095, &n) != 0, o->node_rank = (int)n;
+    else if (!strcmp(opt, "--master-addr")) *bad = !*(o->master_addr = val);
+    else if (!strcmp(opt, "--master-port")) *bad = cli_parse_int(val, 1, 65535, &n) != 0, o->master_port = (int)n;
+    else if (!strcmp(opt, "--rendezvous-timeout")) *bad = cli_parse_int(val, 1, 86400, &n) != 0, o->rendezvous_timeout_s = (int)n;
+    else return 0;
+    return 1;
+}
+
+/* ---- following node 0's steps --------------------------------------------------------- */
+
+int ep_follow(model *m, ms_err *err) {
+    comm *c = ep_comm(m->ep);
+    model_batch none = {0};
+    for (;;) {
+        float v[2] = {0.0f, 0.0f}; /* the step agreement: {tokens, stop} */
+        if (c->ops->all_reduce_sum(c, v, 2, err) != 0) return -1;
+        if (v[1] > 0.0f) return 0;
+        if (v[0] > 0.0f && model_forward(m, NULL, &none, NULL, err) != 0) {
+            ep_abort(m->ep, err->msg);
+            return -1;
+        }
+    }
+}
+
+typedef struct {
+    model *m;
+    int rc;
+    ms_err err;
+} follower;
+
+static void *follower_main(void *arg) {
+    follower *f = arg;
+    f->rc = ep_follow(f->m, &f->err);
+    return NULL;
+}
+
+int ep_launch_worker(const char *dir, const ep_launch_opts *o) {
+    ep_launch l;
+    ms_err err = {{0}};
+    fprintf(stderr, "mlaserve: node %d of %d: loading %s, then joining node 0 at %s:%d\n", o->node_rank, o->nnodes,
+            dir, o->master_addr ? o->master_addr : "127.0.0.1", o->master_port ? o->master_port : 29500);
+    if (ep_launch_open(&l, dir, o, &err) != 0) {
+        fprintf(stderr, "mlaserve: node %d: %s\n", o->node_rank, err.msg);
+        return CLI_FAIL;
+    }
+    int first = l.node_rank * l.n_ranks, world = l.nnodes * l.n_ranks;
+    fprintf(stderr, "mlaserve: node %d of %d: ranks %d..%d of %d joined; running their experts for node 0's steps\n",
+            l.node_rank, l.nnodes, first, first + l.n_ranks - 1, world);
+    follower *f = calloc((size_t)l.n_ranks, sizeof *f);
+    pthread_t *th = calloc((size_t)l.n_ranks, sizeof *th);
+    int started = 0, rc = f && th ? CLI_OK : CLI_FAIL;
+    for (int r = 0; rc == CLI_OK && r < l.n_ranks; r++, started++) {
+        f[r].m = l.m[r];
+        if (pthread_create(&th[r], NULL, follower_main, &f[r]) != 0) {
+            ep_abort(l.m[r]->ep, "cannot start a rank thread");
+            rc = CLI_FAIL;
+        }
+    }
+    for (int r = 0; r < started; r++) pthread_join(th[r], NULL);
+    for (int r = 0; r < started; r++)
+        if (f[r].rc != 0 && rc == CLI_OK) {
+            fprintf(stderr, "mlaserve: node %d: %s\n", l.node_rank, f[r].err.msg);
+            rc = CLI_FAIL;
+        }
+    if (rc == CLI_OK) fprintf(stderr, "mlaserve: node %d: node 0 stopped the world; exiting\n", l.node_rank);
+    free(f);
+    free(th);
+    ep_launch_close(&l);
+    return rc;
 }

@@ -9,6 +9,21 @@
  * --device cuda[:N] needs a `make CUDA=1` build and, for now, one rank: CUDA
  * ranks need the NCCL comm (cuda/comm_nccl.h), which is not wired yet.
  *
+ * Several nodes (--nnodes N --node-rank R --master-addr HOST --master-port P):
+ * every node runs the same command with --ep L local CPU ranks; the world is
+ * N * L ranks (global rank R * L + local) over cpu/comm_tcp.h. After loading,
+ * the nodes meet at node 0's rendezvous (common/rendezvous.h), which checks
+ * that all run the same --ep, config.json and expert placement (naming the node
+ * that differs) and hands out every rank's port. Node 0 runs the command
+ * (serve: the HTTP front and all sequences; logits / generate: the output);
+ * nodes 1..N-1 are workers (ep_launch_worker): every local rank joins each step
+ * with no tokens and runs its share of the routed experts, until node 0 stops.
+ *
+ * The step agreement (engine/sched.c engine_loop_ep, ep_follow): before each
+ * model step every rank all-reduces {tokens it has, stop}; the world steps when
+ * the sum of tokens > 0 and stops when stop > 0, so followers need no other
+ * signal and serve, logits and generate workers are interchangeable.
+ *
  * Placement file: a JSON array with one rank number per routed expert, e.g.
  * [0,0,1,1] puts experts 0-1 on rank 0 and 2-3 on rank 1 (docs/expert-parallel.md). */
 #ifndef MS_EP_LAUNCH_H
@@ -18,7 +33,10 @@
 
 #include "common/err.h"
 #include "cpu/comm_cpu.h"
+#include "cpu/comm_tcp.h"
 #include "engine/model.h"
+
+#define EP_LAUNCH_MAX_LOCAL 256 /* --ep per node */
 
 typedef struct ep_launch_opts {
     int n_ranks;            /* --ep (>= 1) */
@@ -27,13 +45,40 @@ typedef struct ep_launch_opts {
     const char *device;     /* "cpu" (NULL too), "cuda" or "cuda:N" */
     int batch_invariant;    /* --batch-invariant: model_set_batch_invariant on every rank */
     int bf16_activations;   /* --bf16-activations: model_set_bf16_activations on every rank */
+    int nnodes, node_rank;  /* --nnodes (0 or 1: this process alone), --node-rank */
+    const char *master_addr;/* --master-addr (default 127.0.0.1) */
+    int master_port;        /* --master-port (default 29500) */
+    int rendezvous_timeout_s; /* --rendezvous-timeout (default 300) */
 } ep_launch_opts;
 
+/* The multi-node options, for the commands' usage texts. */
+#define EP_LAUNCH_NODES_USAGE                                                                                      \
+    "  --nnodes N --node-rank R     expert parallelism over N processes/machines (TCP): node 0 serves, the\n"     \
+    "                               others run the same command as workers (docs/expert-parallel.md)\n"            \
+    "  --master-addr HOST           node 0's address (default 127.0.0.1); --master-port P (default 29500)\n"       \
+    "  --rendezvous-timeout S       seconds for all nodes to join (default 300)\n"
+
+/* Takes option `opt` with value `val` if it is one of the multi-node options:
+ * 1 taken (*bad set when the value is invalid), 0 not one of them. */
+int ep_launch_parse_opt(ep_launch_opts *o, const char *opt, const char *val, int *bad);
+
+/* The follower loop of one rank (a thread of logits/generate ranks 1..L-1, or
+ * each rank of a worker node): joins every step the world agrees on with no
+ * tokens of its own until the world stops (0) or fails (-1, err set). */
+int ep_follow(model *m, ms_err *err);
+
+/* The whole run of a worker node (node_rank >= 1): loads, meets the others,
+ * follows until node 0 stops. Prints what it does on stderr; returns the
+ * process exit status (0 when node 0 stopped normally). */
+int ep_launch_worker(const char *dir, const ep_launch_opts *o);
+
 typedef struct ep_launch {
-    int n_ranks;
+    int n_ranks;           /* ranks in this process (the world has nnodes * n_ranks) */
+    int nnodes, node_rank;
     int cuda;              /* the backends are CUDA backends */
     char device_name[160]; /* "CPU" or the GPU's name, for banners */
-    comm_cpu_world *world; /* NULL when n_ranks == 1 */
+    comm_cpu_world *world; /* one node with n_ranks > 1; else NULL */
+    comm_tcp_node *tcp;    /* nnodes > 1; else NULL */
     backend **be;          /* [n_ranks] */
     model **m;             /* [n_ranks] */
 } ep_launch;

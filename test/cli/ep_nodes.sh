@@ -1,0 +1,157 @@
+#!/bin/sh
+# test/cli/ep_nodes.sh — expert parallelism over several processes ("nodes") on
+# this machine, through the TCP rendezvous and cpu/comm_tcp (issue #5):
+#
+#  1. `logits --nnodes 2` with --ep 1 and --ep 2 per node (2 and 4 ranks in all,
+#     contiguous and a non-contiguous placement) on every tiny-v3 golden prompt:
+#     output and last logits bitwise equal to one process with --ep 1; the
+#     worker exits 0 once node 0 is done.
+#  2. `generate --nnodes 2` equals one process (greedy).
+#  3. `serve --nnodes 2` (node 0 serves, node 1 runs `serve --node-rank 1`):
+#     16 concurrent requests give the texts of a one-process server; SIGTERM on
+#     node 0 stops the worker too (exit 0).
+#  4. Node 1 killed (SIGKILL) under load: node 0's in-flight requests end with a
+#     500 and node 0 exits 1 naming rank 1 — no hang.
+#  5. Bad launches fail on every node with a message: a node that never comes
+#     (rendezvous timeout naming it), a different model, a different --ep,
+#     --node-rank outside --nnodes.
+# Needs MLASERVE_BIN, MLASERVE_TEST_MODELS, MLASERVE_GOLDEN, curl, node.
+set -u
+SCALE=${MLASERVE_TEST_TIME_SCALE:-1}
+BIN=${MLASERVE_BIN:?}
+MODEL=${MLASERVE_TEST_MODELS:?}/tiny-v3
+. "$(dirname "$0")/lib/server.sh"
+. "$(dirname "$0")/lib/ep_requests.sh"
+ok() { echo "ok: $*"; }
+free_port() { node -e 'const s=require("net").createServer().listen(0,()=>{console.log(s.address().port);s.close()})'; }
+
+# worker LOG ARGS...: a node >= 1 in the background (WPID); its exit status goes to LOG.rc
+worker() {
+    log=$1
+    shift
+    ( "$BIN" "$@" > /dev/null 2> "$log.err"; echo $? > "$log.rc" ) &
+    WPID=$!
+    PIDS="$PIDS $WPID"
+}
+# wait_worker LOG: the worker's exit status (waits 30 s at most; 124 if still running)
+wait_worker() {
+    k=0
+    while [ ! -s "$1.rc" ] && [ $k -lt $((300 * SCALE)) ]; do sleep 0.1; k=$((k + 1)); done
+    [ -s "$1.rc" ] && cat "$1.rc" || echo 124
+}
+
+# ---- 1. logits across nodes
+echo '[1,3,0,2,1,3,0,2,1,3,0,2,1,3,0,2]' > "$TMP/four.place"
+n=0
+for res in "$MLASERVE_GOLDEN/tiny-v3/results/"*.json; do
+    ids=$(node -e 'console.log(require(process.argv[1]).ids.join(","))' "$res")
+    "$BIN" logits --model "$MODEL" --ids "$ids" --top 20 --greedy 16 --threads 2 --last-logits "$TMP/ref.bin" \
+        > "$TMP/ref.json" || fail "logits --ep 1 failed"
+    for shape in "1" "2" "2 four"; do
+        set -- $shape
+        ep=$1
+        place=""
+        [ $# -gt 1 ] && place="--ep-placement $TMP/$2.place"
+        port=$(free_port)
+        common="logits --model $MODEL --ids $ids --top 20 --greedy 16 --threads 1 --ep $ep $place --nnodes 2 --master-port $port --rendezvous-timeout $((30 * SCALE))"
+        worker "$TMP/w" $common --node-rank 1
+        "$BIN" $common --node-rank 0 --last-logits "$TMP/n.bin" > "$TMP/n.json" 2> "$TMP/n.err" || fail "node 0: $(cat "$TMP/n.err")"
+        wrc=$(wait_worker "$TMP/w")
+        rm -f "$TMP/w.rc"
+        [ "$wrc" = 0 ] || fail "$(basename "$res") --ep $ep x 2 nodes: worker exit $wrc: $(cat "$TMP/w.err")"
+        if cmp -s "$TMP/ref.json" "$TMP/n.json" && cmp -s "$TMP/ref.bin" "$TMP/n.bin"; then n=$((n + 1))
+        else fail "$(basename "$res") --ep $ep $place x 2 nodes differs from one process"; fi
+    done
+done
+[ $n -gt 0 ] && ok "logits over 2 nodes (2 and 4 ranks, two placements) == one process, bitwise ($n runs)"
+
+# ---- 2. generate across nodes
+"$BIN" generate --model "$MODEL" --prompt "The quick brown fox" --max-tokens 24 --temperature 0 --threads 2 --no-stats \
+    > "$TMP/g1" 2>/dev/null || fail "generate failed"
+port=$(free_port)
+worker "$TMP/gw" generate --model "$MODEL" --threads 1 --nnodes 2 --node-rank 1 --master-port $port
+"$BIN" generate --model "$MODEL" --prompt "The quick brown fox" --max-tokens 24 --temperature 0 --threads 1 --no-stats \
+    --nnodes 2 --master-port $port > "$TMP/g2" 2>/dev/null || fail "generate node 0 failed"
+[ "$(wait_worker "$TMP/gw")" = 0 ] || fail "generate worker: $(cat "$TMP/gw.err")"
+[ -s "$TMP/g1" ] && cmp -s "$TMP/g1" "$TMP/g2" && ok "generate over 2 nodes == one process" ||
+    fail "generate differs: '$(cat "$TMP/g1")' vs '$(cat "$TMP/g2")'"
+
+# ---- 3. the server over 2 nodes
+start_server "$TMP/one" --no-prefix-caching || exit 1
+P1=$SPORT
+requests "$TMP/r1" $P1 || fail "one-process server: requests failed"
+port=$(free_port)
+worker "$TMP/sw" serve --model "$MODEL" --threads 1 --nnodes 2 --node-rank 1 --master-port $port
+start_server "$TMP/two" --no-prefix-caching --threads 1 --nnodes 2 --master-port $port || exit 1
+P2=$SPORT
+N0=$SPID
+requests "$TMP/r2" $P2 || fail "2-node server: requests failed"
+cmp -s "$TMP/r1" "$TMP/r2" && ok "16 concurrent requests: 2 nodes == one process" || fail "2-node texts differ"
+kill -TERM $N0
+wait $N0
+[ $? = 0 ] || fail "node 0 did not exit 0 on SIGTERM"
+wrc=$(wait_worker "$TMP/sw")
+[ "$wrc" = 0 ] && grep -q "node 0 stopped the world" "$TMP/sw.err" && ok "SIGTERM on node 0 stops node 1 too (exit 0)" ||
+    fail "worker after node 0 stopped: exit $wrc, $(cat "$TMP/sw.err")"
+
+# ---- 4. node 1 dies under load
+port=$(free_port)
+worker "$TMP/kw" serve --model "$MODEL" --threads 1 --nnodes 2 --node-rank 1 --master-port $port
+KW=$WPID
+start_server "$TMP/kill" --threads 1 --nnodes 2 --master-port $port || exit 1
+P3=$SPORT
+N0=$SPID
+CURLS=""
+for i in 1 2 3 4; do
+    curl -s -m $((60 * SCALE)) -o "$TMP/k.$i" -w '%{http_code}' "http://127.0.0.1:$P3/v1/completions" \
+        -H 'Content-Type: application/json' \
+        -d '{"model":"tiny-v3","prompt":"keep going","max_tokens":2000,"temperature":0,"ignore_eos":true}' \
+        > "$TMP/k.$i.code" &
+    CURLS="$CURLS $!"
+done
+sleep 1
+pkill -KILL -P $KW 2>/dev/null # the mlaserve under the worker's subshell
+for p in $CURLS; do wait "$p"; done
+k=0
+while kill -0 $N0 2>/dev/null && [ $k -lt $((300 * SCALE)) ]; do sleep 0.1; k=$((k + 1)); done
+if kill -0 $N0 2>/dev/null; then fail "node 0 still running 30 s after node 1 died"
+else
+    wait $N0
+    src=$?
+    [ $src = 1 ] && grep -q "lost its connection to rank 1 (node 1)" "$TMP/kill.err" &&
+        ok "node 1 killed: node 0 exits 1 naming rank 1 / node 1" || fail "node 0 exit $src: $(tail -3 "$TMP/kill.err")"
+fi
+bad=0
+for i in 1 2 3 4; do
+    [ "$(cat "$TMP/k.$i.code")" = 500 ] || { bad=1; echo "request $i: $(cat "$TMP/k.$i.code") $(head -c 200 "$TMP/k.$i")"; }
+done
+[ $bad = 0 ] && ok "in-flight requests ended with a 500" || fail "in-flight requests after node 1 died"
+
+# ---- 5. bad launches
+port=$(free_port)
+"$BIN" logits --model "$MODEL" --ids 1,2,3 --nnodes 2 --master-port $port --rendezvous-timeout 2 > /dev/null 2> "$TMP/b.err"
+rc=$?
+[ $rc = 1 ] && grep -q "node(s) 1 of 2 did not join within 2.0 s" "$TMP/b.err" && ok "a missing node is named at the timeout" ||
+    fail "missing node: exit $rc, $(cat "$TMP/b.err")"
+port=$(free_port)
+worker "$TMP/mw" logits --model "$MLASERVE_TEST_MODELS/tiny-v2" --threads 1 --nnodes 2 --node-rank 1 --master-port $port
+"$BIN" logits --model "$MODEL" --ids 1,2,3 --threads 1 --nnodes 2 --master-port $port > /dev/null 2> "$TMP/m.err"
+rc=$?
+wrc=$(wait_worker "$TMP/mw")
+[ $rc = 1 ] && [ "$wrc" = 1 ] && grep -q "node 1 loaded a different model" "$TMP/m.err" &&
+    grep -q "node 0 loaded a different model" "$TMP/mw.err" && ok "a different model fails both nodes, named" ||
+    fail "model mismatch: $rc/$wrc: $(cat "$TMP/m.err" "$TMP/mw.err")"
+port=$(free_port)
+worker "$TMP/ew" logits --model "$MODEL" --threads 1 --ep 2 --nnodes 2 --node-rank 1 --master-port $port
+"$BIN" logits --model "$MODEL" --ids 1,2,3 --threads 1 --nnodes 2 --master-port $port > /dev/null 2> "$TMP/e.err"
+rc=$?
+wrc=$(wait_worker "$TMP/ew")
+[ $rc = 1 ] && [ "$wrc" = 1 ] && grep -q "node 1 runs --ep 2, node 0 --ep 1" "$TMP/e.err" &&
+    ok "a different --ep fails both nodes, named" || fail "--ep mismatch: $rc/$wrc: $(cat "$TMP/e.err" "$TMP/ew.err")"
+"$BIN" logits --model "$MODEL" --ids 1,2,3 --nnodes 2 --node-rank 2 > /dev/null 2> "$TMP/r.err"
+rc=$?
+[ $rc = 1 ] && grep -q "node-rank 2 is outside 0..1" "$TMP/r.err" && ok "--node-rank outside --nnodes is refused" ||
+    fail "--node-rank 2: exit $rc, $(cat "$TMP/r.err")"
+
+[ $fails -eq 0 ] && echo "ep_nodes: all passed" || echo "ep_nodes: $fails failed"
+[ $fails -eq 0 ]
