@@ -18,7 +18,7 @@
 typedef struct {
     const char *model_dir, *prompt, *chat, *placement, *device;
     long max_tokens, threads, ep;
-    int ignore_eos, quiet_stats, seed_given, bf16_activations;
+    int ignore_eos, quiet_stats, seed_given, bf16_activations, batch_invariant;
     sample_params sp;
     ep_launch_opts nodes; /* --nnodes, --node-rank, --master-addr, --master-port, --rendezvous-timeout */
 } gen_args;
@@ -28,6 +28,7 @@ static void usage(FILE *f) {
                "                         [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
                "                         [--repetition-penalty R] [--threads N] [--ignore-eos] [--no-stats]\n"
                "                         [--ep N] [--ep-placement FILE] [--device cpu|cuda[:N]] [--bf16-activations]\n"
+               "                         [--batch-invariant]  (serve's kernels of that option: the same tokens)\n"
                EP_LAUNCH_NODES_USAGE
                "--prompt continues raw text (BOS prepended as tokenizer_config.json says); --chat sends TEXT\n"
                "as one user message through the chat template. Sampling defaults: generation_config.json,\n"
@@ -75,6 +76,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         if (!strcmp(o, "--ignore-eos")) { a->ignore_eos = 1; continue; }
         if (!strcmp(o, "--no-stats")) { a->quiet_stats = 1; continue; }
         if (!strcmp(o, "--bf16-activations")) { a->bf16_activations = 1; continue; }
+        if (!strcmp(o, "--batch-invariant")) { a->batch_invariant = 1; continue; }
         if (!v) { fprintf(stderr, "mlaserve generate: %s needs a value\n", o); return -1; }
         i++;
         int bad = 0;
@@ -190,7 +192,7 @@ int cmd_generate(int argc, char **argv) {
     if (parse_args(argc, argv, &a) != 0) { usage(stderr); return CLI_USAGE; }
     ep_launch_opts lo = a.nodes;
     lo.n_ranks = (int)a.ep, lo.n_threads = (int)a.threads, lo.placement = a.placement, lo.device = a.device;
-    lo.bf16_activations = a.bf16_activations;
+    lo.bf16_activations = a.bf16_activations, lo.batch_invariant = a.batch_invariant;
     if (lo.node_rank > 0) return ep_launch_worker(a.model_dir, &lo);
     ms_err err = {{0}};
     if (sample_params_validate(&a.sp, &err) != 0) { fprintf(stderr, "mlaserve generate: %s\n", err.msg); return CLI_USAGE; }

@@ -19,7 +19,8 @@
 #     8 sequences; 8 concurrent requests needing 3..4 pages each (~28 in all,
 #     each growing by 2..3 pages while decoding) all complete with the solo
 #     text of the first server, and mlaserve:num_preemptions_total > 0.
-#  4. --batch-invariant: the 32 requests with logprobs, concurrent == solo bit for bit.
+#  4. --batch-invariant: the 32 requests with logprobs, concurrent == solo bit for bit;
+#     `generate --batch-invariant` gives the server's greedy text.
 #  5. --bf16-activations --batch-invariant: 8 of them, concurrent == solo bit for bit and unlike
 #     part 4's fp32 logprobs (where the CPU has AVX512_BF16; elsewhere the refusal is checked).
 # Oracle: the server's own solo output (itself checked against
@@ -368,6 +369,13 @@ for (let i = 0; i < n; i++) {
 run_streams "$IURL" icc isolo 100 $N
 same_as_solo icc isolo 100 $N || fail "--batch-invariant: concurrent differs from solo"
 pages_settled "$IURL" > "$TMP/settle.txt" || fail "batch-invariant server: $(cat "$TMP/settle.txt")"
+# `generate --batch-invariant` runs the same kernels: the same greedy text as this server
+curl -s -m $((60 * SCALE)) "$IURL/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"tiny-v3","prompt":"The quick brown fox","max_tokens":24,"temperature":0,"ignore_eos":true}' |
+    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).choices[0].text))' > "$TMP/inv.srv"
+"$BIN" generate --model "$MODEL" --prompt "The quick brown fox" --max-tokens 24 --temperature 0 --ignore-eos \
+    --no-stats --batch-invariant --threads 2 > "$TMP/inv.gen" || fail "generate --batch-invariant failed"
+[ -s "$TMP/inv.srv" ] && cmp -s "$TMP/inv.srv" "$TMP/inv.gen" || fail "generate --batch-invariant differs from the server: '$(cat "$TMP/inv.gen")' vs '$(cat "$TMP/inv.srv")'"
 
 # ---------------------------------------------------------------- 5. --bf16-activations
 # Requests 100..107 against a server with --bf16-activations and --batch-invariant (the pair is
