@@ -47,7 +47,9 @@ struct sched_stream {
     int refs;               /* engine + client */
     int closed;             /* the final event was queued */
     atomic_int cancelled;
-    sched *owner;
+    sched *owner;           /* the rank; for a remote sequence the front */
+    int remote;             /* events come from sched_stream_deliver */
+    uint64_t tag;           /* the transport's id (remote) */
 };
 
 static void stream_unref(sched_stream *st) {
@@ -176,6 +178,7 @@ struct sched {
     sched **ranks;
     int n_ranks;
     prefix_affinity *affinity; /* the front's: where prompt prefixes went */
+    sched_remote remote;       /* the front's ranks on other nodes (n_ranks 0: none) */
 };
 
 typedef struct outbox_item {
@@ -346,16 +349,25 @@ static void rank_room(sched *s, long *free_pages, long *load) {
  * than the least loaded rank. */
 #define AFFINITY_SLACK 2
 
-/* The data-parallel rank for a new sequence: by default the most free KV pages,
+/* The data-parallel rank for a new sequence (the front's own, then its remote
+ * ones): by default the most free KV pages,
  * then the fewest sequences, then the lowest rank; but the rank an earlier
  * prompt with the same page-aligned prefix went to, when it has room
  * (engine/prefix_affinity.h). */
-static sched *pick_rank(sched *f, const sched_request *req) {
-    int best = -1;
+static void any_rank_room(sched *f, int r, long *free_pages, long *load) {
+    if (r < f->n_ranks) {
+        rank_room(f->ranks[r], free_pages, load);
+        return;
+    }
+    f->remote.room(f->remote.ctx, r - f->n_ranks, free_pages, load);
+}
+
+static int pick_rank(sched *f, const sched_request *req) {
+    int best = -1, n = f->n_ranks + (req->constraint.ctx ? 0 : f->remote.n_ranks);
     long best_free = 0, best_load = 0, min_load = 0;
-    for (int r = 0; r < f->n_ranks; r++) {
+    for (int r = 0; r < n; r++) {
         long free_pages, load;
-        rank_room(f->ranks[r], &free_pages, &load);
+        any_rank_room(f, r, &free_pages, &load);
         if (r == 0 || load < min_load) min_load = load;
         if (best < 0 || free_pages > best_free || (free_pages == best_free && load < best_load)) {
             best = r;
@@ -363,15 +375,15 @@ static sched *pick_rank(sched *f, const sched_request *req) {
             best_load = load;
         }
     }
-    if (f->cfg.no_prefix_caching) return f->ranks[best];
+    if (f->cfg.no_prefix_caching) return best;
     int pages, pick = best, prev = prefix_affinity_lookup(f->affinity, req->prompt, req->n_prompt, &pages);
-    if (prev >= 0 && prev < f->n_ranks && prev != best) {
+    if (prev >= 0 && prev < n && prev != best) {
         long free_pages, load;
-        rank_room(f->ranks[prev], &free_pages, &load);
+        any_rank_room(f, prev, &free_pages, &load);
         if (2 * free_pages >= best_free && load <= min_load + AFFINITY_SLACK) pick = prev;
     }
     prefix_affinity_record(f->affinity, req->prompt, req->n_prompt, pick);
-    return f->ranks[pick];
+    return pick;
 }
 
 static int group_failed(sched_group *g, ms_err *err) {
@@ -382,6 +394,25 @@ static int group_failed(sched_group *g, ms_err *err) {
     return failed;
 }
 
+/* A sequence for remote rank `rank` of front f: validated here, run there. */
+static sched_stream *submit_remote(sched *f, int rank, const sched_request *r, int *queue_full, ms_err *err) {
+    if (validate(f->ranks[0], r, err) != 0) return NULL;
+    sched_stream *st = stream_create(f);
+    if (!st) {
+        ms_err_set(err, "out of memory");
+        return NULL;
+    }
+    st->remote = 1;
+    group_add_busy(f->group, 1);
+    if (f->remote.submit(f->remote.ctx, rank, r, st, queue_full, err) != 0) {
+        group_add_busy(f->group, -1);
+        st->refs = 1;
+        stream_unref(st);
+        return NULL;
+    }
+    return st;
+}
+
 sched_stream *sched_submit(sched *s, const sched_request *r, int *queue_full, ms_err *err) {
     if (queue_full) *queue_full = 0;
     if (s->group && group_failed(s->group, err)) {
@@ -390,7 +421,11 @@ sched_stream *sched_submit(sched *s, const sched_request *r, int *queue_full, ms
         constraint_free(&cons);
         return NULL;
     }
-    if (s->ranks) return sched_submit(pick_rank(s, r), r, queue_full, err);
+    if (s->ranks) {
+        int rank = pick_rank(s, r);
+        return rank < s->n_ranks ? sched_submit(s->ranks[rank], r, queue_full, err)
+                                 : submit_remote(s, rank - s->n_ranks, r, queue_full, err);
+    }
     sched_constraint cons = r->constraint;
     seq *q = validate(s, r, err) == 0 ? seq_create(s, r, err) : NULL;
     if (!q) {
@@ -423,9 +458,44 @@ sched_stream *sched_submit(sched *s, const sched_request *r, int *queue_full, ms
     return st;
 }
 
+sched_stream *sched_submit_rank(sched *f, int rank, const sched_request *r, int *queue_full, ms_err *err) {
+    if (rank < 0 || !f->ranks) return sched_submit(f, r, queue_full, err);
+    if (rank >= f->n_ranks) {
+        sched_constraint cons = r->constraint;
+        constraint_free(&cons);
+        ms_err_set(err, "no data-parallel rank %d here (%d ranks)", rank, f->n_ranks);
+        return NULL;
+    }
+    if (group_failed(f->group, err)) {
+        if (queue_full) *queue_full = 1;
+        sched_constraint cons = r->constraint;
+        constraint_free(&cons);
+        return NULL;
+    }
+    return sched_submit(f->ranks[rank], r, queue_full, err);
+}
+
+void sched_set_remote(sched *f, const sched_remote *rm) { f->remote = *rm; }
+
+void sched_stream_set_tag(sched_stream *st, uint64_t tag) { st->tag = tag; }
+uint64_t sched_stream_tag(const sched_stream *st) { return st->tag; }
+
+void sched_stream_deliver(sched_stream *st, const sched_event *ev) {
+    int last = ev->finish != FINISH_NONE;
+    sched *f = st->owner;
+    stream_push(st, ev);
+    if (!last) return;
+    group_add_busy(f->group, -1);
+    stream_unref(st);
+}
+
 void sched_stream_cancel(sched_stream *st) {
     atomic_store(&st->cancelled, 1);
     sched *s = st->owner;
+    if (st->remote) {
+        s->remote.cancel(s->remote.ctx, st);
+        return;
+    }
     pthread_mutex_lock(&s->mu);
     pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->mu);
@@ -793,7 +863,7 @@ static void engine_loop_ep(sched *s) {
     ms_err err = {{0}};
     for (;;) {
         pthread_mutex_lock(&g->mu);
-        while (!g->stopping && g->busy == 0) pthread_cond_wait(&g->cv, &g->mu);
+        while (!s->cfg.follow_world && !g->stopping && g->busy == 0) pthread_cond_wait(&g->cv, &g->mu);
         float v[2] = {0.0f, (float)g->stopping};
         pthread_mutex_unlock(&g->mu);
         pthread_mutex_lock(&s->mu);
@@ -942,8 +1012,9 @@ sched *sched_create_ep(model *const *models, int n_ranks, const tokenizer *tok, 
         return NULL;
     }
     for (int r = 0; r < n_ranks; r++) {
-        if (!models[r]->ep || ep_size(models[r]->ep) < n_ranks || ep_rank(models[r]->ep) != r) {
-            ms_err_set(err, "model %d is not rank %d of a %d-rank expert-parallel world", r, r, n_ranks);
+        int first = models[0]->ep ? ep_rank(models[0]->ep) : 0; /* this node's first global rank */
+        if (!models[r]->ep || ep_size(models[r]->ep) < first + n_ranks || ep_rank(models[r]->ep) != first + r) {
+            ms_err_set(err, "model %d is not rank %d of a %d-rank expert-parallel world", r, first + r, n_ranks);
             front_free(f);
             return NULL;
         }
@@ -994,9 +1065,9 @@ static void add_stats(sched_stats *a, const sched_stats *b) {
 void sched_get_stats(sched *s, sched_stats *out) {
     if (s->ranks) {
         *out = (sched_stats){0};
-        for (int r = 0; r < s->n_ranks; r++) {
+        for (int r = 0; r < sched_n_ranks(s); r++) {
             sched_stats one;
-            sched_get_stats(s->ranks[r], &one);
+            sched_get_rank_stats(s, r, &one);
             add_stats(out, &one);
         }
         return;
@@ -1007,10 +1078,16 @@ void sched_get_stats(sched *s, sched_stats *out) {
     pthread_mutex_unlock(&s->mu);
 }
 
-int sched_n_ranks(const sched *s) { return s->ranks ? s->n_ranks : 1; }
+int sched_n_ranks(const sched *s) { return s->ranks ? s->n_ranks + s->remote.n_ranks : 1; }
 
 void sched_get_rank_stats(sched *s, int rank, sched_stats *out) {
-    sched_get_stats(s->ranks ? s->ranks[rank] : s, out);
+    if (s->ranks && rank >= s->n_ranks) s->remote.stats(s->remote.ctx, rank - s->n_ranks, out);
+    else sched_get_stats(s->ranks ? s->ranks[rank] : s, out);
+}
+
+void sched_get_rank_room(sched *s, int rank, long *free_pages, long *load) {
+    if (!s->ranks) rank_room(s, free_pages, load);
+    else any_rank_room(s, rank, free_pages, load);
 }
 
 int sched_expert_tokens(sched *s, uint64_t *out, int cap) {
@@ -1019,7 +1096,7 @@ int sched_expert_tokens(sched *s, uint64_t *out, int cap) {
     for (int e = 0; e < E; e++) out[e] = 0;
     uint64_t *one = malloc((size_t)s->m->cfg.n_routed_experts * sizeof *one + 1);
     if (!one) return 0;
-    for (int r = 0; r < sched_n_ranks(s); r++) {
+    for (int r = 0; r < (s->ranks ? s->n_ranks : 1); r++) { /* this node's experts */
         model_expert_tokens(s->ranks ? s->ranks[r]->m : s->m, one);
         for (int e = 0; e < E; e++) out[e] += one[e];
     }

@@ -60,6 +60,10 @@ typedef struct sched_config {
      * FINISH_ERROR and later submissions fail. */
     void (*on_fatal)(void *ctx, const char *message);
     void *fatal_ctx;
+    /* Expert parallelism, a node other than node 0: its ranks join every step
+     * agreement of the world even with no work (node 0's front decides when the
+     * world steps; server/ep_launch.h), instead of waiting for local work. */
+    int follow_world;
 } sched_config;
 
 /* A per-request constraint on the tokens the sampler may pick (structured
@@ -153,6 +157,38 @@ sched *sched_create(model *m, const tokenizer *tok, const sched_config *cfg, ms_
 sched *sched_create_ep(model *const *models, int n_ranks, const tokenizer *tok, const sched_config *cfg, ms_err *err);
 /* Stops the engine thread; waiting and running requests finish with FINISH_CANCELLED. */
 void sched_free(sched *s);
+
+/* Data-parallel ranks on other nodes (server/ep_remote.h carries the calls).
+ * A front (sched_create_ep) given these also assigns new sequences to them,
+ * after its own ranks by index, on the same rule (most free KV pages, then
+ * fewest sequences; prefix affinity); constrained requests (a constraint ctx)
+ * stay local. For a remote sequence the front validates the request, creates
+ * its stream and calls submit; the transport then hands the stream its events
+ * with sched_stream_deliver, the last one (finish set) exactly once. A remote
+ * sequence counts as work of the world until its last event is delivered. */
+typedef struct sched_remote {
+    int n_ranks;
+    void *ctx;
+    /* 0, or -1 with err (queue_full set when it is a capacity refusal); st is
+     * the transport's from success on, until its last event is delivered. */
+    int (*submit)(void *ctx, int rank, const sched_request *req, sched_stream *st, int *queue_full, ms_err *err);
+    void (*cancel)(void *ctx, sched_stream *st); /* any thread; idempotent */
+    void (*stats)(void *ctx, int rank, sched_stats *out); /* the last known */
+    /* the last known sched_get_rank_room of the rank */
+    void (*room)(void *ctx, int rank, long *free_pages, long *load);
+} sched_remote;
+
+/* Before the first submission; the front keeps a copy of *rm. */
+void sched_set_remote(sched *front, const sched_remote *rm);
+/* The transport queues ev on a remote stream (takes ownership of ev->text). */
+void sched_stream_deliver(sched_stream *st, const sched_event *ev);
+/* The transport's id for a remote stream (set once, before submit returns). */
+void sched_stream_set_tag(sched_stream *st, uint64_t tag);
+uint64_t sched_stream_tag(const sched_stream *st);
+
+/* Queues a request on data-parallel rank `rank` of a front (its own ranks
+ * only), or as sched_submit when rank < 0: what a node runs for node 0. */
+sched_stream *sched_submit_rank(sched *front, int rank, const sched_request *req, int *queue_full, ms_err *err);
 /* The effective limits (defaults filled in). */
 const sched_config *sched_get_config(const sched *s);
 
@@ -174,6 +210,9 @@ void sched_get_stats(sched *s, sched_stats *out);
 /* Data-parallel ranks (1 without expert parallelism) and one rank's stats. */
 int sched_n_ranks(const sched *s);
 void sched_get_rank_stats(sched *s, int rank, sched_stats *out);
+/* What rank assignment weighs: free KV pages less what waiting sequences need,
+ * and running + waiting sequences. */
+void sched_get_rank_room(sched *s, int rank, long *free_pages, long *load);
 
 /* out[e] = rows routed expert e has run, summed over ranks and layers; returns
  * the number of experts written (at most cap). */

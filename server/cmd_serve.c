@@ -31,6 +31,7 @@
 #include "server/cli.h"
 #include "server/cli_engine.h"
 #include "server/ep_launch.h"
+#include "server/ep_remote.h"
 #include "server/http.h"
 
 #define MAX_API_KEYS 1024
@@ -237,6 +238,69 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
     return 0;
 }
 
+/* Bytes one token's latent KV takes over all layers (fp32 entries, as engine/kv stores them). */
+static double kv_bytes_per_token(const model *m) {
+    return (double)m->cfg.n_layers * (m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim) * sizeof(float);
+}
+
+/* The scheduler limits the options leave to the engine: the step size, the KV
+ * pool in tokens (from --kv-cache-tokens N or a memory size). */
+static int engine_config(sched_config *sc, const kv_size *kv, const ep_launch *l, ms_err *err) {
+    const model *m = l->m[0];
+    /* A CPU step costs in proportion to its tokens: short steps let the first
+     * prompts of a burst start streaming sooner (docs/benchmarks-serving.md,
+     * session 7: TTFT p50 6.5 s at 512, 3.1 s at 128, same throughput). */
+    if (sc->max_batched_tokens <= 0) sc->max_batched_tokens = l->cuda ? 512 : 128;
+    double per_token = kv_bytes_per_token(m);
+    sc->kv_cache_tokens = kv->tokens ? (int)kv->tokens
+                        : kv->bytes > 0 ? (int)(kv->bytes / per_token < 1 << 30 ? kv->bytes / per_token : 1 << 30)
+                                        : 0;
+    if (kv->bytes > 0 && sc->kv_cache_tokens < 64)
+        return ms_err_set(err, "--kv-cache-tokens: %.0f bytes hold fewer than one 64-token page (%.0f bytes per token)",
+                          kv->bytes, per_token);
+    return 0;
+}
+
+static atomic_int worker_failed;
+
+static void on_worker_fatal(void *ctx, const char *message) {
+    atomic_store(&worker_failed, 1);
+    fprintf(stderr, "mlaserve: %s\n", message);
+}
+
+/* A worker node (--node-rank >= 1): its ranks run the sequences node 0 hands
+ * them and their experts for every rank, until node 0 stops (no HTTP here). */
+static int serve_worker(const serve_args *a, const kv_size *kv) {
+    ep_launch_opts lo = launch_opts(a);
+    lo.takes_sequences = 1;
+    ms_err err = {{0}};
+    ep_launch l = {0};
+    sched *s = NULL;
+    sched_config sc = a->sc;
+    fprintf(stderr, "mlaserve: node %d of %d: loading %s, then joining node 0 at %s:%d\n", lo.node_rank, lo.nnodes,
+            a->model_dir, lo.master_addr ? lo.master_addr : "127.0.0.1", lo.master_port ? lo.master_port : 29500);
+    tokenizer *tok = tokenizer_load(a->model_dir, &err);
+    int rc = tok && ep_launch_open(&l, a->model_dir, &lo, &err) == 0 ? 0 : -1;
+    sc.follow_world = 1;
+    sc.on_fatal = on_worker_fatal;
+    if (rc == 0) rc = engine_config(&sc, kv, &l, &err);
+    if (rc == 0 && !(s = sched_create_ep(l.m, l.n_ranks, tok, &sc, &err))) rc = -1;
+    if (rc == 0) {
+        int first = l.node_rank * l.n_ranks;
+        fprintf(stderr, "mlaserve: node %d of %d: ranks %d..%d of %d joined; running node 0's sequences on them\n",
+                l.node_rank, l.nnodes, first, first + l.n_ranks - 1, l.nnodes * l.n_ranks);
+        l.control_open = 0; /* ep_remote_serve closes it */
+        rc = ep_remote_serve(l.control_fd, s, l.timeout_ms, &err);
+    }
+    sched_free(s);
+    ep_launch_close(&l);
+    tokenizer_free(tok);
+    if (rc != 0) fprintf(stderr, "mlaserve: node %d: %s\n", lo.node_rank, err.msg);
+    else if (atomic_load(&worker_failed)) rc = -1;
+    else fprintf(stderr, "mlaserve: node %d: node 0 stopped the world; exiting\n", lo.node_rank);
+    return rc == 0 ? CLI_OK : CLI_FAIL;
+}
+
 /* ---- signals: a dedicated thread turns SIGINT/SIGTERM into a semaphore post ---- */
 
 typedef struct sig_state {
@@ -318,11 +382,6 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
     fflush(stdout);
 }
 
-/* Bytes one token's latent KV takes over all layers (fp32 entries, as engine/kv stores them). */
-static double kv_bytes_per_token(const model *m) {
-    return (double)m->cfg.n_layers * (m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim) * sizeof(float);
-}
-
 /* --chat-template, else what the model's tokenizer_config.json template looks like. */
 static chat_template_variant template_variant(const serve_args *a, const tokenizer *tok) {
     int ok = 1;
@@ -374,6 +433,7 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     int rc = CLI_FAIL;
     tokenizer *tok = tokenizer_load(a.model_dir, &err);
     ep_launch ranks = {0};
+    ep_remote *remote = NULL;
     model *m = NULL;
     sched *s = NULL;
     cons_vocab *vocab = NULL;
@@ -382,21 +442,13 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     ep_launch_opts lo = launch_opts(&a);
     if (ep_launch_open(&ranks, a.model_dir, &lo, &err) != 0) goto done;
     m = ranks.m[0];
-    /* A CPU step costs in proportion to its tokens: short steps let the first
-     * prompts of a burst start streaming sooner (docs/benchmarks-serving.md,
-     * session 7: TTFT p50 6.5 s at 512, 3.1 s at 128, same throughput). */
-    if (a.sc.max_batched_tokens <= 0) a.sc.max_batched_tokens = ranks.cuda ? 512 : 128;
-    a.sc.kv_cache_tokens = kv.tokens ? (int)kv.tokens
-                         : kv.bytes > 0 ? (int)(kv.bytes / kv_bytes_per_token(m) < 1 << 30 ? kv.bytes / kv_bytes_per_token(m) : 1 << 30)
-                                        : 0;
-    if (kv.bytes > 0 && a.sc.kv_cache_tokens < 64) {
-        ms_err_set(&err, "--kv-cache-tokens: %.0f bytes hold fewer than one 64-token page (%.0f bytes per token)", kv.bytes,
-                   kv_bytes_per_token(m));
-        goto done;
-    }
+    if (engine_config(&a.sc, &kv, &ranks, &err) != 0) goto done;
     a.sc.on_fatal = on_engine_fatal;
     a.sc.fatal_ctx = &ss;
     if (!(s = m->ep ? sched_create_ep(ranks.m, ranks.n_ranks, tok, &a.sc, &err) : sched_create(m, tok, &a.sc, &err))) goto done;
+    if (ranks.nnodes > 1 && !(remote = ep_remote_open(s, ranks.nnodes, ranks.n_ranks, ranks.node_ipv4, ranks.control_port,
+                                                       ranks.timeout_ms, &err)))
+        goto done;
     if (!(vocab = cons_vocab_create(tok, m->cfg.eos_token_id, m->cfg.vocab_size, &err))) goto done;
     chat_template_variant variant = template_variant(&a, tok);
     http_engine he = {s, tok, m->cfg.vocab_size, vocab, variant};
@@ -418,6 +470,7 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
 done:
     if (rc != CLI_OK) fprintf(stderr, "mlaserve: %s\n", err.msg);
     http_stop(h);
+    ep_remote_close(remote); /* before the front it delivers to */
     sched_free(s);
     cons_vocab_free(vocab);
     ep_launch_close(&ranks);
@@ -435,7 +488,7 @@ int cmd_serve(int argc, char **argv) {
         return CLI_USAGE;
     }
     ep_launch_opts lo = launch_opts(&a);
-    int rc = lo.node_rank > 0 ? ep_launch_worker(a.model_dir, &lo) : serve(&a, &kv); /* node 0 serves HTTP */
+    int rc = lo.node_rank > 0 ? serve_worker(&a, &kv) : serve(&a, &kv); /* node 0 serves HTTP */
     free_keys(&a);
     return rc;
 }

@@ -13,6 +13,7 @@
 #include "cpu/backend_cpu.h"
 #include "server/cli.h"
 #include "server/cli_engine.h"
+#include "server/ep_remote.h"
 #ifdef MS_CUDA
 #include "cuda/backend_cuda.h"
 #endif
@@ -84,7 +85,8 @@ static void close_backend(const ep_launch *l, backend *be) {
 /* ---- several nodes ------------------------------------------------------------------ */
 
 #define NODE_ENTRY_VERSION 1u
-#define NODE_ENTRY_BYTES (16 + 2 * EP_LAUNCH_MAX_LOCAL) /* version, ranks, config hash, placement hash, ports */
+/* version, ranks, config hash, placement hash, control port (0: none), the ranks' ports */
+#define NODE_ENTRY_BYTES (18 + 2 * EP_LAUNCH_MAX_LOCAL)
 
 static uint32_t fnv1a(uint32_t h, const void *p, size_t n) {
     const unsigned char *b = p;
@@ -149,22 +151,31 @@ static int join_nodes(ep_launch *l, const char *dir, const ep_launch_opts *o, co
     put_u32(mine + 4, (uint32_t)n_local);
     put_u32(mine + 8, cfg_h);
     put_u32(mine + 12, placement_hash(owner, l->m[0]->cfg.n_routed_experts, nnodes * n_local));
+    uint16_t control = 0;
+    if (o->takes_sequences && l->node_rank > 0) {
+        if ((l->control_fd = ep_remote_listen(&control, err)) < 0) return -1;
+        l->control_open = 1;
+    }
+    mine[16] = (unsigned char)(control >> 8), mine[17] = (unsigned char)control;
     for (int r = 0; r < n_local; r++) {
         int port = comm_tcp_node_port(l->tcp, r);
-        mine[16 + 2 * r] = (unsigned char)(port >> 8), mine[17 + 2 * r] = (unsigned char)port;
+        mine[18 + 2 * r] = (unsigned char)(port >> 8), mine[19 + 2 * r] = (unsigned char)port;
     }
     rendezvous_cfg rc = {o->master_addr ? o->master_addr : "127.0.0.1", o->master_port ? o->master_port : 29500, nnodes,
                          l->node_rank, timeout_ms};
     rendezvous_node *nodes = calloc((size_t)nnodes, sizeof *nodes);
-    uint32_t *ips = calloc((size_t)nnodes, sizeof *ips);
+    uint32_t *ips = l->node_ipv4 = calloc((size_t)nnodes, sizeof *ips);
     uint16_t *ports = calloc((size_t)nnodes * (size_t)n_local, sizeof *ports);
-    int ok = nodes && ips && ports ? 0 : ms_err_set(err, "out of memory");
+    l->control_port = calloc((size_t)nnodes, sizeof *l->control_port);
+    l->timeout_ms = timeout_ms;
+    int ok = nodes && ips && ports && l->control_port ? 0 : ms_err_set(err, "out of memory");
     int joined = ok == 0 && rendezvous_exchange(&rc, mine, sizeof mine, nodes, err) == 0;
     for (int r = 0; joined && ok == 0 && r < nnodes; r++) {
         ok = entry_check(mine, nodes[r].entry, r, l->node_rank, err);
         ips[r] = nodes[r].ipv4;
+        l->control_port[r] = (uint16_t)(nodes[r].entry[16] << 8 | nodes[r].entry[17]);
         for (int q = 0; q < n_local; q++)
-            ports[r * n_local + q] = (uint16_t)(nodes[r].entry[16 + 2 * q] << 8 | nodes[r].entry[17 + 2 * q]);
+            ports[r * n_local + q] = (uint16_t)(nodes[r].entry[18 + 2 * q] << 8 | nodes[r].entry[19 + 2 * q]);
     }
     if (joined && ok == 0 && l->node_rank > 0 && ips[0] == 0)
         ok = ms_err_set(err, "--nnodes: node 0 (%s) must be reachable over IPv4", rc.master_addr);
@@ -172,7 +183,6 @@ static int join_nodes(ep_launch *l, const char *dir, const ep_launch_opts *o, co
     if (!joined) ok = -1;
     if (nodes) rendezvous_nodes_free(nodes, joined ? nnodes : 0);
     free(nodes);
-    free(ips);
     free(ports);
     return ok;
 }
@@ -193,8 +203,9 @@ static int nodes_check(const ep_launch_opts *o, int gpu, int world, ms_err *err)
 int ep_launch_open(ep_launch *l, const char *dir, const ep_launch_opts *o, ms_err *err) {
     int n_ranks = o->n_ranks, gpu = device_index(o->device), nnodes = o->nnodes > 1 ? o->nnodes : 1;
     int world = n_ranks * nnodes;
-    *l = (ep_launch){n_ranks, nnodes, o->node_rank, 0, "CPU", NULL, NULL, calloc((size_t)n_ranks, sizeof(backend *)),
-                     calloc((size_t)n_ranks, sizeof(model *))};
+    *l = (ep_launch){.n_ranks = n_ranks, .nnodes = nnodes, .node_rank = o->node_rank, .device_name = "CPU",
+                     .be = calloc((size_t)n_ranks, sizeof(backend *)),
+                     .m = calloc((size_t)n_ranks, sizeof(model *))};
     int32_t *owner = NULL;
     int rc = l->be && l->m ? 0 : ms_err_set(err, "out of memory");
     if (rc == 0 && gpu == -2) rc = ms_err_set(err, "--device must be cpu, cuda or cuda:N, got \"%s\"", o->device);
@@ -229,6 +240,9 @@ void ep_launch_close(ep_launch *l) {
     free(l->be);
     comm_cpu_world_free(l->world);
     comm_tcp_node_free(l->tcp);
+    if (l->control_open) close(l->control_fd);
+    free(l->node_ipv4);
+    free(l->control_port);
     *l = (ep_launch){0};
 }
 

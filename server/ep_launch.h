@@ -15,9 +15,11 @@
  * the nodes meet at node 0's rendezvous (common/rendezvous.h), which checks
  * that all run the same --ep, config.json and expert placement (naming the node
  * that differs) and hands out every rank's port. Node 0 runs the command
- * (serve: the HTTP front and all sequences; logits / generate: the output);
- * nodes 1..N-1 are workers (ep_launch_worker): every local rank joins each step
- * with no tokens and runs its share of the routed experts, until node 0 stops.
+ * (serve: the HTTP front; logits / generate: the sequence and the output);
+ * nodes 1..N-1 are workers: every local rank joins each step and runs its
+ * share of the routed experts, until node 0 stops. A worker started as `logits`
+ * or `generate` (ep_launch_worker) holds experts only; one started as `serve`
+ * also runs sequences node 0 hands it (takes_sequences; server/ep_remote.h).
  *
  * The step agreement (engine/sched.c engine_loop_ep, ep_follow): before each
  * model step every rank all-reduces {tokens it has, stop}; the world steps when
@@ -49,6 +51,7 @@ typedef struct ep_launch_opts {
     const char *master_addr;/* --master-addr (default 127.0.0.1) */
     int master_port;        /* --master-port (default 29500) */
     int rendezvous_timeout_s; /* --rendezvous-timeout (default 300) */
+    int takes_sequences;    /* a worker node running `serve`: node 0 may send it sequences (server/ep_remote.h) */
 } ep_launch_opts;
 
 /* The multi-node options, for the commands' usage texts. */
@@ -79,6 +82,12 @@ typedef struct ep_launch {
     char device_name[160]; /* "CPU" or the GPU's name, for banners */
     comm_cpu_world *world; /* one node with n_ranks > 1; else NULL */
     comm_tcp_node *tcp;    /* nnodes > 1; else NULL */
+    /* nnodes > 1, for server/ep_remote.h: */
+    int control_fd;        /* a worker that takes sequences: the socket node 0 connects to */
+    int control_open;      /* control_fd is open (ep_remote_serve closes it: clear this first) */
+    uint32_t *node_ipv4;   /* [nnodes] the nodes' addresses (node 0 itself: 0) */
+    uint16_t *control_port;/* [nnodes] each node's control port, 0: experts only */
+    int timeout_ms;        /* the rendezvous deadline, also for the control connections */
     backend **be;          /* [n_ranks] */
     model **m;             /* [n_ranks] */
 } ep_launch;

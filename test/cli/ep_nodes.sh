@@ -7,11 +7,14 @@
 #     output and last logits bitwise equal to one process with --ep 1; the
 #     worker exits 0 once node 0 is done.
 #  2. `generate --nnodes 2` equals one process (greedy).
-#  3. `serve --nnodes 2` (node 0 serves, node 1 runs `serve --node-rank 1`):
-#     16 concurrent requests give the texts of a one-process server; SIGTERM on
-#     node 0 stops the worker too (exit 0).
-#  4. Node 1 killed (SIGKILL) under load: node 0's in-flight requests end with a
-#     500 and node 0 exits 1 naming rank 1 — no hang.
+#  3. `serve --nnodes 2` (node 0 serves HTTP, node 1 runs `serve --node-rank 1`
+#     and takes sequences from node 0): 16 concurrent completions give the
+#     texts of a one-process server, 8 chat requests with logprobs (half
+#     streamed) the same text and logprob bits (--batch-invariant on both);
+#     both nodes ran sequences; 6 streams aborted midway free their pages on
+#     both nodes; SIGTERM on node 0 stops the worker too (exit 0).
+#  4. Node 1 killed (SIGKILL) under load (requests on both nodes): node 0's
+#     in-flight requests end with a 500 and node 0 exits 1 naming rank 1 — no hang.
 #  5. Bad launches fail on every node with a message: a node that never comes
 #     (rendezvous timeout naming it), a different model, a different --ep,
 #     --node-rank outside --nnodes.
@@ -76,17 +79,80 @@ worker "$TMP/gw" generate --model "$MODEL" --threads 1 --nnodes 2 --node-rank 1 
 [ -s "$TMP/g1" ] && cmp -s "$TMP/g1" "$TMP/g2" && ok "generate over 2 nodes == one process" ||
     fail "generate differs: '$(cat "$TMP/g1")' vs '$(cat "$TMP/g2")'"
 
-# ---- 3. the server over 2 nodes
-start_server "$TMP/one" --no-prefix-caching || exit 1
+# ---- 3. the server over 2 nodes: node 1 runs sequences too
+# lp_requests FILE PORT: 8 concurrent chat completions with logprobs (half streamed) -> [{text, logprobs}]
+lp_requests() {
+    node - "$1" "$2" <<'JS'
+const [file, port] = process.argv.slice(2);
+const words = 'red green blue cyan magenta yellow black white'.split(' ');
+const one = async i => {
+  const body = {model: 'tiny-v3', temperature: 0, max_tokens: 6 + i * 3, logprobs: true, top_logprobs: 2,
+    stream: i % 2 === 1, messages: [{role: 'user', content: words.slice(0, 1 + i).join(' ')}]};
+  const res = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`,
+    {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
+  if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
+  if (!body.stream) { const j = await res.json(); return {text: j.choices[0].message.content, lp: j.choices[0].logprobs.content}; }
+  let text = '', lp = [];
+  for (const line of (await res.text()).split('\n')) {
+    if (!line.startsWith('data: ') || line === 'data: [DONE]') continue;
+    const c = JSON.parse(line.slice(6)).choices[0];
+    if (!c) continue;
+    text += c.delta.content || '';
+    if (c.logprobs) lp = lp.concat(c.logprobs.content);
+  }
+  return {text, lp};
+};
+Promise.all(Array.from({length: 8}, (_, i) => one(i)))
+  .then(r => require('fs').writeFileSync(file, JSON.stringify(r)), e => { console.error(e.message); process.exit(1); });
+JS
+}
+# aborts PORT: 6 streams cut after their first chunks
+aborts() {
+    node - "$1" <<'JS'
+const port = process.argv[2];
+Promise.all(Array.from({length: 6}, async (_, i) => {
+  const ac = new AbortController();
+  const res = await fetch(`http://127.0.0.1:${port}/v1/completions`, {method: 'POST', signal: ac.signal,
+    headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({model: 'tiny-v3', prompt: 'go on ' + i, max_tokens: 3000, ignore_eos: true, stream: true})});
+  const rd = res.body.getReader();
+  await rd.read(); await rd.read();
+  ac.abort();
+})).catch(() => {}).then(() => process.exit(0));
+JS
+}
+start_server "$TMP/one" --no-prefix-caching --batch-invariant || exit 1
 P1=$SPORT
 requests "$TMP/r1" $P1 || fail "one-process server: requests failed"
+lp_requests "$TMP/l1" $P1 || fail "one-process server: logprob requests failed"
 port=$(free_port)
-worker "$TMP/sw" serve --model "$MODEL" --threads 1 --nnodes 2 --node-rank 1 --master-port $port
-start_server "$TMP/two" --no-prefix-caching --threads 1 --nnodes 2 --master-port $port || exit 1
+worker "$TMP/sw" serve --model "$MODEL" --threads 1 --nnodes 2 --node-rank 1 --master-port $port --no-prefix-caching \
+    --batch-invariant
+start_server "$TMP/two" --no-prefix-caching --batch-invariant --threads 1 --nnodes 2 --master-port $port || exit 1
 P2=$SPORT
 N0=$SPID
 requests "$TMP/r2" $P2 || fail "2-node server: requests failed"
 cmp -s "$TMP/r1" "$TMP/r2" && ok "16 concurrent requests: 2 nodes == one process" || fail "2-node texts differ"
+lp_requests "$TMP/l2" $P2 || fail "2-node server: logprob requests failed"
+cmp -s "$TMP/l1" "$TMP/l2" && ok "8 chat requests with logprobs (4 streamed): 2 nodes == one process, bitwise" ||
+    fail "2-node logprobs differ"
+r0=$(metric $P2 'dp_rank_requests_finished_total{rank="0"}' | awk '{print $2}')
+r1=$(metric $P2 'dp_rank_requests_finished_total{rank="1"}' | awk '{print $2}')
+[ "${r0:-0}" -gt 0 ] && [ "${r1:-0}" -gt 0 ] && [ $((r0 + r1)) -eq 24 ] &&
+    ok "both nodes ran sequences (rank 0: $r0, rank 1 on node 1: $r1)" || fail "rank request counts: '$r0' '$r1'"
+aborts $P2
+k=0
+while [ $k -lt $((50 * SCALE)) ]; do
+    busy=$(metric $P2 'dp_rank_requests_running' | awk '{s += $2} END {print s + 0}')
+    free=$(metric $P2 'dp_rank_kv_pages_free' | awk '{s += $2} END {print s + 0}')
+    done_n=$(metric $P2 'dp_rank_requests_finished_total' | awk '{s += $2} END {print s + 0}')
+    [ "$busy" = 0 ] && [ "$free" = 512 ] && [ "$done_n" = 30 ] && break
+    sleep 0.1
+    k=$((k + 1))
+done
+[ "$busy" = 0 ] && [ "$free" = 512 ] && [ "$done_n" = 30 ] &&
+    ok "6 aborted streams ended and every rank's pages are free again (within $((k * 100)) ms of the aborts)" ||
+    fail "after the aborts: running $busy, free pages $free of 512, finished $done_n of 30"
 kill -TERM $N0
 wait $N0
 [ $? = 0 ] || fail "node 0 did not exit 0 on SIGTERM"
