@@ -486,7 +486,7 @@ void comm_tcp_node_free(comm_tcp_node *n) {
     free(n);
 }
 
-static void tune(int fd) {
+void comm_tcp_tune(int fd) {
     int one = 1, idle = 30, intvl = 10, cnt = 3;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
@@ -531,7 +531,7 @@ static int connect_peer(uint32_t ipv4, int port, uint64_t hello, int64_t deadlin
         unsigned char h[HDR];
         put_hdr(h, KIND_HELLO, hello);
         if (e == 0 && io_all(fd, h, HDR, 1, deadline) == 0) {
-            tune(fd);
+            comm_tcp_tune(fd);
             return fd;
         }
         snprintf(why, cap, "%s", strerror(e ? e : errno));
@@ -589,7 +589,7 @@ static int accept_up(comm_tcp_node *n, int l, int64_t deadline, double timeout_s
             close(fd); /* a stray or a mismatched world: the real peer retries or times out, named */
             continue;
         }
-        tune(fd);
+        comm_tcp_tune(fd);
         r->fd[from] = fd;
         want--;
     }

@@ -51,4 +51,8 @@ int comm_tcp_node_connect(comm_tcp_node *n, const uint32_t *node_ipv4, const uin
 comm *comm_tcp_node_rank(comm_tcp_node *n, int local);
 void comm_tcp_node_free(comm_tcp_node *n);
 
+/* The options every connection between nodes gets: TCP_NODELAY and keepalive
+ * (30 s idle, 3 probes 10 s apart). */
+void comm_tcp_tune(int fd);
+
 #endif

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cpu/comm_tcp.h"
 #include "engine/kv.h"
 
 #define MAX_MSG_BYTES (64u << 20)
@@ -111,14 +112,6 @@ static char *bytes_of(const json_t *j, size_t *n) {
 
 static long get_int(const json_t *o, const char *k) { return (long)json_integer_value(json_object_get(o, k)); }
 
-static void tune(int fd) {
-    int one = 1, idle = 30, intvl = 10, cnt = 3;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
-}
 
 /* ---- requests and events as JSON --------------------------------------------------- */
 
@@ -400,7 +393,7 @@ static int connect_node(uint32_t ipv4, int port, int timeout_ms) {
     for (;;) {
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
-            tune(fd);
+            comm_tcp_tune(fd);
             return fd;
         }
         if (fd >= 0) close(fd);
@@ -605,7 +598,7 @@ static int accept_node0(int listen_fd, int timeout_ms, ms_err *err) {
     int fd = poll(&p, 1, timeout_ms) == 1 ? accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC) : -1;
     close(listen_fd);
     if (fd < 0) return ms_err_set(err, "node 0 did not connect to this node's control port within %.1f s", timeout_ms / 1000.0);
-    tune(fd);
+    comm_tcp_tune(fd);
     return fd;
 }
 
