@@ -232,6 +232,7 @@ struct ep_remote {
     pthread_mutex_t mu;
     pending *pend;
     uint64_t next_id;
+    int closing; /* ep_remote_close: the readers end their streams as cancelled */
 };
 
 typedef struct {
@@ -324,10 +325,12 @@ static void *reader_main(void *p) {
     }
     pthread_mutex_lock(&r->mu);
     r->links[node].alive = 0;
+    int closing = r->closing;
     pthread_mutex_unlock(&r->mu);
     char msg[160];
     snprintf(msg, sizeof msg, "expert-parallel node %d went away (its connection closed)", node);
-    fail_pending(r, node, FINISH_ERROR, msg);
+    if (closing) fail_pending(r, node, FINISH_CANCELLED, "the server stopped");
+    else fail_pending(r, node, FINISH_ERROR, msg);
     return NULL;
 }
 
@@ -451,6 +454,9 @@ ep_remote *ep_remote_open(sched *front, int nnodes, int per_node, const uint32_t
 
 void ep_remote_close(ep_remote *r) {
     if (!r) return;
+    pthread_mutex_lock(&r->mu);
+    r->closing = 1;
+    pthread_mutex_unlock(&r->mu);
     for (int n = 0; r->links && n < r->nnodes; n++)
         if (r->links[n].fd >= 0) shutdown(r->links[n].fd, SHUT_RDWR);
     for (int n = 0; r->links && n < r->nnodes; n++)
