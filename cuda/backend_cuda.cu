@@ -4,7 +4,9 @@
  * live beside it: linear.cu, norm_rope.cu (rmsnorm, embedding, rope),
  * router.cu, mla.cu (kv_write, kv_gather, mla_decode, mla_prefill).
  * Everything runs on one non-blocking stream per backend; ops return before
- * their kernels finish except upload / download / weight_place, which complete. */
+ * their kernels finish except upload / download / weight_place, which complete.
+ * Every op makes the backend's device current first (cuda_st), so whichever
+ * thread drives the backend reaches the right GPU. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +66,7 @@ void *cuda_upload_scratch(backend *be, int slot, const void *host, size_t bytes)
 
 static void *cuda_alloc(backend *be, size_t bytes) {
     void *p = NULL;
-    (void)be;
+    (void)cuda_st(be); /* allocate on the backend's device */
     if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
         cudaGetLastError(); /* clear the (non-sticky) allocation error */
         return NULL;
@@ -271,6 +273,7 @@ extern "C" int backend_cuda_sync(backend *be, ms_err *err) {
 extern "C" int backend_cuda_weight_upload(backend *be, const weight *host, weight *dev, ms_err *err) {
     int64_t phys_rows = host->row0 + host->rows;
     size_t bytes = (size_t)phys_rows * (size_t)host->cols * dtype_size(host->dtype);
+    (void)cuda_st(be); /* allocate on the backend's device */
     *dev = *host;
     dev->data = NULL;
     dev->scale = NULL;

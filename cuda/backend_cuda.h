@@ -16,7 +16,8 @@
  * weight_place complete before they return. A failed CUDA call inside an op
  * aborts with the call, file and line (ops have no error return); set
  * MLASERVE_CUDA_SYNC=1 to wait after every kernel so a fault names its launch.
- * One engine thread per backend. */
+ * One thread at a time drives a backend, not necessarily the one that created
+ * it: every op makes the backend's device current on the calling thread. */
 #ifndef MS_BACKEND_CUDA_H
 #define MS_BACKEND_CUDA_H
 

@@ -1,9 +1,12 @@
 /* cuda/comm_nccl.cu — see comm_nccl.h. Each comm owns a non-blocking stream,
- * a small device buffer for the byte counts and the agreement flag, and pinned
- * host mirrors of them. A collective enqueues its NCCL calls on the stream and
- * then waits the way NCCL's fault-tolerance guide does: cudaStreamQuery in a
- * loop, asking ncclCommGetAsyncError between queries, so a lost peer ends the
- * wait with an error instead of hanging it. */
+ * a small device buffer for the byte counts and the agreement flag, pinned
+ * host mirrors of them, and two device staging buffers for callers' host
+ * memory (send side, receive side). A collective first makes its stream wait
+ * for the producer stream (if one is set), stages host inputs in, enqueues its
+ * NCCL calls, then waits the way NCCL's fault-tolerance guide does:
+ * cudaStreamQuery in a loop, asking ncclCommGetAsyncError between queries, so
+ * a lost peer ends the wait with an error instead of hanging it; host outputs
+ * are copied back last. */
 #include "cuda/comm_nccl.h"
 
 #include <cuda_runtime.h>
@@ -25,6 +28,10 @@ typedef struct {
     uint64_t *h_counts; /* [2 * size] pinned host mirror */
     int *d_flag;        /* [1] device: overflow agreement, barrier */
     int *h_flag;        /* [1] pinned host mirror */
+    void *stage[2];     /* device copies of host buffers: STAGE_SEND, STAGE_RECV */
+    size_t stage_cap[2];
+    cudaStream_t producer; /* comm_nccl_set_producer's stream, or NULL */
+    cudaEvent_t produced;  /* recorded on producer before each collective */
     int failed;
     char reason[768];
 } nccl_state;
@@ -128,11 +135,60 @@ static int stream_wait(nccl_state *st, ms_err *err) {
     }
 }
 
-/* Every collective starts here: a failed world fails at once; the device is made current. */
+/* Every collective starts here: a failed world fails at once; the device is
+ * made current; the comm's stream waits for what the producer has enqueued. */
 static int coll_begin(nccl_state *st, ms_err *err) {
     if (st->failed) return ms_err_set(err, "expert-parallel group failed: %s", st->reason);
     COLL_CUDA(st, cudaSetDevice(st->device), err);
+    if (st->producer) {
+        COLL_CUDA(st, cudaEventRecord(st->produced, st->producer), err);
+        COLL_CUDA(st, cudaStreamWaitEvent(st->stream, st->produced, 0), err);
+    }
     return 0;
+}
+
+/* ---- host buffers ------------------------------------------------------------------- */
+
+enum { STAGE_SEND, STAGE_RECV };
+
+/* Device (or managed) memory NCCL can use directly; anything else is staged. */
+static int on_device(const void *p) {
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError(); /* clear it: plain host memory on old runtimes */
+        return 0;
+    }
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+/* The device buffer standing in for `bytes` at p: p itself when it is device
+ * memory, else staging buffer `slot` (grown on demand; the comm's stream is idle
+ * between collectives, so the old one can go at once), filled from p when `fill`. */
+static int stage(nccl_state *st, int slot, const void *p, size_t bytes, int fill, void **dev, ms_err *err) {
+    if (on_device(p)) {
+        *dev = (void *)p;
+        return 0;
+    }
+    if (st->stage_cap[slot] < bytes || !st->stage[slot]) {
+        size_t cap = st->stage_cap[slot] ? st->stage_cap[slot] : 4096;
+        while (cap < bytes) cap *= 2;
+        if (st->stage[slot]) COLL_CUDA(st, cudaFree(st->stage[slot]), err);
+        st->stage[slot] = NULL;
+        st->stage_cap[slot] = 0;
+        COLL_CUDA(st, cudaMalloc(&st->stage[slot], cap), err);
+        st->stage_cap[slot] = cap;
+    }
+    *dev = st->stage[slot];
+    if (fill && bytes) COLL_CUDA(st, cudaMemcpyAsync(*dev, p, bytes, cudaMemcpyHostToDevice, st->stream), err);
+    return 0;
+}
+
+/* After a collective: waits for it, then copies a staged result back to host p. */
+static int finish(nccl_state *st, void *p, const void *dev, size_t bytes, ms_err *err) {
+    if (stream_wait(st, err) != 0) return -1;
+    if (p == dev || !bytes) return 0;
+    COLL_CUDA(st, cudaMemcpyAsync(p, dev, bytes, cudaMemcpyDeviceToHost, st->stream), err);
+    return stream_wait(st, err);
 }
 
 /* recv_bytes[p] = what peer p sends this rank (one uint64 each way per peer). */
@@ -185,8 +241,13 @@ static int nccl_all_to_all_v(comm *c, const void *send, const size_t *send_bytes
             snprintf(what, sizeof what, "all_to_all_v: receive buffer too small on rank %d", over - 1);
         return world_fail(st, over - 1, what, err);
     }
-    const char *src = (const char *)send;
-    char *dst = (char *)recv;
+    size_t sent = 0;
+    for (int p = 0; p < st->size; p++) sent += send_bytes[p];
+    void *d_send, *d_recv;
+    if (stage(st, STAGE_SEND, send, sent, 1, &d_send, err) != 0 || stage(st, STAGE_RECV, recv, total, 0, &d_recv, err) != 0)
+        return -1;
+    const char *src = (const char *)d_send;
+    char *dst = (char *)d_recv;
     COLL_NCCL(st, ncclGroupStart(), err);
     for (int p = 0; p < st->size; p++) {
         if (send_bytes[p]) COLL_NCCL_GROUPED(st, ncclSend(src, send_bytes[p], ncclUint8, p, st->nccl, st->stream), err);
@@ -195,23 +256,29 @@ static int nccl_all_to_all_v(comm *c, const void *send, const size_t *send_bytes
         dst += recv_bytes[p];
     }
     COLL_NCCL(st, ncclGroupEnd(), err);
-    return stream_wait(st, err);
+    return finish(st, recv, d_recv, total, err);
 }
 
 static int nccl_all_reduce_sum(comm *c, float *buf, size_t n, ms_err *err) {
     nccl_state *st = state_of(c);
     if (coll_begin(st, err) != 0) return -1;
     if (n == 0) return 0;
-    COLL_NCCL(st, ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, st->nccl, st->stream), err);
-    return stream_wait(st, err);
+    void *d;
+    if (stage(st, STAGE_RECV, buf, n * sizeof *buf, 1, &d, err) != 0) return -1;
+    COLL_NCCL(st, ncclAllReduce(d, d, n, ncclFloat32, ncclSum, st->nccl, st->stream), err);
+    return finish(st, buf, d, n * sizeof *buf, err);
 }
 
 static int nccl_all_gather(comm *c, const void *send, size_t bytes, void *recv, ms_err *err) {
     nccl_state *st = state_of(c);
     if (coll_begin(st, err) != 0) return -1;
     if (bytes == 0) return 0;
-    COLL_NCCL(st, ncclAllGather(send, recv, bytes, ncclUint8, st->nccl, st->stream), err);
-    return stream_wait(st, err);
+    void *d_send, *d_recv;
+    if (stage(st, STAGE_SEND, send, bytes, 1, &d_send, err) != 0 ||
+        stage(st, STAGE_RECV, recv, bytes * (size_t)st->size, 0, &d_recv, err) != 0)
+        return -1;
+    COLL_NCCL(st, ncclAllGather(d_send, d_recv, bytes, ncclUint8, st->nccl, st->stream), err);
+    return finish(st, recv, d_recv, bytes * (size_t)st->size, err);
 }
 
 static int nccl_barrier(comm *c, ms_err *err) {
@@ -242,6 +309,15 @@ extern "C" int comm_nccl_all_to_all_fixed(comm *c, const void *send, void *recv,
         COLL_NCCL_GROUPED(st, ncclRecv(dst + (size_t)p * bytes_per_peer, bytes_per_peer, ncclUint8, p, st->nccl, s), err);
     }
     COLL_NCCL(st, ncclGroupEnd(), err);
+    return 0;
+}
+
+extern "C" int comm_nccl_set_producer(comm *c, void *stream, ms_err *err) {
+    if (!c || c->ops != &nccl_comm_ops) return ms_err_set(err, "comm_nccl_set_producer: not an NCCL comm");
+    nccl_state *st = state_of(c);
+    CUDA_TRY(cudaSetDevice(st->device), err);
+    if (stream && !st->produced) CUDA_TRY(cudaEventCreateWithFlags(&st->produced, cudaEventDisableTiming), err);
+    st->producer = (cudaStream_t)stream;
     return 0;
 }
 
@@ -316,6 +392,9 @@ extern "C" void comm_nccl_free(comm *c) {
     if (st->d_flag) CUDA_WARN(cudaFree(st->d_flag));
     if (st->h_counts) CUDA_WARN(cudaFreeHost(st->h_counts));
     if (st->h_flag) CUDA_WARN(cudaFreeHost(st->h_flag));
+    for (int i = 0; i < 2; i++)
+        if (st->stage[i]) CUDA_WARN(cudaFree(st->stage[i]));
+    if (st->produced) CUDA_WARN(cudaEventDestroy(st->produced));
     free(st);
     free(c);
 }

@@ -3,12 +3,17 @@
  * processes and nodes (node 0 makes the id with comm_nccl_unique_id and hands it
  * to every rank, e.g. through common/rendezvous.h).
  *
- * Memory: every data buffer is DEVICE memory on this rank's GPU (all_to_all_v's
- * send and recv, all_reduce_sum's buf, all_gather's send and recv, and both
- * buffers of comm_nccl_all_to_all_fixed); the byte-count arrays send_bytes and
- * recv_bytes are host memory. The comm_ops run on the comm's own stream and have
- * completed when they return, so whoever wrote their inputs on another stream
- * must have synchronized it first. all_to_all_v makes three exchanges: the
+ * Memory: the data buffers of the comm_ops (all_to_all_v's send and recv,
+ * all_reduce_sum's buf, all_gather's send and recv) may be device memory on
+ * this rank's GPU, used in place, or host memory, staged through a device
+ * buffer of the comm's (a copy each way: meant for the small exchanges the
+ * engine makes from the host, e.g. routing ids and the step agreement); both
+ * buffers of comm_nccl_all_to_all_fixed are device memory; the byte-count arrays
+ * send_bytes and recv_bytes are host memory. The comm_ops run on the comm's own
+ * stream and have completed when they return. Inputs written on another stream
+ * must be finished first: either the writer synchronizes, or the stream is named
+ * with comm_nccl_set_producer, and every collective first waits (on the device)
+ * for what was enqueued on it so far. all_to_all_v makes three exchanges: the
  * counts, an agreement on recv_cap (every rank fails the call together when any
  * rank's total exceeds its cap), then the data. all_reduce_sum sums in NCCL's
  * order, not rank order: the result can differ in the last bits from the CPU
@@ -43,6 +48,11 @@ int comm_nccl_unique_id(void *id_out, ms_err *err);
  * blocks until every rank of the world has called it with the same id. */
 comm *comm_nccl_create(int rank, int size, const void *id, int cuda_device, ms_err *err);
 void comm_nccl_free(comm *c);
+/* Every later comm_op first waits for the work enqueued on `stream` (a
+ * cudaStream_t passed as void *, on this rank's device; NULL: none) so far: the
+ * rank's backend stream, whose kernels write the buffers the exchanges read and
+ * read the ones they write. */
+int comm_nccl_set_producer(comm *c, void *stream, ms_err *err);
 /* Graph-capturable all-to-all: every rank sends exactly bytes_per_peer bytes to
  * each peer p from send + p * bytes_per_peer and receives peer p's into
  * recv + p * bytes_per_peer (fixed worst-case buffers; the real counts travel

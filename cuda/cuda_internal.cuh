@@ -75,7 +75,15 @@ typedef struct {
     size_t host_cap[SCR_COUNT];
 } cuda_state;
 
-static inline cuda_state *cuda_st(backend *be) { return (cuda_state *)be->impl; }
+/* The backend's state, with its device made current on the calling thread: the
+ * thread that drives a backend need not be the one that created it (serve's
+ * engine thread, a rank thread of --ep), and every op reaches the state first. */
+static inline cuda_state *cuda_st(backend *be) {
+    cuda_state *st = (cuda_state *)be->impl;
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != st->device) CUDA_CHECK(cudaSetDevice(st->device));
+    return st;
+}
 static inline cudaStream_t cuda_stream(backend *be) { return cuda_st(be)->stream; }
 
 void cuda_after_launch(backend *be, const char *file, int line);

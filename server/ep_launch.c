@@ -16,6 +16,7 @@
 #include "server/ep_remote.h"
 #ifdef MS_CUDA
 #include "cuda/backend_cuda.h"
+#include "cuda/comm_nccl.h"
 #endif
 
 int ep_load_placement(const char *path, int n_experts, int n_ranks, int32_t **owner, ms_err *err) {
@@ -57,13 +58,15 @@ static int device_index(const char *device) {
     return n >= 0 && n < 1024 && device[5] && !*end ? (int)n : -2;
 }
 
-/* The backend of rank r: the CPU, or CUDA device `gpu` (one rank only, checked by the caller). */
-static backend *open_backend(ep_launch *l, int gpu, int threads, ms_err *err) {
+/* The backend of local rank r: the CPU, or CUDA device gpu + r. */
+static backend *open_backend(ep_launch *l, int gpu, int r, int threads, ms_err *err) {
     if (gpu < 0) return backend_cpu_create(threads, err);
 #ifdef MS_CUDA
     l->cuda = 1;
-    backend *be = backend_cuda_create(gpu, err);
-    if (be) snprintf(l->device_name, sizeof l->device_name, "cuda:%d %s", gpu, backend_cuda_device_name(be));
+    backend *be = backend_cuda_create(gpu + r, err);
+    if (be && r == 0) snprintf(l->device_name, sizeof l->device_name, "cuda:%d %s", gpu, backend_cuda_device_name(be));
+    if (be && r > 0) snprintf(l->device_name, sizeof l->device_name, "cuda:%d-%d %s", gpu, gpu + r,
+                              backend_cuda_device_name(be));
     return be;
 #else
     ms_err_set(err, "--device cuda: this mlaserve was built without the CUDA backend (build with make CUDA=1)");
@@ -82,11 +85,69 @@ static void close_backend(const ep_launch *l, backend *be) {
     backend_cpu_free(be);
 }
 
+/* ---- CUDA ranks: one NCCL communicator over every rank of every node --------------------- */
+
+#ifdef MS_CUDA
+typedef struct {
+    int rank, size, device;
+    const void *id;
+    comm *c;
+    ms_err err;
+} nccl_join;
+
+static void *nccl_join_main(void *arg) {
+    nccl_join *j = arg;
+    j->c = comm_nccl_create(j->rank, j->size, j->id, j->device, &j->err);
+    return NULL;
+}
+
+/* Every local rank joins the communicator `id` (ncclCommInitRank blocks until
+ * the whole world has joined, so each local rank joins from a thread of its
+ * own) and follows its backend's stream. */
+static int open_nccl(ep_launch *l, const void *id, int gpu, ms_err *err) {
+    int n = l->n_ranks, world = l->nnodes * n, first = l->node_rank * n, started = 0, rc = 0;
+    nccl_join *j = calloc((size_t)n, sizeof *j);
+    pthread_t *th = calloc((size_t)n, sizeof *th);
+    if (!(l->nccl = calloc((size_t)n, sizeof *l->nccl)) || !j || !th) rc = ms_err_set(err, "out of memory");
+    for (int r = 0; rc == 0 && r < n; r++, started++) {
+        j[r] = (nccl_join){first + r, world, gpu + r, id, NULL, {{0}}};
+        if (pthread_create(&th[r], NULL, nccl_join_main, &j[r]) != 0) rc = ms_err_set(err, "cannot start a thread");
+    }
+    for (int r = 0; r < started; r++) pthread_join(th[r], NULL);
+    for (int r = 0; r < started; r++) {
+        l->nccl[r] = j[r].c;
+        if (!j[r].c && rc == 0) rc = ms_err_set(err, "%s", j[r].err.msg);
+        if (j[r].c && rc == 0 && comm_nccl_set_producer(j[r].c, backend_cuda_stream(l->be[r]), err) != 0) rc = -1;
+    }
+    free(j);
+    free(th);
+    return rc;
+}
+
+static int nccl_unique_id(unsigned char *id, ms_err *err) { return comm_nccl_unique_id(id, err); }
+static void close_nccl(comm *c) { comm_nccl_free(c); }
+#else
+static int open_nccl(ep_launch *l, const void *id, int gpu, ms_err *err) {
+    (void)l, (void)id, (void)gpu;
+    return ms_err_set(err, "NCCL ranks need a CUDA build (make CUDA=1)");
+}
+static int nccl_unique_id(unsigned char *id, ms_err *err) {
+    (void)id;
+    return ms_err_set(err, "NCCL ranks need a CUDA build (make CUDA=1)");
+}
+static void close_nccl(comm *c) { (void)c; }
+#endif
+
 /* ---- several nodes ------------------------------------------------------------------ */
 
-#define NODE_ENTRY_VERSION 1u
-/* version, ranks, config hash, placement hash, control port (0: none), the ranks' ports */
-#define NODE_ENTRY_BYTES (18 + 2 * EP_LAUNCH_MAX_LOCAL)
+#define NODE_ENTRY_VERSION 2u
+/* version, ranks, config hash, placement hash, control port (0: none), the ranks'
+ * TCP ports (CPU ranks), the device kind (0 CPU, 1 CUDA), node 0's NCCL id (CUDA) */
+#define ENTRY_PORTS 18
+#define ENTRY_KIND (ENTRY_PORTS + 2 * EP_LAUNCH_MAX_LOCAL)
+#define ENTRY_NCCL_ID (ENTRY_KIND + 1)
+#define NCCL_ID_BYTES 128
+#define NODE_ENTRY_BYTES (ENTRY_NCCL_ID + NCCL_ID_BYTES)
 
 static uint32_t fnv1a(uint32_t h, const void *p, size_t n) {
     const unsigned char *b = p;
@@ -137,16 +198,23 @@ static int entry_check(const unsigned char *mine, const unsigned char *theirs, i
     if (get_u32(theirs + 12) != get_u32(mine + 12))
         return ms_err_set(err, "--nnodes: node %d places the routed experts differently from node %d (--ep-placement)", r,
                           self);
+    if (theirs[ENTRY_KIND] != mine[ENTRY_KIND])
+        return ms_err_set(err, "--nnodes: node %d runs its ranks on %s, node %d on %s (every node needs the same --device kind)",
+                          r, theirs[ENTRY_KIND] ? "CUDA" : "the CPU", self, mine[ENTRY_KIND] ? "CUDA" : "the CPU");
     return 0;
 }
 
-/* Meets the other nodes and connects this node's ranks to all of theirs. */
-static int join_nodes(ep_launch *l, const char *dir, const ep_launch_opts *o, const int32_t *owner, ms_err *err) {
+/* Meets the other nodes and connects this node's ranks to all of theirs: CPU
+ * ranks over TCP, CUDA ranks through NCCL with the id node 0 made. */
+static int join_nodes(ep_launch *l, const char *dir, const ep_launch_opts *o, const int32_t *owner, int gpu,
+                      ms_err *err) {
     int nnodes = l->nnodes, n_local = l->n_ranks, timeout_ms = (o->rendezvous_timeout_s > 0 ? o->rendezvous_timeout_s : 300) * 1000;
-    unsigned char mine[NODE_ENTRY_BYTES] = {0};
+    unsigned char mine[NODE_ENTRY_BYTES] = {0}, nccl_id[NCCL_ID_BYTES];
     uint32_t cfg_h;
     if (config_hash(dir, &cfg_h, err) != 0) return -1;
-    if (!(l->tcp = comm_tcp_node_open(nnodes, l->node_rank, n_local, err))) return -1;
+    mine[ENTRY_KIND] = l->cuda;
+    if (l->cuda && l->node_rank == 0 && nccl_unique_id(mine + ENTRY_NCCL_ID, err) != 0) return -1;
+    if (!l->cuda && !(l->tcp = comm_tcp_node_open(nnodes, l->node_rank, n_local, err))) return -1;
     put_u32(mine, NODE_ENTRY_VERSION);
     put_u32(mine + 4, (uint32_t)n_local);
     put_u32(mine + 8, cfg_h);
@@ -157,7 +225,7 @@ static int join_nodes(ep_launch *l, const char *dir, const ep_launch_opts *o, co
         l->control_open = 1;
     }
     mine[16] = (unsigned char)(control >> 8), mine[17] = (unsigned char)control;
-    for (int r = 0; r < n_local; r++) {
+    for (int r = 0; l->tcp && r < n_local; r++) {
         int port = comm_tcp_node_port(l->tcp, r);
         mine[18 + 2 * r] = (unsigned char)(port >> 8), mine[19 + 2 * r] = (unsigned char)port;
     }
@@ -177,9 +245,10 @@ static int join_nodes(ep_launch *l, const char *dir, const ep_launch_opts *o, co
         for (int q = 0; q < n_local; q++)
             ports[r * n_local + q] = (uint16_t)(nodes[r].entry[18 + 2 * q] << 8 | nodes[r].entry[19 + 2 * q]);
     }
+    if (joined && ok == 0) memcpy(nccl_id, nodes[0].entry + ENTRY_NCCL_ID, sizeof nccl_id);
     if (joined && ok == 0 && l->node_rank > 0 && ips[0] == 0)
         ok = ms_err_set(err, "--nnodes: node 0 (%s) must be reachable over IPv4", rc.master_addr);
-    if (joined && ok == 0) ok = comm_tcp_node_connect(l->tcp, ips, ports, timeout_ms, err);
+    if (joined && ok == 0) ok = l->tcp ? comm_tcp_node_connect(l->tcp, ips, ports, timeout_ms, err) : open_nccl(l, nccl_id, gpu, err);
     if (!joined) ok = -1;
     if (nodes) rendezvous_nodes_free(nodes, joined ? nnodes : 0);
     free(nodes);
@@ -192,17 +261,25 @@ static int nodes_check(const ep_launch_opts *o, int gpu, int world, ms_err *err)
     if (o->node_rank < 0 || o->node_rank >= nnodes)
         return ms_err_set(err, "--node-rank %d is outside 0..%d (--nnodes %d)", o->node_rank, nnodes - 1, nnodes);
     if (o->n_ranks > EP_LAUNCH_MAX_LOCAL) return ms_err_set(err, "--ep %d: at most %d ranks per node", o->n_ranks, EP_LAUNCH_MAX_LOCAL);
-    if (gpu >= 0 && world > 1)
-        return ms_err_set(err, "--ep %d%s with --device cuda needs NCCL ranks, which are not wired yet "
-                          "(docs/expert-parallel.md); use --ep 1 on a GPU or CPU ranks", o->n_ranks,
-                          nnodes > 1 ? " over several nodes" : "");
+#ifdef MS_CUDA
+    int visible = backend_cuda_device_count();
+    if (gpu >= 0 && o->n_ranks > 1 && gpu + o->n_ranks > visible)
+        return ms_err_set(err, "--ep %d on --device cuda:%d puts one rank per GPU on devices %d..%d, but %d %s visible",
+                          o->n_ranks, gpu, gpu, gpu + o->n_ranks - 1, visible, visible == 1 ? "is" : "are");
+#endif
     if (o->placement && world == 1) return ms_err_set(err, "--ep-placement needs --ep 2 or more (or several nodes)");
     return 0;
 }
 
+/* MLASERVE_EP_ONE_RANK_WORLD=1: a world of one rank for --ep 1 on one node. */
+static int one_rank_world(void) {
+    const char *v = getenv("MLASERVE_EP_ONE_RANK_WORLD");
+    return v && !strcmp(v, "1");
+}
+
 int ep_launch_open(ep_launch *l, const char *dir, const ep_launch_opts *o, ms_err *err) {
     int n_ranks = o->n_ranks, gpu = device_index(o->device), nnodes = o->nnodes > 1 ? o->nnodes : 1;
-    int world = n_ranks * nnodes;
+    int world = n_ranks * nnodes, has_world = world > 1 || one_rank_world();
     *l = (ep_launch){.n_ranks = n_ranks, .nnodes = nnodes, .node_rank = o->node_rank, .device_name = "CPU",
                      .be = calloc((size_t)n_ranks, sizeof(backend *)),
                      .m = calloc((size_t)n_ranks, sizeof(model *))};
@@ -210,9 +287,9 @@ int ep_launch_open(ep_launch *l, const char *dir, const ep_launch_opts *o, ms_er
     int rc = l->be && l->m ? 0 : ms_err_set(err, "out of memory");
     if (rc == 0 && gpu == -2) rc = ms_err_set(err, "--device must be cpu, cuda or cuda:N, got \"%s\"", o->device);
     if (rc == 0) rc = nodes_check(o, gpu, world, err);
-    if (rc == 0 && nnodes == 1 && n_ranks > 1 && !(l->world = comm_cpu_world_create(n_ranks, err))) rc = -1;
+    if (rc == 0 && nnodes == 1 && has_world && gpu < 0 && !(l->world = comm_cpu_world_create(n_ranks, err))) rc = -1;
     for (int r = 0; rc == 0 && r < n_ranks; r++) {
-        if (!(l->be[r] = open_backend(l, gpu, threads_per_rank(o->n_threads, n_ranks), err))) rc = -1;
+        if (!(l->be[r] = open_backend(l, gpu, r, threads_per_rank(o->n_threads, n_ranks), err))) rc = -1;
         else if (!(l->m[r] = model_load(dir, l->be[r], err))) rc = -1;
     }
     const char *placement = o->placement;
@@ -221,9 +298,13 @@ int ep_launch_open(ep_launch *l, const char *dir, const ep_launch_opts *o, ms_er
         if (model_set_batch_invariant(l->m[r], 1, err) != 0) rc = ms_err_prefix(err, "--batch-invariant");
     for (int r = 0; rc == 0 && o->bf16_activations && r < n_ranks; r++)
         if (model_set_bf16_activations(l->m[r], 1, err) != 0) rc = ms_err_prefix(err, "--bf16-activations");
-    if (rc == 0 && nnodes > 1) rc = join_nodes(l, dir, o, owner, err);
-    for (int r = 0; rc == 0 && world > 1 && r < n_ranks; r++) {
-        comm *c = l->tcp ? comm_tcp_node_rank(l->tcp, r) : comm_cpu_world_rank(l->world, r);
+    if (rc == 0 && nnodes > 1) rc = join_nodes(l, dir, o, owner, gpu, err);
+    if (rc == 0 && nnodes == 1 && has_world && gpu >= 0) {
+        unsigned char id[NCCL_ID_BYTES];
+        rc = nccl_unique_id(id, err) == 0 ? open_nccl(l, id, gpu, err) : -1;
+    }
+    for (int r = 0; rc == 0 && has_world && r < n_ranks; r++) {
+        comm *c = l->nccl ? l->nccl[r] : l->tcp ? comm_tcp_node_rank(l->tcp, r) : comm_cpu_world_rank(l->world, r);
         if (model_set_ep(l->m[r], c, owner, err) != 0) rc = ms_err_prefix(err, "--ep %d", world);
     }
     free(owner);
@@ -238,6 +319,8 @@ void ep_launch_close(ep_launch *l) {
     }
     free(l->m);
     free(l->be);
+    for (int r = 0; l->nccl && r < l->n_ranks; r++) close_nccl(l->nccl[r]);
+    free(l->nccl);
     comm_cpu_world_free(l->world);
     comm_tcp_node_free(l->tcp);
     if (l->control_open) close(l->control_fd);

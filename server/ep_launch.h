@@ -6,15 +6,21 @@
  * share one cpu/comm_cpu.h world, and the routed experts are placed by a
  * placement file or in contiguous slices. With n_ranks == 1 there is no world
  * and the model runs unchanged (the reference the others are compared with).
- * --device cuda[:N] needs a `make CUDA=1` build and, for now, one rank: CUDA
- * ranks need the NCCL comm (cuda/comm_nccl.h), which is not wired yet.
+ * --device cuda[:N] needs a `make CUDA=1` build; with --ep L the local ranks
+ * run on GPUs N..N+L-1 (one rank per GPU) and the world is one NCCL
+ * communicator (cuda/comm_nccl.h; each comm follows its rank's backend stream).
+ *
+ * Test hook: MLASERVE_EP_ONE_RANK_WORLD=1 gives --ep 1 on one node a world of
+ * one rank (CPU comm, or NCCL on a GPU), so the expert-parallel path (dispatch,
+ * exchanges, combine) runs and can be compared with the plain model.
  *
  * Several nodes (--nnodes N --node-rank R --master-addr HOST --master-port P):
- * every node runs the same command with --ep L local CPU ranks; the world is
- * N * L ranks (global rank R * L + local) over cpu/comm_tcp.h. After loading,
+ * every node runs the same command with --ep L local ranks; the world is
+ * N * L ranks (global rank R * L + local), CPU ranks over cpu/comm_tcp.h, CUDA
+ * ranks in one NCCL communicator whose id node 0 hands out. After loading,
  * the nodes meet at node 0's rendezvous (common/rendezvous.h), which checks
- * that all run the same --ep, config.json and expert placement (naming the node
- * that differs) and hands out every rank's port. Node 0 runs the command
+ * that all run the same --ep, config.json, expert placement and device kind
+ * (naming the node that differs) and hands out every rank's port (and the NCCL id). Node 0 runs the command
  * (serve: the HTTP front; logits / generate: the sequence and the output);
  * nodes 1..N-1 are workers: every local rank joins each step and runs its
  * share of the routed experts, until node 0 stops. A worker started as `logits`
@@ -81,7 +87,8 @@ typedef struct ep_launch {
     int cuda;              /* the backends are CUDA backends */
     char device_name[160]; /* "CPU" or the GPU's name, for banners */
     comm_cpu_world *world; /* one node with n_ranks > 1; else NULL */
-    comm_tcp_node *tcp;    /* nnodes > 1; else NULL */
+    comm_tcp_node *tcp;    /* nnodes > 1 with CPU ranks; else NULL */
+    comm **nccl;           /* [n_ranks] CUDA ranks in a world; else NULL */
     /* nnodes > 1, for server/ep_remote.h: */
     int control_fd;        /* a worker that takes sequences: the socket node 0 connects to */
     int control_open;      /* control_fd is open (ep_remote_serve closes it: clear this first) */

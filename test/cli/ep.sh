@@ -5,8 +5,11 @@
 #     (16 and 12 routed experts): the whole output (top-20 at every position,
 #     32 greedy tokens, per-expert row counts) and the last position's logits are
 #     bitwise identical across rank counts and with a non-contiguous placement
-#     file; the per-expert counts add up to tokens x top-k x MoE layers.
-#     (--ep 1 itself is checked against the DeepSeek goldens in logits.sh.)
+#     file, and with a world of one rank (MLASERVE_EP_ONE_RANK_WORLD=1: --ep 1
+#     through dispatch, exchanges and combine — what a 1-rank NCCL world runs
+#     on a GPU, test/cuda/e2e_golden.sh); the per-expert counts add up to
+#     tokens x top-k x MoE layers. (--ep 1 itself is checked against the
+#     DeepSeek goldens in logits.sh.)
 #  2. `mlaserve generate --ep 2` equals --ep 1 (greedy).
 #  3. Bad launches fail with a message: more ranks than experts, a malformed
 #     placement, a placement that leaves a rank empty, --ep-placement alone.
@@ -48,8 +51,10 @@ for m in tiny-v3 tiny-v2; do
         else
             cp "$TMP/last.1" "$TMP/last.p"; cp "$TMP/out.1" "$TMP/out.p"
         fi
+        MLASERVE_EP_ONE_RANK_WORLD=1 "$BIN" logits --model "$MLASERVE_TEST_MODELS/$m" --ids "$ids" --top 20 --greedy 32 \
+            --expert-counts --threads 2 --last-logits "$TMP/last.w" > "$TMP/out.w" || fail "$m/$p one-rank world: exit $?"
         same=1
-        for v in 2 4 p; do
+        for v in 2 4 p w; do
             cmp -s "$TMP/out.1" "$TMP/out.$v" || { same=0; fail "$m/$p: --ep $v output differs from --ep 1"; }
             cmp -s "$TMP/last.1" "$TMP/last.$v" || { same=0; fail "$m/$p: --ep $v last logits differ from --ep 1"; }
         done
@@ -66,9 +71,15 @@ if (o.expert_tokens.length !== c.n_routed_experts || sum !== tokens * c.num_expe
 }
 JS
             { same=0; fail "$m/$p: per-expert counts do not add up"; }
-        [ $same = 1 ] && ok "$m/$p: --ep 1, 2, 4 (and a placement file) bitwise identical, expert counts add up"
+        [ $same = 1 ] && ok "$m/$p: --ep 1, 2, 4 (a placement file, a one-rank world) bitwise identical, expert counts add up"
     done
 done
+# the one-rank world really runs the expert-parallel path: its fault hook fires
+MLASERVE_EP_ONE_RANK_WORLD=1 MLASERVE_EP_FAULT=0:2 "$BIN" logits --model "$MODEL" --ids 1,2,3 --greedy 4 --threads 2 \
+    > /dev/null 2> "$TMP/err.w1"
+rc=$?
+[ $rc = 1 ] && grep -q "injected fault" "$TMP/err.w1" && ok "one-rank world: the expert-parallel step runs (its fault hook fires)" ||
+    fail "one-rank world: exit $rc, want 1 with the injected fault ($(head -c 200 "$TMP/err.w1"))"
 
 # ---- 2. generate
 "$BIN" generate --model "$MODEL" --prompt "The quick brown fox" --max-tokens 24 --temperature 0 --no-stats --ep 1 \

@@ -4,8 +4,11 @@
 # itself checked against DeepSeek's goldens in test/cli/logits.sh) on every
 # golden prompt of tiny-v3 and tiny-v2: last-position logits within 3e-2
 # absolute (bf16-level), and the greedy continuation equal for the steps the
-# golden file marks as free of near-ties. Needs only sh, od and awk (the GPU
-# machine has no node). Without a device: one SKIP line, exit 0.
+# golden file marks as free of near-ties. tiny-v3 also runs as a one-rank
+# NCCL world (MLASERVE_EP_ONE_RANK_WORLD=1 --device cuda: issue #5's 1-rank
+# NCCL check — routing ids and hidden rows through cuda/comm_nccl, experts per
+# rank, combine) against the same CPU run and criteria. Needs only sh, od and
+# awk (the GPU machine has no node). Without a device: one SKIP line, exit 0.
 set -u
 BIN=$1 MODELS=$2 GOLDEN=$3
 TMP=$(mktemp -d) || exit 1
@@ -24,25 +27,34 @@ for m in tiny-v3 tiny-v2; do
         p=$(basename "$res" .json)
         ids=$(tr -d ' \n' < "$res" | sed 's/.*"ids":\[\([0-9,]*\)\].*/\1/')
         steps=$(tr -d ' \n' < "$res" | sed 's/.*"steps_before_near_tie":\([0-9]*\).*/\1/')
-        for dev in cpu cuda; do
-            "$BIN" logits --model "$MODELS/$m" --ids "$ids" --top 1 --greedy 32 --device $dev \
-                --last-logits "$TMP/$dev.bin" > "$TMP/$dev.json" 2> "$TMP/$dev.err" ||
-                { echo "FAIL: $m/$p --device $dev: $(cat "$TMP/$dev.err")"; fails=$((fails + 1)); continue 2; }
+        runs="cpu cuda"
+        [ $m = tiny-v3 ] && runs="cpu cuda nccl1"
+        for run in $runs; do
+            dev=$run world=0
+            [ $run = nccl1 ] && dev=cuda world=1
+            MLASERVE_EP_ONE_RANK_WORLD=$world "$BIN" logits --model "$MODELS/$m" --ids "$ids" --top 1 --greedy 32 \
+                --device $dev --last-logits "$TMP/$run.bin" > "$TMP/$run.json" 2> "$TMP/$run.err" ||
+                { echo "FAIL: $m/$p $run: $(cat "$TMP/$run.err")"; fails=$((fails + 1)); continue 2; }
         done
-        diff=$(od -An -v -f "$TMP/cpu.bin" | tr -s ' ' '\n' | grep . > "$TMP/a"; od -An -v -f "$TMP/cuda.bin" |
-            tr -s ' ' '\n' | grep . > "$TMP/b"; paste "$TMP/a" "$TMP/b" |
-            awk '{d = $1 - $2; if (d < 0) d = -d; if (d > m || $2 != $2) m = d} END {printf "%g", m}')
-        g_cpu="" g_gpu=""
-        if [ "$steps" -gt 0 ] 2>/dev/null; then
-            g_cpu=$(sed 's/.*"greedy":\[\([0-9,]*\)\].*/\1/' "$TMP/cpu.json" | cut -d, -f1-"$steps")
-            g_gpu=$(sed 's/.*"greedy":\[\([0-9,]*\)\].*/\1/' "$TMP/cuda.json" | cut -d, -f1-"$steps")
-        fi
-        if awk -v d="$diff" 'BEGIN {exit !(d <= 3e-2)}' && [ "$g_cpu" = "$g_gpu" ]; then
-            echo "ok: $m/$p: max |logit diff| $diff, greedy equal for $steps steps"
-        else
-            echo "FAIL: $m/$p: max |logit diff| $diff; greedy cpu $g_cpu / cuda $g_gpu"
-            fails=$((fails + 1))
-        fi
+        for run in $runs; do
+            [ $run = cpu ] && continue
+            diff=$(od -An -v -f "$TMP/cpu.bin" | tr -s ' ' '\n' | grep . > "$TMP/a"; od -An -v -f "$TMP/$run.bin" |
+                tr -s ' ' '\n' | grep . > "$TMP/b"; paste "$TMP/a" "$TMP/b" |
+                awk '{d = $1 - $2; if (d < 0) d = -d; if (d > m || $2 != $2) m = d} END {printf "%g", m}')
+            g_cpu="" g_gpu=""
+            if [ "$steps" -gt 0 ] 2>/dev/null; then
+                g_cpu=$(sed 's/.*"greedy":\[\([0-9,]*\)\].*/\1/' "$TMP/cpu.json" | cut -d, -f1-"$steps")
+                g_gpu=$(sed 's/.*"greedy":\[\([0-9,]*\)\].*/\1/' "$TMP/$run.json" | cut -d, -f1-"$steps")
+            fi
+            what="cuda"
+            [ $run = nccl1 ] && what="cuda, one-rank NCCL world"
+            if awk -v d="$diff" 'BEGIN {exit !(d <= 3e-2)}' && [ "$g_cpu" = "$g_gpu" ]; then
+                echo "ok: $m/$p ($what): max |logit diff| $diff, greedy equal for $steps steps"
+            else
+                echo "FAIL: $m/$p ($what): max |logit diff| $diff; greedy cpu $g_cpu / $run $g_gpu"
+                fails=$((fails + 1))
+            fi
+        done
     done
 done
 [ $fails -eq 0 ] && echo "e2e_golden: all passed" || echo "e2e_golden: $fails failed"

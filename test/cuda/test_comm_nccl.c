@@ -4,6 +4,9 @@
  * and abort. With >= 2 devices, a W-rank world (W = devices, at most 8), one
  * host thread per device each calling ncclCommInitRank: the same checks, with
  * uneven and zero all_to_all_v counts, and the overflow error reaching every rank.
+ * Both worlds also pass host buffers (staged by the comm) and check
+ * comm_nccl_set_producer: a collective waits for the data a producer stream is
+ * still copying in.
  * References: hand-computed bytes (each byte encodes sender, receiver, round
  * and index, as test/unit/test_comm_cpu.c does), sums of small integers (exact
  * in float in any order), and for non-integer sums the rank-order float sum
@@ -166,6 +169,77 @@ static void check_fixed(comm *c) {
     free(h);
 }
 
+/* Host memory in and out (the comm stages it): all_to_all_v, all_reduce_sum, all_gather. */
+static void check_host_buffers(comm *c) {
+    int r = c->rank, w = c->size;
+    size_t cap = (size_t)w * 7 * 97, send_bytes[MAX_RANKS], recv_bytes[MAX_RANKS], at = 0;
+    unsigned char *h_send = malloc(cap), *h_recv = malloc(cap);
+    for (int p = 0; p < w; p++) {
+        send_bytes[p] = len_between(r, p, 1);
+        for (size_t i = 0; i < send_bytes[p]; i++) h_send[at++] = byte_of(r, p, 1, i);
+    }
+    ms_err err = {{0}};
+    int rc = c->ops->all_to_all_v(c, h_send, send_bytes, h_recv, cap, recv_bytes, &err);
+    size_t bad = 0, total = 0;
+    for (int p = 0; rc == 0 && p < w; p++) {
+        bad += recv_bytes[p] != len_between(p, r, 1);
+        for (size_t i = 0; i < recv_bytes[p] && !bad; i++) bad += h_recv[total + i] != byte_of(p, r, 1, i);
+        total += recv_bytes[p];
+    }
+    check(rc == 0 && bad == 0, r, "all_to_all_v host buffers: %zu bytes in, %zu differ %s", total, bad, rc ? err.msg : "");
+    float v[3] = {1.0f, (float)r, 2.0f};
+    rc = c->ops->all_reduce_sum(c, v, 3, &err);
+    check(rc == 0 && v[0] == (float)w && v[1] == (float)(w * (w - 1) / 2) && v[2] == 2.0f * w, r,
+          "all_reduce_sum host buffer: {%g, %g, %g} %s", v[0], v[1], v[2], rc ? err.msg : "");
+    int32_t mine = 100 + r, all[MAX_RANKS];
+    rc = c->ops->all_gather(c, &mine, sizeof mine, all, &err);
+    int wrong = 0;
+    for (int q = 0; rc == 0 && q < w; q++) wrong += all[q] != 100 + q;
+    check(rc == 0 && !wrong, r, "all_gather host buffers: %d of %d wrong %s", wrong, w, rc ? err.msg : "");
+    free(h_send);
+    free(h_recv);
+}
+
+static void CUDART_CB sleep_200ms(void *arg) {
+    (void)arg;
+    usleep(200000);
+}
+
+/* A producer stream still copying the send buffer in (behind a 200 ms host
+ * function) when the collective is called: the comm must wait for it. */
+static void check_producer(comm *c) {
+    int r = c->rank, w = c->size;
+    size_t bytes = (size_t)w * 64, send_bytes[MAX_RANKS], recv_bytes[MAX_RANKS];
+    unsigned char *pinned = NULL, *h = malloc(bytes);
+    cudaMallocHost((void **)&pinned, bytes);
+    void *d_send = dev_alloc(bytes), *d_recv = dev_alloc(bytes);
+    cudaMemset(d_send, 0, bytes);
+    cudaDeviceSynchronize();
+    for (int p = 0; p < w; p++) {
+        send_bytes[p] = 64;
+        for (size_t i = 0; i < 64; i++) pinned[(size_t)p * 64 + i] = byte_of(r, p, 5, i);
+    }
+    cudaStream_t s;
+    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    ms_err err = {{0}};
+    int rc = comm_nccl_set_producer(c, s, &err);
+    cudaLaunchHostFunc(s, sleep_200ms, NULL);
+    cudaMemcpyAsync(d_send, pinned, bytes, cudaMemcpyHostToDevice, s);
+    if (rc == 0) rc = c->ops->all_to_all_v(c, d_send, send_bytes, d_recv, bytes, recv_bytes, &err);
+    to_host(h, d_recv, bytes);
+    size_t bad = 0;
+    for (int p = 0; p < w; p++)
+        for (size_t i = 0; i < 64; i++) bad += h[(size_t)p * 64 + i] != byte_of(p, r, 5, i);
+    check(rc == 0 && bad == 0, r, "a collective waits for its producer stream: %zu bytes differ %s", bad, rc ? err.msg : "");
+    comm_nccl_set_producer(c, NULL, &err);
+    cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    cudaFree(d_send);
+    cudaFree(d_recv);
+    cudaFreeHost(pinned);
+    free(h);
+}
+
 /* Rank 0's cap is too small: every rank's call fails, and the world stays failed. */
 static void check_overflow(comm *c) {
     int r = c->rank, w = c->size;
@@ -187,6 +261,8 @@ static void check_rank(comm *c) {
     check_all_to_all_v(c);
     check_reduce_gather_barrier(c);
     check_fixed(c);
+    check_host_buffers(c);
+    check_producer(c);
     check_overflow(c);
 }
 
