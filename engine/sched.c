@@ -1101,5 +1101,6 @@ int sched_expert_tokens(sched *s, uint64_t *out, int cap) {
         for (int e = 0; e < E; e++) out[e] += one[e];
     }
     free(one);
+    if (s->remote.expert_tokens) s->remote.expert_tokens(s->remote.ctx, out, E);
     return E;
 }

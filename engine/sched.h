@@ -176,6 +176,8 @@ typedef struct sched_remote {
     void (*stats)(void *ctx, int rank, sched_stats *out); /* the last known */
     /* the last known sched_get_rank_room of the rank */
     void (*room)(void *ctx, int rank, long *free_pages, long *load);
+    /* out[e] += the last known rows routed expert e ran on the remote ranks, e < n (NULL: none) */
+    void (*expert_tokens)(void *ctx, uint64_t *out, int n);
 } sched_remote;
 
 /* Before the first submission; the front keeps a copy of *rm. */
@@ -214,8 +216,9 @@ void sched_get_rank_stats(sched *s, int rank, sched_stats *out);
  * and running + waiting sequences. */
 void sched_get_rank_room(sched *s, int rank, long *free_pages, long *load);
 
-/* out[e] = rows routed expert e has run, summed over ranks and layers; returns
- * the number of experts written (at most cap). */
+/* out[e] = rows routed expert e has run, summed over ranks and layers (a
+ * front's remote ranks too, as last reported); returns the number of experts
+ * written (at most cap). */
 int sched_expert_tokens(sched *s, uint64_t *out, int cap);
 
 #endif

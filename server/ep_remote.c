@@ -20,6 +20,7 @@
 
 #define MAX_MSG_BYTES (64u << 20)
 #define STATS_MS 50
+#define EP_REMOTE_MAX_EXPERTS 4096 /* per-expert counts in a stats message (as /metrics shows) */
 
 /* ---- framing and encodings ------------------------------------------------------- */
 
@@ -222,6 +223,8 @@ typedef struct {
     pthread_mutex_t wmu;
     sched_stats *stats; /* [ranks_per_node], guarded by ep_remote.mu */
     long *room;         /* [2 * ranks_per_node]: free pages, load (sched_get_rank_room) */
+    uint64_t *experts;  /* [n_experts] rows the node's experts ran (sched_expert_tokens), guarded by mu */
+    int n_experts;
 } node_link;
 
 struct ep_remote {
@@ -303,6 +306,13 @@ static void handle_stats(ep_remote *r, int node, const json_t *m) {
         r->links[node].room[2 * i] = (long)json_integer_value(json_array_get(a, 11));
         r->links[node].room[2 * i + 1] = (long)json_integer_value(json_array_get(a, 12));
     }
+    const json_t *ex = json_object_get(m, "experts");
+    node_link *l = &r->links[node];
+    size_t n = json_array_size(ex);
+    if (n && n <= EP_REMOTE_MAX_EXPERTS && (l->experts || (l->experts = calloc(EP_REMOTE_MAX_EXPERTS, sizeof *l->experts)))) {
+        for (size_t e = 0; e < n; e++) l->experts[e] = (uint64_t)json_integer_value(json_array_get(ex, e));
+        l->n_experts = (int)n;
+    }
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -380,6 +390,14 @@ static void remote_stats(void *ctx, int rank, sched_stats *out) {
     pthread_mutex_unlock(&r->mu);
 }
 
+static void remote_expert_tokens(void *ctx, uint64_t *out, int n) {
+    ep_remote *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    for (int node = 1; node < r->nnodes; node++)
+        for (int e = 0; e < n && e < r->links[node].n_experts; e++) out[e] += r->links[node].experts[e];
+    pthread_mutex_unlock(&r->mu);
+}
+
 static void remote_room(void *ctx, int rank, long *free_pages, long *load) {
     ep_remote *r = ctx;
     pthread_mutex_lock(&r->mu);
@@ -448,7 +466,8 @@ ep_remote *ep_remote_open(sched *front, int nnodes, int per_node, const uint32_t
         if (pthread_create(&r->links[n].reader, NULL, reader_main, a) == 0) r->links[n].reader_started = 1;
         else free(a);
     }
-    sched_set_remote(front, &(sched_remote){r->n_remote, r, remote_submit, remote_cancel, remote_stats, remote_room});
+    sched_set_remote(front, &(sched_remote){r->n_remote, r, remote_submit, remote_cancel, remote_stats, remote_room,
+                                            remote_expert_tokens});
     return r;
 }
 
@@ -467,6 +486,7 @@ void ep_remote_close(ep_remote *r) {
         pthread_mutex_destroy(&r->links[n].wmu);
         free(r->links[n].stats);
         free(r->links[n].room);
+        free(r->links[n].experts);
     }
     pthread_mutex_destroy(&r->mu);
     free(r->links);
@@ -583,7 +603,12 @@ static void send_stats(worker *w) {
                                                (json_int_t)s.prefix_cache_queries, (json_int_t)s.prefix_cache_hits,
                                                (json_int_t)free_pages, (json_int_t)load));
     }
-    send_msg(w->fd, &w->wmu, json_pack("{s:s, s:o}", "t", "stats", "ranks", ranks));
+    json_t *experts = json_array();
+    uint64_t *counts = malloc(EP_REMOTE_MAX_EXPERTS * sizeof *counts);
+    int n = counts ? sched_expert_tokens(w->front, counts, EP_REMOTE_MAX_EXPERTS) : 0;
+    for (int e = 0; experts && e < n; e++) json_array_append_new(experts, json_integer((json_int_t)counts[e]));
+    free(counts);
+    send_msg(w->fd, &w->wmu, json_pack("{s:s, s:o, s:o}", "t", "stats", "ranks", ranks, "experts", experts));
 }
 
 int ep_remote_listen(uint16_t *port, ms_err *err) {

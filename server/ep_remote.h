@@ -8,7 +8,8 @@
  * request: prompt ids, limits, sampling, stop strings, logprob options) and
  * "cancel"; the worker sends "event" (one per stream event, floats as their
  * bit patterns, text as hex so any bytes survive) and, every 50 ms, "stats"
- * (its ranks' counters: node 0 picks ranks and fills /metrics from them; node 0
+ * (its ranks' counters and the rows its experts ran: node 0 picks ranks and
+ * fills /metrics, per-expert counts included, from them; node 0
  * also counts a submission at once so a burst spreads over the ranks).
  *
  * Failure: a connection that closes or breaks ends that node's remote streams

@@ -11,7 +11,8 @@
 #     and takes sequences from node 0): 16 concurrent completions give the
 #     texts of a one-process server, 8 chat requests with logprobs (half
 #     streamed) the same text and logprob bits (--batch-invariant on both);
-#     both nodes ran sequences; 6 streams aborted midway free their pages on
+#     both nodes ran sequences; node 0's /metrics per-expert rows (node 1's
+#     experts included) equal the one-process server's; 6 streams aborted midway free their pages on
 #     both nodes; SIGTERM on node 0 stops the worker too (exit 0).
 #  4. Node 1 killed (SIGKILL) under load (requests on both nodes): node 0's
 #     in-flight requests end with a 500 and node 0 exits 1 naming rank 1 — no hang.
@@ -140,6 +141,13 @@ r0=$(metric $P2 'dp_rank_requests_finished_total{rank="0"}' | awk '{print $2}')
 r1=$(metric $P2 'dp_rank_requests_finished_total{rank="1"}' | awk '{print $2}')
 [ "${r0:-0}" -gt 0 ] && [ "${r1:-0}" -gt 0 ] && [ $((r0 + r1)) -eq 24 ] &&
     ok "both nodes ran sequences (rank 0: $r0, rank 1 on node 1: $r1)" || fail "rank request counts: '$r0' '$r1'"
+sleep 0.3 # node 1's stats come every 50 ms
+curl -s "http://127.0.0.1:$P1/metrics" | grep '^mlaserve:expert_tokens_total{' > "$TMP/x1"
+curl -s "http://127.0.0.1:$P2/metrics" | grep '^mlaserve:expert_tokens_total{' > "$TMP/x2"
+hi=$(awk -F'"' '$2 >= 8 {split($3, v, " "); s += v[2]} END {print s + 0}' "$TMP/x2")
+[ -s "$TMP/x1" ] && cmp -s "$TMP/x1" "$TMP/x2" && [ "$hi" -gt 0 ] &&
+    ok "/metrics per-expert rows on node 0 include node 1's experts (8-15: $hi rows), equal to one process" ||
+    fail "per-expert rows differ from one process (node 1's experts 8-15: $hi rows): $(diff "$TMP/x1" "$TMP/x2" | head -4)"
 aborts $P2
 k=0
 while [ $k -lt $((50 * SCALE)) ]; do
