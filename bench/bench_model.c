@@ -146,6 +146,13 @@ static void p_axpy(backend *be, float a, const float *x, float *y, int64_t n) {
 static void p_copy(backend *be, float *d, int64_t ds, const float *s, int64_t ss, int64_t r, int64_t c) {
     PROF(P_COPY, prof_inner->copy_2d(be, d, ds, s, ss, r, c));
 }
+static void p_copy_rows(backend *be, float *d, const int32_t *di, const float *s, const int32_t *si, int n, int64_t w) {
+    PROF(P_COPY, prof_inner->copy_rows(be, d, di, s, si, n, w));
+}
+static void p_axpy_rows(backend *be, float *y, const int32_t *yi, const float *x, const int32_t *xi, const float *a,
+                        int n, int64_t d) {
+    PROF(P_AXPY, prof_inner->axpy_rows(be, y, yi, x, xi, a, n, d));
+}
 static void p_rope(backend *be, const rope_params *rp, float *x, int nt, int nv, int64_t ts, int64_t vs,
                    const int32_t *pos) {
     PROF(P_ROPE, prof_inner->rope(be, rp, x, nt, nv, ts, vs, pos));
@@ -173,6 +180,7 @@ static void profile_install(backend *be) {
     prof_ops.silu_mul = p_silu, prof_ops.axpy = p_axpy, prof_ops.copy_2d = p_copy, prof_ops.rope = p_rope;
     prof_ops.router = p_router, prof_ops.kv_write = p_kvw, prof_ops.mla_decode = p_mla_d;
     prof_ops.mla_prefill = p_mla_p;
+    prof_ops.copy_rows = p_copy_rows, prof_ops.axpy_rows = p_axpy_rows;
     if (prof_inner->linear_batch) prof_ops.linear_batch = p_linear_b;
     be->ops = &prof_ops;
 }

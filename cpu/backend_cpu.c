@@ -89,6 +89,20 @@ static void cpu_copy_2d(backend *be, float *dst, int64_t dst_stride, const float
     for (int64_t r = 0; r < rows; r++) memcpy(dst + r * dst_stride, src + r * src_stride, (size_t)cols * sizeof(float));
 }
 
+static void cpu_copy_rows(backend *be, float *dst, const int32_t *dst_idx, const float *src, const int32_t *src_idx,
+                          int n, int64_t d) {
+    (void)be;
+    for (int i = 0; i < n; i++)
+        memcpy(dst + (size_t)(dst_idx ? dst_idx[i] : i) * d, src + (size_t)(src_idx ? src_idx[i] : i) * d,
+               (size_t)d * sizeof(float));
+}
+
+static void cpu_axpy_rows(backend *be, float *y, const int32_t *y_idx, const float *x, const int32_t *x_idx,
+                          const float *a, int n, int64_t d) {
+    for (int i = 0; i < n; i++)
+        cpu_axpy(be, a[i], x + (size_t)(x_idx ? x_idx[i] : i) * d, y + (size_t)(y_idx ? y_idx[i] : i) * d, d);
+}
+
 static void cpu_rope_op(backend *be, const rope_params *rp, float *x, int n_tok, int n_vec, int64_t tok_stride,
                         int64_t vec_stride, const int32_t *pos) {
     (void)be;
@@ -162,6 +176,8 @@ static const backend_ops cpu_ops_table = {
     .zero = cpu_zero,
     .axpy = cpu_axpy,
     .copy_2d = cpu_copy_2d,
+    .copy_rows = cpu_copy_rows,
+    .axpy_rows = cpu_axpy_rows,
     .rope = cpu_rope_op,
     .router = cpu_router_op,
     .kv_write = cpu_kv_write,

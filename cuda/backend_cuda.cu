@@ -1,6 +1,6 @@
 /* cuda/backend_cuda.cu — the CUDA backend (see backend_cuda.h): device
  * selection, memory and weight placement, the op table, scratch buffers, and the
- * small elementwise ops (zero, axpy, silu_mul, copy_2d). The kernel families
+ * small elementwise ops (zero, axpy, silu_mul, copy_2d, copy_rows, axpy_rows). The kernel families
  * live beside it: linear.cu, norm_rope.cu (rmsnorm, embedding, rope),
  * router.cu, mla.cu (kv_write, kv_gather, mla_decode, mla_prefill).
  * Everything runs on one non-blocking stream per backend; ops return before
@@ -129,6 +129,26 @@ __global__ void k_copy_2d(float *dst, int64_t dst_stride, const float *src, int6
     dst[r * dst_stride + c] = src[r * src_stride + c];
 }
 
+/* Row i of the op: block i copies row idx[n + i] of src to row idx[i] of dst. */
+__global__ void k_copy_rows(float *dst, const float *src, const int32_t *idx, int n, int64_t d) {
+    const float *s = src + (int64_t)idx[n + blockIdx.x] * d;
+    float *t = dst + (int64_t)idx[blockIdx.x] * d;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) t[c] = s[c];
+}
+
+/* One block per distinct y row (seg[k] = its row, seg[n_seg + 1 + k] the first
+ * of its terms), its terms in the op's order: xrow[j], a[j] (as float bits). */
+__global__ void k_axpy_rows(float *y, const float *x, const int32_t *buf, int n, int n_seg, int64_t d) {
+    const int32_t *xrow = buf, *seg = buf + 2 * n, *start = seg + n_seg;
+    const float *a = (const float *)(buf + n);
+    float *t = y + (int64_t)seg[blockIdx.x] * d;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+        float acc = t[c];
+        for (int j = start[blockIdx.x]; j < start[blockIdx.x + 1]; j++) acc += a[j] * x[(int64_t)xrow[j] * d + c];
+        t[c] = acc;
+    }
+}
+
 static void cuda_zero(backend *be, float *y, int64_t n) {
     if (n <= 0) return;
     CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)n * sizeof *y, cuda_stream(be)));
@@ -154,6 +174,56 @@ static void cuda_copy_2d(backend *be, float *dst, int64_t dst_stride, const floa
     CUDA_LAUNCHED(be);
 }
 
+static void cuda_copy_rows(backend *be, float *dst, const int32_t *dst_idx, const float *src, const int32_t *src_idx,
+                           int n, int64_t d) {
+    if (n <= 0 || d <= 0) return;
+    int32_t *h = (int32_t *)cuda_host_scratch(be, SCR_ROWS, 2 * (size_t)n * sizeof *h);
+    for (int i = 0; i < n; i++) {
+        h[i] = dst_idx ? dst_idx[i] : i;
+        h[n + i] = src_idx ? src_idx[i] : i;
+    }
+    const int32_t *idx = (const int32_t *)cuda_upload_scratch(be, SCR_ROWS, h, 2 * (size_t)n * sizeof *h);
+    k_copy_rows<<<n, 256, 0, cuda_stream(be)>>>(dst, src, idx, n, d);
+    CUDA_LAUNCHED(be);
+}
+
+/* The terms grouped by y row (a stable counting sort, so each row keeps the
+ * op's order) and uploaded as one buffer: xrow[n], a[n] (bits), the distinct y
+ * rows [n_seg], their first terms [n_seg + 1]. */
+static void cuda_axpy_rows(backend *be, float *y, const int32_t *y_idx, const float *x, const int32_t *x_idx,
+                           const float *a, int n, int64_t d) {
+    if (n <= 0 || d <= 0) return;
+    int32_t rows = 0;
+    for (int i = 0; i < n; i++) {
+        int32_t r = y_idx ? y_idx[i] : i;
+        CUDA_REQUIRE(r >= 0, "axpy_rows: negative row %d", r);
+        if (r + 1 > rows) rows = r + 1;
+    }
+    size_t words = 4 * (size_t)n + 1 + (size_t)rows + 1;
+    int32_t *h = (int32_t *)cuda_host_scratch(be, SCR_ROWS, words * sizeof *h);
+    int32_t *xrow = h, *aw = h + n, *seg = h + 2 * n, *count = h + 4 * (size_t)n + 1; /* count: [rows + 1] */
+    memset(count, 0, ((size_t)rows + 1) * sizeof *count);
+    for (int i = 0; i < n; i++) count[(y_idx ? y_idx[i] : i) + 1]++;
+    int n_seg = 0;
+    for (int32_t r = 0; r < rows; r++) n_seg += count[r + 1] > 0;
+    int32_t *start = seg + n_seg;
+    for (int32_t r = 0, k = 0; r < rows; r++) { /* count[r] becomes row r's next slot */
+        int32_t c = count[r + 1];
+        count[r + 1] = count[r] + c;
+        if (c) seg[k] = r, start[k++] = count[r];
+    }
+    start[n_seg] = n;
+    for (int i = 0; i < n; i++) {
+        int32_t j = count[y_idx ? y_idx[i] : i]++;
+        xrow[j] = x_idx ? x_idx[i] : i;
+        memcpy(&aw[j], &a[i], sizeof aw[j]);
+    }
+    size_t bytes = (2 * (size_t)n + 2 * (size_t)n_seg + 1) * sizeof *h;
+    const int32_t *buf = (const int32_t *)cuda_upload_scratch(be, SCR_ROWS, h, bytes);
+    k_axpy_rows<<<n_seg, 256, 0, cuda_stream(be)>>>(y, x, buf, n, n_seg, d);
+    CUDA_LAUNCHED(be);
+}
+
 /* ---- the table -------------------------------------------------------------------------- */
 
 static backend_ops make_table(void) {
@@ -173,6 +243,8 @@ static backend_ops make_table(void) {
     t.zero = cuda_zero;
     t.axpy = cuda_axpy;
     t.copy_2d = cuda_copy_2d;
+    t.copy_rows = cuda_copy_rows;
+    t.axpy_rows = cuda_axpy_rows;
     t.rope = cuda_rope;
     t.router = cuda_router;
     t.kv_write = cuda_kv_write;

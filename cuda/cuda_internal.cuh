@@ -60,6 +60,7 @@ enum {
     SCR_I64,       /* entry offsets (kv_write / kv_gather) */
     SCR_F64,       /* rope inv_freq */
     SCR_F32,       /* router bias given in host memory */
+    SCR_ROWS,      /* copy_rows / axpy_rows: row indices and weights */
     SCR_COUNT
 };
 

@@ -83,6 +83,18 @@ typedef struct backend_ops {
     /* dst[r][c] = src[r][c] for r < rows, c < cols, with row strides in floats */
     void (*copy_2d)(backend *be, float *dst, int64_t dst_stride, const float *src, int64_t src_stride,
                     int64_t rows, int64_t cols);
+    /* Gathers / scatters rows of d floats in one op: for i < n, row
+     * (dst_idx ? dst_idx[i] : i) of dst = row (src_idx ? src_idx[i] : i) of src.
+     * No two i name the same dst row; the index arrays are host memory. */
+    void (*copy_rows)(backend *be, float *dst, const int32_t *dst_idx, const float *src, const int32_t *src_idx, int n,
+                      int64_t d);
+    /* Weighted row sums in one op, in i order: for i = 0..n-1, row
+     * (y_idx ? y_idx[i] : i) of y += a[i] * row (x_idx ? x_idx[i] : i) of x,
+     * each element as axpy computes it (a y row named several times takes its
+     * terms in that order: the MoE combine's ascending expert order); a and the
+     * index arrays are host memory; x and y do not overlap. */
+    void (*axpy_rows)(backend *be, float *y, const int32_t *y_idx, const float *x, const int32_t *x_idx, const float *a,
+                      int n, int64_t d);
     /* Rotates rope_params.dim features of n_vec vectors per token in place, as
      * interleaved pairs (x[2i], x[2i+1]) by angle pos[t] * inv_freq[i]
      * (DeepSeek model.py convention). Vector v of token t starts at

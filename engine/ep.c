@@ -17,7 +17,7 @@ typedef struct {
 } ep_buf;
 
 enum { B_X_SEND, B_X_RECV, B_Y_SEND, B_Y_RECV, B_XE, B_YE, B_COUNT };           /* backend memory */
-enum { M_SEND, M_RECV, M_ROWS, M_SLOT, M_OFF, M_CURSOR, M_COUNT };               /* host memory */
+enum { M_SEND, M_RECV, M_ROWS, M_SLOT, M_OFF, M_CURSOR, M_TOK, M_RES, M_CY, M_CA, M_COUNT }; /* host memory */
 
 struct ep {
     comm *comm;
@@ -163,8 +163,9 @@ int ep_step_begin(ep *e, int n, ms_err *err) {
 static int pack(ep *e, backend *be, int n, int D, int K, const float *x, const int32_t *idx) {
     int W = e->comm->size, records = 0;
     int32_t *meta = host_buf(e, M_SEND, (size_t)n * W * K * sizeof *meta);
+    int32_t *tok = host_buf(e, M_TOK, (size_t)n * W * sizeof *tok);
     float *xs = dev_buf(e, be, B_X_SEND, (size_t)n * W * D * sizeof *xs);
-    if (!meta || !xs) return -1;
+    if (!meta || !tok || !xs) return -1;
     for (int p = 0; p < W; p++) {
         e->send_count[p] = 0;
         for (int t = 0; t < n; t++) {
@@ -175,13 +176,13 @@ static int pack(ep *e, backend *be, int n, int D, int K, const float *x, const i
                 int32_t x_id = idx[t * K + k];
                 meta[(size_t)records * K + k] = e->owner[x_id] == p ? x_id : -1;
             }
-            be->ops->copy_2d(be, xs + (size_t)records * D, 0, x + (size_t)t * D, 0, 1, D);
-            records++;
+            tok[records++] = t;
             e->send_count[p]++;
         }
         e->send_bytes[p] = (size_t)e->send_count[p] * K * sizeof *meta;
         e->send_bytes2[p] = (size_t)e->send_count[p] * D * sizeof *xs;
     }
+    be->ops->copy_rows(be, xs, NULL, x, tok, records, D);
     return records;
 }
 
@@ -237,9 +238,9 @@ static int run_experts(ep *e, backend *be, int records, int D, int K, ep_expert_
             }
         }
         if (!m) continue;
-        for (int r = 0; r < m; r++) be->ops->copy_2d(be, xe + (size_t)r * D, 0, x_in + (size_t)rows[r] * D, 0, 1, D);
+        be->ops->copy_rows(be, xe, NULL, x_in, rows, m, D);
         fn(fn_ctx, x_id, xe, ye, m);
-        for (int r = 0; r < m; r++) be->ops->copy_2d(be, ys + (size_t)slot[r] * D, 0, ye + (size_t)r * D, 0, 1, D);
+        be->ops->copy_rows(be, ys, slot, ye, NULL, m, D);
         if (counts) __atomic_fetch_add(&counts[x_id], (uint64_t)m, __ATOMIC_RELAXED);
     }
     int at = 0;
@@ -252,10 +253,9 @@ static int run_experts(ep *e, backend *be, int records, int D, int K, ep_expert_
 
 /* ---------------------------------------------------------------- combine */
 
-/* Result row of each (token, slot) of this rank's tokens: res[t * K + k]. */
-static int locate_results(ep *e, int n, int D, int K, const int32_t *idx, const float **res) {
+/* Row of the return buffer holding each (token, slot) of this rank's tokens: res[t * K + k]. */
+static int locate_results(ep *e, int n, int D, int K, const int32_t *idx, int32_t *res) {
     int W = e->comm->size;
-    const float *y_in = e->dev[B_Y_RECV].p;
     size_t *cursor = host_buf(e, M_CURSOR, (size_t)W * sizeof *cursor);
     if (!cursor) return -1;
     size_t at = 0;
@@ -266,12 +266,16 @@ static int locate_results(ep *e, int n, int D, int K, const int32_t *idx, const 
     for (int p = 0; p < W; p++) /* records to p were sent in token order; slots in k order */
         for (int t = 0; t < n; t++)
             for (int k = 0; k < K; k++)
-                if (e->owner[idx[t * K + k]] == p) res[t * K + k] = y_in + cursor[p]++ * D;
+                if (e->owner[idx[t * K + k]] == p) res[t * K + k] = (int32_t)cursor[p]++;
     return 0;
 }
 
-static void combine(backend *be, int n, int D, int K, const int32_t *idx, const float *w, const float **res,
-                    float *out) {
+/* out[t] += w · y for each token's results in ascending expert order, as one axpy_rows. */
+static int combine(ep *e, backend *be, int n, int D, int K, const int32_t *idx, const float *w, const int32_t *res,
+                   const float *y_in, float *out) {
+    int32_t *ty = host_buf(e, M_CY, (size_t)n * K * 2 * sizeof *ty), *tx = ty + (size_t)n * K;
+    float *ta = host_buf(e, M_CA, (size_t)n * K * sizeof *ta);
+    if (!ty || !ta) return -1;
     for (int t = 0; t < n; t++) {
         int order[64];
         for (int k = 0; k < K; k++) { /* insertion sort of the slots by expert id */
@@ -281,9 +285,11 @@ static void combine(backend *be, int n, int D, int K, const int32_t *idx, const 
         }
         for (int j = 0; j < K; j++) {
             int k = order[j];
-            be->ops->axpy(be, w[t * K + k], res[t * K + k], out + (size_t)t * D, D);
+            ty[t * K + j] = t, tx[t * K + j] = res[t * K + k], ta[t * K + j] = w[t * K + k];
         }
     }
+    be->ops->axpy_rows(be, out, ty, y_in, tx, ta, n * K, D);
+    return 0;
 }
 
 int ep_moe(ep *e, backend *be, int n, int D, int K, const float *x, const int32_t *idx, const float *w, float *out,
@@ -300,11 +306,11 @@ int ep_moe(ep *e, backend *be, int n, int D, int K, const float *x, const int32_
     double t2 = now_s();
     size_t cap = (size_t)n * K * D * sizeof(float);
     float *y_in = dev_buf(e, be, B_Y_RECV, cap);
-    const float **res = host_buf(e, M_SLOT, (size_t)n * K * sizeof *res);
+    int32_t *res = host_buf(e, M_RES, (size_t)n * K * sizeof *res);
     if (!y_in || !res) return fail(e, err, "out of memory");
     if (c->ops->all_to_all_v(c, e->dev[B_Y_SEND].p, e->send_bytes, y_in, cap, e->recv_bytes, err) != 0) return -1;
-    if (locate_results(e, n, D, K, idx, res) != 0) return fail(e, err, "out of memory");
-    combine(be, n, D, K, idx, w, res, out);
+    if (locate_results(e, n, D, K, idx, res) != 0 || combine(e, be, n, D, K, idx, w, res, y_in, out) != 0)
+        return fail(e, err, "out of memory");
     double t3 = now_s();
     e->timing.dispatch_s += t1 - t0;
     e->timing.expert_s += t2 - t1;

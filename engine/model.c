@@ -169,8 +169,8 @@ static void attn_absorb(model *m, const kv_cache *kv, int l, const layer_weights
     linear_op *ops = hscratch(m, H_OPS, (size_t)H * sizeof *ops);
     const kv_seq **seqs = hscratch(m, H_SEQS, (size_t)nd * sizeof *seqs);
     int32_t *ctx = hscratch(m, H_CTXLEN, (size_t)nd * sizeof *ctx);
+    op->copy_rows(m->be, qd, NULL, q, rows, nd, (int64_t)H * qdim);
     for (int i = 0; i < nd; i++) {
-        op->copy_2d(m->be, qd + (size_t)i * H * qdim, 0, q + (size_t)rows[i] * H * qdim, 0, 1, (int64_t)H * qdim);
         seqs[i] = b->seqs[b->seq[rows[i]]];
         ctx[i] = b->pos[rows[i]] + 1;
     }
@@ -186,8 +186,7 @@ static void attn_absorb(model *m, const kv_cache *kv, int l, const layer_weights
         ops[h] = lin(&w_uv, olat + (size_t)h * kvr, (int64_t)H * kvr, od + (size_t)h * dv, (int64_t)H * dv, nd, 0);
     }
     linear_batch(m, ops, H);
-    for (int i = 0; i < nd; i++)
-        op->copy_2d(m->be, o + (size_t)rows[i] * H * dv, 0, od + (size_t)i * H * dv, 0, 1, (int64_t)H * dv);
+    op->copy_rows(m->be, o, rows, od, NULL, nd, (int64_t)H * dv);
 }
 
 /* ATTN_AUTO: the expanded form for a run of several tokens unless it continues
@@ -260,7 +259,7 @@ static void expert_group(model *m, const layer_weights *L, const float *x, int n
     float *g = fscratch(m, S_G, (size_t)ns * Is + (size_t)R * Ir), *u = fscratch(m, S_U, (size_t)ns * Is + (size_t)R * Ir);
     linear_op *ops = hscratch(m, H_OPS, (size_t)(2 * (e1 - e0) + 2) * sizeof *ops);
     float *gr = g + (size_t)ns * Is, *ur = u + (size_t)ns * Is; /* routed part */
-    for (int r = 0; r < R; r++) op->copy_2d(m->be, xe + (size_t)r * D, 0, x + (size_t)rows[r0 + r] * D, 0, 1, D);
+    op->copy_rows(m->be, xe, NULL, x, rows + r0, R, D);
     int k = 0;
     if (shared) {
         ops[k++] = lin(&L->sh_gate, x, D, g, Is, n, 0);
@@ -282,7 +281,7 @@ static void expert_group(model *m, const layer_weights *L, const float *x, int n
         if (me) ops[k++] = lin(&L->exp_down[e], gr + (size_t)r * Ir, Ir, de + (size_t)r * D, D, me, 0);
     }
     linear_batch(m, ops, k);
-    for (int r = 0; r < R; r++) op->axpy(m->be, rw[r0 + r], de + (size_t)r * D, out + (size_t)rows[r0 + r] * D, D);
+    op->axpy_rows(m->be, out, rows + r0, de, NULL, rw + r0, R, D);
 }
 
 /* out = SharedMLP(x) + Σ_j w_j · Expert_idx_j(x), every expert on this rank. */
@@ -388,8 +387,7 @@ static void final_logits(model *m, const float *h, const model_batch *b, float *
     }
     if (!b->n_logits) return;
     float *x = fscratch(m, S_LOGX, (size_t)b->n_logits * D);
-    for (int i = 0; i < b->n_logits; i++)
-        op->copy_2d(m->be, x + (size_t)i * D, 0, h + (size_t)b->logit_rows[i] * D, 0, 1, D);
+    op->copy_rows(m->be, x, NULL, h, b->logit_rows, b->n_logits, D);
     op->rmsnorm(m->be, &m->final_norm, x, x, b->n_logits, D, m->cfg.rms_norm_eps);
     size_t bytes = (size_t)b->n_logits * m->cfg.vocab_size * sizeof *logits;
     float *dl = scratch(m, S_LOGITS, bytes);

@@ -331,6 +331,42 @@ static void test_copy_2d(ctx *c, int64_t rows, int64_t cols, int64_t dst_stride,
     free(src); free(ref); free(out);
 }
 
+/* copy_rows (gather with src_idx, scatter with a permutation as dst_idx, both,
+ * neither) and axpy_rows with y rows named several times (their terms must add
+ * in the op's order) against the CPU backend. */
+static void test_rows(ctx *c, int n, int64_t d, int y_rows) {
+    char name[160];
+    int src_rows = n + 3;
+    int32_t *si = xmalloc((size_t)n * 4), *di = xmalloc((size_t)n * 4), *yi = xmalloc((size_t)n * 4);
+    float *a = xmalloc((size_t)n * 4), *src = xmalloc((size_t)src_rows * d * 4);
+    float *ref = xmalloc((size_t)src_rows * d * 4), *out = xmalloc((size_t)src_rows * d * 4);
+    for (int i = 0; i < n; i++) si[i] = irand(c, src_rows), di[i] = i, yi[i] = irand(c, y_rows), a[i] = frand(c);
+    for (int i = n - 1; i > 0; i--) { int j = irand(c, i + 1), t = di[i]; di[i] = di[j]; di[j] = t; }
+    fill(c, src, (int64_t)src_rows * d);
+    float *dsrc = dev_from(c, src, (size_t)src_rows * d * 4), *ddst = dev_out(c, (int64_t)src_rows * d);
+    for (int mode = 0; mode < 4; mode++) {
+        const int32_t *dx = mode & 1 ? di : NULL, *sx = mode & 2 ? si : NULL;
+        snprintf(name, sizeof name, "copy_rows n=%d d=%lld%s%s", n, (long long)d, dx ? " dst_idx" : "", sx ? " src_idx" : "");
+        begin(c, name);
+        memset(ref, 0xFF, (size_t)n * d * 4);
+        c->cpu->ops->copy_rows(c->cpu, ref, dx, src, sx, n, d);
+        dev_poison(c, ddst, (size_t)n * d * 4);
+        c->gpu->ops->copy_rows(c->gpu, ddst, dx, dsrc, sx, n, d);
+        to_host(c, out, ddst, (size_t)n * d * 4);
+        report_exact(c, name, memcmp(out, ref, (size_t)n * d * 4) != 0, 1);
+    }
+    snprintf(name, sizeof name, "axpy_rows n=%d d=%lld into %d rows (repeated, in order)", n, (long long)d, y_rows);
+    begin(c, name);
+    fill(c, ref, (int64_t)y_rows * d);
+    float *dy = dev_from(c, ref, (size_t)y_rows * d * 4);
+    c->cpu->ops->axpy_rows(c->cpu, ref, yi, src, si, a, n, d);
+    c->gpu->ops->axpy_rows(c->gpu, dy, yi, dsrc, si, a, n, d);
+    to_host(c, out, dy, (size_t)y_rows * d * 4);
+    report(c, name, rel_err(out, ref, (int64_t)y_rows * d), 1e-6);
+    dev_free(c, dsrc); dev_free(c, ddst); dev_free(c, dy);
+    free(si); free(di); free(yi); free(a); free(src); free(ref); free(out);
+}
+
 static void group_elementwise(ctx *c) {
     test_memory(c);
     int64_t sizes[] = {1, 129, 4096 * 7 + 3};
@@ -339,6 +375,9 @@ static void group_elementwise(ctx *c) {
     test_copy_2d(c, 1, 3072, 0, 0);   /* attn_absorb's one-row copies with stride 0 */
     test_copy_2d(c, 300, 576, 600, 576);
     test_copy_2d(c, 17, 64, 64, 576); /* k_pe out of kv_a rows */
+    test_rows(c, 1, 5, 1);
+    test_rows(c, 37, 129, 9);         /* uneven: several terms per y row */
+    test_rows(c, 2048, 512, 256);     /* MoE combine: 8 terms per token */
 }
 
 /* ---- group: linear ---------------------------------------------------------------------- */
