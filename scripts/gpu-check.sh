@@ -92,9 +92,9 @@ else
 fi
 
 # ---- the whole model on the GPU (needs build-carry/ from scripts/gpu-carry.sh)
-echo "== e2e_golden (tiny-v3, tiny-v2: --device cuda vs --device cpu)"
-if [ -x build-carry/mlaserve ] && [ "$(budget 120)" -gt 40 ]; then
-    t=$(budget 120)
+echo "== e2e_golden (tiny-v3, tiny-v2: --device cuda vs --device cpu; tiny-v3 also as a 1-rank NCCL world)"
+if [ -x build-carry/mlaserve ] && [ "$(budget 180)" -gt 40 ]; then
+    t=$(budget 180)
     (
         export LD_LIBRARY_PATH=$PWD/build-carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
         mkdir -p "$BUILD/models"

@@ -7,7 +7,8 @@
 # golden file marks as free of near-ties. tiny-v3 also runs as a one-rank
 # NCCL world (MLASERVE_EP_ONE_RANK_WORLD=1 --device cuda: issue #5's 1-rank
 # NCCL check — routing ids and hidden rows through cuda/comm_nccl, experts per
-# rank, combine) against the same CPU run and criteria. Needs only sh, od and
+# rank, combine) against the same CPU run and criteria; on a machine with 2 or
+# more GPUs also as 2 NCCL ranks (--ep 2 --device cuda). Needs only sh, od and
 # awk (the GPU machine has no node). Without a device: one SKIP line, exit 0.
 set -u
 BIN=$1 MODELS=$2 GOLDEN=$3
@@ -22,18 +23,22 @@ if ! "$BIN" logits --model "$MODELS/tiny-v3" --ids 0 --device cuda > /dev/null 2
     exit 1
 fi
 fails=0
+ep2=""
+if "$BIN" logits --model "$MODELS/tiny-v3" --ids 0 --device cuda --ep 2 > /dev/null 2> "$TMP/probe2"; then ep2=ep2
+else echo "e2e_golden: --ep 2 on GPUs not run: $(cat "$TMP/probe2")"; fi
 for m in tiny-v3 tiny-v2; do
     for res in "$GOLDEN/$m/results/"*.json; do
         p=$(basename "$res" .json)
         ids=$(tr -d ' \n' < "$res" | sed 's/.*"ids":\[\([0-9,]*\)\].*/\1/')
         steps=$(tr -d ' \n' < "$res" | sed 's/.*"steps_before_near_tie":\([0-9]*\).*/\1/')
         runs="cpu cuda"
-        [ $m = tiny-v3 ] && runs="cpu cuda nccl1"
+        [ $m = tiny-v3 ] && runs="cpu cuda nccl1 $ep2"
         for run in $runs; do
-            dev=$run world=0
+            dev=$run world=0 ep=1
             [ $run = nccl1 ] && dev=cuda world=1
+            [ $run = ep2 ] && dev=cuda ep=2
             MLASERVE_EP_ONE_RANK_WORLD=$world "$BIN" logits --model "$MODELS/$m" --ids "$ids" --top 1 --greedy 32 \
-                --device $dev --last-logits "$TMP/$run.bin" > "$TMP/$run.json" 2> "$TMP/$run.err" ||
+                --device $dev --ep $ep --last-logits "$TMP/$run.bin" > "$TMP/$run.json" 2> "$TMP/$run.err" ||
                 { echo "FAIL: $m/$p $run: $(cat "$TMP/$run.err")"; fails=$((fails + 1)); continue 2; }
         done
         for run in $runs; do
@@ -48,6 +53,7 @@ for m in tiny-v3 tiny-v2; do
             fi
             what="cuda"
             [ $run = nccl1 ] && what="cuda, one-rank NCCL world"
+            [ $run = ep2 ] && what="cuda, 2 NCCL ranks on 2 GPUs"
             if awk -v d="$diff" 'BEGIN {exit !(d <= 3e-2)}' && [ "$g_cpu" = "$g_gpu" ]; then
                 echo "ok: $m/$p ($what): max |logit diff| $diff, greedy equal for $steps steps"
             else
