@@ -11,12 +11,12 @@
 
 #include "common/rendezvous.h"
 #include "cpu/backend_cpu.h"
+#include "cuda/comm_nccl.h" /* COMM_NCCL_ID_BYTES; its functions are called in CUDA builds only */
 #include "server/cli.h"
 #include "server/cli_engine.h"
 #include "server/ep_remote.h"
 #ifdef MS_CUDA
 #include "cuda/backend_cuda.h"
-#include "cuda/comm_nccl.h"
 #endif
 
 int ep_load_placement(const char *path, int n_experts, int n_ranks, int32_t **owner, ms_err *err) {
@@ -65,8 +65,7 @@ static backend *open_backend(ep_launch *l, int gpu, int r, int threads, ms_err *
     l->cuda = 1;
     backend *be = backend_cuda_create(gpu + r, err);
     if (be && r == 0) snprintf(l->device_name, sizeof l->device_name, "cuda:%d %s", gpu, backend_cuda_device_name(be));
-    if (be && r > 0) snprintf(l->device_name, sizeof l->device_name, "cuda:%d-%d %s", gpu, gpu + r,
-                              backend_cuda_device_name(be));
+    else if (be) snprintf(l->device_name, sizeof l->device_name, "cuda:%d-%d %s", gpu, gpu + r, backend_cuda_device_name(be));
     return be;
 #else
     ms_err_set(err, "--device cuda: this mlaserve was built without the CUDA backend (build with make CUDA=1)");
@@ -146,7 +145,7 @@ static void close_nccl(comm *c) { (void)c; }
 #define ENTRY_PORTS 18
 #define ENTRY_KIND (ENTRY_PORTS + 2 * EP_LAUNCH_MAX_LOCAL)
 #define ENTRY_NCCL_ID (ENTRY_KIND + 1)
-#define NCCL_ID_BYTES 128
+#define NCCL_ID_BYTES COMM_NCCL_ID_BYTES
 #define NODE_ENTRY_BYTES (ENTRY_NCCL_ID + NCCL_ID_BYTES)
 
 static uint32_t fnv1a(uint32_t h, const void *p, size_t n) {
