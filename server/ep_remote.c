@@ -20,6 +20,7 @@
 
 #define MAX_MSG_BYTES (64u << 20)
 #define STATS_MS 50
+#define ACK_TIMEOUT_S 30 /* a worker answers a submit at once; past this it is taken as lost */
 #define EP_REMOTE_MAX_EXPERTS 4096 /* per-expert counts in a stats message (as /metrics shows) */
 
 /* ---- framing and encodings ------------------------------------------------------- */
@@ -212,6 +213,9 @@ typedef struct pending {
     uint64_t id;
     sched_stream *st;
     int node;
+    int ack;       /* the node's answer to the submit: 0 none yet, 1 accepted, -1 refused */
+    int full;      /* refused for want of room: retrying later may succeed (429) */
+    char why[256]; /* refused: the node's message */
     struct pending *next;
 } pending;
 
@@ -233,6 +237,7 @@ struct ep_remote {
     int *remote_node; /* [n_remote]: remote rank index -> node */
     node_link *links; /* [nnodes] */
     pthread_mutex_t mu;
+    pthread_cond_t acked; /* a submit was answered, a node went away, or closing */
     pending *pend;
     uint64_t next_id;
     int closing; /* ep_remote_close: the readers end their streams as cancelled */
@@ -259,6 +264,12 @@ static pending *take_pending(ep_remote *r, uint64_t id) { /* caller holds mu */
     return NULL;
 }
 
+static pending *find_pending(ep_remote *r, uint64_t id) { /* caller holds mu */
+    pending *p = r->pend;
+    while (p && p->id != id) p = p->next;
+    return p;
+}
+
 static sched_stream *find_stream(ep_remote *r, uint64_t id, int last) {
     pthread_mutex_lock(&r->mu);
     sched_stream *st = NULL;
@@ -267,20 +278,22 @@ static sched_stream *find_stream(ep_remote *r, uint64_t id, int last) {
         if (p) st = p->st;
         free(p);
     } else {
-        for (pending *p = r->pend; p && !st; p = p->next)
-            if (p->id == id) st = p->st;
+        pending *p = find_pending(r, id);
+        if (p) st = p->st;
     }
     pthread_mutex_unlock(&r->mu);
     return st;
 }
 
-/* Ends the open streams of node (every node when node < 0) with an error. */
+/* Ends the open streams of node (every node when node < 0) with an error.
+ * Submits still waiting for their answer are left to their waiters
+ * (await_ack), except when closing. */
 static void fail_pending(ep_remote *r, int node, finish_reason why, const char *msg) {
     for (;;) {
         pthread_mutex_lock(&r->mu);
         pending *hit = NULL;
         for (pending **p = &r->pend; *p; p = &(*p)->next)
-            if (node < 0 || (*p)->node == node) {
+            if ((node < 0 || (*p)->node == node) && ((*p)->ack != 0 || r->closing)) {
                 hit = *p;
                 *p = hit->next;
                 break;
@@ -316,6 +329,20 @@ static void handle_stats(ep_remote *r, int node, const json_t *m) {
     pthread_mutex_unlock(&r->mu);
 }
 
+/* A worker's answer to a submit: {"t": "ack", "id", "ok", "full", "error"}. */
+static void handle_ack(ep_remote *r, const json_t *m) {
+    pthread_mutex_lock(&r->mu);
+    pending *p = find_pending(r, (uint64_t)get_int(m, "id"));
+    if (p && p->ack == 0) {
+        const char *why = json_string_value(json_object_get(m, "error"));
+        p->ack = json_is_true(json_object_get(m, "ok")) ? 1 : -1;
+        p->full = json_is_true(json_object_get(m, "full"));
+        snprintf(p->why, sizeof p->why, "%s", why ? why : "refused");
+    }
+    pthread_cond_broadcast(&r->acked);
+    pthread_mutex_unlock(&r->mu);
+}
+
 static void *reader_main(void *p) {
     reader_arg *a = p;
     ep_remote *r = a->r;
@@ -326,6 +353,7 @@ static void *reader_main(void *p) {
         const char *t = json_string_value(json_object_get(m, "t"));
         sched_event ev;
         if (t && !strcmp(t, "stats")) handle_stats(r, node, m);
+        else if (t && !strcmp(t, "ack")) handle_ack(r, m);
         else if (t && !strcmp(t, "event") && event_parse(m, &ev) == 0) {
             sched_stream *st = find_stream(r, (uint64_t)get_int(m, "id"), ev.finish != FINISH_NONE);
             if (st) sched_stream_deliver(st, &ev);
@@ -336,12 +364,42 @@ static void *reader_main(void *p) {
     pthread_mutex_lock(&r->mu);
     r->links[node].alive = 0;
     int closing = r->closing;
+    pthread_cond_broadcast(&r->acked);
     pthread_mutex_unlock(&r->mu);
     char msg[160];
     snprintf(msg, sizeof msg, "expert-parallel node %d went away (its connection closed)", node);
     if (closing) fail_pending(r, node, FINISH_CANCELLED, "the server stopped");
     else fail_pending(r, node, FINISH_ERROR, msg);
     return NULL;
+}
+
+/* Waits for node's answer to submit id, as a local rank's submit returns at
+ * once: 0 accepted; else -1 with err (*queue_full set where a retry may
+ * succeed: the node's queue was full, it went away or did not answer). The
+ * caller then drops the pending entry. A late acceptance after the timeout is
+ * cancelled. */
+static int await_ack(ep_remote *r, int node, uint64_t id, int *queue_full, ms_err *err) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ACK_TIMEOUT_S;
+    pthread_mutex_lock(&r->mu);
+    pending *p;
+    int timed_out = 0;
+    while ((p = find_pending(r, id)) && p->ack == 0 && r->links[node].alive && !r->closing && !timed_out)
+        timed_out = pthread_cond_timedwait(&r->acked, &r->mu, &until) == ETIMEDOUT;
+    int rc = -1;
+    if (!p || p->ack == 1) rc = 0; /* gone from the list: its stream already ended (its events came) */
+    else if (p->ack < 0) {
+        if (queue_full) *queue_full = p->full;
+        ms_err_set(err, "%s", p->why);
+    } else {
+        if (queue_full) *queue_full = 1;
+        if (timed_out) ms_err_set(err, "expert-parallel node %d did not answer within %d s", node, ACK_TIMEOUT_S);
+        else ms_err_set(err, "expert-parallel node %d is gone", node);
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (rc != 0 && timed_out) send_msg(r->links[node].fd, &r->links[node].wmu, json_pack("{s:s, s:I}", "t", "cancel", "id", (json_int_t)id));
+    return rc;
 }
 
 static int remote_submit(void *ctx, int rank, const sched_request *req, sched_stream *st, int *queue_full, ms_err *err) {
@@ -357,19 +415,22 @@ static int remote_submit(void *ctx, int rank, const sched_request *req, sched_st
         if (queue_full) *queue_full = 1;
         return ms_err_set(err, "expert-parallel node %d is gone", node);
     }
-    *p = (pending){++r->next_id, st, node, r->pend};
+    *p = (pending){.id = ++r->next_id, .st = st, .node = node, .next = r->pend};
     r->pend = p;
     sched_stream_set_tag(st, p->id);
     long *room = &l->room[2 * node_local(r, rank)]; /* counted now; the node's next stats replace it */
-    room[0] -= kv_pages_for(req->n_prompt + 1);
+    long pages = kv_pages_for(req->n_prompt + 1);
+    room[0] -= pages;
     room[1]++;
     uint64_t id = p->id;
     pthread_mutex_unlock(&r->mu);
-    if (send_msg(l->fd, &l->wmu, request_json(id, node_local(r, rank), req)) == 0) return 0;
+    int sent = send_msg(l->fd, &l->wmu, request_json(id, node_local(r, rank), req)) == 0;
+    if (sent && await_ack(r, node, id, queue_full, err) == 0) return 0;
     pthread_mutex_lock(&r->mu);
     free(take_pending(r, id));
+    room[0] += pages, room[1]--;
     pthread_mutex_unlock(&r->mu);
-    return ms_err_set(err, "cannot reach expert-parallel node %d", node);
+    return sent ? -1 : ms_err_set(err, "cannot reach expert-parallel node %d", node);
 }
 
 static void remote_cancel(void *ctx, sched_stream *st) {
@@ -433,6 +494,7 @@ ep_remote *ep_remote_open(sched *front, int nnodes, int per_node, const uint32_t
     r->nnodes = nnodes;
     r->per_node = per_node;
     pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->acked, NULL);
     r->links = calloc((size_t)nnodes, sizeof *r->links);
     r->remote_node = calloc((size_t)nnodes * (size_t)per_node, sizeof *r->remote_node);
     int ok = r->links && r->remote_node;
@@ -475,6 +537,7 @@ void ep_remote_close(ep_remote *r) {
     if (!r) return;
     pthread_mutex_lock(&r->mu);
     r->closing = 1;
+    pthread_cond_broadcast(&r->acked);
     pthread_mutex_unlock(&r->mu);
     for (int n = 0; r->links && n < r->nnodes; n++)
         if (r->links[n].fd >= 0) shutdown(r->links[n].fd, SHUT_RDWR);
@@ -489,6 +552,7 @@ void ep_remote_close(ep_remote *r) {
         free(r->links[n].experts);
     }
     pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->acked);
     free(r->links);
     free(r->remote_node);
     free(r);
@@ -539,10 +603,11 @@ static void *pump_main(void *p) {
     return NULL;
 }
 
-static void refuse(worker *w, uint64_t id, const char *why) {
-    sched_event ev = {.token = -1, .finish = FINISH_ERROR};
-    snprintf(ev.error, sizeof ev.error, "%s", why);
-    send_msg(w->fd, &w->wmu, event_json(id, &ev));
+/* Answers a submit: accepted (its events follow), or refused with why (full:
+ * for want of room, node 0 answers 429; else 400). */
+static void answer(worker *w, uint64_t id, int ok, int full, const char *why) {
+    send_msg(w->fd, &w->wmu, json_pack("{s:s, s:I, s:b, s:b, s:s}", "t", "ack", "id", (json_int_t)id, "ok", ok, "full",
+                                       full, "error", why ? why : ""));
 }
 
 static void handle_submit(worker *w, const json_t *m) {
@@ -552,7 +617,7 @@ static void handle_submit(worker *w, const json_t *m) {
     int full = 0;
     if (request_parse(m, &req) != 0) {
         request_free(&req);
-        refuse(w, id, "malformed request from node 0");
+        answer(w, id, 0, 0, "malformed request from node 0");
         return;
     }
     sched_stream *st = sched_submit_rank(w->front, (int)get_int(m, "rank"), &req, &full, &err);
@@ -561,8 +626,8 @@ static void handle_submit(worker *w, const json_t *m) {
     pump_arg *a = q ? malloc(sizeof *a) : NULL;
     if (!a) {
         free(q);
-        if (st) sched_stream_free(st), ms_err_set(&err, "out of memory");
-        refuse(w, id, err.msg);
+        if (st) sched_stream_free(st), ms_err_set(&err, "out of memory"), full = 1;
+        answer(w, id, 0, full, err.msg);
         return;
     }
     *q = (wreq){id, st, NULL};
@@ -572,6 +637,7 @@ static void handle_submit(worker *w, const json_t *m) {
     w->reqs = q;
     w->pumps++;
     pthread_mutex_unlock(&w->mu);
+    answer(w, id, 1, 0, NULL); /* before the pump's first event */
     pthread_t t;
     if (pthread_create(&t, NULL, pump_main, a) == 0) {
         pthread_detach(t);

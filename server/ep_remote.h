@@ -6,7 +6,11 @@
  * worker announced at the rendezvous (server/ep_launch.h). Messages are a
  * 4-byte big-endian length and a JSON object: node 0 sends "submit" (the
  * request: prompt ids, limits, sampling, stop strings, logprob options) and
- * "cancel"; the worker sends "event" (one per stream event, floats as their
+ * "cancel"; the worker answers each submit with "ack" (accepted, or refused
+ * with its reason and whether it was for want of room), and node 0's submit
+ * waits for it, so a worker's full queue is a 429 on node 0 as a local one
+ * is, and a request a worker cannot take is refused before any reply is
+ * sent. Then the worker sends "event" (one per stream event, floats as their
  * bit patterns, text as hex so any bytes survive) and, every 50 ms, "stats"
  * (its ranks' counters and the rows its experts ran: node 0 picks ranks and
  * fills /metrics, per-expert counts included, from them; node 0

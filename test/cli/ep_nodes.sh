@@ -16,7 +16,10 @@
 #     both nodes; SIGTERM on node 0 stops the worker too (exit 0).
 #  4. Node 1 killed (SIGKILL) under load (requests on both nodes): node 0's
 #     in-flight requests end with a 500 and node 0 exits 1 naming rank 1 — no hang.
-#  5. Bad launches fail on every node with a message: a node that never comes
+#  5. A worker whose queue is full refuses the requests node 0 hands it: the
+#     clients get a 429 with Retry-After (streamed requests too, before any
+#     byte of the stream), the others are served, node 0 keeps serving.
+#  6. Bad launches fail on every node with a message: a node that never comes
 #     (rendezvous timeout naming it), a different model, a different --ep,
 #     --node-rank outside --nnodes.
 # Needs MLASERVE_BIN, MLASERVE_TEST_MODELS, MLASERVE_GOLDEN, curl, node.
@@ -201,7 +204,41 @@ for i in 1 2 3 4; do
 done
 [ $bad = 0 ] && ok "in-flight requests ended with a 500" || fail "in-flight requests after node 1 died"
 
-# ---- 5. bad launches
+# ---- 5. a worker's full queue: node 0 answers 429 (streamed or not) and keeps serving
+port=$(free_port)
+worker "$TMP/qw" serve --model "$MODEL" --threads 1 --nnodes 2 --node-rank 1 --master-port $port --max-num-seqs 1 \
+    --max-queue 1
+start_server "$TMP/q" --threads 1 --nnodes 2 --master-port $port --max-num-seqs 1 || exit 1
+P4=$SPORT
+CURLS=""
+for i in 1 2 3 4 5 6 7 8; do
+    stream=$([ $((i % 2)) = 0 ] && echo true || echo false)
+    curl -s -m $((120 * SCALE)) -D "$TMP/q.$i.h" -o "$TMP/q.$i" -w '%{http_code}' "http://127.0.0.1:$P4/v1/completions" \
+        -H 'Content-Type: application/json' \
+        -d '{"model":"tiny-v3","prompt":"queue '$i'","max_tokens":300,"ignore_eos":true,"stream":'$stream'}' \
+        > "$TMP/q.$i.code" &
+    CURLS="$CURLS $!"
+done
+for p in $CURLS; do wait "$p"; done
+n200=0 n429=0 s429=0 bad=0
+for i in 1 2 3 4 5 6 7 8; do
+    case "$(cat "$TMP/q.$i.code")" in
+    200) n200=$((n200 + 1)) ;;
+    429) if grep -q '"code": *"queue_full"' "$TMP/q.$i" && grep -qi '^retry-after: 1' "$TMP/q.$i.h"; then
+             n429=$((n429 + 1)); [ $((i % 2)) = 0 ] && s429=$((s429 + 1))
+         else bad=1; echo "request $i: 429 without queue_full / Retry-After: $(head -c 200 "$TMP/q.$i")"; fi ;;
+    *) bad=1; echo "request $i: $(cat "$TMP/q.$i.code") $(head -c 200 "$TMP/q.$i")" ;;
+    esac
+done
+[ $bad = 0 ] && [ $n429 -gt 0 ] && [ $n200 -gt 0 ] &&
+    ok "a worker's full queue is a 429 on node 0 ($n429 of 8, $s429 of them streamed; $n200 served)" ||
+    fail "worker queue full: $n200 x 200, $n429 x 429"
+code=$(curl -s -m $((60 * SCALE)) -o "$TMP/q.after" -w '%{http_code}' "http://127.0.0.1:$P4/v1/completions" \
+    -H 'Content-Type: application/json' -d '{"model":"tiny-v3","prompt":"after","max_tokens":4}')
+[ "$code" = 200 ] && kill -0 $SPID 2>/dev/null && ok "node 0 keeps serving after the refusals" ||
+    fail "after the refusals: $code $(head -c 200 "$TMP/q.after")"
+
+# ---- 6. bad launches
 port=$(free_port)
 "$BIN" logits --model "$MODEL" --ids 1,2,3 --nnodes 2 --master-port $port --rendezvous-timeout 2 > /dev/null 2> "$TMP/b.err"
 rc=$?
