@@ -140,13 +140,26 @@ cmp -s "$TMP/r1" "$TMP/r2" && ok "16 concurrent requests: 2 nodes == one process
 lp_requests "$TMP/l2" $P2 || fail "2-node server: logprob requests failed"
 cmp -s "$TMP/l1" "$TMP/l2" && ok "8 chat requests with logprobs (4 streamed): 2 nodes == one process, bitwise" ||
     fail "2-node logprobs differ"
-r0=$(metric $P2 'dp_rank_requests_finished_total{rank="0"}' | awk '{print $2}')
-r1=$(metric $P2 'dp_rank_requests_finished_total{rank="1"}' | awk '{print $2}')
+# Node 1's counters reach node 0 with its stats (every 50 ms), possibly after
+# the last event of a request: poll (5 s at most) rather than read once.
+k=0
+while :; do
+    r0=$(metric $P2 'dp_rank_requests_finished_total{rank="0"}' | awk '{print $2}')
+    r1=$(metric $P2 'dp_rank_requests_finished_total{rank="1"}' | awk '{print $2}')
+    [ $((${r0:-0} + ${r1:-0})) -ge 24 ] || [ $k -ge $((50 * SCALE)) ] && break
+    sleep 0.1
+    k=$((k + 1))
+done
 [ "${r0:-0}" -gt 0 ] && [ "${r1:-0}" -gt 0 ] && [ $((r0 + r1)) -eq 24 ] &&
     ok "both nodes ran sequences (rank 0: $r0, rank 1 on node 1: $r1)" || fail "rank request counts: '$r0' '$r1'"
-sleep 0.3 # node 1's stats come every 50 ms
 curl -s "http://127.0.0.1:$P1/metrics" | grep '^mlaserve:expert_tokens_total{' > "$TMP/x1"
-curl -s "http://127.0.0.1:$P2/metrics" | grep '^mlaserve:expert_tokens_total{' > "$TMP/x2"
+k=0
+while :; do
+    curl -s "http://127.0.0.1:$P2/metrics" | grep '^mlaserve:expert_tokens_total{' > "$TMP/x2"
+    cmp -s "$TMP/x1" "$TMP/x2" || [ $k -ge $((50 * SCALE)) ] && break
+    sleep 0.1
+    k=$((k + 1))
+done
 hi=$(awk -F'"' '$2 >= 8 {split($3, v, " "); s += v[2]} END {print s + 0}' "$TMP/x2")
 [ -s "$TMP/x1" ] && cmp -s "$TMP/x1" "$TMP/x2" && [ "$hi" -gt 0 ] &&
     ok "/metrics per-expert rows on node 0 include node 1's experts (8-15: $hi rows), equal to one process" ||
