@@ -189,11 +189,11 @@ endif
 #                  against the in-process shim in test/tsan/). Any report fails.
 # make fuzz        builds the libFuzzer targets (clang, build-fuzz/) and runs each
 #                  for FUZZ_SECONDS (default 300); make fuzz-ci: 60 s each.
-TSAN_TESTS    := test_sched test_model_golden test_cpu_ops test_tokenizer test_ep test_comm_tcp
+TSAN_TESTS    := test_sched test_model_golden test_cpu_ops test_tokenizer test_ep test_comm_tcp test_waitgroup
 # make test runs the TSan half on the scheduler (engine thread + client threads)
 # and the tokenizer (shared read-only across HTTP threads) only: the other two
 # take ~11 min under TSan on 2 cores (docs/operations.md has the timings).
-TSAN_CI_TESTS := test_sched test_tokenizer test_ep test_comm_tcp
+TSAN_CI_TESTS := test_sched test_tokenizer test_ep test_comm_tcp test_waitgroup
 FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 300
 FUZZ_CC      ?= clang

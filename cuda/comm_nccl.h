@@ -25,7 +25,8 @@
  * or abort(reason) marks the comm failed and aborts its NCCL communicator; every
  * later call returns -1 with the reason. Unlike the CPU comm, abort reaches only
  * this rank: the others find out when NCCL reports the lost peer, or through a
- * channel of the caller's. ncclCommInitRank has no deadline of its own.
+ * channel of the caller's. ncclCommInitRank has no deadline of its own: callers
+ * wait for their ranks' creates with one (server/ep_launch.c, common/waitgroup.h).
  * A comm belongs to its rank's thread; create and the comm_ops leave
  * cuda_device current on that thread. */
 #ifndef MS_COMM_NCCL_H

@@ -11,6 +11,7 @@
 
 #include "common/rendezvous.h"
 #include "cpu/backend_cpu.h"
+#include "common/waitgroup.h"
 #include "cuda/comm_nccl.h" /* COMM_NCCL_ID_BYTES; its functions are called in CUDA builds only */
 #include "server/cli.h"
 #include "server/cli_engine.h"
@@ -84,50 +85,65 @@ static void close_backend(const ep_launch *l, backend *be) {
     backend_cpu_free(be);
 }
 
+/* --rendezvous-timeout: how long the ranks may take to meet (nodes at the
+ * rendezvous, GPUs in the NCCL communicator). */
+static int join_timeout_ms(const ep_launch_opts *o) { return (o->rendezvous_timeout_s > 0 ? o->rendezvous_timeout_s : 300) * 1000; }
+
 /* ---- CUDA ranks: one NCCL communicator over every rank of every node --------------------- */
 
 #ifdef MS_CUDA
 typedef struct {
-    int rank, size, device;
-    const void *id;
-    comm *c;
-    ms_err err;
+    waitgroup *g;
+    int local, rank, size, device;
+    unsigned char id[COMM_NCCL_ID_BYTES]; /* a copy: an abandoned join outlives the caller's */
 } nccl_join;
 
 static void *nccl_join_main(void *arg) {
-    nccl_join *j = arg;
-    j->c = comm_nccl_create(j->rank, j->size, j->id, j->device, &j->err);
+    nccl_join j = *(nccl_join *)arg;
+    free(arg);
+    ms_err e = {{0}};
+    comm *c = comm_nccl_create(j.rank, j.size, j.id, j.device, &e);
+    if (!c) ms_err_prefix(&e, "rank %d (GPU %d)", j.rank, j.device);
+    waitgroup_report(j.g, j.local, c, e.msg);
     return NULL;
 }
 
-/* Every local rank joins the communicator `id` (ncclCommInitRank blocks until
- * the whole world has joined, so each local rank joins from a thread of its
- * own) and follows its backend's stream. */
-static int open_nccl(ep_launch *l, const void *id, int gpu, ms_err *err) {
-    int n = l->n_ranks, world = l->nnodes * n, first = l->node_rank * n, started = 0, rc = 0;
-    nccl_join *j = calloc((size_t)n, sizeof *j);
-    pthread_t *th = calloc((size_t)n, sizeof *th);
-    if (!(l->nccl = calloc((size_t)n, sizeof *l->nccl)) || !j || !th) rc = ms_err_set(err, "out of memory");
-    for (int r = 0; rc == 0 && r < n; r++, started++) {
-        j[r] = (nccl_join){first + r, world, gpu + r, id, NULL, {{0}}};
-        if (pthread_create(&th[r], NULL, nccl_join_main, &j[r]) != 0) rc = ms_err_set(err, "cannot start a thread");
+/* Every local rank joins the communicator `id`, each from a detached thread of
+ * its own (ncclCommInitRank returns once the whole world has joined), and
+ * follows its backend's stream. The wait ends at the first local failure or
+ * after timeout_ms (a rank elsewhere never joined): then the ranks still in
+ * ncclCommInitRank are left behind and the caller fails (and exits) instead of
+ * hanging; comm_nccl_free would block on them. */
+static int open_nccl(ep_launch *l, const void *id, int gpu, int timeout_ms, ms_err *err) {
+    int n = l->n_ranks, world = l->nnodes * n, first = l->node_rank * n;
+    waitgroup *g = waitgroup_create(n);
+    if (!g || !(l->nccl = calloc((size_t)n, sizeof *l->nccl))) {
+        if (g) for (int r = 0; r < n; r++) waitgroup_report(g, r, NULL, "out of memory");
+        if (g) waitgroup_release(g);
+        return ms_err_set(err, "out of memory");
     }
-    for (int r = 0; r < started; r++) pthread_join(th[r], NULL);
-    for (int r = 0; r < started; r++) {
-        l->nccl[r] = j[r].c;
-        if (!j[r].c && rc == 0) rc = ms_err_set(err, "%s", j[r].err.msg);
-        if (j[r].c && rc == 0 && comm_nccl_set_producer(j[r].c, backend_cuda_stream(l->be[r]), err) != 0) rc = -1;
+    for (int r = 0; r < n; r++) {
+        nccl_join *j = malloc(sizeof *j);
+        pthread_t t;
+        if (j) *j = (nccl_join){.g = g, .local = r, .rank = first + r, .size = world, .device = gpu + r};
+        if (j) memcpy(j->id, id, sizeof j->id);
+        if (j && pthread_create(&t, NULL, nccl_join_main, j) == 0) pthread_detach(t);
+        else free(j), waitgroup_report(g, r, NULL, "cannot start a thread");
     }
-    free(j);
-    free(th);
+    int rc = waitgroup_wait(g, timeout_ms, err);
+    if (rc != 0) ms_err_prefix(err, "NCCL communicator of %d ranks (--rendezvous-timeout bounds the wait)", world);
+    for (int r = 0; rc == 0 && r < n; r++) l->nccl[r] = waitgroup_result(g, r);
+    for (int r = 0; rc == 0 && r < n; r++)
+        if (comm_nccl_set_producer(l->nccl[r], backend_cuda_stream(l->be[r]), err) != 0) rc = -1;
+    waitgroup_release(g);
     return rc;
 }
 
 static int nccl_unique_id(unsigned char *id, ms_err *err) { return comm_nccl_unique_id(id, err); }
 static void close_nccl(comm *c) { comm_nccl_free(c); }
 #else
-static int open_nccl(ep_launch *l, const void *id, int gpu, ms_err *err) {
-    (void)l, (void)id, (void)gpu;
+static int open_nccl(ep_launch *l, const void *id, int gpu, int timeout_ms, ms_err *err) {
+    (void)l, (void)id, (void)gpu, (void)timeout_ms;
     return ms_err_set(err, "NCCL ranks need a CUDA build (make CUDA=1)");
 }
 static int nccl_unique_id(unsigned char *id, ms_err *err) {
@@ -207,7 +223,7 @@ static int entry_check(const unsigned char *mine, const unsigned char *theirs, i
  * ranks over TCP, CUDA ranks through NCCL with the id node 0 made. */
 static int join_nodes(ep_launch *l, const char *dir, const ep_launch_opts *o, const int32_t *owner, int gpu,
                       ms_err *err) {
-    int nnodes = l->nnodes, n_local = l->n_ranks, timeout_ms = (o->rendezvous_timeout_s > 0 ? o->rendezvous_timeout_s : 300) * 1000;
+    int nnodes = l->nnodes, n_local = l->n_ranks, timeout_ms = join_timeout_ms(o);
     unsigned char mine[NODE_ENTRY_BYTES] = {0}, nccl_id[NCCL_ID_BYTES];
     uint32_t cfg_h;
     if (config_hash(dir, &cfg_h, err) != 0) return -1;
@@ -247,7 +263,7 @@ static int join_nodes(ep_launch *l, const char *dir, const ep_launch_opts *o, co
     if (joined && ok == 0) memcpy(nccl_id, nodes[0].entry + ENTRY_NCCL_ID, sizeof nccl_id);
     if (joined && ok == 0 && l->node_rank > 0 && ips[0] == 0)
         ok = ms_err_set(err, "--nnodes: node 0 (%s) must be reachable over IPv4", rc.master_addr);
-    if (joined && ok == 0) ok = l->tcp ? comm_tcp_node_connect(l->tcp, ips, ports, timeout_ms, err) : open_nccl(l, nccl_id, gpu, err);
+    if (joined && ok == 0) ok = l->tcp ? comm_tcp_node_connect(l->tcp, ips, ports, timeout_ms, err) : open_nccl(l, nccl_id, gpu, timeout_ms, err);
     if (!joined) ok = -1;
     if (nodes) rendezvous_nodes_free(nodes, joined ? nnodes : 0);
     free(nodes);
@@ -300,7 +316,7 @@ int ep_launch_open(ep_launch *l, const char *dir, const ep_launch_opts *o, ms_er
     if (rc == 0 && nnodes > 1) rc = join_nodes(l, dir, o, owner, gpu, err);
     if (rc == 0 && nnodes == 1 && has_world && gpu >= 0) {
         unsigned char id[NCCL_ID_BYTES];
-        rc = nccl_unique_id(id, err) == 0 ? open_nccl(l, id, gpu, err) : -1;
+        rc = nccl_unique_id(id, err) == 0 ? open_nccl(l, id, gpu, join_timeout_ms(o), err) : -1;
     }
     for (int r = 0; rc == 0 && has_world && r < n_ranks; r++) {
         comm *c = l->nccl ? l->nccl[r] : l->tcp ? comm_tcp_node_rank(l->tcp, r) : comm_cpu_world_rank(l->world, r);

@@ -56,7 +56,7 @@ typedef struct ep_launch_opts {
     int nnodes, node_rank;  /* --nnodes (0 or 1: this process alone), --node-rank */
     const char *master_addr;/* --master-addr (default 127.0.0.1) */
     int master_port;        /* --master-port (default 29500) */
-    int rendezvous_timeout_s; /* --rendezvous-timeout (default 300) */
+    int rendezvous_timeout_s; /* --rendezvous-timeout (default 300): nodes at the rendezvous, GPUs in the NCCL communicator */
     int takes_sequences;    /* a worker node running `serve`: node 0 may send it sequences (server/ep_remote.h) */
 } ep_launch_opts;
 
@@ -65,7 +65,7 @@ typedef struct ep_launch_opts {
     "  --nnodes N --node-rank R     expert parallelism over N processes/machines (TCP): node 0 serves, the\n"     \
     "                               others run the same command as workers (docs/expert-parallel.md)\n"            \
     "  --master-addr HOST           node 0's address (default 127.0.0.1); --master-port P (default 29500)\n"       \
-    "  --rendezvous-timeout S       seconds for all nodes to join (default 300)\n"
+    "  --rendezvous-timeout S       seconds for all nodes (and GPUs) to join (default 300)\n"
 
 /* Takes option `opt` with value `val` if it is one of the multi-node options:
  * 1 taken (*bad set when the value is invalid), 0 not one of them. */
