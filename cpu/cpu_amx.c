@@ -2,9 +2,10 @@
  * (AVX-512 + AMX), so the file builds with the common flags and nothing in it
  * runs on a CPU without AMX unless cpu_amx_usable() said yes.
  *
- * x is packed as "virtual rows": row 3i + p is part p of row i of x, so the
- * three parts of a few rows of x share one B tile (batch-1 decode uses 3 of its
- * 16 columns, batch 5 uses 15) and each output sums its three columns at the end.
+ * x is packed as "virtual rows": row P·i + p is part p of row i of x (P =
+ * `parts`: 3 for fp32 products, 1 for bf16 activations), so the parts of a few
+ * rows of x share one B tile (batch-1 decode uses 3 of its 16 columns, batch 5
+ * uses 15) and each output sums its P columns at the end.
  * Tiles (palette 1, all 16 rows x 64 bytes): C00 C01 C10 C11 = 0..3 (fp32
  * 16x16: 16 outputs n by 16 virtual rows), A0 A1 = 4, 5 (16 rows of W by 32 k,
  * bf16), B0 B1 = 6, 7 (32 k by 16 virtual rows in pairs).
@@ -28,31 +29,32 @@
 #define HAVE_AMX_BUILD 1
 #endif
 
-#define PARTS 3
 #define TILE_M 16    /* virtual rows (parts of rows of x) per tile */
 #define GROUP_N 32   /* outputs per group (two A tiles) */
 #define KSTEP 32     /* columns of W per A tile */
 #define KBLOCK 128   /* columns per scale block */
 #define XP_L2_BYTES (1 << 20)
 #define ABUF_ELEMS (2 * 4 * 16 * 32) /* A tiles of one block: 2 tiles x 4 steps of 16x32 bf16 */
-#define CHUNK_UNIT (2 * TILE_M * PARTS) /* 96 virtual rows: whole rows of x and whole tile pairs */
-
 /* virtual rows of m rows of x, padded to whole tiles */
-static int vpad(int m) { return (PARTS * m + TILE_M - 1) / TILE_M * TILE_M; }
+static int vpad(int m, int parts) { return (parts * m + TILE_M - 1) / TILE_M * TILE_M; }
 
-size_t cpu_amx_xp_elems(int m, int64_t k) { return (size_t)vpad(m) * (size_t)k; }
+size_t cpu_amx_xp_elems(int m, int64_t k, int parts) { return (size_t)vpad(m, parts) * (size_t)k; }
 
-/* virtual rows per chunk: a multiple of CHUNK_UNIT whose packed x fits XP_L2_BYTES */
-static int chunk_rows(int64_t k) {
-    int64_t r = XP_L2_BYTES / (k * 2) / CHUNK_UNIT * CHUNK_UNIT;
-    return r < CHUNK_UNIT ? CHUNK_UNIT : (int)r;
+/* virtual rows per chunk: a multiple of the unit (whole rows of x and whole
+ * tile pairs: 96 virtual rows for 3 parts) whose packed x fits XP_L2_BYTES */
+static int chunk_rows(int64_t k, int parts) {
+    const int unit = 2 * TILE_M * parts;
+    int64_t r = XP_L2_BYTES / (k * 2) / unit * unit;
+    return r < unit ? unit : (int)r;
 }
 
 /* Scratch, in floats: two A buffers of ABUF_ELEMS bf16 (= ABUF_ELEMS floats),
  * C staging (4 tiles of 256 floats), sums [32][virtual rows of a chunk <= all]. */
 #define ABUF_FLOATS ABUF_ELEMS
 #define CST_FLOATS (4 * 256)
-size_t cpu_amx_scratch_floats(int m) { return ABUF_FLOATS + CST_FLOATS + (size_t)GROUP_N * (size_t)vpad(m); }
+size_t cpu_amx_scratch_floats(int m, int parts) {
+    return ABUF_FLOATS + CST_FLOATS + (size_t)GROUP_N * (size_t)vpad(m, parts);
+}
 
 int cpu_amx_fits(const weight *w, int m) {
     if (m < 1 || w->cols <= 0 || w->cols % KSTEP != 0) return 0;
@@ -112,28 +114,28 @@ AMX_TARGET static inline __m512 bf16_widen(__m256i h) {
 
 /* Layout: tile t of 16 virtual rows, row pair r = k/2 of W's columns: 16
  * virtual rows by 2 values, xp[(t·k/2 + r)·32 + 2·(v % 16) + k % 2] for
- * virtual row v = 3i + p in tile v / 16. Padding rows are zero. */
-AMX_TARGET void cpu_amx_pack_x(const float *x, int64_t ldx, int m, int64_t k, uint16_t *xp) {
+ * virtual row v = parts·i + p in tile v / 16. Padding rows are zero. */
+AMX_TARGET void cpu_amx_pack_x(const float *x, int64_t ldx, int m, int64_t k, int parts, uint16_t *xp) {
     const int64_t pairs = k / 2;
-    for (int v = PARTS * m; v < vpad(m); v++) {
+    for (int v = parts * m; v < vpad(m, parts); v++) {
         uint32_t *dst = (uint32_t *)(xp + (size_t)(v / TILE_M) * pairs * 32) + v % TILE_M;
         for (int64_t r = 0; r < pairs; r++) dst[r * 16] = 0;
     }
     for (int i = 0; i < m; i++) {
-        uint32_t *dst[PARTS];
-        for (int p = 0; p < PARTS; p++) {
-            const int v = PARTS * i + p;
+        uint32_t *dst[CPU_AMX_PARTS_FP32];
+        for (int p = 0; p < parts; p++) {
+            const int v = parts * i + p;
             dst[p] = (uint32_t *)(xp + (size_t)(v / TILE_M) * pairs * 32) + v % TILE_M;
         }
         const float *xr = x + (size_t)i * ldx;
         for (int64_t c = 0; c < k; c += 16) {
             __m512 rest = _mm512_loadu_ps(xr + c);
-            __m256i part[PARTS];
-            for (int p = 0; p < PARTS; p++) {
+            __m256i part[CPU_AMX_PARTS_FP32];
+            for (int p = 0; p < parts; p++) {
                 part[p] = (__m256i)_mm512_cvtneps_pbh(rest);
                 rest = _mm512_sub_ps(rest, bf16_widen(part[p]));
             }
-            for (int p = 0; p < PARTS; p++) {
+            for (int p = 0; p < parts; p++) {
                 uint32_t v[8];
                 _mm256_storeu_si256((__m256i *)v, part[p]);
                 for (int q = 0; q < 8; q++) dst[p][(c / 2 + q) * 16] = v[q];
@@ -332,23 +334,23 @@ AMX_TARGET static int group(const weight *w, const uint16_t *xp, int64_t n, int6
     return rows;
 }
 
-AMX_TARGET void cpu_amx_linear(const weight *w, const uint16_t *xp, int m, float *y, int64_t ldy, int64_t n0,
-                               int64_t n1, float *scratch) {
+AMX_TARGET void cpu_amx_linear(const weight *w, const uint16_t *xp, int m, int parts, float *y, int64_t ldy,
+                               int64_t n0, int64_t n1, float *scratch) {
     tiles_configure();
     uint16_t *abuf = (uint16_t *)scratch;
     float *cst = scratch + ABUF_FLOATS;
     float *sums = cst + CST_FLOATS;
-    const int tiles = vpad(m) / TILE_M, chunk = chunk_rows(w->cols) / TILE_M;
+    const int tiles = vpad(m, parts) / TILE_M, chunk = chunk_rows(w->cols, parts) / TILE_M;
     for (int t0 = 0; t0 < tiles; t0 += chunk) {
         const int t1 = t0 + chunk < tiles ? t0 + chunk : tiles;
         const int64_t ldsum = (int64_t)(t1 - t0) * 16;
-        const int i0 = t0 * TILE_M / PARTS, i1 = m < t1 * TILE_M / PARTS ? m : t1 * TILE_M / PARTS;
+        const int i0 = t0 * TILE_M / parts, i1 = m < t1 * TILE_M / parts ? m : t1 * TILE_M / parts;
         for (int64_t n = n0, rows; n < n1; n += rows) {
             rows = group(w, xp, n, n1 - n < GROUP_N ? n1 - n : GROUP_N, n == n0, t0, t1, sums, abuf, cst);
-            for (int i = i0; i < i1; i++) /* row i of x: its three virtual rows */
+            for (int i = i0; i < i1; i++) /* row i of x: its `parts` virtual rows */
                 for (int r = 0; r < rows; r++) {
-                    const float *sv = sums + (size_t)r * ldsum + (size_t)(PARTS * i - t0 * TILE_M);
-                    y[(size_t)i * ldy + n + r] = sv[0] + sv[1] + sv[2];
+                    const float *sv = sums + (size_t)r * ldsum + (size_t)(parts * i - t0 * TILE_M);
+                    y[(size_t)i * ldy + n + r] = parts == 1 ? sv[0] : sv[0] + sv[1] + sv[2];
                 }
         }
     }
@@ -357,9 +359,9 @@ AMX_TARGET void cpu_amx_linear(const weight *w, const uint16_t *xp, int m, float
 #else /* not x86-64: never usable */
 
 int cpu_amx_usable(void) { return 0; }
-void cpu_amx_pack_x(const float *x, int64_t ldx, int m, int64_t k, uint16_t *xp) { abort(); }
-void cpu_amx_linear(const weight *w, const uint16_t *xp, int m, float *y, int64_t ldy, int64_t n0, int64_t n1,
-                    float *scratch) {
+void cpu_amx_pack_x(const float *x, int64_t ldx, int m, int64_t k, int parts, uint16_t *xp) { abort(); }
+void cpu_amx_linear(const weight *w, const uint16_t *xp, int m, int parts, float *y, int64_t ldy, int64_t n0,
+                    int64_t n1, float *scratch) {
     abort();
 }
 

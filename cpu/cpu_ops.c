@@ -139,6 +139,7 @@ typedef struct {
     const weight *w;
     const float *x;   /* packed (cpu_pack_x) for the tile modes */
     const uint16_t *xp; /* packed (cpu_amx_pack_x) for LINEAR_AMX */
+    int parts;          /* of xp: CPU_AMX_PARTS_FP32, or _BF16 with CPU_BF16_ACT */
     float *y;
     int m;
     int64_t n_out;    /* outputs being split */
@@ -151,12 +152,18 @@ typedef struct {
 enum { LINEAR_ROWS, LINEAR_TILE, LINEAR_AMX, LINEAR_BF16, LINEAR_T_ROWS, LINEAR_T_TILE, LINEAR_REF, LINEAR_T_REF };
 
 /* With CPU_BF16_ACT, the non-transposed products cpu_bf16dot computes go
- * there, for every m (one kernel: batch-invariant); everything else as
- * without the flag. (A single row against BF16 weights streams faster on the
- * fp32 kernels, ~15% at batch-1 decode of a BF16 checkpoint, but taking them
- * would make a request's logits depend on its batch by bf16 rounding.) */
-static int use_bf16dot(const weight *w, int flags) {
-    return (flags & CPU_BF16_ACT) && cpu_bf16dot_fits(w) && cpu_bf16dot_usable();
+ * there, except those AMX takes (from 9 rows of x, 4 with BF16 weights, where
+ * the CPU has it), which multiply x rounded to bf16 too (one part:
+ * cpu_amx.h) — the mode's precision contract, with the rounding of x·s vs x
+ * and the order of the sums differing; everything else as without the flag.
+ * With CPU_INVARIANT the bf16 kernel takes every m: one kernel whose order is
+ * the same for every row count. (A single row against BF16 weights streams
+ * faster on the fp32 kernels, ~15% at batch-1 decode of a BF16 checkpoint,
+ * but taking them would make a request's logits depend on its batch by bf16
+ * rounding, not only by the order of the sums.) */
+static int use_bf16dot(const cpu_kernels *k, const weight *w, int m, int flags) {
+    return (flags & CPU_BF16_ACT) && cpu_bf16dot_fits(w) && cpu_bf16dot_usable() &&
+           ((flags & CPU_INVARIANT) || !use_amx(k, w, m));
 }
 
 static uint16_t *bf16dot_scratch(const weight *w) {
@@ -187,8 +194,8 @@ static void linear_task(void *ctx, int task, int thread) {
         j->k->linear_tile(j->w, j->x, j->y, j->m, o0, o1, thread_scratch(SCRATCH_TILE, j->k->scratch_floats));
         break;
     case LINEAR_AMX:
-        cpu_amx_linear(j->w, j->xp, j->m, j->y, j->w->rows, o0, o1,
-                       thread_scratch(SCRATCH_TILE, cpu_amx_scratch_floats(j->m)));
+        cpu_amx_linear(j->w, j->xp, j->m, j->parts, j->y, j->w->rows, o0, o1,
+                       thread_scratch(SCRATCH_TILE, cpu_amx_scratch_floats(j->m, j->parts)));
         break;
     case LINEAR_BF16: cpu_bf16dot_rows(j->w, j->x, j->w->cols, j->y, j->w->rows, j->m, o0, o1, bf16dot_scratch(j->w)); break;
     case LINEAR_T_ROWS:
@@ -234,11 +241,13 @@ static const float *pack_x_scratch(const cpu_kernels *k, const float *x, int m, 
 }
 
 /* x packed for AMX into the calling thread's scratch (read by every thread of the run). */
-static const uint16_t *amx_pack_scratch(const float *x, int64_t ldx, int m, int64_t cols) {
-    uint16_t *xp = (uint16_t *)thread_scratch(SCRATCH_X, cpu_amx_xp_elems(m, cols) / 2 + 1);
-    cpu_amx_pack_x(x, ldx, m, cols, xp);
+static const uint16_t *amx_pack_scratch(const float *x, int64_t ldx, int m, int64_t cols, int parts) {
+    uint16_t *xp = (uint16_t *)thread_scratch(SCRATCH_X, cpu_amx_xp_elems(m, cols, parts) / 2 + 1);
+    cpu_amx_pack_x(x, ldx, m, cols, parts, xp);
     return xp;
 }
+
+static int amx_parts(int flags) { return flags & CPU_BF16_ACT ? CPU_AMX_PARTS_BF16 : CPU_AMX_PARTS_FP32; }
 
 static void linear_impl(threadpool *pool, const weight *w, const float *x, float *y, int m, int flags) {
     const int inv = flags & CPU_INVARIANT;
@@ -247,13 +256,14 @@ static void linear_impl(threadpool *pool, const weight *w, const float *x, float
     const cpu_kernels *k = cpu_kernels_get();
     linear_job j = {.k = k, .w = w, .x = x, .y = y, .m = m, .n_out = w->rows, .inv = inv};
     j.mode = !k                                     ? LINEAR_REF
-             : use_bf16dot(w, flags)                ? LINEAR_BF16
+             : use_bf16dot(k, w, m, flags)          ? LINEAR_BF16
              : inv                                  ? LINEAR_ROWS
              : use_amx(k, w, m)                     ? LINEAR_AMX
              : m <= stream_max_m(k, w, 0)           ? LINEAR_ROWS
                                                     : LINEAR_TILE;
     if (j.mode == LINEAR_TILE) j.x = pack_x_scratch(k, x, m, w->cols);
-    if (j.mode == LINEAR_AMX) j.xp = amx_pack_scratch(x, w->cols, m, w->cols);
+    j.parts = amx_parts(flags);
+    if (j.mode == LINEAR_AMX) j.xp = amx_pack_scratch(x, w->cols, m, w->cols, j.parts);
     linear_run(pool, &j, j.mode == LINEAR_ROWS || j.mode == LINEAR_BF16 ? 16 : 32, 1);
 }
 
@@ -312,11 +322,11 @@ static void batch_task(void *ctx, int task, int thread) {
     if (o0 < 0) o0 = 0;
     if (o1 > n_out) o1 = n_out;
     if (o0 >= o1) return;
-    if (!op->transposed && use_bf16dot(&op->w, b->flags))
+    if (b->xp[i])
+        cpu_amx_linear(&op->w, b->xp[i], op->m, amx_parts(b->flags), op->y, op->ldy, o0, o1,
+                       thread_scratch(SCRATCH_TILE, cpu_amx_scratch_floats(op->m, amx_parts(b->flags))));
+    else if (!op->transposed && use_bf16dot(b->k, &op->w, op->m, b->flags))
         cpu_bf16dot_rows(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1, bf16dot_scratch(&op->w));
-    else if (b->xp[i])
-        cpu_amx_linear(&op->w, b->xp[i], op->m, op->y, op->ldy, o0, o1,
-                       thread_scratch(SCRATCH_TILE, cpu_amx_scratch_floats(op->m)));
     else if (op->transposed)
         (b->inv ? b->k->linear_t_rows_inv : b->k->linear_t_rows)(&op->w, op->x, op->ldx, op->y, op->ldy, op->m, o0, o1,
                             thread_scratch(SCRATCH_TILE, (size_t)op->m * (size_t)op->w.rows));
@@ -348,7 +358,7 @@ static void linear_op_alone(threadpool *pool, const linear_op *op, int flags) {
 
 static int streams(const cpu_kernels *k, const linear_op *op, int flags) {
     const int fast = (flags & CPU_INVARIANT) || op->m <= stream_max_m(k, &op->w, op->transposed) ||
-                     (!op->transposed && use_bf16dot(&op->w, flags));
+                     (!op->transposed && use_bf16dot(k, &op->w, op->m, flags));
     return k && fast && op->w.rows > 0 && op->w.cols > 0;
 }
 
@@ -359,16 +369,15 @@ static void batch_pack_amx(const cpu_kernels *k, const linear_op *ops, int n, in
     size_t elems[CPU_BATCH_MAX], total = 0;
     for (int i = 0; i < n; i++) {
         const linear_op *op = &ops[i];
-        const int amx = !inv && !op->transposed && op->w.rows > 0 && !use_bf16dot(&op->w, flags) &&
-                        use_amx(k, &op->w, op->m);
-        elems[i] = amx ? cpu_amx_xp_elems(op->m, op->w.cols) : 0;
+        const int amx = !inv && !op->transposed && op->w.rows > 0 && use_amx(k, &op->w, op->m);
+        elems[i] = amx ? cpu_amx_xp_elems(op->m, op->w.cols, amx_parts(flags)) : 0;
         total += elems[i];
     }
     uint16_t *buf = total ? (uint16_t *)thread_scratch(SCRATCH_BATCH_X, total / 2 + 1) : NULL;
     for (int i = 0; i < n; i++) {
         xp[i] = elems[i] ? buf : NULL;
         if (!elems[i]) continue;
-        cpu_amx_pack_x(ops[i].x, ops[i].ldx, ops[i].m, ops[i].w.cols, buf);
+        cpu_amx_pack_x(ops[i].x, ops[i].ldx, ops[i].m, ops[i].w.cols, amx_parts(flags), buf);
         buf += elems[i];
     }
 }

@@ -478,7 +478,8 @@ static double bf16dot_oracle(const test_weight *t, const weight *w, const float 
 
 /* cpu_bf16dot_rows against its oracle (fp32 sums: 1e-5 of Σ|terms|), through
  * cpu_linear_flags and cpu_linear_batch_flags (equal bit for bit), and every
- * row equal to the row alone. */
+ * row equal to the row alone. CPU_INVARIANT pins the bf16 kernel for every m
+ * (without it, AMX takes the products with many rows: the next test). */
 Test(cpu_ops, bf16dot_vs_oracle_and_rows_alone, .timeout = 120) {
     if (!cpu_bf16dot_usable()) cr_skip_test("bf16-activation kernel not run: no AVX512_BF16 here (or MLASERVE_CPU_SIMD caps SIMD below AVX-512)");
     uint64_t seed;
@@ -499,7 +500,7 @@ Test(cpu_ops, bf16dot_vs_oracle_and_rows_alone, .timeout = 120) {
                 float *x = floats_random(&r, (size_t)(m * w.cols), -3, 3);
                 float *y = floats_alloc((size_t)(m * w.rows)), *yb = floats_alloc((size_t)(m * w.rows));
                 float *one = floats_alloc((size_t)w.rows);
-                cpu_linear_flags(pool, &w, x, y, m, CPU_BF16_ACT);
+                cpu_linear_flags(pool, &w, x, y, m, CPU_BF16_ACT | CPU_INVARIANT);
                 for (int i = 0; i < m; i++)
                     for (int64_t n = 0; n < w.rows; n++) {
                         double mag, want = bf16dot_oracle(&t, &w, x + (size_t)i * w.cols, n, &mag);
@@ -509,10 +510,10 @@ Test(cpu_ops, bf16dot_vs_oracle_and_rows_alone, .timeout = 120) {
                                   (long long)n, got, want, (unsigned long long)seed);
                     }
                 linear_op op = {.w = w, .x = x, .y = yb, .m = m, .ldx = w.cols, .ldy = w.rows};
-                cpu_linear_batch_flags(pool, &op, 1, CPU_BF16_ACT);
+                cpu_linear_batch_flags(pool, &op, 1, CPU_BF16_ACT | CPU_INVARIANT);
                 cr_assert(memcmp(yb, y, (size_t)(m * w.rows) * sizeof *y) == 0, "linear_batch differs: m=%d", m);
                 for (int i = 0; i < m; i++) {
-                    cpu_linear_flags(pool, &w, x + (size_t)i * w.cols, one, 1, CPU_BF16_ACT);
+                    cpu_linear_flags(pool, &w, x + (size_t)i * w.cols, one, 1, CPU_BF16_ACT | CPU_INVARIANT);
                     cr_assert(memcmp(one, y + (size_t)i * w.rows, (size_t)w.rows * sizeof *one) == 0,
                               "bf16dot %s row %d of m=%d differs from the row alone, seed %llu", dtype_name(dts[d]), i, m,
                               (unsigned long long)seed);
@@ -520,6 +521,43 @@ Test(cpu_ops, bf16dot_vs_oracle_and_rows_alone, .timeout = 120) {
                 free(x), free(y), free(yb), free(one);
                 weight_free(&t);
             }
+    threadpool_free(pool);
+}
+
+/* bf16 activations without CPU_INVARIANT: whichever kernel takes a product
+ * (the bf16 kernel, or AMX from 9 rows of x where the CPU has it) multiplies
+ * bf16-rounded activations: within bf16 precision of the oracle (2^-7 of
+ * Σ|terms|: the two round x·s or x, and sum in different orders), and
+ * linear_batch gives the same bits as linear. */
+Test(cpu_ops, bf16_activations_any_kernel_within_bf16, .timeout = 120) {
+    if (!cpu_bf16dot_usable()) cr_skip_test("bf16-activation kernel not run: no AVX512_BF16 here (or MLASERVE_CPU_SIMD caps SIMD below AVX-512)");
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pool = threadpool_create(2);
+    const dtype_t dts[] = {DTYPE_F8_E4M3, DTYPE_BF16};
+    const int ms[] = {1, 8, 9, 17, 64};
+    for (size_t d = 0; d < 2; d++)
+        for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++) {
+            const int m = ms[mi];
+            test_weight t = weight_random(&r, dts[d], 256, 512);
+            weight w = weight_rows(&t.w, 0, 256);
+            float *x = floats_random(&r, (size_t)(m * w.cols), -3, 3);
+            float *y = floats_alloc((size_t)(m * w.rows)), *yb = floats_alloc((size_t)(m * w.rows));
+            cpu_linear_flags(pool, &w, x, y, m, CPU_BF16_ACT);
+            for (int i = 0; i < m; i++)
+                for (int64_t n = 0; n < w.rows; n++) {
+                    double mag, want = bf16dot_oracle(&t, &w, x + (size_t)i * w.cols, n, &mag);
+                    double got = y[(size_t)i * w.rows + n];
+                    cr_assert(fabs(got - want) <= mag / 128 + 1e-30, "%s m=%d row %d n %lld: %.9g vs %.9g (Σ|terms| %.3g) seed %llu",
+                              dtype_name(dts[d]), m, i, (long long)n, got, want, mag, (unsigned long long)seed);
+                }
+            linear_op op = {.w = w, .x = x, .y = yb, .m = m, .ldx = w.cols, .ldy = w.rows};
+            cpu_linear_batch_flags(pool, &op, 1, CPU_BF16_ACT);
+            cr_assert(memcmp(yb, y, (size_t)(m * w.rows) * sizeof *y) == 0, "%s linear_batch differs: m=%d",
+                      dtype_name(dts[d]), m);
+            free(x), free(y), free(yb);
+            weight_free(&t);
+        }
     threadpool_free(pool);
 }
 
@@ -806,7 +844,8 @@ Test(cpu_ops, simd_level_names) {
 
 /* The AMX kernel directly (skips where the CPU has none): x whose low bits
  * matter (a split of x into fewer than three bf16 parts is off by ~1e-5
- * relative), every split of the outputs, m across the 16-row tiles. */
+ * relative), every split of the outputs, m across the 16-row tiles. With one
+ * part (bf16 activations) it equals the reference on x rounded to bf16. */
 Test(cpu_ops, amx_kernel_vs_ref, .timeout = 60) {
     if (!cpu_amx_usable()) cr_skip_test("no AMX on this CPU (or MLASERVE_CPU_AMX=0): kernel not run");
     uint64_t seed;
@@ -823,17 +862,22 @@ Test(cpu_ops, amx_kernel_vs_ref, .timeout = 60) {
             cr_assert(cpu_amx_fits(&w, m));
             float *x = floats_random(&r, (size_t)m * 288, 0.5f, 1);
             for (int i = 0; i < m * 288; i++) x[i] *= 1.0f + 0x1.0p-20f * (float)(i % 7);
+            float *xr = floats_alloc((size_t)m * 288);
+            for (int i = 0; i < m * 288; i++) xr[i] = bf16_round(x[i]);
             float *y = floats_alloc((size_t)m * 150), *want = floats_alloc((size_t)m * 150);
-            uint16_t *xp = malloc(cpu_amx_xp_elems(m, 288) * sizeof *xp);
-            float *scratch = NULL;
-            cr_assert(posix_memalign((void **)&scratch, 64, cpu_amx_scratch_floats(m) * sizeof(float)) == 0);
-            cpu_amx_pack_x(x, 288, m, 288, xp);
-            for (int64_t n0 = 0; n0 < 150; n0 += 37) /* splits not on 16- or 32-row lines */
-                cpu_amx_linear(&w, xp, m, y, 150, n0, n0 + 37 < 150 ? n0 + 37 : 150, scratch);
-            cpu_linear_ref(&w, x, want, m);
-            ASSERT_CLOSE(y, want, (size_t)m * 150, 1e-6, "amx %s m=%d seed %llu", dtype_name(dts[d]), m,
-                         (unsigned long long)seed);
-            free(x), free(y), free(want), free(xp), free(scratch);
+            for (int parts = 3; parts >= 1; parts -= 2) {
+                uint16_t *xp = malloc(cpu_amx_xp_elems(m, 288, parts) * sizeof *xp);
+                float *scratch = NULL;
+                cr_assert(posix_memalign((void **)&scratch, 64, cpu_amx_scratch_floats(m, parts) * sizeof(float)) == 0);
+                cpu_amx_pack_x(x, 288, m, 288, parts, xp);
+                for (int64_t n0 = 0; n0 < 150; n0 += 37) /* splits not on 16- or 32-row lines */
+                    cpu_amx_linear(&w, xp, m, parts, y, 150, n0, n0 + 37 < 150 ? n0 + 37 : 150, scratch);
+                cpu_linear_ref(&w, parts == 3 ? x : xr, want, m);
+                ASSERT_CLOSE(y, want, (size_t)m * 150, 1e-6, "amx %s m=%d parts %d seed %llu", dtype_name(dts[d]), m,
+                             parts, (unsigned long long)seed);
+                free(xp), free(scratch);
+            }
+            free(x), free(xr), free(y), free(want);
             weight_free(&t);
         }
 }
