@@ -35,6 +35,7 @@
 #define KBLOCK 128   /* columns per scale block */
 #define XP_L2_BYTES (1 << 20)
 #define ABUF_ELEMS (2 * 4 * 16 * 32) /* A tiles of one block: 2 tiles x 4 steps of 16x32 bf16 */
+
 /* virtual rows of m rows of x, padded to whole tiles */
 static int vpad(int m, int parts) { return (parts * m + TILE_M - 1) / TILE_M * TILE_M; }
 

@@ -116,12 +116,9 @@ static void *nccl_join_main(void *arg) {
  * hanging; comm_nccl_free would block on them. */
 static int open_nccl(ep_launch *l, const void *id, int gpu, int timeout_ms, ms_err *err) {
     int n = l->n_ranks, world = l->nnodes * n, first = l->node_rank * n;
-    waitgroup *g = waitgroup_create(n);
-    if (!g || !(l->nccl = calloc((size_t)n, sizeof *l->nccl))) {
-        if (g) for (int r = 0; r < n; r++) waitgroup_report(g, r, NULL, "out of memory");
-        if (g) waitgroup_release(g);
-        return ms_err_set(err, "out of memory");
-    }
+    waitgroup *g = NULL;
+    if (!(l->nccl = calloc((size_t)n, sizeof *l->nccl)) || !(g = waitgroup_create(n)))
+        return ms_err_set(err, "out of memory"); /* l->nccl goes with ep_launch_close */
     for (int r = 0; r < n; r++) {
         nccl_join *j = malloc(sizeof *j);
         pthread_t t;

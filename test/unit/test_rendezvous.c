@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "common/rendezvous.h"
+#include "test/unit/test_time.h"
 
 #define BLOB_BYTES 128
 
@@ -27,17 +28,6 @@ typedef struct {
     double took_ms;
     ms_err err;
 } node_arg;
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 /* A TCP port that was free a moment ago. */
 static int free_port(void) {

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "common/waitgroup.h"
+#include "test/unit/test_time.h"
 
 static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
@@ -25,17 +26,6 @@ typedef struct {
     int mode; /* 0: succeed after delay_ms, 1: fail after delay_ms, 2: block until the gate opens, then succeed */
     int delay_ms;
 } job;
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static void *worker(void *arg) {
     job j = *(job *)arg;
