@@ -5,6 +5,10 @@
  *                  far larger than L3; best of several passes
  *   linear m=1,8   decode: GB/s of weights streamed and % of membw (the row
  *                  counts: --decode-m, default 1,8)
+ *   linear F8s3, F8s2   the same decode rows for FP8 weights with one code
+ *                  in 10^3 (s3) or 10^2 (s2) subnormal, as real checkpoints
+ *                  have (cpu_f8_load in the header: "bits" runs into the cost
+ *                  of subnormal floats on Intel cores, "half" does not)
  *   linear m=512   prefill: GFLOP/s (2·m·N·K per call)
  *   linear_t       the absorbed-MLA product [128, 512], GFLOP/s
  * Weights are laid out as many copies in one large arena and successive calls use
@@ -50,6 +54,13 @@ static void *alloc_or_die(size_t bytes) {
 static void fill_weights(uint8_t *p, size_t n) {
     static const uint8_t pattern[8] = {0x3C, 0x35, 0xBB, 0x31, 0x3A, 0xB4, 0x38, 0xB6};
     for (size_t i = 0; i < n; i++) p[i] = pattern[(i * 7 + (i >> 9)) & 7];
+}
+
+/* Every code whose index hashes to 0 modulo `one_in` made a subnormal e4m3
+ * (exponent 0: 0x03, or 0x85 negative). */
+static void sprinkle_subnormals(uint8_t *p, size_t n, uint32_t one_in) {
+    for (size_t i = 0; i < n; i++)
+        if ((uint32_t)(i * 2654435761u) % one_in == 0) p[i] = i & 1 ? 0x85 : 0x03;
 }
 
 static float *floats_filled(size_t n, float v) {
@@ -120,8 +131,8 @@ static double time_linear(threadpool *pool, dtype_t dt, const bench_shape *s, in
     return best;
 }
 
-static void bench_linear(threadpool *pool, dtype_t dt, const bench_shape *s, int m, uint8_t *arena,
-                         const float *scale, double membw, int rounds, int transposed) {
+static void bench_linear_as(const char *label, threadpool *pool, dtype_t dt, const bench_shape *s, int m,
+                            uint8_t *arena, const float *scale, double membw, int rounds, int transposed) {
     int64_t in = transposed ? s->rows : s->cols, out = transposed ? s->cols : s->rows;
     float *x = floats_filled((size_t)(m * in), 0.5f), *y = floats_filled((size_t)(m * out), 0);
     double t = time_linear(pool, dt, s, m, arena, scale, x, y, rounds, transposed);
@@ -130,10 +141,15 @@ static void bench_linear(threadpool *pool, dtype_t dt, const bench_shape *s, int
     char shape[32];
     snprintf(shape, sizeof shape, "%s", s->name);
     printf("%-9s %-5s %-14s %4d %10.1f %8.2f %7.1f %9.1f\n", transposed ? "linear_t" : "linear",
-           dt == DTYPE_F8_E4M3 ? "F8" : dtype_name(dt), shape, m, t * 1e6, gbs, 100.0 * gbs / membw, gflops);
+           label ? label : dt == DTYPE_F8_E4M3 ? "F8" : dtype_name(dt), shape, m, t * 1e6, gbs, 100.0 * gbs / membw, gflops);
     fflush(stdout);
     free(x);
     free(y);
+}
+
+static void bench_linear(threadpool *pool, dtype_t dt, const bench_shape *s, int m, uint8_t *arena,
+                         const float *scale, double membw, int rounds, int transposed) {
+    bench_linear_as(NULL, pool, dt, s, m, arena, scale, membw, rounds, transposed);
 }
 
 /* "1,4,8" -> ms[]; the count, or -1 when a value is not in 1..CPU_DECODE_MAX_M. */
@@ -192,8 +208,8 @@ int main(int argc, char **argv) {
                 cpu_simd_level());
         return 2;
     }
-    printf("# bench_cpu_ops: simd=%s threads=%d activations=%s\n", cpu_simd_level(), threads,
-           g_flags & CPU_BF16_ACT ? "bf16 (non-transposed products)" : "fp32");
+    printf("# bench_cpu_ops: simd=%s fp8_load=%s threads=%d activations=%s\n", cpu_simd_level(), cpu_f8_load(),
+           threads, g_flags & CPU_BF16_ACT ? "bf16 (non-transposed products)" : "fp32");
     print_header();
     const int rounds = quick ? 2 : 5;
     double membw = bench_membw(pool, arena, quick ? 3 : 6, 1);
@@ -209,6 +225,14 @@ int main(int argc, char **argv) {
         for (size_t s = 0; s < sizeof decode_shapes / sizeof *decode_shapes; s++)
             for (int mi = 0; mi < n_decode_ms; mi++)
                 bench_linear(pool, dts[d], &decode_shapes[s], decode_ms[mi], arena, scale, membw, rounds, 0);
+    static const struct { const char *label; uint32_t one_in; } subnormal[2] = {{"F8s3", 1000}, {"F8s2", 100}};
+    for (int v = 0; v < 2; v++) {
+        sprinkle_subnormals(arena, ARENA_BYTES, subnormal[v].one_in);
+        for (int mi = 0; mi < n_decode_ms; mi++)
+            bench_linear_as(subnormal[v].label, pool, DTYPE_F8_E4M3, &decode_shapes[2], decode_ms[mi], arena, scale,
+                            membw, rounds, 0);
+    }
+    fill_weights(arena, ARENA_BYTES);
     static const bench_shape lm_head = {"[129280x2048]", 129280, 2048};
     for (int mi = 0; mi < n_decode_ms; mi++)
         bench_linear(pool, DTYPE_BF16, &lm_head, decode_ms[mi], arena, scale, membw, quick ? 1 : 2, 0);

@@ -44,6 +44,9 @@ typedef struct cpu_kernels {
     /* Non-transposed products of 16-bit weights (BF16, F16) stream through
      * linear_rows up to this many rows of x (<= CPU_STREAM_MAX_M), tiles above. */
     int stream_max_m_16;
+    /* 1 in the *_f8half tables: the decode kernels convert FP8 through half
+     * floats, so no subnormal float ever enters an FMA (cpu_kernels.inc). */
+    int f8_half_load;
     /* Row r of the view w, columns [c0, c0+n), dequantised into out. */
     void (*decode_row)(const weight *w, int64_t r, int64_t c0, int64_t n, float *out);
     float (*sum_squares)(const float *x, int64_t n);
@@ -92,9 +95,13 @@ static inline size_t cpu_pack_x_floats(int m, int64_t k, int mr) {
 
 extern const cpu_kernels cpu_kernels_avx2;
 extern const cpu_kernels cpu_kernels_avx512;
+extern const cpu_kernels cpu_kernels_avx2_f8half;   /* cpu_kernels_f8half_avx2.c */
+extern const cpu_kernels cpu_kernels_avx512_f8half; /* cpu_kernels_f8half_avx512.c */
 
 /* The variant in use (NULL = scalar). Chosen once from CPUID, capped by the
- * environment variable MLASERVE_CPU_SIMD=scalar|avx2|avx512 if set. */
+ * environment variable MLASERVE_CPU_SIMD=scalar|avx2|avx512 if set; the
+ * *_f8half table of the level on Intel CPUs (subnormal floats are slow
+ * there), the other elsewhere, or as MLASERVE_CPU_F8_LOAD=half|bits says. */
 const cpu_kernels *cpu_kernels_get(void);
 
 #endif

@@ -25,7 +25,11 @@
 /* Zen 3, in cache, 2 threads, BF16 [1408x2048]: streaming 110.6 / 90.3 / 95.2
  * GFLOP/s at m = 32 / 48 / 64 against tiles 105.6 / 111.6 / 102.5. */
 #define STREAM_MAX_M_16 40
+#ifdef F8_HALF_LOAD
+#define VARIANT_TABLE cpu_kernels_avx2_f8half
+#else
 #define VARIANT_TABLE cpu_kernels_avx2
+#endif
 #define VARIANT_NAME "avx2"
 
 typedef __m256 vf;
@@ -60,6 +64,7 @@ static inline void w_load2_f8(const uint8_t *p, vf *a, vf *b) {
     *b = _mm256_cvtph_ps(hi);
 }
 
+#ifndef F8_HALF_LOAD /* else cpu/cpu_kernels.inc: w_load2_f8 in natural order */
 /* The decode kernels' FP8 load (cpu/cpu_kernels_avx512.c explains the
  * bits): 16 codes → value × 2^-120 as floats, a = the odd codes 1, 3, … 15
  * and b = the even codes 0, 2, … 14, without a half conversion. After the
@@ -86,6 +91,7 @@ static inline void x_dot2(const float *x, vf *a, vf *b) {
     *a = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(x0, x1, 0xDD), order);
     *b = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(x0, x1, 0x88), order);
 }
+#endif
 
 static inline vf bf16x8(const uint16_t *p) {
     __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));

@@ -20,7 +20,11 @@
 #define ATT_K 4  /* attention: 4 queries x 4 keys / x 4 vectors of dims per register block */
 #define ATT_DV 4
 #define STREAM_MAX_M_16 CPU_STREAM_MAX_M /* tiles lag at every m here (cpu_ops.c stream_max_m) */
+#ifdef F8_HALF_LOAD
+#define VARIANT_TABLE cpu_kernels_avx512_f8half
+#else
 #define VARIANT_TABLE cpu_kernels_avx512
+#endif
 #define VARIANT_NAME "avx512"
 
 typedef __m512 vf;
@@ -49,6 +53,7 @@ static inline void w_load2_f8(const uint8_t *p, vf *a, vf *b) {
     *b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
 }
 
+#ifndef F8_HALF_LOAD /* else cpu/cpu_kernels.inc: w_load2_f8 in natural order */
 /* The decode kernels' FP8 load: 32 e4m3 codes → value × 2^-120
  * in dot order, five ops and no half-float conversion (the conversions were
  * the limit: 17 → 28 G weights/s per Zen 4 core in cache). Sign-extended and
@@ -71,6 +76,7 @@ static inline void x_dot2(const float *x, vf *a, vf *b) {
     *a = _mm512_shuffle_f32x4(x0, x1, 0x88);
     *b = _mm512_shuffle_f32x4(x0, x1, 0xDD);
 }
+#endif
 
 static inline vf bf16x16(const uint16_t *p) {
     __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));

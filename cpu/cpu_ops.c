@@ -37,12 +37,25 @@ static void kernels_choose(void) {
     const char *cap = getenv("MLASERVE_CPU_SIMD");
     if (cap && strcmp(cap, "scalar") == 0) level = 0;
     if (cap && strcmp(cap, "avx2") == 0 && level > 1) level = 1;
-    kernels_chosen = level == 2 ? &cpu_kernels_avx512 : level == 1 ? &cpu_kernels_avx2 : NULL;
+    /* FP8 through half floats on Intel, where a subnormal float input costs an
+     * FMA a microcode assist (cpu_kernels.inc, F8_HALF_LOAD) */
+    const char *f8 = getenv("MLASERVE_CPU_F8_LOAD");
+    int half = __builtin_cpu_is("intel");
+    if (f8 && strcmp(f8, "half") == 0) half = 1;
+    if (f8 && strcmp(f8, "bits") == 0) half = 0;
+    if (level == 2) kernels_chosen = half ? &cpu_kernels_avx512_f8half : &cpu_kernels_avx512;
+    else if (level == 1) kernels_chosen = half ? &cpu_kernels_avx2_f8half : &cpu_kernels_avx2;
+    else kernels_chosen = NULL;
 }
 
 const cpu_kernels *cpu_kernels_get(void) {
     pthread_once(&kernels_once, kernels_choose);
     return kernels_chosen;
+}
+
+const char *cpu_f8_load(void) {
+    const cpu_kernels *k = cpu_kernels_get();
+    return !k ? "table" : k->f8_half_load ? "half" : "bits";
 }
 
 const char *cpu_simd_level(void) {

@@ -82,4 +82,13 @@ double cpu_mem_read(threadpool *pool, const void *buf, size_t bytes);
  * encoders, which saturate at ±448) as ±480; the references give NaN. */
 const char *cpu_simd_level(void);
 
+/* How that variant's decode kernels turn FP8 codes into floats: "half"
+ * (through half floats: no subnormal float reaches an FMA; chosen on Intel
+ * CPUs, where such an input costs a microcode assist), "bits" (the code's bits
+ * placed in a float: two operations fewer, subnormal codes give subnormal
+ * floats; chosen elsewhere) or "table" (scalar). MLASERVE_CPU_F8_LOAD=half|bits
+ * in the environment overrides the choice. Same values either way; the order
+ * of the sums differs. */
+const char *cpu_f8_load(void);
+
 #endif

@@ -562,7 +562,7 @@ Test(cpu_ops, bf16_activations_any_kernel_within_bf16, .timeout = 120) {
 }
 
 /* Every non-NaN e4m3 code through both linear paths and the row decoder, exactly. */
-Test(cpu_ops, fp8_every_code_exact) {
+static void fp8_every_code_exact(void) {
     enum { CODES = 256, COLS = 64 };
     uint8_t *data = malloc(CODES * COLS);
     float scale[2 * 1] = {0.375f, 3.0f}; /* rows 0..127, 128..255 */
@@ -586,6 +586,37 @@ Test(cpu_ops, fp8_every_code_exact) {
     }
     free(data);
 }
+
+Test(cpu_ops, fp8_every_code_exact) { fp8_every_code_exact(); }
+
+/* The decode kernels' two FP8 loads (cpu_f8_load), each forced: every code
+ * exact, and the FP8 products at decode sizes (plain and batch-invariant)
+ * against the reference on random codes (one in sixteen has exponent 0).
+ * Criterion runs each test in its own process, so the variable is read before
+ * the variant is chosen. */
+static void fp8_load_mode_vs_ref(const char *mode) {
+    setenv("MLASERVE_CPU_F8_LOAD", mode, 1);
+    if (strcmp(cpu_simd_level(), "scalar") == 0) cr_skip_test("no AVX2 here: the scalar path has no FP8 load modes");
+#ifdef MS_TSAN_CRITERION_SHIM_H /* all tests in one process: the variant may be chosen already */
+    if (strcmp(cpu_f8_load(), mode) != 0) cr_skip_test("variant chosen before setenv (no-fork mode)");
+#endif
+    cr_assert_str_eq(cpu_f8_load(), mode, "MLASERVE_CPU_F8_LOAD=%s not taken (variant chosen before setenv?)", mode);
+    fp8_every_code_exact();
+    uint64_t seed;
+    rng r = rng_start(&seed);
+    threadpool *pool = threadpool_create(2);
+    cr_assert(pool);
+    for (size_t s = 0; s < sizeof linear_shapes / sizeof *linear_shapes; s++)
+        for (int m = 1; m <= 9; m++) {
+            check_linear(pool, DTYPE_F8_E4M3, &linear_shapes[s], m, &r, seed, 0);
+            check_linear(pool, DTYPE_F8_E4M3, &linear_shapes[s], m, &r, seed, 1);
+            check_invariant(pool, DTYPE_F8_E4M3, &linear_shapes[s], m, &r, seed, m % 2);
+        }
+    threadpool_free(pool);
+}
+
+Test(cpu_ops, fp8_half_load_vs_ref, .timeout = 60) { fp8_load_mode_vs_ref("half"); }
+Test(cpu_ops, fp8_bits_load_vs_ref, .timeout = 60) { fp8_load_mode_vs_ref("bits"); }
 
 Test(cpu_ops, rmsnorm_vs_ref) {
     uint64_t seed;
