@@ -64,7 +64,11 @@ echo "| model | prefill 512 tok/s | decode b1 tok/s (ctx 512) | b1 roofline tok/
 echo "|---|---|---|---|---|---|---|---|"
 # The two checkpoints (~9 + ~16 GB) may not fit the page cache together: before
 # each model, the other one's pages are dropped from it (dd iflag=nocache), so
-# the measured model stays resident, as it would in a server.
+# the measured model stays resident, as it would in a server. The measured
+# model's own pages are dropped and read back too: pages as mkmodel (or any
+# earlier workload) left them can stream at a fraction of the speed of freshly
+# read ones (docs/benchmarks.md sessions 9 and 17: FP8 batch-1 decode 15.7
+# against 25.9-27.9 tok/s on the same build), which is not the engine's doing.
 drop_cache() {
     for f in "models/$1"/*.safetensors; do dd if="$f" iflag=nocache count=0 status=none 2>/dev/null; done
 }
@@ -73,6 +77,9 @@ drop_cache() {
 NOTES=""
 for m in bench-7b bench-7b-bf16; do
     case $m in bench-7b) drop_cache bench-7b-bf16 ;; *) drop_cache bench-7b ;; esac
+    sync
+    drop_cache "$m"
+    cat "models/$m"/*.safetensors > /dev/null
     BWM=$("$BUILD/bench/bench_cpu_ops" --threads "$THREADS" --membw-only) ||
         { echo "bench-cpu: bandwidth probe failed" >&2; exit 1; }
     BWM=$(awk -v a="$BW" -v b="$BWM" 'BEGIN { print (a > b ? a : b) }')
