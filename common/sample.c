@@ -26,7 +26,10 @@ struct sampler {
     uint8_t *seen_flag;    /* [n_vocab] bit 0: in prompt, bit 1: in output (penalties only) */
     int32_t *seen;         /* [n_vocab] distinct ids with seen_flag != 0, n_seen of them */
     size_t n_seen;
-    float *work;           /* [n_vocab] penalised, temperature-scaled logits */
+    float *work;           /* [n_vocab] biased, penalised, temperature-scaled logits */
+    int32_t *bias_id;      /* logit bias: n_bias (id, bias) pairs */
+    float *bias;
+    size_t n_bias;
     cand *cand;            /* candidates kept by top-k / top-p */
     size_t cand_cap;
 };
@@ -111,7 +114,38 @@ void sampler_free(sampler *s) {
     free(s->seen);
     free(s->work);
     free(s->cand);
+    free(s->bias_id);
+    free(s->bias);
     free(s);
+}
+
+int sample_logit_bias_validate(const int32_t *ids, const float *bias, size_t n, int32_t n_vocab, ms_err *err) {
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= n_vocab)
+            return ms_err_set(err, "logit_bias: token %d is out of range [0, %d)", (int)ids[i], (int)n_vocab);
+        if (!(bias[i] >= -SAMPLE_MAX_LOGIT_BIAS && bias[i] <= SAMPLE_MAX_LOGIT_BIAS))
+            return ms_err_set(err, "logit_bias: the bias of token %d must be in [-100, 100], got %g", (int)ids[i],
+                              bias[i]);
+    }
+    return 0;
+}
+
+int sampler_set_logit_bias(sampler *s, const int32_t *ids, const float *bias, size_t n, ms_err *err) {
+    if (sample_logit_bias_validate(ids, bias, n, s->n_vocab, err)) return -1;
+    int32_t *i2 = n ? malloc(n * sizeof *i2) : NULL;
+    float *b2 = n ? malloc(n * sizeof *b2) : NULL;
+    if (n && (!i2 || !b2)) {
+        free(i2);
+        free(b2);
+        return ms_err_set(err, "sampler: out of memory");
+    }
+    if (n) memcpy(i2, ids, n * sizeof *i2), memcpy(b2, bias, n * sizeof *b2);
+    free(s->bias_id);
+    free(s->bias);
+    s->bias_id = i2;
+    s->bias = b2;
+    s->n_bias = n;
+    return 0;
 }
 
 static void mark_seen(sampler *s, int32_t id, uint8_t flag) {
@@ -293,6 +327,7 @@ static int prepare(sampler *s, const float *logits, cand_set *set, ms_err *err) 
     int32_t n = s->n_vocab;
     float *w = s->work;
     for (int32_t i = 0; i < n; i++) w[i] = isnan(logits[i]) ? -INFINITY : logits[i];
+    for (size_t k = 0; k < s->n_bias; k++) w[s->bias_id[k]] += s->bias[k];
     if (s->penalties) apply_penalties(s, w);
     *set = (cand_set){.all = true, .n = (size_t)n};
     if (p->temperature < SAMPLE_GREEDY_EPS) {

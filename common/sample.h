@@ -1,6 +1,8 @@
 /* common/sample.h — next-token sampling from logits (one sampler per request).
  *
  * Pipeline, in vLLM's order, over the logits of one position:
+ *   0. logit bias (OpenAI's logit_bias, sampler_set_logit_bias): logit += bias
+ *      for each listed token;
  *   1. penalties (skipped when all are neutral):
  *        repetition (HF/CTRL): for every distinct token seen in prompt or output,
  *          logit > 0 ? logit / r : logit * r            (r = 1 disables)
@@ -59,6 +61,15 @@ typedef struct sampler sampler;
 /* A sampler over a vocabulary of n_vocab logits. Validates p. NULL on error. */
 sampler *sampler_create(const sample_params *p, int32_t n_vocab, ms_err *err);
 void sampler_free(sampler *s);
+
+/* Logit biases added before anything else (step 0): n pairs (ids[i],
+ * bias[i]), copied; replaces any earlier set. Each id in [0, n_vocab), each
+ * bias finite and in [-SAMPLE_MAX_LOGIT_BIAS, SAMPLE_MAX_LOGIT_BIAS]; a
+ * repeated id adds up. 0, or -1 with err naming the bad entry. */
+#define SAMPLE_MAX_LOGIT_BIAS 100.0f
+int sampler_set_logit_bias(sampler *s, const int32_t *ids, const float *bias, size_t n, ms_err *err);
+/* The check sampler_set_logit_bias makes, for callers that validate early. */
+int sample_logit_bias_validate(const int32_t *ids, const float *bias, size_t n, int32_t n_vocab, ms_err *err);
 
 /* Records prompt tokens (they count for the repetition penalty only). Ids
  * outside [0, n_vocab) are ignored. */

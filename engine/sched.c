@@ -301,6 +301,9 @@ static int validate(const sched *s, const sched_request *r, ms_err *err) {
     if (r->top_logprobs > SCHED_MAX_TOP_LOGPROBS)
         return ms_err_set(err, "top_logprobs must be at most %d", SCHED_MAX_TOP_LOGPROBS);
     if (r->n_stop < 0 || r->n_stop > SCHED_MAX_STOP) return ms_err_set(err, "at most %d stop strings", SCHED_MAX_STOP);
+    if (r->n_bias < 0 || (r->n_bias > 0 && (!r->bias_ids || !r->bias_values)))
+        return ms_err_set(err, "logit_bias: bad list");
+    if (sample_logit_bias_validate(r->bias_ids, r->bias_values, (size_t)r->n_bias, V, err)) return -1;
     return sample_params_validate(&r->sampling, err);
 }
 
@@ -310,6 +313,10 @@ static seq *seq_create(sched *s, const sched_request *r, ms_err *err) {
     q->cap_tokens = r->n_prompt + 16;
     q->tokens = malloc((size_t)q->cap_tokens * sizeof *q->tokens);
     q->smp = sampler_create(&r->sampling, s->m->cfg.vocab_size, err);
+    if (q->smp && sampler_set_logit_bias(q->smp, r->bias_ids, r->bias_values, (size_t)r->n_bias, err) != 0) {
+        seq_free(q);
+        return NULL;
+    }
     if (!q->tokens || !q->smp || sched_text_init(&q->text, s->tok, r->skip_special, r->stop, r->n_stop, err) != 0) {
         if (!q->tokens) ms_err_set(err, "out of memory");
         seq_free(q);

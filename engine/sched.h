@@ -90,6 +90,12 @@ typedef struct sched_request {
     int n_prompt;
     int max_tokens;          /* completion tokens at most; 0: compute the prompt only, then FINISH_LENGTH */
     sample_params sampling;
+    /* OpenAI logit_bias: n_bias (bias_ids[i], bias_values[i]) pairs added to
+     * the logits the sampler draws from (common/sample.h step 0; copied by
+     * sched_submit). Logprobs stay those of the model's logits. */
+    const int32_t *bias_ids;
+    const float *bias_values;
+    int n_bias;
     int ignore_eos;
     const char *stop[SCHED_MAX_STOP]; /* stop strings (copied), NULL-terminated or n_stop */
     int n_stop;

@@ -121,15 +121,35 @@ static json_t *request_json(uint64_t id, int rank, const sched_request *r) {
     json_t *prompt = json_array(), *stop = json_array();
     for (int i = 0; prompt && i < r->n_prompt; i++) json_array_append_new(prompt, json_integer(r->prompt[i]));
     for (int i = 0; stop && i < r->n_stop && r->stop[i]; i++) json_array_append_new(stop, hex_of(r->stop[i], strlen(r->stop[i])));
+    json_t *bias = json_array();
+    for (int i = 0; bias && i < r->n_bias; i++)
+        json_array_append_new(bias, json_pack("[i, o]", r->bias_ids[i], float_bits(r->bias_values[i])));
     const sample_params *p = &r->sampling;
-    return json_pack("{s:s, s:I, s:i, s:o, s:i, s:i, s:o, s:i, s:i, s:i, s:{s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:I}}",
+    return json_pack("{s:s, s:I, s:i, s:o, s:i, s:i, s:o, s:o, s:i, s:i, s:i, s:{s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:I}}",
                      "t", "submit", "id", (json_int_t)id, "rank", rank, "prompt", prompt, "max_tokens", r->max_tokens,
-                     "ignore_eos", r->ignore_eos, "stop", stop, "top_logprobs", r->top_logprobs, "prompt_logprobs",
+                     "ignore_eos", r->ignore_eos, "stop", stop, "logit_bias", bias, "top_logprobs", r->top_logprobs, "prompt_logprobs",
                      r->prompt_logprobs, "skip_special", r->skip_special, "sampling", "temperature",
                      float_bits(p->temperature), "top_k", p->top_k, "top_p", float_bits(p->top_p), "min_p",
                      float_bits(p->min_p), "repetition_penalty", float_bits(p->repetition_penalty), "presence_penalty",
                      float_bits(p->presence_penalty), "frequency_penalty", float_bits(p->frequency_penalty), "seed",
                      (json_int_t)p->seed);
+}
+
+/* The submit's logit_bias pairs into r (malloc'd: request_free). */
+static int bias_parse(const json_t *a, sched_request *r) {
+    size_t n = json_array_size(a);
+    if (!n) return 0;
+    int32_t *ids = malloc(n * sizeof *ids);
+    float *v = malloc(n * sizeof *v);
+    r->bias_ids = ids, r->bias_values = v;
+    if (!ids || !v) return -1;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *e = json_array_get(a, i);
+        ids[i] = (int32_t)json_integer_value(json_array_get(e, 0));
+        v[i] = bits_float(json_array_get(e, 1));
+    }
+    r->n_bias = (int)n;
+    return 0;
 }
 
 /* Fills r from a "submit" message (prompt and stop strings malloc'd: request_free). */
@@ -151,6 +171,7 @@ static int request_parse(const json_t *m, sched_request *r) {
     r->top_logprobs = (int)get_int(m, "top_logprobs");
     r->prompt_logprobs = (int)get_int(m, "prompt_logprobs");
     r->skip_special = (int)get_int(m, "skip_special");
+    if (bias_parse(json_object_get(m, "logit_bias"), r) != 0) return -1;
     for (size_t i = 0; i < json_array_size(stop) && i < SCHED_MAX_STOP; i++) {
         size_t len;
         r->stop[i] = bytes_of(json_array_get(stop, i), &len);
@@ -171,6 +192,8 @@ static int request_parse(const json_t *m, sched_request *r) {
 
 static void request_free(sched_request *r) {
     free((void *)r->prompt);
+    free((void *)r->bias_ids);
+    free((void *)r->bias_values);
     for (int i = 0; i < r->n_stop; i++) free((void *)r->stop[i]);
 }
 

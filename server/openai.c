@@ -53,6 +53,8 @@ void oai_request_free(oai_request *r) {
     for (int i = 0; i < r->n_prompts; i++) free(r->prompts[i].ids), free(r->prompts[i].text);
     free(r->prompts);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->bias_ids);
+    free(r->bias_values);
     oai_features_free(&r->feat);
     memset(r, 0, sizeof *r);
 }
@@ -141,6 +143,45 @@ static int add_stop(oai_request *r, const json_t *s, oai_error *err) {
     return 0;
 }
 
+/* A canonical decimal token id ("0", "42"; not "042", "+4", "4.0"), else -1. */
+static long token_key(const char *k) {
+    if (!*k || strlen(k) > 9 || (k[0] == '0' && k[1])) return -1;
+    long v = 0;
+    for (const char *c = k; *c; c++) {
+        if (*c < '0' || *c > '9') return -1;
+        v = v * 10 + (*c - '0');
+    }
+    return v;
+}
+
+/* logit_bias: {"<token id>": bias in [-100, 100], ...} (OpenAI's form). */
+static int parse_logit_bias(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    json_t *lb = oai_field(b, "logit_bias");
+    if (!lb) return 0;
+    if (!json_is_object(lb))
+        return oai_error_set(err, 400, BAD, "logit_bias", NULL, "'logit_bias' must be an object mapping token ids to biases");
+    size_t n = json_object_size(lb);
+    if (!n) return 0;
+    r->bias_ids = malloc(n * sizeof *r->bias_ids);
+    r->bias_values = malloc(n * sizeof *r->bias_values);
+    if (!r->bias_ids || !r->bias_values) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+    const char *key;
+    json_t *v;
+    json_object_foreach(lb, key, v) {
+        long id = token_key(key);
+        if (id < 0 || id >= ctx->vocab_size)
+            return oai_error_set(err, 400, BAD, "logit_bias", NULL,
+                                 "'logit_bias' key '%.40s' is not a token id in [0, %d)", key, ctx->vocab_size);
+        double d = json_number_value(v);
+        if (!json_is_number(v) || !(d >= -SAMPLE_MAX_LOGIT_BIAS && d <= SAMPLE_MAX_LOGIT_BIAS))
+            return oai_error_set(err, 400, BAD, "logit_bias", NULL,
+                                 "'logit_bias' value for token %ld must be a number in [-100, 100]", id);
+        r->bias_ids[r->n_bias] = (int32_t)id;
+        r->bias_values[r->n_bias++] = (float)d;
+    }
+    return 0;
+}
+
 static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
     json_t *m = json_object_get(b, "model");
     if (!json_is_string(m)) return oai_error_set(err, 400, BAD, "model", NULL, "'model' is required and must be a string");
@@ -149,7 +190,7 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
         return oai_error_set(err, 404, BAD, "model", "model_not_found", "The model `%.200s` does not exist.",
                              r->model);
     r->sampling = sample_params_default();
-    if (parse_sampling(b, r, err)) return -1;
+    if (parse_sampling(b, r, err) || parse_logit_bias(b, ctx, r, err)) return -1;
     long long i;
     int rc;
     r->n = 1;
@@ -184,7 +225,7 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
     r->max_tokens_given = rc;
     r->max_tokens = rc ? (int)mt : 0;
     /* Parameters that change the output's meaning and are not implemented: refuse, don't ignore. */
-    static const char *unsupported[] = {"functions", "logit_bias", "suffix", "best_of"};
+    static const char *unsupported[] = {"functions", "suffix", "best_of"};
     for (size_t k = 0; k < sizeof unsupported / sizeof *unsupported; k++) {
         json_t *v = oai_field(b, unsupported[k]);
         if (!v) continue;
@@ -447,6 +488,9 @@ int oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sche
     out->max_tokens = r->max_tokens;
     out->sampling = r->sampling;
     out->sampling.seed = (r->seed_given ? r->sampling.seed : base_seed) + (uint64_t)choice;
+    out->bias_ids = r->bias_ids;
+    out->bias_values = r->bias_values;
+    out->n_bias = r->n_bias;
     out->ignore_eos = r->ignore_eos;
     for (int i = 0; i < r->n_stop; i++) out->stop[i] = r->stop[i];
     out->n_stop = r->n_stop;

@@ -68,6 +68,9 @@ typedef struct oai_request {
     int max_tokens_given;
     sample_params sampling;    /* seed: the request's, else chosen by the caller (seed_given 0) */
     int seed_given;
+    int32_t *bias_ids;         /* logit_bias: n_bias (token id, bias) pairs, malloc'd */
+    float *bias_values;
+    int n_bias;
     char *stop[SCHED_MAX_STOP];
     int n_stop;
     int stream, include_usage;

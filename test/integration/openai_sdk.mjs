@@ -266,6 +266,39 @@ await check('chat logprobs + top_logprobs: shape and values', async () => {
   assert.deepEqual(streamed.map((e) => [e.token, e.logprob]), content.map((e) => [e.token, e.logprob]));
 });
 
+// logit_bias: +100 forces a token (greedy and sampled, streamed or not), -100
+// bans the greedy choice; the ids come from the server's own /tokenize.
+async function tokenIds(text) {
+  const r = await fetch(baseURL.replace(/\/v1$/, '') + '/tokenize', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${apiKey}` },
+    body: JSON.stringify({ model, prompt: text, add_special_tokens: false }),
+  });
+  assert.equal(r.status, 200);
+  return (await r.json()).tokens;
+}
+
+await check('logit_bias forces and bans tokens', async () => {
+  const [world] = await tokenIds(' world');
+  const creq = { model, prompt: 'Hello', max_tokens: 3, temperature: 0 };
+  const forced = await client.completions.create({ ...creq, logit_bias: { [world]: 100 } });
+  assert.equal(forced.choices[0].text, ' world world world');
+  const sampled = await client.completions.create({ ...creq, temperature: 1, seed: 9, logit_bias: { [world]: 100 } });
+  assert.equal(sampled.choices[0].text, ' world world world');
+  let streamed = '';
+  const s = await client.chat.completions.create({ model, messages, max_tokens: 2, temperature: 0, stream: true,
+                                                   logit_bias: { [world]: 100 } });
+  for await (const c of s) streamed += c.choices[0]?.delta?.content ?? '';
+  assert.equal(streamed, ' world world');
+  const plain = await client.completions.create({ ...creq, max_tokens: 1 });
+  const first = await tokenIds(plain.choices[0].text);
+  assert.equal(first.length, 1, `greedy token ${JSON.stringify(plain.choices[0].text)} re-tokenizes to ${first}`);
+  const banned = await client.completions.create({ ...creq, max_tokens: 1, logit_bias: { [first[0]]: -100 } });
+  assert.notEqual(banned.choices[0].text, plain.choices[0].text);
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.completions.create({ ...creq, logit_bias: { 999999999: 1 } }), 'logit_bias');
+});
+
 await check('stop', async () => {
   const chars = Array.from(greedy);
   const k = Math.floor(chars.length / 2);

@@ -70,6 +70,30 @@ Test(openai, chat_minimal) {
     oai_request_free(&r);
 }
 
+/* logit_bias: token-id keys to biases, handed to every choice's sched_request */
+Test(openai, logit_bias_parsed) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"n\":2,\"logit_bias\":{\"0\":-100,\"129279\":100,\"42\":2.5}"), &r, &e), 0,
+                 "%s", e.message);
+    cr_assert_eq(r.n_bias, 3);
+    int32_t want_ids[] = {0, 129279, 42};
+    float want_v[] = {-100.0f, 100.0f, 2.5f};
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(r.bias_ids[i], want_ids[i]);
+        cr_expect_eq(r.bias_values[i], want_v[i]);
+    }
+    sched_request sr;
+    cr_assert_eq(oai_sched_request(&r, 1, 0, &sr, NULL), 0);
+    cr_expect_eq(sr.n_bias, 3);
+    cr_expect_eq(sr.bias_ids, r.bias_ids);
+    cr_expect_eq(sr.bias_values, r.bias_values);
+    oai_request_free(&r);
+    cr_assert_eq(parse(OAI_CHAT, CHAT(",\"logit_bias\":{}"), &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.n_bias, 0);
+    oai_request_free(&r);
+}
+
 Test(openai, chat_all_parameters) {
     oai_request r;
     oai_error e;
@@ -193,7 +217,13 @@ Test(openai, parameter_errors) {
     expect_error(OAI_CHAT, CHAT(",\"max_tokens\":\"5\""), 400, "max_tokens");
     expect_error(OAI_CHAT, CHAT(",\"max_completion_tokens\":-1"), 400, "max_completion_tokens");
     expect_error(OAI_CHAT, CHAT(",\"tools\":[{\"type\":\"function\"}]"), 400, "tools");
-    expect_error(OAI_CHAT, CHAT(",\"logit_bias\":{\"5\":1}"), 400, "logit_bias");
+    expect_error(OAI_CHAT, CHAT(",\"logit_bias\":[5]"), 400, "logit_bias");
+    expect_error(OAI_CHAT, CHAT(",\"logit_bias\":{\"x\":1}"), 400, "logit_bias");
+    expect_error(OAI_CHAT, CHAT(",\"logit_bias\":{\"05\":1}"), 400, "logit_bias");
+    expect_error(OAI_CHAT, CHAT(",\"logit_bias\":{\"-1\":1}"), 400, "logit_bias");
+    expect_error(OAI_CHAT, CHAT(",\"logit_bias\":{\"129280\":1}"), 400, "logit_bias");
+    expect_error(OAI_CHAT, CHAT(",\"logit_bias\":{\"5\":100.5}"), 400, "logit_bias");
+    expect_error(OAI_COMPLETION, CMPL(",\"logit_bias\":{\"5\":\"1\"}"), 400, "logit_bias");
     expect_error(OAI_COMPLETION, "{\"model\":\"tiny\"}", 400, "prompt");
     expect_error(OAI_COMPLETION, "{\"model\":\"tiny\",\"prompt\":5}", 400, "prompt");
     expect_error(OAI_COMPLETION, "{\"model\":\"tiny\",\"prompt\":[]}", 400, "prompt");

@@ -118,6 +118,78 @@ Test(sample, greedy_sees_penalties) {
     sampler_free(s);
 }
 
+/* Bias first, then penalties (vLLM's order), then temperature:
+ * logits {1, 2, 0.5, -1}, bias {id 0: +3, id 2: -1, id 0 again: +1}, r = 2 on
+ * prompt {0, 2}, T = 2:  id 0: (1+4)/2 = 2.5;  id 1: 2;  id 2: (0.5-1)*2 = -1;
+ * id 3: -1;  then / 2. */
+Test(sample, logit_bias_hand_computed) {
+    sample_params p = sample_params_default();
+    p.repetition_penalty = 2.0f;
+    p.temperature = 2.0f;
+    sampler *s = make(p, 4);
+    int32_t prompt[] = {0, 2}, ids[] = {0, 2, 0};
+    float bias[] = {3.0f, -1.0f, 1.0f};
+    sampler_add_prompt(s, prompt, 2);
+    ms_err err = {{0}};
+    cr_assert_eq(sampler_set_logit_bias(s, ids, bias, 3, &err), 0, "%s", err.msg);
+    float logits[4] = {1, 2, 0.5f, -1};
+    double x[4] = {1.25, 1, -0.5, -0.5}, want[4];
+    softmax(x, 4, want);
+    expect_probs(s, logits, want, 4);
+    /* replacing the set: an empty one restores the plain distribution */
+    cr_assert_eq(sampler_set_logit_bias(s, NULL, NULL, 0, &err), 0);
+    double y[4] = {0.25, 1, 0.125, -0.5}; /* penalties and temperature only */
+    softmax(y, 4, want);
+    expect_probs(s, logits, want, 4);
+    sampler_free(s);
+}
+
+/* +100 forces a token under greedy and sampling alike; -100 bans the argmax. */
+Test(sample, logit_bias_forces_and_bans) {
+    sample_params p = sample_params_default();
+    p.temperature = 0.0f;
+    sampler *g = make(p, 5);
+    float logits[5] = {0.5f, 4.0f, 1.0f, 3.5f, -2.0f};
+    int32_t ban = 1, force = 4;
+    float minus = -100.0f, plus = 100.0f;
+    cr_assert_eq(sampler_set_logit_bias(g, &ban, &minus, 1, NULL), 0);
+    cr_expect_eq(sampler_sample(g, logits, NULL), 3);
+    cr_assert_eq(sampler_set_logit_bias(g, &force, &plus, 1, NULL), 0);
+    cr_expect_eq(sampler_sample(g, logits, NULL), 4);
+    sampler_free(g);
+    p.temperature = 1.0f;
+    p.seed = 11;
+    sampler *s = make(p, 5);
+    cr_assert_eq(sampler_set_logit_bias(s, &force, &plus, 1, NULL), 0);
+    for (int i = 0; i < 100; i++) cr_expect_eq(sampler_sample(s, logits, NULL), 4);
+    sampler_free(s);
+}
+
+Test(sample, logit_bias_rejects_bad_entries) {
+    sampler *s = make(sample_params_default(), 10);
+    int32_t ids[] = {3, 10};
+    float ok[] = {1.0f, 1.0f}, big[] = {100.5f, 0.0f}, nan[] = {NAN, 0.0f};
+    ms_err err = {{0}};
+    cr_expect_eq(sampler_set_logit_bias(s, ids, ok, 2, &err), -1);
+    cr_expect(strstr(err.msg, "token 10 is out of range"), "%s", err.msg);
+    cr_expect_eq(sampler_set_logit_bias(s, ids, big, 1, &err), -1);
+    cr_expect(strstr(err.msg, "[-100, 100]"), "%s", err.msg);
+    cr_expect_eq(sampler_set_logit_bias(s, ids, nan, 1, &err), -1);
+    int32_t neg = -1;
+    cr_expect_eq(sampler_set_logit_bias(s, &neg, ok, 1, &err), -1);
+    /* a refused set leaves the sampler as it was: no bias */
+    float logits[10] = {0};
+    logits[7] = 1.0f;
+    cr_expect_eq(sample_logit_bias_validate(ids, ok, 1, 10, NULL), 0);
+    sample_params gp = sample_params_default();
+    gp.temperature = 0.0f;
+    sampler *g = make(gp, 10);
+    cr_expect_eq(sampler_set_logit_bias(g, ids, ok, 2, NULL), -1);
+    cr_expect_eq(sampler_sample(g, logits, NULL), 7);
+    sampler_free(g);
+    sampler_free(s);
+}
+
 Test(sample, repetition_penalty_prompt_only) {
     sample_params p = sample_params_default();
     p.repetition_penalty = 1.5f;
