@@ -225,7 +225,7 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
     r->max_tokens_given = rc;
     r->max_tokens = rc ? (int)mt : 0;
     /* Parameters that change the output's meaning and are not implemented: refuse, don't ignore. */
-    static const char *unsupported[] = {"functions", "suffix", "best_of"};
+    static const char *unsupported[] = {"functions", "best_of"};
     for (size_t k = 0; k < sizeof unsupported / sizeof *unsupported; k++) {
         json_t *v = oai_field(b, unsupported[k]);
         if (!v) continue;
@@ -302,6 +302,8 @@ static int check_content(const json_t *msgs, oai_error *err) {
 }
 
 static int parse_messages(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    if (oai_field(b, "suffix"))
+        return oai_error_set(err, 400, BAD, "suffix", NULL, "'suffix' (fill-in-the-middle) is a /v1/completions parameter");
     json_t *msgs = json_object_get(b, "messages");
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
         return oai_error_set(err, 400, BAD, "messages", NULL, "'messages' is required and must be a non-empty array");
@@ -353,8 +355,69 @@ static int token_prompt(const json_t *a, const oai_ctx *ctx, oai_prompt *p, oai_
     return 0;
 }
 
-/* prompt: string | [string, ...] | [int, ...] | [[int, ...], ...] */
+/* Fill-in-the-middle (completions `suffix`), DeepSeek's PSM layout (V3
+ * report §4.1; DeepSeek-Coder): [BOS] <｜fim▁begin｜> prompt <｜fim▁hole｜>
+ * suffix <｜fim▁end｜>; the model then writes the middle. */
+struct fim;
+static int parse_prompts(const json_t *b, const oai_ctx *ctx, oai_request *r, const struct fim *f, oai_error *err);
+
+typedef struct fim {
+    int32_t begin, hole, end;
+    int32_t *suffix;           /* the suffix's ids (no BOS), malloc'd */
+    size_t n_suffix;
+} fim;
+
+static int fim_init(const json_t *b, const oai_ctx *ctx, const oai_request *r, fim *f, oai_error *err) {
+    json_t *suffix = oai_field(b, "suffix");
+    if (!suffix) return 0;
+    if (!json_is_string(suffix)) return oai_error_set(err, 400, BAD, "suffix", NULL, "'suffix' must be a string");
+    if (r->echo) return oai_error_set(err, 400, BAD, "suffix", NULL, "'echo' cannot be combined with 'suffix'");
+    f->begin = tokenizer_token_id(ctx->tok, "<｜fim▁begin｜>");
+    f->hole = tokenizer_token_id(ctx->tok, "<｜fim▁hole｜>");
+    f->end = tokenizer_token_id(ctx->tok, "<｜fim▁end｜>");
+    if (f->begin < 0 || f->hole < 0 || f->end < 0)
+        return oai_error_set(err, 400, BAD, "suffix", NULL,
+                             "'suffix' (fill-in-the-middle) needs the tokens <｜fim▁begin｜>, <｜fim▁hole｜> and "
+                             "<｜fim▁end｜>, which this model's tokenizer lacks");
+    ms_err e = {{0}};
+    if (tokenizer_encode(ctx->tok, json_string_value(suffix), json_string_length(suffix), &f->suffix, &f->n_suffix,
+                         &e) != 0)
+        return oai_error_set(err, 400, BAD, "suffix", NULL, "'suffix': %s", e.msg);
+    return 1;
+}
+
+/* p's ids (after a leading BOS when lead is 1) become the FIM prefix. */
+static int fim_wrap(const fim *f, int lead, oai_prompt *p, oai_error *err) {
+    size_t n = (size_t)p->n_ids + f->n_suffix + 3;
+    int32_t *ids = malloc(n * sizeof *ids);
+    if (!ids) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+    size_t k = 0;
+    if (lead) ids[k++] = p->ids[0];
+    ids[k++] = f->begin;
+    memcpy(ids + k, p->ids + lead, (size_t)(p->n_ids - lead) * sizeof *ids);
+    k += (size_t)(p->n_ids - lead);
+    ids[k++] = f->hole;
+    if (f->n_suffix) memcpy(ids + k, f->suffix, f->n_suffix * sizeof *ids);
+    k += f->n_suffix;
+    ids[k++] = f->end;
+    free(p->ids);
+    p->ids = ids;
+    p->n_ids = (int)k;
+    return 0;
+}
+
+/* prompt: string | [string, ...] | [int, ...] | [[int, ...], ...], each
+ * wrapped for fill-in-the-middle when `suffix` is given */
 static int parse_prompt(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    fim f = {0};
+    int has_fim = fim_init(b, ctx, r, &f, err);
+    if (has_fim < 0) return -1;
+    int rc = parse_prompts(b, ctx, r, has_fim ? &f : NULL, err);
+    free(f.suffix);
+    return rc;
+}
+
+static int parse_prompts(const json_t *b, const oai_ctx *ctx, oai_request *r, const fim *f, oai_error *err) {
     json_t *p = json_object_get(b, "prompt");
     const char *shape = "'prompt' must be a string, an array of strings, an array of token ids or an array of those";
     if (!json_is_string(p) && !json_is_array(p)) return oai_error_set(err, 400, BAD, "prompt", NULL, "%s", shape);
@@ -376,6 +439,10 @@ static int parse_prompt(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
         else
             rc = oai_error_set(err, 400, BAD, "prompt", NULL, "%s", shape);
         if (rc) return -1;
+        /* a string prompt starts with the BOS encode_text added, if any */
+        int lead = json_is_string(item) && r->prompts[i].n_ids > 0 && tokenizer_add_bos(ctx->tok) &&
+                   r->prompts[i].ids[0] == tokenizer_bos_id(ctx->tok);
+        if (f && fim_wrap(f, lead, &r->prompts[i], err)) return -1;
         if (r->prompts[i].n_ids == 0) return oai_error_set(err, 400, BAD, "prompt", NULL, "'prompt' encodes to no tokens");
     }
     return 0;

@@ -299,6 +299,25 @@ await check('logit_bias forces and bans tokens', async () => {
     client.completions.create({ ...creq, logit_bias: { 999999999: 1 } }), 'logit_bias');
 });
 
+// suffix: fill-in-the-middle; the oracle is the same request with the FIM
+// layout spelled out as token ids (DeepSeek's PSM: BOS, fim_begin, prefix,
+// fim_hole, suffix, fim_end), which must give the same greedy text.
+await check('suffix: fill-in-the-middle', async () => {
+  const prefix = 'def add(a, b):\n    return', suffix = '\n\nprint(add(1, 2))\n';
+  const r = await client.completions.create({ model, prompt: prefix, suffix, max_tokens: 8, temperature: 0, ignore_eos: true });
+  const [bos] = await tokenIds('<｜begin▁of▁sentence｜>');
+  const [begin] = await tokenIds('<｜fim▁begin｜>');
+  const [hole] = await tokenIds('<｜fim▁hole｜>');
+  const [end] = await tokenIds('<｜fim▁end｜>');
+  const ids = [bos, begin, ...(await tokenIds(prefix)), hole, ...(await tokenIds(suffix)), end];
+  assert.equal(r.usage.prompt_tokens, ids.length);
+  const o = await client.completions.create({ model, prompt: ids, max_tokens: 8, temperature: 0, ignore_eos: true });
+  assert.equal(r.choices[0].text, o.choices[0].text);
+  assert.ok(r.choices[0].text.length > 0);
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.completions.create({ model, prompt: prefix, suffix, echo: true, max_tokens: 2 }), 'suffix');
+});
+
 await check('stop', async () => {
   const chars = Array.from(greedy);
   const k = Math.floor(chars.length / 2);

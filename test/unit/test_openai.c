@@ -94,6 +94,47 @@ Test(openai, logit_bias_parsed) {
     oai_request_free(&r);
 }
 
+static void expect_fim(const oai_prompt *p, int bos, const int32_t *pre, size_t n_pre, const char *suffix) {
+    int32_t *suf;
+    size_t n_suf;
+    cr_assert_eq(tokenizer_encode(tok, suffix, strlen(suffix), &suf, &n_suf, NULL), 0);
+    int32_t want[64];
+    size_t k = 0;
+    if (bos) want[k++] = tokenizer_bos_id(tok);
+    want[k++] = tokenizer_token_id(tok, "<｜fim▁begin｜>");
+    for (size_t i = 0; i < n_pre; i++) want[k++] = pre[i];
+    want[k++] = tokenizer_token_id(tok, "<｜fim▁hole｜>");
+    for (size_t i = 0; i < n_suf; i++) want[k++] = suf[i];
+    want[k++] = tokenizer_token_id(tok, "<｜fim▁end｜>");
+    free(suf);
+    cr_assert_eq(p->n_ids, (int)k);
+    cr_expect_arr_eq(p->ids, want, k * sizeof *want);
+}
+
+/* suffix: DeepSeek's PSM fill-in-the-middle layout around each prompt */
+Test(openai, suffix_builds_fim_prompt) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_COMPLETION, "{\"model\":\"tiny\",\"prompt\":[\"def f(\",[5,6]],\"suffix\":\"):\\n  pass\"}",
+                       &r, &e), 0, "%s", e.message);
+    cr_assert_eq(r.n_prompts, 2);
+    int32_t *pre;
+    size_t n_pre;
+    cr_assert_eq(tokenizer_encode(tok, "def f(", 6, &pre, &n_pre, NULL), 0);
+    expect_fim(&r.prompts[0], 1, pre, n_pre, "):\n  pass");
+    free(pre);
+    int32_t toks[] = {5, 6};
+    expect_fim(&r.prompts[1], 0, toks, 2, "):\n  pass"); /* token prompts get no BOS */
+    cr_expect_eq(r.max_tokens, 64 - r.prompts[0].n_ids, "the context left after the longest wrapped prompt");
+    oai_request_free(&r);
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"suffix\":\"\""), &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.prompts[0].ids[r.prompts[0].n_ids - 1], tokenizer_token_id(tok, "<｜fim▁end｜>"));
+    oai_request_free(&r);
+    expect_error(OAI_COMPLETION, CMPL(",\"suffix\":5"), 400, "suffix");
+    expect_error(OAI_COMPLETION, CMPL(",\"suffix\":\"x\",\"echo\":true"), 400, "suffix");
+    expect_error(OAI_CHAT, CHAT(",\"suffix\":\"x\""), 400, "suffix");
+}
+
 Test(openai, chat_all_parameters) {
     oai_request r;
     oai_error e;
@@ -233,7 +274,6 @@ Test(openai, parameter_errors) {
     expect_error(OAI_COMPLETION, CMPL(",\"logprobs\":true"), 400, "logprobs");
     expect_error(OAI_COMPLETION, CMPL(",\"logprobs\":21"), 400, "logprobs");
     expect_error(OAI_COMPLETION, CMPL(",\"echo\":\"no\""), 400, "echo");
-    expect_error(OAI_COMPLETION, CMPL(",\"suffix\":\"x\""), 400, "suffix");
     expect_error(OAI_COMPLETION, CMPL(",\"best_of\":3"), 400, "best_of");
 }
 
