@@ -135,6 +135,9 @@ typedef struct seq {
     int n_prompt, n_generated, n_computed;
     int n_cached;           /* prompt tokens taken from the prefix cache at first admission */
     int max_tokens, ignore_eos, top_logprobs;
+    int min_tokens;         /* sched_request.min_tokens */
+    int32_t *stop_ids;      /* sched_request.stop_ids (copy) */
+    int n_stop_ids;
     int prompt_lp;          /* sched_request.prompt_logprobs */
     int lp_done;            /* prompt tokens whose events went out (prompt_lp) */
     kv_seq kv;
@@ -226,6 +229,7 @@ static void seq_free(seq *q) {
     if (!q) return;
     constraint_free(&q->cons);
     free(q->tokens);
+    free(q->stop_ids);
     sampler_free(q->smp);
     sched_text_free(&q->text);
     free(q);
@@ -304,6 +308,13 @@ static int validate(const sched *s, const sched_request *r, ms_err *err) {
     if (r->n_bias < 0 || (r->n_bias > 0 && (!r->bias_ids || !r->bias_values)))
         return ms_err_set(err, "logit_bias: bad list");
     if (sample_logit_bias_validate(r->bias_ids, r->bias_values, (size_t)r->n_bias, V, err)) return -1;
+    if (r->n_stop_ids < 0 || r->n_stop_ids > SCHED_MAX_STOP_IDS || (r->n_stop_ids > 0 && !r->stop_ids))
+        return ms_err_set(err, "stop_token_ids: at most %d ids", SCHED_MAX_STOP_IDS);
+    for (int i = 0; i < r->n_stop_ids; i++)
+        if (r->stop_ids[i] < 0 || r->stop_ids[i] >= V)
+            return ms_err_set(err, "stop_token_ids: token %d is out of range [0, %d)", r->stop_ids[i], V);
+    if (r->min_tokens < 0 || r->min_tokens > r->max_tokens)
+        return ms_err_set(err, "min_tokens must be in [0, max_tokens = %d], got %d", r->max_tokens, r->min_tokens);
     return sample_params_validate(&r->sampling, err);
 }
 
@@ -317,8 +328,12 @@ static seq *seq_create(sched *s, const sched_request *r, ms_err *err) {
         seq_free(q);
         return NULL;
     }
-    if (!q->tokens || !q->smp || sched_text_init(&q->text, s->tok, r->skip_special, r->stop, r->n_stop, err) != 0) {
-        if (!q->tokens) ms_err_set(err, "out of memory");
+    sched_text_opts to = {.skip_special = r->skip_special, .stop = r->stop, .n_stop = r->n_stop,
+                          .include_stop = r->include_stop, .min_tokens = r->min_tokens};
+    if (r->n_stop_ids && (q->stop_ids = malloc((size_t)r->n_stop_ids * sizeof *q->stop_ids)))
+        memcpy(q->stop_ids, r->stop_ids, (size_t)r->n_stop_ids * sizeof *q->stop_ids), q->n_stop_ids = r->n_stop_ids;
+    if (!q->tokens || !q->smp || (r->n_stop_ids && !q->stop_ids) || sched_text_init(&q->text, s->tok, &to, err) != 0) {
+        if (!q->tokens || (r->n_stop_ids && !q->stop_ids)) ms_err_set(err, "out of memory");
         seq_free(q);
         return NULL;
     }
@@ -326,6 +341,7 @@ static seq *seq_create(sched *s, const sched_request *r, ms_err *err) {
     q->n_tokens = q->n_prompt = r->n_prompt;
     q->max_tokens = r->max_tokens;
     q->ignore_eos = r->ignore_eos;
+    q->min_tokens = r->min_tokens;
     q->top_logprobs = r->top_logprobs;
     q->prompt_lp = r->prompt_logprobs != 0;
     q->cons = r->constraint;
@@ -693,13 +709,39 @@ static int constrain(sched *s, seq *q, float *logits) {
     return q->cons.mask(q->cons.ctx, logits, left < ctx_left ? left : ctx_left) > 0 ? 0 : -1;
 }
 
+static int is_stop_id(const seq *q, int32_t tok) {
+    for (int i = 0; i < q->n_stop_ids; i++)
+        if (q->stop_ids[i] == tok) return 1;
+    return 0;
+}
+
+/* min_tokens: while q may not end yet, its ending tokens (EOS unless
+ * ignore_eos, the stop ids) get -inf; their values go to saved[] (n + 1 of
+ * them) for min_tokens_restore. Returns how many were masked. */
+static int min_tokens_mask(const sched *s, const seq *q, float *logits, float *saved) {
+    if (q->n_generated >= q->min_tokens) return 0;
+    int n = 0;
+    if (!q->ignore_eos) saved[n++] = logits[s->m->cfg.eos_token_id], logits[s->m->cfg.eos_token_id] = -INFINITY;
+    for (int i = 0; i < q->n_stop_ids; i++) saved[n++] = logits[q->stop_ids[i]], logits[q->stop_ids[i]] = -INFINITY;
+    return n;
+}
+
+/* Puts back what min_tokens_mask took, in reverse (an id listed twice gets its first value). */
+static void min_tokens_restore(const sched *s, const seq *q, float *logits, const float *saved, int n) {
+    for (int i = q->n_stop_ids - 1; n > 0 && i >= 0; i--) logits[q->stop_ids[i]] = saved[--n];
+    if (n > 0) logits[s->m->cfg.eos_token_id] = saved[--n];
+}
+
 static int sample_and_emit(sched *s, seq *q, float *logits) {
     ms_err err = {{0}};
     if (constrain(s, q, logits) != 0) {
         seq_finish(s, q, FINISH_ERROR, "the output constraint allows no token");
         return 1;
     }
+    float saved[SCHED_MAX_STOP_IDS + 1];
+    int masked = min_tokens_mask(s, q, logits, saved);
     int32_t tok = sampler_sample(q->smp, logits, &err);
+    min_tokens_restore(s, q, logits, saved, masked);
     if (tok >= 0 && q->cons.ctx && q->cons.accept(q->cons.ctx, tok) != 0) {
         seq_finish(s, q, FINISH_ERROR, "the sampled token breaks the output constraint");
         return 1;
@@ -726,7 +768,7 @@ static int sample_and_emit(sched *s, seq *q, float *logits) {
     ev.completion_tokens = q->n_generated;
     ev.cached_tokens = q->n_cached;
     int complete = q->cons.ctx && q->cons.complete(q->cons.ctx);
-    finish_reason end = is_eos || stopped || complete ? FINISH_STOP
+    finish_reason end = is_eos || stopped || complete || is_stop_id(q, tok) ? FINISH_STOP
                         : (q->n_generated >= q->max_tokens || q->n_tokens >= s->cfg.max_model_len) ? FINISH_LENGTH
                                                                                                      : FINISH_NONE;
     emit(s, q->stream, &ev);

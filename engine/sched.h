@@ -34,6 +34,7 @@
 #include "engine/model.h"
 
 #define SCHED_MAX_STOP 8
+#define SCHED_MAX_STOP_IDS 64
 #define SCHED_MAX_TOP_LOGPROBS 20
 /* Prompt tokens per step whose logprobs (sched_request.prompt_logprobs) one
  * step computes at most, over all sequences: the engine's logits buffer holds
@@ -99,6 +100,16 @@ typedef struct sched_request {
     int ignore_eos;
     const char *stop[SCHED_MAX_STOP]; /* stop strings (copied), NULL-terminated or n_stop */
     int n_stop;
+    int include_stop;        /* vLLM include_stop_str_in_output: a matched stop string stays in the text */
+    /* vLLM stop_token_ids: generating one of these ends the request (FINISH_STOP)
+     * like EOS, its text kept unless it is a special token skipped by
+     * skip_special (copied, at most SCHED_MAX_STOP_IDS). */
+    const int32_t *stop_ids;
+    int n_stop_ids;
+    /* vLLM min_tokens: before this many completion tokens, EOS and stop_ids
+     * cannot be sampled (logprobs still show the model's values) and stop
+     * strings are not looked for. At most max_tokens. */
+    int min_tokens;
     int top_logprobs;        /* -1: no logprobs; 0..20: chosen token's logprob + that many alternatives */
     /* 1: also one event per prompt token (sched_event.prompt), before any
      * generated token, with its logprob given the tokens before it and

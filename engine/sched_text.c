@@ -4,15 +4,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-int sched_text_init(sched_text *t, const tokenizer *tok, int skip_special, const char *const *stop, int n_stop,
-                    ms_err *err) {
+int sched_text_init(sched_text *t, const tokenizer *tok, const sched_text_opts *o, ms_err *err) {
     memset(t, 0, sizeof *t);
-    detok_init(&t->d, tok, skip_special);
-    t->stop = calloc((size_t)(n_stop > 0 ? n_stop : 1), sizeof *t->stop);
+    detok_init(&t->d, tok, o->skip_special);
+    t->include_stop = o->include_stop;
+    t->min_tokens = o->min_tokens;
+    t->stop = calloc((size_t)(o->n_stop > 0 ? o->n_stop : 1), sizeof *t->stop);
     if (!t->stop) return ms_err_set(err, "out of memory");
-    for (int i = 0; i < n_stop; i++) {
-        if (!stop[i] || !*stop[i]) continue; /* an empty stop string matches nothing */
-        if (!(t->stop[t->n_stop++] = strdup(stop[i]))) return ms_err_set(err, "out of memory");
+    for (int i = 0; i < o->n_stop; i++) {
+        if (!o->stop[i] || !*o->stop[i]) continue; /* an empty stop string matches nothing */
+        if (!(t->stop[t->n_stop++] = strdup(o->stop[i]))) return ms_err_set(err, "out of memory");
     }
     return 0;
 }
@@ -53,12 +54,16 @@ static char *pending_take(sched_text *t, size_t n, size_t *len) {
     return out;
 }
 
-/* Earliest match of any stop string in pending, or -1. */
-static long first_stop(const sched_text *t) {
+/* Earliest match of any stop string in pending, or -1; *end: where the text
+ * to emit ends (before the match, or after it with include_stop). */
+static long first_stop(const sched_text *t, size_t *end) {
     long best = -1;
     for (int i = 0; i < t->n_stop; i++) {
         const char *hit = memmem(t->pending, t->pending_len, t->stop[i], strlen(t->stop[i]));
-        if (hit && (best < 0 || hit - t->pending < best)) best = hit - t->pending;
+        if (hit && (best < 0 || hit - t->pending < best)) {
+            best = hit - t->pending;
+            *end = (size_t)best + (t->include_stop ? strlen(t->stop[i]) : 0);
+        }
     }
     return best;
 }
@@ -81,10 +86,11 @@ char *sched_text_push(sched_text *t, int32_t token, size_t *len, int *stopped) {
     size_t n = 0;
     const char *piece = t->stopped ? "" : detok_push(&t->d, token, &n);
     if (!piece || pending_add(t, piece, n) != 0) return NULL;
-    long at = first_stop(t);
-    if (at >= 0) {
+    if (++t->n_pushed < t->min_tokens) return pending_take(t, t->pending_len, len); /* no stop string yet */
+    size_t end = 0;
+    if (first_stop(t, &end) >= 0) {
         *stopped = t->stopped = 1;
-        char *out = pending_take(t, (size_t)at, len);
+        char *out = pending_take(t, end, len);
         t->pending_len = 0; /* the stop string and anything after it are dropped */
         return out;
     }
@@ -95,6 +101,7 @@ char *sched_text_flush(sched_text *t, size_t *len) {
     size_t n = 0;
     const char *rest = t->stopped ? "" : detok_flush(&t->d, &n);
     if (!rest || pending_add(t, rest, n) != 0) return NULL;
-    long at = first_stop(t); /* the last bytes may complete a stop string */
-    return pending_take(t, at >= 0 ? (size_t)at : t->pending_len, len);
+    if (t->n_pushed < t->min_tokens) return pending_take(t, t->pending_len, len);
+    size_t end = 0; /* the last bytes may complete a stop string */
+    return pending_take(t, first_stop(t, &end) >= 0 ? end : t->pending_len, len);
 }

@@ -121,13 +121,15 @@ static json_t *request_json(uint64_t id, int rank, const sched_request *r) {
     json_t *prompt = json_array(), *stop = json_array();
     for (int i = 0; prompt && i < r->n_prompt; i++) json_array_append_new(prompt, json_integer(r->prompt[i]));
     for (int i = 0; stop && i < r->n_stop && r->stop[i]; i++) json_array_append_new(stop, hex_of(r->stop[i], strlen(r->stop[i])));
-    json_t *bias = json_array();
+    json_t *bias = json_array(), *stop_ids = json_array();
+    for (int i = 0; stop_ids && i < r->n_stop_ids; i++) json_array_append_new(stop_ids, json_integer(r->stop_ids[i]));
     for (int i = 0; bias && i < r->n_bias; i++)
         json_array_append_new(bias, json_pack("[i, o]", r->bias_ids[i], float_bits(r->bias_values[i])));
     const sample_params *p = &r->sampling;
-    return json_pack("{s:s, s:I, s:i, s:o, s:i, s:i, s:o, s:o, s:i, s:i, s:i, s:{s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:I}}",
+    return json_pack("{s:s, s:I, s:i, s:o, s:i, s:i, s:o, s:o, s:o, s:i, s:i, s:i, s:i, s:i, s:{s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:I}}",
                      "t", "submit", "id", (json_int_t)id, "rank", rank, "prompt", prompt, "max_tokens", r->max_tokens,
-                     "ignore_eos", r->ignore_eos, "stop", stop, "logit_bias", bias, "top_logprobs", r->top_logprobs, "prompt_logprobs",
+                     "ignore_eos", r->ignore_eos, "stop", stop, "logit_bias", bias, "stop_ids", stop_ids,
+                     "include_stop", r->include_stop, "min_tokens", r->min_tokens, "top_logprobs", r->top_logprobs, "prompt_logprobs",
                      r->prompt_logprobs, "skip_special", r->skip_special, "sampling", "temperature",
                      float_bits(p->temperature), "top_k", p->top_k, "top_p", float_bits(p->top_p), "min_p",
                      float_bits(p->min_p), "repetition_penalty", float_bits(p->repetition_penalty), "presence_penalty",
@@ -172,6 +174,15 @@ static int request_parse(const json_t *m, sched_request *r) {
     r->prompt_logprobs = (int)get_int(m, "prompt_logprobs");
     r->skip_special = (int)get_int(m, "skip_special");
     if (bias_parse(json_object_get(m, "logit_bias"), r) != 0) return -1;
+    r->include_stop = (int)get_int(m, "include_stop");
+    r->min_tokens = (int)get_int(m, "min_tokens");
+    const json_t *sid = json_object_get(m, "stop_ids");
+    size_t ns = json_array_size(sid) < SCHED_MAX_STOP_IDS ? json_array_size(sid) : SCHED_MAX_STOP_IDS;
+    int32_t *stop_ids = ns ? malloc(ns * sizeof *stop_ids) : NULL;
+    if (ns && !stop_ids) return -1;
+    for (size_t i = 0; i < ns; i++) stop_ids[i] = (int32_t)json_integer_value(json_array_get(sid, i));
+    r->stop_ids = stop_ids;
+    r->n_stop_ids = (int)ns;
     for (size_t i = 0; i < json_array_size(stop) && i < SCHED_MAX_STOP; i++) {
         size_t len;
         r->stop[i] = bytes_of(json_array_get(stop, i), &len);
@@ -194,6 +205,7 @@ static void request_free(sched_request *r) {
     free((void *)r->prompt);
     free((void *)r->bias_ids);
     free((void *)r->bias_values);
+    free((void *)r->stop_ids);
     for (int i = 0; i < r->n_stop; i++) free((void *)r->stop[i]);
 }
 

@@ -182,6 +182,33 @@ static int parse_logit_bias(const json_t *b, const oai_ctx *ctx, oai_request *r,
     return 0;
 }
 
+/* vLLM's stopping extensions: stop_token_ids, min_tokens,
+ * include_stop_str_in_output, skip_special_tokens. */
+static int parse_vllm_stopping(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    json_t *ids = oai_field(b, "stop_token_ids");
+    if (ids) {
+        if (!json_is_array(ids) || json_array_size(ids) > SCHED_MAX_STOP_IDS)
+            return oai_error_set(err, 400, BAD, "stop_token_ids", NULL, "'stop_token_ids' must be an array of at most %d token ids",
+                                 SCHED_MAX_STOP_IDS);
+        size_t i;
+        json_t *v;
+        json_array_foreach(ids, i, v) {
+            json_int_t id = json_integer_value(v);
+            if (!json_is_integer(v) || id < 0 || id >= ctx->vocab_size)
+                return oai_error_set(err, 400, BAD, "stop_token_ids", NULL,
+                                     "'stop_token_ids'[%zu] must be a token id in [0, %d)", i, ctx->vocab_size);
+            r->stop_ids[r->n_stop_ids++] = (int32_t)id;
+        }
+    }
+    long long mt;
+    int rc = get_int(b, "min_tokens", 0, INT32_MAX, &mt, err);
+    if (rc < 0) return -1;
+    if (rc) r->min_tokens = (int)mt;
+    if (get_bool(b, "include_stop_str_in_output", &r->include_stop, err) < 0) return -1;
+    if (get_bool(b, "skip_special_tokens", &r->skip_special, err) < 0) return -1;
+    return 0;
+}
+
 static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
     json_t *m = json_object_get(b, "model");
     if (!json_is_string(m)) return oai_error_set(err, 400, BAD, "model", NULL, "'model' is required and must be a string");
@@ -190,7 +217,7 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
         return oai_error_set(err, 404, BAD, "model", "model_not_found", "The model `%.200s` does not exist.",
                              r->model);
     r->sampling = sample_params_default();
-    if (parse_sampling(b, r, err) || parse_logit_bias(b, ctx, r, err)) return -1;
+    if (parse_sampling(b, r, err) || parse_logit_bias(b, ctx, r, err) || parse_vllm_stopping(b, ctx, r, err)) return -1;
     long long i;
     int rc;
     r->n = 1;
@@ -493,6 +520,9 @@ static int check_context(const oai_ctx *ctx, oai_request *r, oai_error *err) {
                              "completion.",
                              ctx->max_model_len, (long long)longest + r->max_tokens, longest, pname, r->max_tokens, pname);
     }
+    if (r->min_tokens > r->max_tokens)
+        return oai_error_set(err, 400, BAD, "min_tokens", NULL, "'min_tokens' (%d) must not exceed max_tokens (%d)",
+                             r->min_tokens, r->max_tokens);
     return 0;
 }
 
@@ -561,6 +591,10 @@ int oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sche
     out->ignore_eos = r->ignore_eos;
     for (int i = 0; i < r->n_stop; i++) out->stop[i] = r->stop[i];
     out->n_stop = r->n_stop;
+    out->include_stop = r->include_stop;
+    out->stop_ids = r->stop_ids;
+    out->n_stop_ids = r->n_stop_ids;
+    out->min_tokens = r->min_tokens;
     out->top_logprobs = r->logprobs ? r->top_logprobs : -1;
     out->prompt_logprobs = r->prompt_logprobs;
     out->skip_special = r->skip_special;

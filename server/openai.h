@@ -73,6 +73,10 @@ typedef struct oai_request {
     int n_bias;
     char *stop[SCHED_MAX_STOP];
     int n_stop;
+    int include_stop;          /* vLLM include_stop_str_in_output */
+    int32_t stop_ids[SCHED_MAX_STOP_IDS]; /* vLLM stop_token_ids */
+    int n_stop_ids;
+    int min_tokens;            /* vLLM min_tokens */
     int stream, include_usage;
     int logprobs;              /* chat: logprobs true; completions: logprobs not null */
     int top_logprobs;          /* alternatives per token (chat top_logprobs / completions logprobs) */

@@ -85,8 +85,9 @@ worker "$TMP/gw" generate --model "$MODEL" --threads 1 --nnodes 2 --node-rank 1 
 
 # ---- 3. the server over 2 nodes: node 1 runs sequences too
 # lp_requests FILE PORT: 8 concurrent chat completions with logprobs (half streamed) -> [{text, logprobs}];
-# each with a logit_bias (odd ones force " world", id 2058, even ones ban " cultura", id 39883), which
-# must reach the node that runs the sequence
+# each with a logit_bias (odd ones force " world", id 2058, even ones ban " cultura", id 39883), and
+# 1 and 5 with stop_token_ids [2058] and min_tokens 3 (so: three other tokens, then " world"), which must
+# reach the node that runs the sequence
 lp_requests() {
     node - "$1" "$2" <<'JS'
 const [file, port] = process.argv.slice(2);
@@ -94,7 +95,7 @@ const words = 'red green blue cyan magenta yellow black white'.split(' ');
 const one = async i => {
   const body = {model: 'tiny-v3', temperature: 0, max_tokens: 6 + i * 3, logprobs: true, top_logprobs: 2,
     stream: i % 2 === 1, messages: [{role: 'user', content: words.slice(0, 1 + i).join(' ')}],
-    logit_bias: i % 2 ? {2058: 100} : {39883: -100}};
+    logit_bias: i % 2 ? {2058: 100} : {39883: -100}, ...(i % 4 === 1 ? {stop_token_ids: [2058], min_tokens: 3} : {})};
   const res = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`,
     {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
   if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
@@ -110,7 +111,9 @@ const one = async i => {
   return {text, lp};
 };
 Promise.all(Array.from({length: 8}, (_, i) => one(i).then(r => {
-  if (i % 2 && r.text !== ' world'.repeat(6 + i * 3)) throw new Error(`request ${i}: logit_bias ignored: ${r.text}`);
+  if (i % 4 === 3 && r.text !== ' world'.repeat(6 + i * 3)) throw new Error(`request ${i}: logit_bias ignored: ${r.text}`);
+  if (i % 4 === 1 && (r.lp.length !== 4 || r.lp[3].token !== ' world' || r.lp.slice(0, 3).some(e => e.token === ' world')))
+    throw new Error(`request ${i}: stop_token_ids / min_tokens ignored: ${JSON.stringify(r.lp.map(e => e.token))}`);
   return r;
 }))).then(r => require('fs').writeFileSync(file, JSON.stringify(r)), e => { console.error(e.message); process.exit(1); });
 JS

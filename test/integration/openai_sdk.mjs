@@ -318,6 +318,29 @@ await check('suffix: fill-in-the-middle', async () => {
     client.completions.create({ model, prompt: prefix, suffix, echo: true, max_tokens: 2 }), 'suffix');
 });
 
+// vLLM's stopping extensions through the SDK (extra body fields), against the
+// plain greedy run
+await check('stop_token_ids, min_tokens, include_stop_str_in_output', async () => {
+  const creq = { model, prompt: 'Hello', max_tokens: 8, temperature: 0, ignore_eos: true, logprobs: 0 };
+  const full = await client.completions.create(creq);
+  const toks = full.choices[0].logprobs.tokens;
+  const ids = await tokenIds(toks[2]);
+  assert.equal(ids.length, 1, `token ${JSON.stringify(toks[2])} re-tokenizes to ${ids}`);
+  const first = toks.indexOf(toks[2]);
+  const r = await client.completions.create({ ...creq, stop_token_ids: ids });
+  assert.equal(r.choices[0].finish_reason, 'stop');
+  assert.equal(r.choices[0].text, toks.slice(0, first + 1).join(''));
+  const m = await client.completions.create({ ...creq, stop_token_ids: ids, min_tokens: first + 2 });
+  assert.deepEqual(m.choices[0].logprobs.tokens.slice(0, first), toks.slice(0, first));
+  assert.ok(m.usage.completion_tokens >= first + 2);
+  const stop = toks[3];
+  const k = toks.indexOf(stop);
+  const inc = await client.completions.create({ ...creq, stop: [stop], include_stop_str_in_output: true });
+  assert.equal(inc.choices[0].text, toks.slice(0, k + 1).join(''));
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.completions.create({ ...creq, min_tokens: 9 }), 'min_tokens');
+});
+
 await check('stop', async () => {
   const chars = Array.from(greedy);
   const k = Math.floor(chars.length / 2);

@@ -135,6 +135,35 @@ Test(openai, suffix_builds_fim_prompt) {
     expect_error(OAI_CHAT, CHAT(",\"suffix\":\"x\""), 400, "suffix");
 }
 
+/* vLLM's stopping extensions, handed to every choice */
+Test(openai, vllm_stopping_parameters) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"max_tokens\":9,\"stop_token_ids\":[7,129279],\"min_tokens\":4,"
+                                            "\"include_stop_str_in_output\":true,\"skip_special_tokens\":false"), &r, &e), 0,
+                 "%s", e.message);
+    sched_request sr;
+    cr_assert_eq(oai_sched_request(&r, 0, 0, &sr, NULL), 0);
+    cr_expect_eq(sr.n_stop_ids, 2);
+    cr_expect_eq(sr.stop_ids[0], 7);
+    cr_expect_eq(sr.stop_ids[1], 129279);
+    cr_expect_eq(sr.min_tokens, 4);
+    cr_expect_eq(sr.include_stop, 1);
+    cr_expect_eq(sr.skip_special, 0);
+    oai_request_free(&r);
+    cr_assert_eq(parse(OAI_CHAT, CHAT(""), &r, &e), 0, "%s", e.message);
+    cr_assert_eq(oai_sched_request(&r, 0, 0, &sr, NULL), 0);
+    cr_expect(sr.n_stop_ids == 0 && sr.min_tokens == 0 && sr.include_stop == 0 && sr.skip_special == 1, "defaults");
+    oai_request_free(&r);
+    expect_error(OAI_COMPLETION, CMPL(",\"stop_token_ids\":7"), 400, "stop_token_ids");
+    expect_error(OAI_COMPLETION, CMPL(",\"stop_token_ids\":[129280]"), 400, "stop_token_ids");
+    expect_error(OAI_COMPLETION, CMPL(",\"stop_token_ids\":[\"7\"]"), 400, "stop_token_ids");
+    expect_error(OAI_COMPLETION, CMPL(",\"min_tokens\":-1"), 400, "min_tokens");
+    expect_error(OAI_COMPLETION, CMPL(",\"max_tokens\":3,\"min_tokens\":4"), 400, "min_tokens");
+    expect_error(OAI_CHAT, CHAT(",\"include_stop_str_in_output\":1"), 400, "include_stop_str_in_output");
+    expect_error(OAI_CHAT, CHAT(",\"skip_special_tokens\":\"no\""), 400, "skip_special_tokens");
+}
+
 Test(openai, chat_all_parameters) {
     oai_request r;
     oai_error e;

@@ -263,6 +263,73 @@ Test(sched, stop_string_never_leaks) {
     close_fixture(&f);
 }
 
+/* vLLM's stop_token_ids, min_tokens and include_stop_str_in_output, against
+ * the plain greedy run as the oracle. */
+Test(sched, stop_ids_min_tokens_include_stop) {
+    fixture f;
+    open_fixture(&f, (sched_config){0});
+    json_t *g = golden("en_short");
+    int n;
+    int32_t *ids = ids_of(json_object_get(g, "ids"), &n);
+    result full;
+    run_one(&f, ids, n, 16, &full);
+    cr_assert_eq(full.n, 16);
+    /* stop id: the first occurrence of the 4th token ends the request, its text kept */
+    int32_t stop_id = full.tokens[3];
+    int first = 0;
+    while (full.tokens[first] != stop_id) first++;
+    sched_request r = greedy_request(ids, n, 16);
+    r.stop_ids = &stop_id;
+    r.n_stop_ids = 1;
+    result res;
+    drain(sched_submit(f.s, &r, NULL, NULL), &res);
+    cr_expect_eq(res.finish, FINISH_STOP);
+    cr_expect_eq(res.n, first + 1);
+    cr_expect(memcmp(res.tokens, full.tokens, (size_t)(first + 1) * sizeof *res.tokens) == 0);
+    /* min_tokens: the stop id cannot come before first + 2 tokens */
+    r.min_tokens = first + 2;
+    drain(sched_submit(f.s, &r, NULL, NULL), &res);
+    cr_expect(res.n >= first + 2, "%d tokens", res.n);
+    cr_expect(memcmp(res.tokens, full.tokens, (size_t)first * sizeof *res.tokens) == 0, "same until the masked position");
+    for (int i = 0; i < first + 2 && i < res.n; i++) cr_expect(res.tokens[i] != stop_id, "stop id at %d", i);
+    cr_expect(res.finish == FINISH_LENGTH || res.tokens[res.n - 1] == stop_id);
+    /* include_stop: the text ends with the stop string; min_tokens past it: no match there */
+    char stop[64];
+    size_t sl = strlen(full.text) < 4 ? strlen(full.text) : 4;
+    const char *at = full.text + full.text_len / 2;
+    while (((unsigned char)*at & 0xC0) == 0x80) at--;
+    while (sl < full.text_len - (size_t)(at - full.text) && ((unsigned char)at[sl] & 0xC0) == 0x80) sl++;
+    memcpy(stop, at, sl);
+    stop[sl] = '\0';
+    const char *hit = strstr(full.text, stop);
+    sched_request q = greedy_request(ids, n, 16);
+    q.stop[0] = stop;
+    q.n_stop = 1;
+    q.include_stop = 1;
+    drain(sched_submit(f.s, &q, NULL, NULL), &res);
+    cr_expect_eq(res.finish, FINISH_STOP);
+    cr_expect_eq(res.text_len, (size_t)(hit - full.text) + sl, "text ends with the stop string");
+    cr_expect_eq(memcmp(res.text, full.text, res.text_len), 0);
+    q.include_stop = 0;
+    q.min_tokens = 16;
+    drain(sched_submit(f.s, &q, NULL, NULL), &res);
+    cr_expect_eq(res.finish, FINISH_LENGTH, "no stop string is looked for before min_tokens");
+    cr_expect_eq(res.text_len, full.text_len);
+    /* bad values */
+    ms_err err = {{0}};
+    q.min_tokens = 17;
+    cr_expect_null(sched_submit(f.s, &q, NULL, &err));
+    cr_expect(strstr(err.msg, "min_tokens"), "%s", err.msg);
+    int32_t bad = 999999;
+    r.min_tokens = 0;
+    r.stop_ids = &bad;
+    cr_expect_null(sched_submit(f.s, &r, NULL, &err));
+    cr_expect(strstr(err.msg, "stop_token_ids"), "%s", err.msg);
+    free(ids);
+    json_decref(g);
+    close_fixture(&f);
+}
+
 Test(sched, rejects_bad_requests) {
     fixture f;
     open_fixture(&f, (sched_config){.kv_cache_tokens = 256});
