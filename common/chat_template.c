@@ -587,37 +587,89 @@ static int render_message_v31(const json_t *messages, size_t i, const chat_templ
     return 0;
 }
 
+/* ---- continuing the final message ---- */
+
+static int check_final(const json_t *messages, const chat_template_opts *opts, ms_err *err) {
+    size_t n = json_array_size(messages);
+    if (opts->add_generation_prompt)
+        return ms_err_set(err, "continue_final_message and add_generation_prompt cannot both be set");
+    if (!n) return ms_err_set(err, "continue_final_message: there is no message to continue");
+    const json_t *msg = json_array_get(messages, n - 1);
+    const json_t *role = json_object_get(msg, "role"), *calls = json_object_get(msg, "tool_calls");
+    if (!json_is_string(role) || strcmp(json_string_value(role), "assistant"))
+        return ms_err_set(err, "messages[%zu]: the message to continue must be the last one and an assistant message", n - 1);
+    if (calls && !json_is_null(calls) && !(json_is_array(calls) && json_array_size(calls) == 0))
+        return ms_err_set(err, "messages[%zu].tool_calls: a message to continue cannot have tool_calls", n - 1);
+    return 0;
+}
+
+/* The final assistant turn up to the end of its content, opened as the
+ * template opens it, content whole. */
+static int render_final(const json_t *messages, size_t i, const chat_template_opts *opts, strbuf *out, strbuf *text,
+                        const template_ns *ns, ms_err *err) {
+    const json_t *msg = json_array_get(messages, i);
+    int has = content_read(msg, i, text, err);
+    if (has < 0) return -1;
+    if (!has) return ms_err_set(err, "messages[%zu].content: the message to continue needs content", i);
+    if (opts->variant != CHAT_TEMPLATE_V31)
+        sb_puts(out, ns->is_tool ? TOK_OUTPUTS_END : TOK_ASSISTANT);
+    else if (ns->is_last_user)
+        sb_puts(out, opts->thinking && json_truthy(json_object_get(msg, "prefix")) ? TOK_ASSISTANT "<think>"
+                                                                                  : TOK_ASSISTANT THINK_END);
+    sb_append(out, text->data, text->len);
+    return 0;
+}
+
 /* ---- the whole template ---- */
 
-static int render(const json_t *messages, const chat_template_opts *opts, strbuf *out, strbuf *text, ms_err *err) {
+static int render_messages(const json_t *messages, size_t n, const chat_template_opts *opts, strbuf *out, strbuf *text,
+                           template_ns *ns, ms_err *err) {
+    for (size_t i = 0; i < n; i++) {
+        int rc = opts->variant == CHAT_TEMPLATE_R1    ? render_message_r1(messages, i, out, text, ns, err)
+                 : opts->variant == CHAT_TEMPLATE_V31 ? render_message_v31(messages, i, opts, out, text, ns, err)
+                                                      : render_message(messages, i, opts, out, text, ns, err);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* What follows the last message: closing tool outputs, the generation prompt. */
+static void render_end(const chat_template_opts *opts, strbuf *out, const template_ns *ns) {
+    switch (opts->variant) {
+    case CHAT_TEMPLATE_V3:
+        if (ns->is_tool) sb_puts(out, TOK_OUTPUTS_END);
+        if (opts->add_generation_prompt && !ns->is_tool) sb_puts(out, TOK_ASSISTANT);
+        break;
+    case CHAT_TEMPLATE_R1:
+        if (ns->is_tool) sb_puts(out, TOK_OUTPUTS_END);
+        if (opts->add_generation_prompt && !ns->is_tool) sb_puts(out, TOK_ASSISTANT "<think>\n");
+        break;
+    case CHAT_TEMPLATE_V31:
+        if (opts->add_generation_prompt && ns->is_last_user && !ns->is_tool)
+            sb_puts(out, opts->thinking ? TOK_ASSISTANT "<think>" : TOK_ASSISTANT THINK_END);
+        break;
+    }
+}
+
+/* *final_start (if not NULL): where the continued final turn begins in out. */
+static int render(const json_t *messages, const chat_template_opts *opts, strbuf *out, strbuf *text,
+                  size_t *final_start, ms_err *err) {
     if (!json_is_array(messages)) return ms_err_set(err, "messages: must be an array");
     if ((unsigned)opts->variant > CHAT_TEMPLATE_V31)
         return ms_err_set(err, "chat template: unknown variant %d", (int)opts->variant);
+    if (opts->continue_final_message && check_final(messages, opts, err)) return -1;
     template_ns ns = {.is_first = false, .is_tool = false, .is_output_first = true, .is_last_user = false};
     if (render_system(messages, out, text, err)) return -1;
     if (render_tools(opts->tools, opts->variant, out, err)) return -1;
     size_t n = json_array_size(messages);
-    switch (opts->variant) {
-    case CHAT_TEMPLATE_V3:
-        for (size_t i = 0; i < n; i++)
-            if (render_message(messages, i, opts, out, text, &ns, err)) return -1;
-        if (ns.is_tool) sb_puts(out, TOK_OUTPUTS_END);
-        if (opts->add_generation_prompt && !ns.is_tool) sb_puts(out, TOK_ASSISTANT);
-        return 0;
-    case CHAT_TEMPLATE_R1:
-        for (size_t i = 0; i < n; i++)
-            if (render_message_r1(messages, i, out, text, &ns, err)) return -1;
-        if (ns.is_tool) sb_puts(out, TOK_OUTPUTS_END);
-        if (opts->add_generation_prompt && !ns.is_tool) sb_puts(out, TOK_ASSISTANT "<think>\n");
-        return 0;
-    case CHAT_TEMPLATE_V31:
-        for (size_t i = 0; i < n; i++)
-            if (render_message_v31(messages, i, opts, out, text, &ns, err)) return -1;
-        if (opts->add_generation_prompt && ns.is_last_user && !ns.is_tool)
-            sb_puts(out, opts->thinking ? TOK_ASSISTANT "<think>" : TOK_ASSISTANT THINK_END);
+    if (!opts->continue_final_message) {
+        if (render_messages(messages, n, opts, out, text, &ns, err)) return -1;
+        render_end(opts, out, &ns);
         return 0;
     }
-    return 0;
+    if (render_messages(messages, n - 1, opts, out, text, &ns, err)) return -1;
+    if (final_start) *final_start = out->len;
+    return render_final(messages, n - 1, opts, out, text, &ns, err);
 }
 
 int chat_template_render(const json_t *messages, const chat_template_opts *opts,
@@ -626,7 +678,7 @@ int chat_template_render(const json_t *messages, const chat_template_opts *opts,
     strbuf out = {.ok = true}, text = {.ok = true};
     *out_text = NULL;
     if (out_len) *out_len = 0;
-    int rc = render(messages, opts ? opts : &defaults, &out, &text, err);
+    int rc = render(messages, opts ? opts : &defaults, &out, &text, NULL, err);
     if (rc == 0 && (!out.ok || !text.ok)) rc = ms_err_set(err, "chat template: out of memory");
     free(text.data);
     if (rc) {
@@ -636,6 +688,29 @@ int chat_template_render(const json_t *messages, const chat_template_opts *opts,
     *out_text = out.data;
     if (out_len) *out_len = out.len;
     return 0;
+}
+
+/* Offset just past the last occurrence of pat in s[0, len), or 0. */
+static size_t last_end(const char *s, size_t len, const char *pat) {
+    size_t n = strlen(pat);
+    for (size_t k = len >= n ? len - n + 1 : 0; k-- > 0;)
+        if (memcmp(s + k, pat, n) == 0) return k + n;
+    return 0;
+}
+
+int chat_template_render_opens_think(const json_t *messages, const chat_template_opts *opts) {
+    if (!opts || !opts->continue_final_message) return chat_template_opens_think(opts ? opts->variant : 0, opts);
+    strbuf out = {.ok = true}, text = {.ok = true};
+    size_t start = 0;
+    int open = 0;
+    if (render(messages, opts, &out, &text, &start, NULL) == 0 && out.ok && start <= out.len) {
+        const char *turn = out.data + start;
+        size_t len = out.len - start;
+        open = last_end(turn, len, "<think>") > last_end(turn, len, THINK_END);
+    }
+    free(out.data);
+    free(text.data);
+    return open;
 }
 
 /* ---- picking a variant ---- */

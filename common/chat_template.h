@@ -122,6 +122,17 @@
  * as strings; arguments is the JSON text, as in OpenAI's API. Other fields
  * (name, id, tool_call_id) are ignored, as by the templates.
  *
+ * Continuing the final message (opts->continue_final_message; DeepSeek's
+ * "chat prefix completion", vLLM's continue_final_message): the last message
+ * must be an assistant turn with content and no tool_calls, and
+ * add_generation_prompt must be off. Every earlier message renders as above;
+ * the last one renders up to the end of its content — no EOS, no generation
+ * prompt — so the model writes on from exactly that text. Its opener is the
+ * template's (V3/R1 "<｜Assistant｜>", or "<｜tool▁outputs▁end｜>" after tool
+ * outputs; V3.1 "<｜Assistant｜></think>" after a user turn, "<｜Assistant｜><think>"
+ * with a truthy "prefix" and thinking on), and its content is kept whole: no
+ * "</think>" stripping, the text the client wrote is the text continued.
+ *
  * Who calls it: server/openai.c and server/http.c (chat requests),
  * server/cmd_chat_template.c and server/cmd_generate.c (CLI). Pure functions
  * of their inputs; no global state; thread-safe. */
@@ -149,6 +160,7 @@ typedef struct chat_template_opts {
     chat_template_variant variant; /* which template (zero: CHAT_TEMPLATE_V3) */
     bool thinking;                 /* V3.1 only: chat_template_kwargs {"thinking": true} */
     const json_t *tools;           /* OpenAI `tools` array; NULL or JSON null: none */
+    bool continue_final_message;   /* end inside the final assistant turn (see below) */
 } chat_template_opts;
 
 /* Renders messages (a JSON array) into *out_text: a malloc'd, NUL-terminated
@@ -174,6 +186,12 @@ chat_template_variant chat_template_detect(const char *jinja_source);
  * with a user turn) the templates append no generation prompt at all, so a
  * caller that cares checks the rendered text's end as well. opts may be NULL. */
 int chat_template_opens_think(chat_template_variant variant, const chat_template_opts *opts);
+
+/* With opts->continue_final_message: 1 if the final assistant turn, as
+ * rendered, ends inside an opened <think> block (its last "<think>" — the V3.1
+ * opener included — comes after its last "</think>"), else 0. Without the
+ * option: chat_template_opens_think(opts->variant, opts). opts may be NULL. */
+int chat_template_render_opens_think(const json_t *messages, const chat_template_opts *opts);
 
 /* "deepseek-v3", "deepseek-r1", "deepseek-v3.1" (the CLI names) to a variant.
  * *ok (if not NULL) is 1 on a known name, else 0 and the result is V3. */

@@ -776,7 +776,9 @@ static int opt_bool(json_t *b, const char *name, int dflt, int *out, oai_error *
     return 0;
 }
 
-/* vLLM's /tokenize: {"prompt", "add_special_tokens"=true} or {"messages", "add_generation_prompt"=true}. */
+/* vLLM's /tokenize: {"prompt", "add_special_tokens"=true} or {"messages",
+ * "add_generation_prompt"=true, "continue_final_message"=false} (or a "prefix"
+ * last message, as chat requests). */
 static enum MHD_Result handle_tokenize(http_server *h, struct MHD_Connection *c, conn_state *cs) {
     oai_error e;
     if (not_ready_error(h, &e)) return queue_error(c, cs, &e);
@@ -785,14 +787,16 @@ static enum MHD_Result handle_tokenize(http_server *h, struct MHD_Connection *c,
     json_t *prompt = json_object_get(b, "prompt"), *msgs = json_object_get(b, "messages");
     char *text = NULL;
     size_t len = 0;
-    int special = 0, gen_prompt = 0, rc = check_model_field(h, b, &e);
+    int special = 0, rc = check_model_field(h, b, &e);
     if (!rc && json_is_string(prompt)) {
         rc = opt_bool(b, "add_special_tokens", 1, &special, &e);
         if (!rc && !(text = malloc(json_string_length(prompt) + 1))) rc = oai_error_set(&e, 503, "service_unavailable", NULL, NULL, "out of memory");
         if (!rc) memcpy(text, json_string_value(prompt), (len = json_string_length(prompt)) + 1);
     } else if (!rc && json_is_array(msgs)) {
-        rc = opt_bool(b, "add_generation_prompt", 1, &gen_prompt, &e);
-        chat_template_opts opts = {.add_generation_prompt = gen_prompt, .variant = h->variant};
+        oai_features f = {0};
+        rc = oai_continuation_parse(b, &f, &e);
+        chat_template_opts opts = {.add_generation_prompt = f.add_generation_prompt,
+                                   .continue_final_message = f.continue_final, .variant = h->variant};
         ms_err err = {{0}};
         if (!rc && chat_template_render(msgs, &opts, &text, &len, &err) != 0)
             rc = oai_error_set(&e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);

@@ -123,12 +123,39 @@ static int parse_reasoning_opts(const json_t *b, oai_features *f, oai_error *err
     return 0;
 }
 
+int oai_continuation_parse(const json_t *b, oai_features *f, oai_error *err) {
+    json_t *cfm = oai_field(b, "continue_final_message"), *agp = oai_field(b, "add_generation_prompt");
+    if (cfm && !json_is_boolean(cfm))
+        return oai_error_set(err, 400, BAD, "continue_final_message", NULL, "'continue_final_message' must be a boolean");
+    if (agp && !json_is_boolean(agp))
+        return oai_error_set(err, 400, BAD, "add_generation_prompt", NULL, "'add_generation_prompt' must be a boolean");
+    f->continue_final = cfm && json_is_true(cfm);
+    json_t *msgs = json_object_get(b, "messages"), *m;
+    size_t i, n = json_array_size(msgs);
+    json_array_foreach(msgs, i, m) {
+        json_t *p = json_object_get(m, "prefix"), *role = json_object_get(m, "role");
+        if (!p || json_is_null(p) || json_is_false(p)) continue;
+        if (!json_is_true(p))
+            return oai_error_set(err, 400, BAD, "messages", NULL, "messages[%zu].prefix must be a boolean", i);
+        if (i + 1 != n || !json_is_string(role) || strcmp(json_string_value(role), "assistant"))
+            return oai_error_set(err, 400, BAD, "messages", NULL,
+                                 "messages[%zu].prefix: only the last message, an assistant message, can be a prefix", i);
+        f->continue_final = 1;
+    }
+    f->add_generation_prompt = agp ? json_is_true(agp) : !f->continue_final;
+    if (f->continue_final && f->add_generation_prompt)
+        return oai_error_set(err, 400, BAD, "add_generation_prompt", NULL,
+                             "'add_generation_prompt' cannot be true when the last message is continued");
+    return 0;
+}
+
 int oai_features_parse(const json_t *b, int chat, oai_features *f, oai_error *err) {
     memset(f, 0, sizeof *f);
     f->parallel_tool_calls = 1;
     f->include_reasoning = 1;
     if (!chat) {
-        static const char *chat_only[] = {"tools", "tool_choice", "parallel_tool_calls", "include_reasoning", "chat_template_kwargs"};
+        static const char *chat_only[] = {"tools", "tool_choice", "parallel_tool_calls", "include_reasoning", "chat_template_kwargs",
+                                          "continue_final_message", "add_generation_prompt"};
         for (size_t i = 0; i < sizeof chat_only / sizeof *chat_only; i++)
             if (oai_field(b, chat_only[i]))
                 return oai_error_set(err, 400, BAD, chat_only[i], NULL, "'%s' is only supported by /v1/chat/completions",
@@ -141,7 +168,9 @@ int oai_features_parse(const json_t *b, int chat, oai_features *f, oai_error *er
     if (ptc && !json_is_boolean(ptc))
         return oai_error_set(err, 400, BAD, "parallel_tool_calls", NULL, "'parallel_tool_calls' must be a boolean");
     if (ptc) f->parallel_tool_calls = json_is_true(ptc);
-    if (parse_tool_choice(b, f, err) || parse_reasoning_opts(b, f, err) || parse_response_format(b, f, err)) return -1;
+    if (parse_tool_choice(b, f, err) || parse_reasoning_opts(b, f, err) || oai_continuation_parse(b, f, err) ||
+        parse_response_format(b, f, err))
+        return -1;
     if (f->grammar && (f->tool_choice == TOOL_CHOICE_REQUIRED || f->tool_choice == TOOL_CHOICE_NAMED))
         return oai_error_set(err, 400, BAD, "response_format", NULL,
                              "a JSON response_format cannot be combined with a forced tool_choice");
@@ -167,12 +196,14 @@ static int compile_tool_grammar(oai_features *f, cons_tool_format format, oai_er
     return 0;
 }
 
-int oai_features_resolve(oai_features *f, chat_template_variant variant, int reasoning_flag, chat_template_opts *topts,
-                         oai_error *err) {
+int oai_features_resolve(oai_features *f, const json_t *messages, chat_template_variant variant, int reasoning_flag,
+                         chat_template_opts *topts, oai_error *err) {
     topts->variant = variant;
     topts->thinking = f->thinking;
     topts->tools = f->tools;
-    f->starts_in_reasoning = chat_template_opens_think(variant, topts);
+    topts->add_generation_prompt = f->add_generation_prompt;
+    topts->continue_final_message = f->continue_final;
+    f->starts_in_reasoning = chat_template_render_opens_think(messages, topts);
     f->parse_reasoning = reasoning_flag > 0 || (reasoning_flag == 0 && f->starts_in_reasoning);
     if (!f->parse_reasoning) f->starts_in_reasoning = 0;
     f->parse_tool_calls = f->tools && f->tool_choice != TOOL_CHOICE_NONE;

@@ -17,6 +17,13 @@
  *     the tool grammar wins (both cannot hold at once: 400).
  *   - With reasoning on (the template opens <think>), the constraint starts
  *     after "</think>".
+ *   - Continuing the last message (DeepSeek's chat prefix completion,
+ *     vLLM's continue_final_message): {"prefix": true} on the last message,
+ *     which must be an assistant message (on any other: 400), or
+ *     "continue_final_message": true. The prompt then ends inside that
+ *     message (common/chat_template.h) and the reply holds only what the model
+ *     adds. add_generation_prompt (default: true, false when continuing) may
+ *     not be true while continuing (400).
  * Who calls it: server/openai.c. Pure (the grammar is built here and owned by
  * the request). */
 #ifndef MS_OAI_CHAT_H
@@ -38,6 +45,8 @@ typedef struct oai_features {
     int parallel_tool_calls;     /* default 1 */
     int include_reasoning;       /* default 1 */
     int thinking;                /* chat_template_kwargs.thinking (V3.1 templates) */
+    int continue_final;          /* continue the last (assistant) message */
+    int add_generation_prompt;   /* default 1; 0 when continuing */
     int json_mode;               /* response_format json_object / json_schema */
     cons_grammar *grammar;       /* owned; NULL: unconstrained */
     /* filled by oai_features_resolve once the template is known */
@@ -48,12 +57,17 @@ typedef struct oai_features {
  * /v1/completions (only response_format is accepted there). 0, or -1 with err. */
 int oai_features_parse(const json_t *body, int chat, oai_features *f, struct oai_error *err);
 
+/* The continuation rules above alone: sets f->continue_final and
+ * f->add_generation_prompt from body (also for /tokenize). 0, or -1 with err. */
+int oai_continuation_parse(const json_t *body, oai_features *f, struct oai_error *err);
+
 /* Decides reasoning/tool parsing for a template variant and the server's
  * --reasoning-parser setting (reasoning_flag: 1 on, 0 auto = on when the
- * generation prompt opens <think>), and compiles the forced-tool grammar.
- * Fills the template options the prompt needs (variant, thinking, tools). */
-int oai_features_resolve(oai_features *f, chat_template_variant variant, int reasoning_flag, chat_template_opts *topts,
-                         struct oai_error *err);
+ * prompt, rendered from messages, ends inside an opened <think>), and compiles
+ * the forced-tool grammar. Fills the template options the prompt needs
+ * (variant, thinking, tools, generation prompt, continuation). */
+int oai_features_resolve(oai_features *f, const json_t *messages, chat_template_variant variant, int reasoning_flag,
+                         chat_template_opts *topts, struct oai_error *err);
 
 void oai_features_free(oai_features *f);
 

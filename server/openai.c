@@ -337,8 +337,8 @@ static int parse_messages(const json_t *b, const oai_ctx *ctx, oai_request *r, o
     if (check_content(msgs, err)) return -1;
     json_t *norm = normalize_messages(msgs);
     if (!norm) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
-    chat_template_opts opts = {.add_generation_prompt = true};
-    if (oai_features_resolve(&r->feat, ctx->variant, ctx->reasoning_flag, &opts, err) != 0) {
+    chat_template_opts opts = {0};
+    if (oai_features_resolve(&r->feat, norm, ctx->variant, ctx->reasoning_flag, &opts, err) != 0) {
         json_decref(norm);
         return -1;
     }

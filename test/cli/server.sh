@@ -67,6 +67,13 @@ post /tokenize '{"model":"tiny-v3","prompt":"Hello world"}' "$TMP/tok.json" > /d
 [ "$(cat "$TMP/tok.json")" = '{"count":3,"max_model_len":256,"tokens":[0,19923,2058]}' ] || fail "/tokenize: $(cat "$TMP/tok.json")"
 post /tokenize '{"messages":[{"role":"user","content":"Hi"}]}' "$TMP/tokm.json" > /dev/null
 [ "$(jget 'j.count === j.tokens.length && j.tokens[0] === 0' "$TMP/tokm.json")" = true ] || fail "/tokenize messages: $(cat "$TMP/tokm.json")"
+# a continued last message (DeepSeek's "prefix", vLLM's continue_final_message) tokenizes as its text spelled out
+post /tokenize '{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"The","prefix":true}]}' "$TMP/tokp.json" > /dev/null
+post /tokenize '{"prompt":"<｜User｜>Hi<｜Assistant｜>The"}' "$TMP/tokq.json" > /dev/null
+cmp -s "$TMP/tokp.json" "$TMP/tokq.json" || fail "/tokenize prefix: $(cat "$TMP/tokp.json") vs $(cat "$TMP/tokq.json")"
+post /tokenize '{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"The"}],"continue_final_message":true}' "$TMP/tokc.json" > /dev/null
+cmp -s "$TMP/tokc.json" "$TMP/tokq.json" || fail "/tokenize continue_final_message: $(cat "$TMP/tokc.json")"
+expect_error 400 messages /tokenize '{"messages":[{"role":"user","content":"Hi"}],"continue_final_message":true}'
 post /detokenize '{"tokens":[19923,2058]}' "$TMP/detok.json" > /dev/null
 [ "$(cat "$TMP/detok.json")" = '{"prompt":"Hello world"}' ] || fail "/detokenize: $(cat "$TMP/detok.json")"
 

@@ -318,6 +318,27 @@ await check('suffix: fill-in-the-middle', async () => {
     client.completions.create({ model, prompt: prefix, suffix, echo: true, max_tokens: 2 }), 'suffix');
 });
 
+// Chat prefix completion (DeepSeek's {"prefix": true} on the last message,
+// vLLM's continue_final_message): the oracle is a completions request on the
+// template's text spelled out up to the prefix, which must give the same
+// greedy text; the reply holds only what the model adds.
+await check('chat prefix completion', async () => {
+  const pre = 'The sea is';
+  const opts = { model, max_tokens: 8, temperature: 0, ignore_eos: true };
+  const r = await client.chat.completions.create({ ...opts, messages: [...messages, { role: 'assistant', content: pre, prefix: true }] });
+  const o = await client.completions.create({ ...opts, prompt: `<｜User｜>${messages[0].content}<｜Assistant｜>${pre}` });
+  assert.equal(r.usage.prompt_tokens, o.usage.prompt_tokens);
+  assert.equal(r.choices[0].message.content, o.choices[0].text);
+  assert.ok(o.choices[0].text.length > 0);
+  let streamed = '';
+  const s = await client.chat.completions.create({ ...opts, stream: true, continue_final_message: true, add_generation_prompt: false,
+                                                   messages: [...messages, { role: 'assistant', content: pre }] });
+  for await (const c of s) streamed += c.choices[0]?.delta?.content ?? '';
+  assert.equal(streamed, o.choices[0].text);
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.chat.completions.create({ ...opts, messages: [{ role: 'assistant', content: 'a', prefix: true }, ...messages] }), 'messages');
+});
+
 // vLLM's stopping extensions through the SDK (extra body fields), against the
 // plain greedy run
 await check('stop_token_ids, min_tokens, include_stop_str_in_output', async () => {

@@ -663,3 +663,83 @@ Test(chat_template, variant_names_and_opens_think) {
     free(r1);
     free(v31);
 }
+
+/* Continuing the final assistant message: no EOS, no generation prompt,
+ * content whole; the opener is the template's. */
+Test(chat_template, continue_final_message) {
+    const char *q = "[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"<think>a</think>Aut\"}]";
+    chat_template_opts v3 = {.continue_final_message = true};
+    chat_template_opts r1 = {.continue_final_message = true, .variant = CHAT_TEMPLATE_R1};
+    chat_template_opts v31 = {.continue_final_message = true, .variant = CHAT_TEMPLATE_V31};
+    expect_with(q, NULL, v3, BOS USER "q" ASSISTANT "<think>a</think>Aut");
+    expect_with(q, NULL, r1, BOS USER "q" ASSISTANT "<think>a</think>Aut"); /* not stripped */
+    expect_with(q, NULL, v31, BOS USER "q" ASSISTANT "</think><think>a</think>Aut");
+    /* Earlier turns render as ever (R1 strips them, each keeps its EOS). */
+    const char *two = "[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"<think>x</think>A\"},"
+                      "{\"role\":\"user\",\"content\":\"q2\"},{\"role\":\"assistant\",\"content\":\"B\"}]";
+    expect_with(two, NULL, r1, BOS USER "q" ASSISTANT "A" EOS USER "q2" ASSISTANT "B");
+    /* V3.1: a truthy prefix with thinking on opens <think>; after an assistant turn, no opener. */
+    const char *prefix = "[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"Hmm\",\"prefix\":true}]";
+    v31.thinking = true;
+    expect_with(prefix, NULL, v31, BOS USER "q" ASSISTANT "<think>Hmm");
+    expect_with("[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"A\"},"
+                "{\"role\":\"assistant\",\"content\":\"B\"}]",
+                NULL, v31, BOS USER "q" ASSISTANT "</think>A" EOS "B");
+    /* After tool outputs: V3 and R1 close them with the outputs-end token. */
+    const char *after_tool = "[{\"role\":\"user\",\"content\":\"u\"},"
+                             "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[" TC("1") "]},"
+                             "{\"role\":\"tool\",\"content\":\"r\"},{\"role\":\"assistant\",\"content\":\"The\"}]";
+    expect_with(after_tool, NULL, v3,
+                BOS USER "u" ASSISTANT CALLS_BEGIN CALL_BEGIN CALL("1") OUTPUTS_BEGIN OUTPUT_BEGIN "r" OUTPUT_END
+                    OUTPUTS_END "The");
+    /* Text parts, and an empty tool_calls array, are accepted. */
+    expect_with("[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"tool_calls\":[],"
+                "\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]}]",
+                NULL, v3, BOS USER "q" ASSISTANT "ab");
+}
+
+Test(chat_template, continue_final_message_errors) {
+    chat_template_opts v3 = {.continue_final_message = true};
+    expect_error_with("[{\"role\":\"user\",\"content\":\"q\"}]", NULL, v3,
+                      "messages[0]: the message to continue must be the last one and an assistant message");
+    expect_error_with("[]", NULL, v3, "no message to continue");
+    expect_error_with("[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[" TC("1") "]}]",
+                      NULL, v3, "messages[1].tool_calls: a message to continue cannot have tool_calls");
+    expect_error_with("[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":null}]", NULL, v3,
+                      "messages[1].content: the message to continue needs content");
+    expect_error_with("[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"a\"}]", NULL,
+                      (chat_template_opts){.continue_final_message = true, .add_generation_prompt = true},
+                      "cannot both be set");
+}
+
+static json_t *loads(const char *text) {
+    json_error_t jerr;
+    json_t *j = json_loads(text, 0, &jerr);
+    cr_assert(j, "bad test JSON: %s", jerr.text);
+    return j;
+}
+
+Test(chat_template, continue_final_message_opens_think) {
+    chat_template_opts v3 = {.continue_final_message = true};
+    chat_template_opts r1 = {.continue_final_message = true, .variant = CHAT_TEMPLATE_R1};
+    chat_template_opts v31 = {.continue_final_message = true, .variant = CHAT_TEMPLATE_V31, .thinking = true};
+    json_t *open = loads("[{\"role\":\"user\",\"content\":\"<think>\"},{\"role\":\"assistant\",\"content\":\"<think>\\nLet\"}]");
+    json_t *closed = loads("[{\"role\":\"user\",\"content\":\"<think>\"},{\"role\":\"assistant\",\"content\":\"<think>a</think>B\"}]");
+    json_t *plain = loads("[{\"role\":\"user\",\"content\":\"<think>\"},{\"role\":\"assistant\",\"content\":\"B\"}]");
+    json_t *prefix = loads("[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"B\",\"prefix\":true}]");
+    cr_expect_eq(chat_template_render_opens_think(open, &r1), 1);
+    cr_expect_eq(chat_template_render_opens_think(open, &v3), 1);
+    cr_expect_eq(chat_template_render_opens_think(closed, &r1), 0);
+    cr_expect_eq(chat_template_render_opens_think(plain, &r1), 0); /* the user's "<think>" is not the turn's */
+    cr_expect_eq(chat_template_render_opens_think(prefix, &v31), 1); /* the V3.1 opener */
+    v31.thinking = false;
+    cr_expect_eq(chat_template_render_opens_think(prefix, &v31), 0);
+    /* Without the option: the generation prompt decides (R1 opens <think>). */
+    chat_template_opts r1_gen = {.add_generation_prompt = true, .variant = CHAT_TEMPLATE_R1};
+    cr_expect_eq(chat_template_render_opens_think(plain, &r1_gen), 1);
+    cr_expect_eq(chat_template_render_opens_think(plain, NULL), 0);
+    json_decref(open);
+    json_decref(closed);
+    json_decref(plain);
+    json_decref(prefix);
+}

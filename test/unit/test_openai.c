@@ -609,3 +609,76 @@ Test(openai, r1_template_turns_reasoning_on) {
     cr_expect(!r.feat.parse_reasoning, "V3 template: no reasoning parser by default");
     oai_request_free(&r);
 }
+
+/* The prompt of a parsed chat request equals the tokenizer on want_text. */
+static void expect_prompt_text(const oai_request *r, const char *want_text) {
+    int32_t *ids;
+    size_t n;
+    cr_assert_eq(tokenizer_encode(tok, want_text, strlen(want_text), &ids, &n, NULL), 0);
+    cr_assert_eq(r->n_prompts, 1);
+    cr_assert_eq(r->prompts[0].n_ids, (int)n, "%d ids, want %zu for %s", r->prompts[0].n_ids, n, want_text);
+    for (size_t k = 0; k < n; k++) cr_expect_eq(r->prompts[0].ids[k], ids[k], "ids[%zu]", k);
+    free(ids);
+}
+
+#define PREFIX_MSGS "\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":\"<think>\\nSo\""
+
+/* DeepSeek's chat prefix completion and vLLM's continue_final_message: the
+ * prompt ends inside the last assistant message. */
+Test(openai, continue_final_message) {
+    const char *want = "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜><think>\nSo";
+    const char *bodies[] = {
+        "{\"model\":\"tiny\"," PREFIX_MSGS ",\"prefix\":true}]}",
+        "{\"model\":\"tiny\"," PREFIX_MSGS "}],\"continue_final_message\":true}",
+        "{\"model\":\"tiny\"," PREFIX_MSGS "}],\"continue_final_message\":true,\"add_generation_prompt\":false}",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        oai_request r;
+        oai_error e;
+        cr_assert_eq(parse(OAI_CHAT, bodies[i], &r, &e), 0, "%s: %s", bodies[i], e.message);
+        expect_prompt_text(&r, want);
+        cr_expect(r.feat.continue_final && !r.feat.add_generation_prompt);
+        oai_request_free(&r);
+    }
+    /* R1: the continued turn is inside <think>, so reasoning parsing starts there;
+     * continuing an answer leaves it off (auto). */
+    oai_ctx c = ctx_vocab(NULL, CHAT_TEMPLATE_R1);
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse_with(&c, OAI_CHAT, bodies[0], &r, &e), 0, "%s", e.message);
+    expect_prompt_text(&r, want);
+    cr_expect(r.feat.parse_reasoning && r.feat.starts_in_reasoning);
+    oai_request_free(&r);
+    const char *answer = "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
+                         "{\"role\":\"assistant\",\"content\":\"<think>a</think>The\",\"prefix\":true}]}";
+    cr_assert_eq(parse_with(&c, OAI_CHAT, answer, &r, &e), 0, "%s", e.message);
+    expect_prompt_text(&r, "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜><think>a</think>The");
+    cr_expect(!r.feat.parse_reasoning && !r.feat.starts_in_reasoning);
+    oai_request_free(&r);
+    /* add_generation_prompt false alone: no "<｜Assistant｜>" */
+    cr_assert_eq(parse(OAI_CHAT, CHAT(",\"add_generation_prompt\":false"), &r, &e), 0, "%s", e.message);
+    expect_prompt_text(&r, "<｜begin▁of▁sentence｜><｜User｜>Hi");
+    oai_request_free(&r);
+}
+
+Test(openai, continue_final_message_errors) {
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\"," PREFIX_MSGS ",\"prefix\":true}],\"add_generation_prompt\":true}", 400,
+                 "add_generation_prompt");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\"," PREFIX_MSGS ",\"prefix\":1}]}", 400, "messages");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\",\"prefix\":true}]}", 400,
+                 "messages");
+    expect_error(OAI_CHAT,
+                 "{\"model\":\"tiny\",\"messages\":[{\"role\":\"assistant\",\"content\":\"a\",\"prefix\":true},"
+                 "{\"role\":\"user\",\"content\":\"Hi\"}]}",
+                 400, "messages");
+    expect_error(OAI_CHAT, CHAT(",\"continue_final_message\":true"), 400, "messages"); /* last is a user turn */
+    expect_error(OAI_CHAT, CHAT(",\"continue_final_message\":\"yes\""), 400, "continue_final_message");
+    expect_error(OAI_CHAT, CHAT(",\"add_generation_prompt\":0"), 400, "add_generation_prompt");
+    expect_error(OAI_COMPLETION, CMPL(",\"continue_final_message\":true"), 400, "continue_final_message");
+    /* prefix: false anywhere is the same as absent */
+    oai_request r;
+    oai_error e;
+    cr_expect_eq(parse(OAI_CHAT, "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\",\"prefix\":false}]}",
+                       &r, &e), 0, "%s", e.message);
+    oai_request_free(&r);
+}
