@@ -2,7 +2,9 @@
  * with the DeepSeek-V3 template (common/chat_template) and encodes the text
  * (common/tokenizer), one JSON line in, one JSON line out.
  *
- *   in:  {"messages": [...], "add_generation_prompt": bool (default false)}
+ *   in:  {"messages": [...], "add_generation_prompt": bool (default false),
+ *         "continue_final_message": bool (default false: end inside the last,
+ *         assistant, message; common/chat_template.h)}
  *   out: {"text": "<｜begin▁of▁sentence｜>...", "ids": [0, ...]}
  *
  * The ids are the tokenizer's encode of the text with special tokens matched
@@ -25,7 +27,8 @@ static void chat_template_usage(FILE *f) {
     fprintf(f,
             "usage: mlaserve chat-template --model DIR\n"
             "\n"
-            "Reads JSON lines {\"messages\": [...], \"add_generation_prompt\": bool} on stdin and\n"
+            "Reads JSON lines {\"messages\": [...], \"add_generation_prompt\": bool,\n"
+            "\"continue_final_message\": bool} on stdin and\n"
             "writes {\"text\": ..., \"ids\": [...]} for each: the DeepSeek-V3 chat template render\n"
             "and its token ids. A bad line gets {\"error\": ...} and makes the exit code 1.\n"
             "  --model DIR   directory holding tokenizer.json (a model or tokenizer directory)\n");
@@ -50,14 +53,18 @@ static int parse_args(int argc, char **argv, const char **model) {
 /* Builds {"text","ids"} for one parsed request; NULL with err on failure. */
 static json_t *render_request(const tokenizer *tok, const json_t *req, ms_err *err) {
     if (!json_is_object(req)) { ms_err_set(err, "expected a JSON object {\"messages\": [...]}"); return NULL; }
-    const json_t *gen = json_object_get(req, "add_generation_prompt");
+    const json_t *gen = json_object_get(req, "add_generation_prompt"), *cont = json_object_get(req, "continue_final_message");
     if (gen && !json_is_boolean(gen) && !json_is_null(gen)) {
         ms_err_set(err, "add_generation_prompt: must be true or false");
         return NULL;
     }
+    if (cont && !json_is_boolean(cont) && !json_is_null(cont)) {
+        ms_err_set(err, "continue_final_message: must be true or false");
+        return NULL;
+    }
     const json_t *messages = json_object_get(req, "messages");
     if (!messages) { ms_err_set(err, "messages: missing"); return NULL; }
-    chat_template_opts opts = {.add_generation_prompt = json_is_true(gen)};
+    chat_template_opts opts = {.add_generation_prompt = json_is_true(gen), .continue_final_message = json_is_true(cont)};
     char *text = NULL;
     size_t len = 0;
     if (chat_template_render(messages, &opts, &text, &len, err)) return NULL;

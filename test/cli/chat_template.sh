@@ -71,5 +71,11 @@ sed -n 3p "$TMP/out" | grep -qF '"error":"line 4: messages[0].content' ||
 grep -qF "line 2: invalid JSON" "$TMP/err" || fail "errors not echoed on stderr"
 [ "$fails" -eq 0 ] && echo "ok: bad lines answered with errors, later lines served"
 
+# continue_final_message: the render stops after the last assistant content (no EOS)
+printf '%s\n' '{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"The"}],"continue_final_message":true}' |
+    "$BIN" chat-template --model "$TOK" >"$TMP/out" 2>"$TMP/err" || fail "continue_final_message: exit $?"
+grep -qF '"text":"<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>The"' "$TMP/out" && echo "ok: continue_final_message" ||
+    fail "continue_final_message: $(cat "$TMP/out")"
+
 [ "$fails" -eq 0 ] || { echo "chat_template.sh: $fails failed"; exit 1; }
 echo "chat_template.sh: all passed"
