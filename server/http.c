@@ -532,14 +532,24 @@ static int out_event(gen_job *j, json_t *o) {
     return rc ? -1 : 0;
 }
 
+/* stream_options.continuous_usage_stats (vLLM): choice i's usage so far in
+ * each of its chunks. Returns the chunk. */
+static json_t *stamp_usage(const gen_job *j, int i, json_t *chunk) {
+    if (!chunk || !j->req.continuous_usage) return chunk;
+    int prompt = j->req.prompts[i / j->req.n].n_ids, done = j->ch[i].acc.completion_tokens;
+    json_object_set_new(chunk, "usage", json_pack("{s:i,s:i,s:i}", "prompt_tokens", prompt, "completion_tokens", done,
+                                                  "total_tokens", prompt + done));
+    return chunk;
+}
+
 static void stream_first_chunks(gen_job *j) {
     for (int i = 0; i < j->n_ch; i++) {
         if (j->req.kind == OAI_CHAT)
-            out_event(j, oai_chunk_json(&j->req, j->id, j->created, j->h->fingerprint, i, "assistant", "", 0, NULL,
-                                        FINISH_NONE));
+            out_event(j, stamp_usage(j, i, oai_chunk_json(&j->req, j->id, j->created, j->h->fingerprint, i, "assistant",
+                                                          "", 0, NULL, FINISH_NONE)));
         else if (!j->req.prompt_logprobs) { /* with them, the echo waits for the prompt's logprobs */
             json_t *echo = oai_stream_echo(&j->req, &j->ch[i].acc, j->id, j->created, j->h->fingerprint, i);
-            if (echo) out_event(j, echo);
+            if (echo) out_event(j, stamp_usage(j, i, echo));
         }
         j->ch[i].role_sent = 1;
     }
@@ -551,7 +561,7 @@ static void stream_event(gen_job *j, int i, const sched_event *ev) {
     json_t *chunks = oai_stream_event(&j->req, &j->ch[i].acc, h->tok, ev, j->id, j->created, h->fingerprint, i);
     size_t k;
     json_t *c;
-    json_array_foreach(chunks, k, c) out_event(j, json_incref(c));
+    json_array_foreach(chunks, k, c) out_event(j, stamp_usage(j, i, json_incref(c)));
     json_decref(chunks);
     if (ev->finish == FINISH_ERROR) {
         oai_error e;

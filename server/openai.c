@@ -233,6 +233,11 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
             snprintf(err->param, sizeof err->param, "stream_options.include_usage");
             return -1;
         }
+        if (get_bool(so, "continuous_usage_stats", &r->continuous_usage, err) < 0) {
+            snprintf(err->param, sizeof err->param, "stream_options.continuous_usage_stats");
+            return -1;
+        }
+        r->continuous_usage = r->continuous_usage && r->include_usage; /* vLLM: only with include_usage */
     }
     if (get_bool(b, "ignore_eos", &r->ignore_eos, err) < 0) return -1;
     json_t *stop = oai_field(b, "stop");

@@ -78,6 +78,7 @@ typedef struct oai_request {
     int n_stop_ids;
     int min_tokens;            /* vLLM min_tokens */
     int stream, include_usage;
+    int continuous_usage;      /* vLLM stream_options.continuous_usage_stats (with include_usage): usage in every chunk */
     int logprobs;              /* chat: logprobs true; completions: logprobs not null */
     int top_logprobs;          /* alternatives per token (chat top_logprobs / completions logprobs) */
     int ignore_eos;

@@ -339,6 +339,28 @@ await check('chat prefix completion', async () => {
     client.chat.completions.create({ ...opts, messages: [{ role: 'assistant', content: 'a', prefix: true }, ...messages] }), 'messages');
 });
 
+// vLLM's stream_options.continuous_usage_stats: every chunk carries the
+// choice's usage so far (role chunk 0, then one more per token), ending at
+// the closing usage chunk's counts; without it the chunks carry null.
+await check('stream_options.continuous_usage_stats', async () => {
+  const req = { model, messages, max_tokens: 5, temperature: 0, ignore_eos: true, stream: true };
+  const seen = [];
+  let final = null;
+  const s = await client.chat.completions.create({ ...req, stream_options: { include_usage: true, continuous_usage_stats: true } });
+  for await (const c of s) if (c.choices.length) seen.push(c.usage); else final = c.usage;
+  assert.ok(final && final.completion_tokens === 5, JSON.stringify(final));
+  assert.equal(seen[0].completion_tokens, 0);
+  assert.equal(seen[seen.length - 1].completion_tokens, 5);
+  for (let k = 0; k < seen.length; k++) {
+    assert.equal(seen[k].prompt_tokens, final.prompt_tokens);
+    assert.equal(seen[k].total_tokens, seen[k].prompt_tokens + seen[k].completion_tokens);
+    if (k) assert.ok(seen[k].completion_tokens >= seen[k - 1].completion_tokens);
+  }
+  assert.ok(seen.length >= 6);
+  const plain = await client.chat.completions.create({ ...req, stream_options: { include_usage: true } });
+  for await (const c of plain) if (c.choices.length) assert.equal(c.usage, null);
+});
+
 // vLLM's stopping extensions through the SDK (extra body fields), against the
 // plain greedy run
 await check('stop_token_ids, min_tokens, include_stop_str_in_output', async () => {

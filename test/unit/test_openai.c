@@ -682,3 +682,18 @@ Test(openai, continue_final_message_errors) {
                        &r, &e), 0, "%s", e.message);
     oai_request_free(&r);
 }
+
+Test(openai, continuous_usage_stats) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_CHAT, CHAT(",\"stream\":true,\"stream_options\":{\"include_usage\":true,\"continuous_usage_stats\":true}"),
+                       &r, &e), 0, "%s", e.message);
+    cr_expect(r.include_usage && r.continuous_usage);
+    oai_request_free(&r);
+    cr_assert_eq(parse(OAI_CHAT, CHAT(",\"stream\":true,\"stream_options\":{\"continuous_usage_stats\":true}"), &r, &e), 0,
+                 "%s", e.message);
+    cr_expect(!r.continuous_usage, "only with include_usage (vLLM)");
+    oai_request_free(&r);
+    expect_error(OAI_CHAT, CHAT(",\"stream\":true,\"stream_options\":{\"continuous_usage_stats\":1}"), 400,
+                 "stream_options.continuous_usage_stats");
+}
