@@ -49,7 +49,7 @@ AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -m
 # library too, so unit tests and fuzz targets link them; the HTTP front end and
 # the commands are the binary's own.
 SERVER_LIB_SRC := server/openai.c server/oai_chat.c server/chat_output.c server/reasoning.c server/toolcall.c \
-                  server/metrics.c server/conn_guard.c
+                  server/metrics.c server/conn_guard.c server/cors.c
 LIB_SRC    := $(wildcard common/*.c engine/*.c cpu/*.c) $(SERVER_LIB_SRC)
 SERVER_SRC := $(filter-out $(SERVER_LIB_SRC),$(wildcard server/*.c))
 TEST_SRC   := $(wildcard test/unit/test_*.c)

@@ -30,6 +30,7 @@
 #include "engine/sched.h"
 #include "server/cli.h"
 #include "server/cli_engine.h"
+#include "server/cors.h"
 #include "server/ep_launch.h"
 #include "server/ep_remote.h"
 #include "server/http.h"
@@ -43,6 +44,7 @@ typedef struct serve_args {
     long port, threads, max_body_bytes, drain_timeout_s, max_connections, idle_timeout_s, header_timeout_s, ep;
     const char *placement;       /* --ep-placement */
     const char *device;          /* --device */
+    char *allowed_origins;       /* --allowed-origins parsed (server/cors.h), owned; NULL: none */
     sched_config sc;
     int log_json;
     const char *template_name;   /* --chat-template; NULL: detected from tokenizer_config.json */
@@ -88,6 +90,8 @@ static void usage(FILE *f) {
             "  --max-connections N          concurrent HTTP connections at most (default 256)\n"
             "  --idle-timeout S             close a keep-alive connection idle this long (default 60)\n"
             "  --header-timeout S           close a connection whose request head takes longer (default 30; 0 off)\n"
+            "  --allowed-origins LIST       CORS for browsers: '*' any origin, or origins a,b (https://app.example.com)\n"
+            "                               or a JSON array; default none\n"
             "  --drain-timeout S            on SIGINT/SIGTERM, seconds in-flight requests may take (default 30)\n"
             "  --log-format text|json       request log format on stderr (default text)\n"
             "  --chat-template NAME         deepseek-v3 | deepseek-r1 | deepseek-v3.1 (default: detected from\n"
@@ -157,9 +161,20 @@ static int add_key_file(serve_args *a, const char *path) {
     return rc;
 }
 
-static void free_keys(serve_args *a) {
+/* What parse_args allocated: the API keys and the parsed CORS policy. */
+static void free_args(serve_args *a) {
     for (int i = 0; i < a->n_keys; i++) free(a->keys[i]);
     a->n_keys = 0;
+    free(a->allowed_origins);
+    a->allowed_origins = NULL;
+}
+
+static int parse_origins(serve_args *a, const char *arg) {
+    ms_err e = {{0}};
+    free(a->allowed_origins);
+    if (cors_policy_parse(arg, &a->allowed_origins, &e) == 0) return 0;
+    fprintf(stderr, "mlaserve serve: %s\n", e.msg);
+    return -1;
 }
 
 static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
@@ -219,6 +234,7 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         else if (!strcmp(o, "--drain-timeout")) bad = cli_parse_int(v, 0, 86400, &a->drain_timeout_s);
         else if (!strcmp(o, "--idle-timeout")) bad = cli_parse_int(v, 1, 86400, &a->idle_timeout_s);
         else if (!strcmp(o, "--header-timeout")) bad = cli_parse_int(v, 0, 86400, &a->header_timeout_s);
+        else if (!strcmp(o, "--allowed-origins")) bad = parse_origins(a, v);
         else if (!strcmp(o, "--log-format") && (!strcmp(v, "text") || !strcmp(v, "json"))) a->log_json = !strcmp(v, "json");
         else if (!strcmp(o, "--chat-template")) chat_template_variant_from_name(a->template_name = v, &ok), bad = !ok;
         else if (!strcmp(o, "--reasoning-parser") && (!strcmp(v, "deepseek-r1") || !strcmp(v, "none")))
@@ -373,6 +389,9 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
     int think = chat_template_opens_think(variant, &probe);
     printf("  chat template %s%s; reasoning parser %s\n", variant_name(variant), a->template_name ? "" : " (detected)",
            a->reasoning_flag < 0 ? "off" : a->reasoning_flag > 0 || think ? "deepseek-r1" : "off (the template does not open <think>)");
+    const char *cors = a->allowed_origins;
+    printf("  CORS %s%s\n", !cors || !*cors ? "off (--allowed-origins)" : strstr(cors, "*") ? "allowed from any origin" : "allowed from ",
+           cors && *cors && !strstr(cors, "*") ? cors : "");
     if (a->n_keys) printf("  API key required (%d key%s)\n", a->n_keys, a->n_keys > 1 ? "s" : "");
     else printf("  API key not required\n");
     printf("listening on http://%s%s%s:%d  (try: curl http://%s%s%s:%d/v1/chat/completions -H 'Content-Type: application/json' "
@@ -421,7 +440,7 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
                       .served_model = name, .model_root = a.model_dir, .max_body_bytes = (size_t)a.max_body_bytes,
                       .max_connections = (int)a.max_connections, .log_json = a.log_json,
                       .idle_timeout_s = (int)a.idle_timeout_s, .header_timeout_s = (int)a.header_timeout_s,
-                      .reasoning_flag = a.reasoning_flag};
+                      .reasoning_flag = a.reasoning_flag, .allowed_origins = a.allowed_origins};
     http_server *h = http_start(&hc, &err);
     if (!h) {
         fprintf(stderr, "mlaserve serve: %s\n", err.msg);
@@ -483,12 +502,12 @@ int cmd_serve(int argc, char **argv) {
     serve_args a;
     kv_size kv;
     if (parse_args(argc, argv, &a, &kv) != 0) {
-        free_keys(&a);
+        free_args(&a);
         usage(stderr);
         return CLI_USAGE;
     }
     ep_launch_opts lo = launch_opts(&a);
     int rc = lo.node_rank > 0 ? serve_worker(&a, &kv) : serve(&a, &kv); /* node 0 serves HTTP */
-    free_keys(&a);
+    free_args(&a);
     return rc;
 }

@@ -29,6 +29,7 @@
 
 #include "common/chat_template.h"
 #include "common/sha256.h"
+#include "server/cors.h"
 #include "server/conn_guard.h"
 #include "server/metrics.h"
 #include "server/openai.h"
@@ -162,6 +163,7 @@ typedef struct conn_state {
     char method[8];
     char path[128];
     char request_id[REQUEST_ID_MAX + 1];
+    char cors_origin[CORS_MAX_ORIGIN + 1]; /* Access-Control-Allow-Origin to send, "" for none */
     /* generation requests, for the access log (written by the handler / stream reader only) */
     int is_generation;
     int prompt_tokens, completion_tokens, cached_tokens;
@@ -177,8 +179,14 @@ static double now_s(void) {
 
 /* ------------------------------------------------------------ responses */
 
+/* Headers every answer carries: X-Request-Id, and CORS for an allowed origin. */
 static void add_request_id(struct MHD_Response *r, const conn_state *cs) {
-    if (cs && cs->request_id[0]) MHD_add_response_header(r, "X-Request-Id", cs->request_id);
+    if (!cs) return;
+    if (cs->request_id[0]) MHD_add_response_header(r, "X-Request-Id", cs->request_id);
+    if (!cs->cors_origin[0]) return;
+    MHD_add_response_header(r, "Access-Control-Allow-Origin", cs->cors_origin);
+    MHD_add_response_header(r, "Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
+    if (strcmp(cs->cors_origin, "*")) MHD_add_response_header(r, "Vary", "Origin");
 }
 
 static enum MHD_Result queue_json(struct MHD_Connection *c, conn_state *cs, int status, json_t *j) {
@@ -922,6 +930,38 @@ static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_s
     return MHD_NO;
 }
 
+/* OPTIONS on a route: 204 with Allow; for a CORS preflight (Origin and
+ * Access-Control-Request-Method sent) also the methods, headers and max age
+ * the browser may cache, or 403 when the origin is not allowed. No API key:
+ * browsers send none with a preflight. */
+static enum MHD_Result answer_options(struct MHD_Connection *c, conn_state *cs) {
+    char allow[32];
+    snprintf(allow, sizeof allow, "%s, OPTIONS", cs->rt->method);
+    const char *want = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Access-Control-Request-Method");
+    int preflight = want && MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    if (preflight && !cs->cors_origin[0]) {
+        oai_error e;
+        oai_error_set(&e, 403, "invalid_request_error", NULL, "cors_origin_not_allowed",
+                      "Origin not allowed by this server's --allowed-origins");
+        return queue_error(c, cs, &e);
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, "Allow", allow);
+    add_request_id(r, cs);
+    if (preflight) {
+        MHD_add_response_header(r, "Access-Control-Allow-Methods", allow);
+        MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                                cors_allow_headers(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                                               "Access-Control-Request-Headers")));
+        MHD_add_response_header(r, "Access-Control-Max-Age", CORS_MAX_AGE_S);
+    }
+    cs->status = 204;
+    enum MHD_Result ret = MHD_queue_response(c, 204, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 /* First call for a request: route, method, auth and declared body size are
  * checked before any body is read (an early error closes the connection). */
 static enum MHD_Result first_call(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *url,
@@ -934,6 +974,7 @@ static enum MHD_Result first_call(http_server *h, struct MHD_Connection *c, conn
         oai_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "No route %.100s %.100s", method, url);
         return queue_error(c, cs, &e);
     }
+    if (!strcmp(method, "OPTIONS")) return answer_options(c, cs);
     if (strcmp(method, cs->rt->method)) {
         oai_error_set(&e, 405, "invalid_request_error", NULL, "method_not_allowed", "%.100s %s: use %s", method,
                       cs->rt->path, cs->rt->method);
@@ -981,6 +1022,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(cs->method, sizeof cs->method, "%s", method);
         snprintf(cs->path, sizeof cs->path, "%s", url);
         set_request_id(c, cs);
+        const char *origin = cors_allow_origin(h->cfg.allowed_origins,
+                                               MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin"));
+        if (origin) snprintf(cs->cors_origin, sizeof cs->cors_origin, "%s", origin);
         int answered;
         enum MHD_Result r = first_call(h, c, cs, url, method, &answered);
         if (answered || strcmp(method, "POST")) return answered ? r : dispatch(h, c, cs, url);

@@ -44,6 +44,7 @@ typedef struct http_config {
     int idle_timeout_s;        /* a keep-alive connection idle this long is closed (0: HTTP_DEFAULT_IDLE_TIMEOUT_S) */
     int header_timeout_s;      /* a request head must arrive within this (0: no limit); see conn_guard.h */
     int reasoning_flag;        /* --reasoning-parser: 1 deepseek-r1, 0 auto, -1 none */
+    const char *allowed_origins; /* --allowed-origins, server/cors.h (NULL: any origin); must outlive the server */
 } http_config;
 
 #define HTTP_DEFAULT_IDLE_TIMEOUT_S 60

@@ -67,6 +67,12 @@ post /tokenize '{"model":"tiny-v3","prompt":"Hello world"}' "$TMP/tok.json" > /d
 [ "$(cat "$TMP/tok.json")" = '{"count":3,"max_model_len":256,"tokens":[0,19923,2058]}' ] || fail "/tokenize: $(cat "$TMP/tok.json")"
 post /tokenize '{"messages":[{"role":"user","content":"Hi"}]}' "$TMP/tokm.json" > /dev/null
 [ "$(jget 'j.count === j.tokens.length && j.tokens[0] === 0' "$TMP/tokm.json")" = true ] || fail "/tokenize messages: $(cat "$TMP/tokm.json")"
+# CORS is off by default (server/cors.h): no header for a browser's Origin, its preflight refused
+curl -s -m 10 -o /dev/null -D "$TMP/cors.h" -H "Authorization: Bearer $KEY" -H 'Origin: https://app.example' "$URL/v1/models"
+grep -qi '^access-control' "$TMP/cors.h" && fail "CORS headers by default: $(cat "$TMP/cors.h")"
+[ "$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X OPTIONS -H 'Origin: https://app.example' \
+    -H 'Access-Control-Request-Method: POST' "$URL/v1/completions")" = 403 ] || fail "default CORS preflight not refused"
+grep -q "CORS off" "$TMP/main.out" || fail "banner lacks CORS off: $(cat "$TMP/main.out")"
 # a continued last message (DeepSeek's "prefix", vLLM's continue_final_message) tokenizes as its text spelled out
 post /tokenize '{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"The","prefix":true}]}' "$TMP/tokp.json" > /dev/null
 post /tokenize '{"prompt":"<｜User｜>Hi<｜Assistant｜>The"}' "$TMP/tokq.json" > /dev/null

@@ -12,7 +12,7 @@ MODEL=${MLASERVE_TEST_MODELS:?}/tiny-v3
 . "$(dirname "$0")/lib/server.sh"
 
 printf '# keys for the test\n\n  second-key  \nthird-key\n' > "$TMP/keys"
-start_server "$TMP/s" --api-key first-key --api-key-file "$TMP/keys" --log-format json --header-timeout 2 ||
+start_server "$TMP/s" --api-key first-key --api-key-file "$TMP/keys" --log-format json --header-timeout 2 --allowed-origins '*' ||
     { fail "server did not start"; exit 1; }
 URL=http://127.0.0.1:$SPORT
 
@@ -83,6 +83,29 @@ const ok=g("mlaserve:request_success_total{finished_reason=\"length\"}")>=2 && g
  && g("mlaserve:inter_token_latency_seconds_count")>=9 && g("mlaserve:time_to_first_token_seconds_bucket{le=\"+Inf\"}")===g("mlaserve:time_to_first_token_seconds_count");
 process.exit(ok?0:1)' "$TMP/m3" || fail "/metrics counts: $(grep -E 'success|_count' "$TMP/m3")"
 
+# ---- CORS (server/cors.h) with --allowed-origins '*': any origin; a preflight needs no key
+# hdr FILE NAME: the value of response header NAME in a curl -D dump ("" if absent)
+hdr() { tr -d '\r' < "$1" | sed -n "s/^$2: //Ip" | head -1; }
+st=$(curl -s -m 10 -o /dev/null -D "$TMP/pre.h" -w '%{http_code}' -X OPTIONS -H 'Origin: https://app.example' \
+    -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: authorization,content-type' \
+    "$URL/v1/chat/completions")
+[ "$st" = 204 ] || fail "CORS preflight: status $st"
+[ "$(hdr "$TMP/pre.h" Access-Control-Allow-Origin)" = "*" ] || fail "preflight allow-origin: $(cat "$TMP/pre.h")"
+[ "$(hdr "$TMP/pre.h" Access-Control-Allow-Methods)" = "POST, OPTIONS" ] || fail "preflight methods: $(cat "$TMP/pre.h")"
+[ "$(hdr "$TMP/pre.h" Access-Control-Allow-Headers)" = "authorization,content-type" ] || fail "preflight headers: $(cat "$TMP/pre.h")"
+[ -n "$(hdr "$TMP/pre.h" Access-Control-Max-Age)" ] || fail "preflight max-age: $(cat "$TMP/pre.h")"
+st=$(curl -s -m 30 -o "$TMP/cors.json" -D "$TMP/cors.h" -w '%{http_code}' -H 'Origin: https://app.example' \
+    -H "Authorization: Bearer first-key" -H 'Content-Type: application/json' \
+    -d '{"model":"tiny-v3","messages":[{"role":"user","content":"Hi"}],"max_tokens":2}' "$URL/v1/chat/completions")
+[ "$st" = 200 ] && [ "$(hdr "$TMP/cors.h" Access-Control-Allow-Origin)" = "*" ] || fail "CORS request: $st $(cat "$TMP/cors.h")"
+hdr "$TMP/cors.h" Access-Control-Expose-Headers | grep -q X-Request-Id || fail "X-Request-Id not exposed: $(cat "$TMP/cors.h")"
+curl -s -m 10 -o /dev/null -D "$TMP/nocors.h" -H "Authorization: Bearer first-key" "$URL/v1/models"
+[ -z "$(hdr "$TMP/nocors.h" Access-Control-Allow-Origin)" ] || fail "CORS header without an Origin: $(cat "$TMP/nocors.h")"
+st=$(curl -s -m 10 -o /dev/null -D "$TMP/opt.h" -w '%{http_code}' -X OPTIONS "$URL/v1/models")
+[ "$st" = 204 ] && [ "$(hdr "$TMP/opt.h" Allow)" = "GET, OPTIONS" ] || fail "OPTIONS without Origin: $st $(cat "$TMP/opt.h")"
+st=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X OPTIONS "$URL/no/such/route")
+[ "$st" = 404 ] || fail "OPTIONS on an unknown route: $st"
+
 # ---- request-head deadline: a client dripping its headers is cut off after --header-timeout (2 s)
 node -e '
 const net=require("net");const t0=Date.now();
@@ -98,6 +121,24 @@ i=0
 while kill -0 "$SPID" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 wait "$SPID"; rc=$?
 [ $rc -eq 0 ] || fail "exit status after SIGTERM: $rc"
+
+# ---- CORS with a list of origins (vLLM's JSON spelling): listed ones echoed (Vary: Origin), others get no header and a 403 preflight
+start_server "$TMP/c" --allowed-origins '["https://app.example", "http://localhost:3000"]' ||
+    { fail "server with --allowed-origins did not start"; exit 1; }
+CURL=http://127.0.0.1:$SPORT
+grep -q "CORS allowed from https://app.example,http://localhost:3000" "$TMP/c.out" || fail "banner: $(grep CORS "$TMP/c.out")"
+curl -s -m 10 -o /dev/null -D "$TMP/l1.h" -H 'Origin: http://localhost:3000' "$CURL/v1/models"
+[ "$(hdr "$TMP/l1.h" Access-Control-Allow-Origin)" = "http://localhost:3000" ] && [ "$(hdr "$TMP/l1.h" Vary)" = Origin ] ||
+    fail "listed origin: $(cat "$TMP/l1.h")"
+curl -s -m 10 -o /dev/null -D "$TMP/l2.h" -H 'Origin: https://evil.example' "$CURL/v1/models"
+[ -z "$(hdr "$TMP/l2.h" Access-Control-Allow-Origin)" ] || fail "unlisted origin allowed: $(cat "$TMP/l2.h")"
+st=$(curl -s -m 10 -o "$TMP/l3.json" -w '%{http_code}' -X OPTIONS -H 'Origin: https://evil.example' \
+    -H 'Access-Control-Request-Method: POST' "$CURL/v1/completions")
+[ "$st" = 403 ] && grep -q cors_origin_not_allowed "$TMP/l3.json" || fail "unlisted preflight: $st $(cat "$TMP/l3.json")"
+kill -TERM "$SPID"; wait "$SPID"
+"$BIN" serve --model "$MODEL" --allowed-origins 'app.example' > /dev/null 2> "$TMP/o.err"; rc=$?
+[ $rc -eq 2 ] && grep -q "allowed-origins: 'app.example' is not an origin" "$TMP/o.err" ||
+    fail "bad --allowed-origins: exit $rc: $(cat "$TMP/o.err")"
 
 # ---- usage errors
 "$BIN" serve --model "$MODEL" --api-key-file "$TMP/none" > /dev/null 2>&1; rc=$?
