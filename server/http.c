@@ -652,6 +652,7 @@ static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c,
     oai_ctx ctx = parse_ctx(h);
     oai_request req;
     if (oai_parse_request(kind, cs->body ? cs->body : "", cs->len, &ctx, &req, &e) != 0) return queue_error(c, cs, &e);
+    if (req.ignored[0]) serve_log_request(h->cfg.log_json, "warn", cs->request_id, "ignored request fields: %s", req.ignored);
     gen_job *j = job_create(h, c, cs, &req);
     if (!j) {
         oai_request_free(&req);

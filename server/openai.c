@@ -550,6 +550,40 @@ static int check_constraint(const oai_ctx *ctx, oai_request *r, oai_error *err) 
     return 0;
 }
 
+/* The fields each endpoint reads (everything parse_* and oai_features_parse look at). */
+static int known_field(const char *k, oai_kind kind) {
+    static const char *const common[] = {
+        "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "n",
+        "stream", "stream_options", "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos", "user",
+        "logit_bias", "stop_token_ids", "min_tokens", "include_stop_str_in_output", "skip_special_tokens",
+        "response_format", "functions", "best_of", "logprobs", "top_logprobs", "suffix", NULL};
+    static const char *const chat[] = {"messages", "tools", "tool_choice", "parallel_tool_calls", "include_reasoning",
+                                       "chat_template_kwargs", "continue_final_message", "add_generation_prompt", NULL};
+    static const char *const completion[] = {"prompt", "echo", NULL};
+    for (const char *const *f = common; *f; f++)
+        if (!strcmp(k, *f)) return 1;
+    for (const char *const *f = kind == OAI_CHAT ? chat : completion; *f; f++)
+        if (!strcmp(k, *f)) return 1;
+    return 0;
+}
+
+/* r->ignored: the body's fields no parser reads (vLLM logs the same warning),
+ * so a misspelled parameter is visible in the log instead of silently lost. */
+static void note_ignored(const json_t *b, oai_kind kind, oai_request *r) {
+    const char *key;
+    json_t *v;
+    size_t len = 0;
+    json_object_foreach((json_t *)b, key, v) {
+        if (known_field(key, kind)) continue;
+        int n = snprintf(r->ignored + len, sizeof r->ignored - len, "%s%.40s", len ? ", " : "", key);
+        if (n < 0 || (size_t)n >= sizeof r->ignored - len) {
+            snprintf(r->ignored + sizeof r->ignored - 6, 6, ", ..."); /* full: mark the cut */
+            return;
+        }
+        len += (size_t)n;
+    }
+}
+
 int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx *ctx, oai_request *r,
                       oai_error *err) {
     memset(r, 0, sizeof *r);
@@ -563,6 +597,7 @@ int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx
         return -1;
     }
     int rc = -1;
+    if (json_is_object(b)) note_ignored(b, kind, r);
     if (!json_is_object(b)) {
         oai_error_set(err, 400, BAD, NULL, "invalid_json", "The request body must be a JSON object");
     } else if (parse_common(b, ctx, r, err) == 0 && parse_logprobs(kind, b, r, err) == 0 &&

@@ -60,6 +60,7 @@ typedef struct oai_prompt {
 typedef struct oai_request {
     oai_kind kind;
     char *model;               /* as sent (== served_model after validation) */
+    char ignored[160];         /* body fields this server does not read, ", "-joined (logged as a warning); "" if none */
     oai_prompt *prompts;       /* chat: 1; completions: one per prompt */
     int n_prompts;
     int n;                     /* choices per prompt */

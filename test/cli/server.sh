@@ -73,6 +73,9 @@ grep -qi '^access-control' "$TMP/cors.h" && fail "CORS headers by default: $(cat
 [ "$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X OPTIONS -H 'Origin: https://app.example' \
     -H 'Access-Control-Request-Method: POST' "$URL/v1/completions")" = 403 ] || fail "default CORS preflight not refused"
 grep -q "CORS off" "$TMP/main.out" || fail "banner lacks CORS off: $(cat "$TMP/main.out")"
+# a misspelled parameter is not lost silently: the log names it (as vLLM's)
+post /v1/completions '{"model":"tiny-v3","prompt":"Hi","max_tokens":1,"max_token":5}' "$TMP/ign.json" > /dev/null
+grep -q "ignored request fields: max_token" "$TMP/main.err" || fail "ignored field not logged: $(tail -3 "$TMP/main.err")"
 # a continued last message (DeepSeek's "prefix", vLLM's continue_final_message) tokenizes as its text spelled out
 post /tokenize '{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"The","prefix":true}]}' "$TMP/tokp.json" > /dev/null
 post /tokenize '{"prompt":"<｜User｜>Hi<｜Assistant｜>The"}' "$TMP/tokq.json" > /dev/null

@@ -697,3 +697,27 @@ Test(openai, continuous_usage_stats) {
     expect_error(OAI_CHAT, CHAT(",\"stream\":true,\"stream_options\":{\"continuous_usage_stats\":1}"), 400,
                  "stream_options.continuous_usage_stats");
 }
+
+/* Fields no parser reads are listed for the log (vLLM warns the same way). */
+Test(openai, ignored_fields_listed) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_CHAT, CHAT(",\"max_token\":5,\"temperature\":0,\"metadata\":{}"), &r, &e), 0, "%s", e.message);
+    cr_expect(strstr(r.ignored, "max_token") && strstr(r.ignored, "metadata"), "ignored: '%s'", r.ignored);
+    cr_expect(!strstr(r.ignored, "temperature") && !strstr(r.ignored, "messages"), "ignored: '%s'", r.ignored);
+    oai_request_free(&r);
+    cr_assert_eq(parse(OAI_CHAT, CHAT(",\"top_logprobs\":2,\"logprobs\":true,\"tools\":[]"), &r, &e), 0, "%s", e.message);
+    cr_expect_str_eq(r.ignored, "");
+    oai_request_free(&r);
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"echo\":true,\"messages\":[]"), &r, &e), 0, "%s", e.message);
+    cr_expect_str_eq(r.ignored, "messages", "chat's fields are not read by /v1/completions");
+    oai_request_free(&r);
+    /* Many: the list is cut with a mark, never overflowing. */
+    char body[4096] = "{\"model\":\"tiny\",\"prompt\":\"x\"";
+    for (int k = 0; k < 40; k++) snprintf(body + strlen(body), sizeof body - strlen(body), ",\"unknown_field_%02d\":1", k);
+    strcat(body, "}");
+    cr_assert_eq(parse(OAI_COMPLETION, body, &r, &e), 0, "%s", e.message);
+    cr_expect(strlen(r.ignored) < sizeof r.ignored);
+    cr_expect(strstr(r.ignored, "unknown_field_00") && strstr(r.ignored, ", ..."), "ignored: '%s'", r.ignored);
+    oai_request_free(&r);
+}
