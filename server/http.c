@@ -501,15 +501,21 @@ static enum MHD_Result generate_blocking(gen_job *j, conn_state *cs) {
         oai_error_set(&e, 500, "server_error", NULL, NULL, "The engine failed this request: %s", j->error);
         ret = queue_error(j->conn, cs, &e);
     } else {
-        oai_usage u = job_usage(j);
+        oai_usage u = job_usage(j); /* best_of: every candidate's tokens count */
         oai_choice *flat = malloc((size_t)j->n_ch * sizeof *flat); /* oai_response_json wants them contiguous */
+        int *keep = malloc((size_t)j->n_ch * sizeof *keep);
         json_t *resp = NULL;
-        if (flat) {
+        if (flat && keep) {
             for (int i = 0; i < j->n_ch; i++) flat[i] = j->ch[i].acc;
-            resp = oai_response_json(&j->req, j->id, j->created, h->fingerprint, flat, j->n_ch,
+            int n_keep = oai_best_choices(&j->req, flat, keep);
+            for (int k = 0; k < n_keep; k++) flat[k] = j->ch[keep[k]].acc;
+            oai_request shown = j->req; /* the choices returned: n_return per prompt */
+            shown.n = j->req.n_return;
+            resp = oai_response_json(&shown, j->id, j->created, h->fingerprint, flat, n_keep,
                                      (const char *const *)j->echo, &u);
-            free(flat);
         }
+        free(flat);
+        free(keep);
         ret = queue_json(j->conn, cs, 200, resp);
     }
     job_free(j);

@@ -209,6 +209,21 @@ static int parse_vllm_stopping(const json_t *b, const oai_ctx *ctx, oai_request 
     return 0;
 }
 
+/* best_of (legacy completions): generate best_of candidates per prompt and
+ * return the n with the highest mean token logprob; not streamed. */
+static int parse_best_of(const json_t *b, oai_request *r, oai_error *err) {
+    long long best;
+    r->n_return = r->n;
+    int rc = get_int(b, "best_of", 1, OAI_MAX_N, &best, err);
+    if (rc <= 0 || best == r->n) return rc < 0 ? -1 : 0;
+    if (r->kind == OAI_CHAT && best > 1)
+        return oai_error_set(err, 400, BAD, "best_of", NULL, "'best_of' is a /v1/completions parameter");
+    if (best < r->n) return oai_error_set(err, 400, BAD, "best_of", NULL, "'best_of' (%lld) must be at least 'n' (%d)", best, r->n);
+    if (r->stream) return oai_error_set(err, 400, BAD, "best_of", NULL, "'best_of' cannot be used with 'stream'");
+    r->n = (int)best;
+    return 0;
+}
+
 static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
     json_t *m = json_object_get(b, "model");
     if (!json_is_string(m)) return oai_error_set(err, 400, BAD, "model", NULL, "'model' is required and must be a string");
@@ -256,16 +271,11 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
     if (!rc && (rc = get_int(b, "max_tokens", 0, INT32_MAX, &mt, err)) < 0) return -1;
     r->max_tokens_given = rc;
     r->max_tokens = rc ? (int)mt : 0;
-    /* Parameters that change the output's meaning and are not implemented: refuse, don't ignore. */
-    static const char *unsupported[] = {"functions", "best_of"};
-    for (size_t k = 0; k < sizeof unsupported / sizeof *unsupported; k++) {
-        json_t *v = oai_field(b, unsupported[k]);
-        if (!v) continue;
-        if (!strcmp(unsupported[k], "best_of") && json_is_integer(v) && json_integer_value(v) <= 1) continue;
-        if ((json_is_array(v) && json_array_size(v) == 0) || (json_is_object(v) && json_object_size(v) == 0)) continue;
-        return oai_error_set(err, 400, BAD, unsupported[k], NULL, "'%s' is not supported by this server", unsupported[k]);
-    }
-    return 0;
+    /* The legacy `functions` would change the output's meaning and is not implemented: refuse, don't ignore. */
+    json_t *v = oai_field(b, "functions");
+    if (v && !(json_is_array(v) && json_array_size(v) == 0) && !(json_is_object(v) && json_object_size(v) == 0))
+        return oai_error_set(err, 400, BAD, "functions", NULL, "'functions' is not supported by this server (use 'tools')");
+    return parse_best_of(b, r, err);
 }
 
 /* ---- prompts ---- */
@@ -635,7 +645,7 @@ int oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sche
     out->stop_ids = r->stop_ids;
     out->n_stop_ids = r->n_stop_ids;
     out->min_tokens = r->min_tokens;
-    out->top_logprobs = r->logprobs ? r->top_logprobs : -1;
+    out->top_logprobs = r->logprobs ? r->top_logprobs : r->n_return < r->n ? 0 : -1; /* best_of ranks by logprob */
     out->prompt_logprobs = r->prompt_logprobs;
     out->skip_special = r->skip_special;
     if (!r->feat.grammar) return 0;
@@ -782,11 +792,36 @@ int oai_choice_add(oai_choice *c, const oai_request *r, const tokenizer *tok, co
         c->text[c->text_len] = 0;
     }
     choice_add_logprobs(c, r, tok, ev, c->text_offset);
+    if (ev->token >= 0) c->logprob_sum += ev->logprob, c->n_logprob++;
     c->text_offset += ev->text_len;
     if (ev->completion_tokens > c->completion_tokens) c->completion_tokens = ev->completion_tokens;
     if (ev->cached_tokens > c->cached_tokens) c->cached_tokens = ev->cached_tokens;
     if (ev->finish != FINISH_NONE) c->finish = ev->finish;
     return 0;
+}
+
+static double mean_logprob(const oai_choice *c) { return c->n_logprob ? c->logprob_sum / c->n_logprob : 0.0; }
+
+int oai_best_choices(const oai_request *r, const oai_choice *choices, int *keep) {
+    int k = 0;
+    if (r->n_return >= r->n) { /* no best_of: all, in order */
+        for (; k < r->n_prompts * r->n; k++) keep[k] = k;
+        return k;
+    }
+    for (int p = 0; p < r->n_prompts; p++) {
+        const oai_choice *cand = choices + (size_t)p * (size_t)r->n;
+        int *mine = keep + k;
+        for (int i = 0; i < r->n; i++) { /* insertion by mean logprob, stable */
+            int at = i < r->n_return ? i : r->n_return;
+            while (at > 0 && mean_logprob(&cand[i]) > mean_logprob(&cand[mine[at - 1] - p * r->n])) {
+                if (at < r->n_return) mine[at] = mine[at - 1];
+                at--;
+            }
+            if (at < r->n_return) mine[at] = p * r->n + i;
+        }
+        k += r->n_return;
+    }
+    return k;
 }
 
 static json_t *finish_json(finish_reason f) {

@@ -63,7 +63,8 @@ typedef struct oai_request {
     char ignored[160];         /* body fields this server does not read, ", "-joined (logged as a warning); "" if none */
     oai_prompt *prompts;       /* chat: 1; completions: one per prompt */
     int n_prompts;
-    int n;                     /* choices per prompt */
+    int n;                     /* choices generated per prompt (best_of when given) */
+    int n_return;              /* choices returned per prompt: the request's n (< n only with best_of) */
     int max_tokens;            /* resolved: sent value, else the rest of the context (of the longest prompt);
                                 * 0 only with completions echo (the prompt scored, nothing generated) */
     int max_tokens_given;
@@ -131,12 +132,19 @@ typedef struct oai_choice {
     int echo_sent;             /* streaming: the echo chunk went out (oai_stream_echo) */
     chat_output *out;          /* chat with reasoning or tool parsing: the split output; else NULL */
     int failed;                /* out of memory while parsing the output */
+    double logprob_sum;        /* of the generated tokens whose logprob the engine sent (best_of ranking) */
+    int n_logprob;
 } oai_choice;
 
 /* echo: the prompt text a completions choice starts with (borrowed: it must
  * outlive c), or NULL. 0, or -1 when out of memory. */
 int oai_choice_init(oai_choice *c, const oai_request *r, const char *echo);
 void oai_choice_free(oai_choice *c);
+/* best_of (completions): per prompt, the r->n_return of its r->n candidates
+ * with the highest mean token logprob, best first (ties: the earlier), as
+ * indices into choices[0, n_prompts * r->n); returns how many (n_prompts *
+ * r->n_return). Without best_of every choice in order. */
+int oai_best_choices(const oai_request *r, const oai_choice *choices, int *keep);
 /* Appends an event's text and logprobs (if asked) to c; a prompt token's event
  * (ev->prompt) adds only its logprobs, with text_offset inside the echoed
  * prompt (a special token the prompt text does not spell, like the BOS added

@@ -361,6 +361,34 @@ await check('stream_options.continuous_usage_stats', async () => {
   for await (const c of plain) if (c.choices.length) assert.equal(c.usage, null);
 });
 
+// best_of (legacy completions): the oracle is the same request with n =
+// best_of and logprobs (the candidates get the same seeds): the answer is the
+// candidate with the highest mean token logprob, and usage counts them all.
+await check('best_of', async () => {
+  const mean = (c) => c.logprobs.token_logprobs.reduce((a, b) => a + b, 0) / c.logprobs.token_logprobs.length;
+  let req, all, ranked; /* a seed whose best candidate is not the first (else the check proves little) */
+  for (let seed = 1; seed <= 30; seed++) {
+    req = { model, prompt: 'Once upon a time', max_tokens: 6, temperature: 1, seed, ignore_eos: true };
+    all = await client.completions.create({ ...req, n: 3, logprobs: 0 });
+    ranked = [...all.choices].sort((a, b) => mean(b) - mean(a) || a.index - b.index);
+    if (ranked[0].index !== 0 && ranked[1].index !== 1) break;
+  }
+  assert.ok(ranked[0].index !== 0 && ranked[1].index !== 1, 'no seed in 1..30 ranks a later candidate first');
+  const best = await client.completions.create({ ...req, best_of: 3 });
+  assert.equal(best.choices.length, 1);
+  assert.equal(best.choices[0].index, 0);
+  assert.equal(best.choices[0].text, ranked[0].text);
+  assert.equal(best.choices[0].logprobs, null);
+  assert.equal(best.usage.completion_tokens, all.usage.completion_tokens);
+  const two = await client.completions.create({ ...req, best_of: 3, n: 2, logprobs: 0 });
+  assert.deepEqual(two.choices.map((c) => c.text), ranked.slice(0, 2).map((c) => c.text));
+  assert.deepEqual(two.choices.map((c) => c.index), [0, 1]);
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.completions.create({ ...req, best_of: 3, stream: true }), 'best_of');
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.completions.create({ ...req, best_of: 2, n: 3 }), 'best_of');
+});
+
 // vLLM's stopping extensions through the SDK (extra body fields), against the
 // plain greedy run
 await check('stop_token_ids, min_tokens, include_stop_str_in_output', async () => {

@@ -303,7 +303,12 @@ Test(openai, parameter_errors) {
     expect_error(OAI_COMPLETION, CMPL(",\"logprobs\":true"), 400, "logprobs");
     expect_error(OAI_COMPLETION, CMPL(",\"logprobs\":21"), 400, "logprobs");
     expect_error(OAI_COMPLETION, CMPL(",\"echo\":\"no\""), 400, "echo");
-    expect_error(OAI_COMPLETION, CMPL(",\"best_of\":3"), 400, "best_of");
+    expect_error(OAI_COMPLETION, CMPL(",\"best_of\":0"), 400, "best_of");
+    expect_error(OAI_COMPLETION, CMPL(",\"best_of\":65"), 400, "best_of");
+    expect_error(OAI_COMPLETION, CMPL(",\"best_of\":2,\"n\":3"), 400, "best_of");
+    expect_error(OAI_COMPLETION, CMPL(",\"best_of\":3,\"stream\":true"), 400, "best_of");
+    expect_error(OAI_CHAT, CHAT(",\"best_of\":3"), 400, "best_of");
+    expect_error(OAI_CHAT, CHAT(",\"functions\":[{\"name\":\"f\"}]"), 400, "functions");
 }
 
 Test(openai, context_limit) {
@@ -719,5 +724,39 @@ Test(openai, ignored_fields_listed) {
     cr_assert_eq(parse(OAI_COMPLETION, body, &r, &e), 0, "%s", e.message);
     cr_expect(strlen(r.ignored) < sizeof r.ignored);
     cr_expect(strstr(r.ignored, "unknown_field_00") && strstr(r.ignored, ", ..."), "ignored: '%s'", r.ignored);
+    oai_request_free(&r);
+}
+
+/* best_of: n candidates generated, n_return kept per prompt, ranked by mean
+ * token logprob (hand-made candidates). */
+Test(openai, best_of_ranks_by_mean_logprob) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"best_of\":4,\"n\":2"), &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.n, 4);
+    cr_expect_eq(r.n_return, 2);
+    sched_request sr;
+    cr_assert_eq(oai_sched_request(&r, 0, 1, &sr, NULL), 0);
+    cr_expect_eq(sr.top_logprobs, 0, "the token logprob is asked for the ranking");
+    r.n_prompts = 2; /* two prompts' candidates, as the server holds them */
+    oai_choice c[8] = {0};
+    const double sums[8] = {-4, -1, -3, -1, /* prompt 1: */ -2, -2, -9, -0.5};
+    const int counts[8] = {2, 1, 3, 2, /* */ 1, 4, 3, 1};
+    for (int i = 0; i < 8; i++) c[i].logprob_sum = sums[i], c[i].n_logprob = counts[i];
+    /* means: -2, -1, -1, -0.5 | -2, -0.5, -3, -0.5 */
+    int keep[8];
+    cr_assert_eq(oai_best_choices(&r, c, keep), 4);
+    cr_expect_eq(keep[0], 3);
+    cr_expect_eq(keep[1], 1, "ties keep the earlier candidate");
+    cr_expect_eq(keep[2], 5);
+    cr_expect_eq(keep[3], 7);
+    r.n_prompts = 1;
+    oai_request_free(&r);
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"n\":2"), &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.n_return, 2);
+    cr_assert_eq(oai_best_choices(&r, c + 2, keep), 2);
+    cr_expect(keep[0] == 0 && keep[1] == 1, "without best_of the choices stay in order, not ranked");
+    cr_assert_eq(oai_sched_request(&r, 0, 1, &sr, NULL), 0);
+    cr_expect_eq(sr.top_logprobs, -1, "no logprobs without best_of");
     oai_request_free(&r);
 }
