@@ -29,8 +29,8 @@
 
 #include "common/chat_template.h"
 #include "common/sha256.h"
-#include "server/cors.h"
 #include "server/conn_guard.h"
+#include "server/cors.h"
 #include "server/metrics.h"
 #include "server/openai.h"
 
@@ -180,7 +180,7 @@ static double now_s(void) {
 /* ------------------------------------------------------------ responses */
 
 /* Headers every answer carries: X-Request-Id, and CORS for an allowed origin. */
-static void add_request_id(struct MHD_Response *r, const conn_state *cs) {
+static void add_common_headers(struct MHD_Response *r, const conn_state *cs) {
     if (!cs) return;
     if (cs->request_id[0]) MHD_add_response_header(r, "X-Request-Id", cs->request_id);
     if (!cs->cors_origin[0]) return;
@@ -205,7 +205,7 @@ static enum MHD_Result queue_json(struct MHD_Connection *c, conn_state *cs, int 
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    add_request_id(r, cs);
+    add_common_headers(r, cs);
     if (status == 405 && cs && cs->rt) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, cs->rt->method);
     if (status == 429 || status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
@@ -228,7 +228,7 @@ static enum MHD_Result queue_text(struct MHD_Connection *c, conn_state *cs, int 
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
-    add_request_id(r, cs);
+    add_common_headers(r, cs);
     cs->status = status;
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -632,7 +632,7 @@ static enum MHD_Result generate_streaming(gen_job *j, conn_state *cs) {
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
-    add_request_id(r, cs);
+    add_common_headers(r, cs);
     cs->status = 200;
     enum MHD_Result ret = MHD_queue_response(j->conn, MHD_HTTP_OK, r);
     MHD_destroy_response(r); /* the job is freed with the response (stream_free_cb) */
@@ -955,7 +955,7 @@ static enum MHD_Result answer_options(struct MHD_Connection *c, conn_state *cs) 
     struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     if (!r) return MHD_NO;
     MHD_add_response_header(r, "Allow", allow);
-    add_request_id(r, cs);
+    add_common_headers(r, cs);
     if (preflight) {
         MHD_add_response_header(r, "Access-Control-Allow-Methods", allow);
         MHD_add_response_header(r, "Access-Control-Allow-Headers",
