@@ -174,6 +174,14 @@ int oai_features_parse(const json_t *b, int chat, oai_features *f, oai_error *er
     if (f->grammar && (f->tool_choice == TOOL_CHOICE_REQUIRED || f->tool_choice == TOOL_CHOICE_NAMED))
         return oai_error_set(err, 400, BAD, "response_format", NULL,
                              "a JSON response_format cannot be combined with a forced tool_choice");
+    /* The constraint would start after the given prefix and so ignore it (the
+     * message as a whole would not be the JSON or call asked for). */
+    if (f->continue_final && f->grammar)
+        return oai_error_set(err, 400, BAD, "response_format", NULL,
+                             "a JSON response_format cannot be combined with continuing the last message");
+    if (f->continue_final && (f->tool_choice == TOOL_CHOICE_REQUIRED || f->tool_choice == TOOL_CHOICE_NAMED))
+        return oai_error_set(err, 400, BAD, "tool_choice", NULL,
+                             "a forced tool_choice cannot be combined with continuing the last message");
     return 0;
 }
 

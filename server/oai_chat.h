@@ -23,7 +23,8 @@
  *     "continue_final_message": true. The prompt then ends inside that
  *     message (common/chat_template.h) and the reply holds only what the model
  *     adds. add_generation_prompt (default: true, false when continuing) may
- *     not be true while continuing (400).
+ *     not be true while continuing (400), nor may a JSON response_format or a
+ *     forced tool_choice be asked (their constraint would ignore the prefix).
  * Who calls it: server/openai.c. Pure (the grammar is built here and owned by
  * the request). */
 #ifndef MS_OAI_CHAT_H

@@ -680,6 +680,10 @@ Test(openai, continue_final_message_errors) {
     expect_error(OAI_CHAT, CHAT(",\"continue_final_message\":\"yes\""), 400, "continue_final_message");
     expect_error(OAI_CHAT, CHAT(",\"add_generation_prompt\":0"), 400, "add_generation_prompt");
     expect_error(OAI_COMPLETION, CMPL(",\"continue_final_message\":true"), 400, "continue_final_message");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\"," PREFIX_MSGS ",\"prefix\":true}],\"response_format\":{\"type\":\"json_object\"}}",
+                 400, "response_format");
+    expect_error(OAI_CHAT, "{\"model\":\"tiny\"," PREFIX_MSGS ",\"prefix\":true}],\"tools\":[" TOOL "],\"tool_choice\":\"required\"}",
+                 400, "tool_choice");
     /* prefix: false anywhere is the same as absent */
     oai_request r;
     oai_error e;
