@@ -420,6 +420,14 @@ int sampler_probs(sampler *s, const float *logits, float *probs, ms_err *err) {
 
 /* ---- logprobs ---- */
 
+int sample_rank(const float *logits, int32_t n_vocab, int32_t chosen) {
+    if (chosen < 0 || chosen >= n_vocab) return 0;
+    float lc = isnan(logits[chosen]) ? -INFINITY : logits[chosen];
+    int rank = 1;
+    for (int32_t i = 0; i < n_vocab; i++) rank += logits[i] > lc; /* NaN compares false */
+    return rank;
+}
+
 int sample_logprobs(const float *logits, int32_t n_vocab, int32_t chosen, int top_n, sample_logprob *top,
                     float *chosen_logprob, ms_err *err) {
     if (chosen < 0 || chosen >= n_vocab)

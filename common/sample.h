@@ -93,6 +93,11 @@ typedef struct sample_logprob {
     float logprob;
 } sample_logprob;
 
+/* The rank of token chosen in logits[n_vocab]: 1 + how many logits are
+ * strictly greater (vLLM's prompt_logprobs "rank"; NaN counts as -inf). 0 when
+ * chosen is out of range. */
+int sample_rank(const float *logits, int32_t n_vocab, int32_t chosen);
+
 /* Log-softmax of logits[n_vocab] (the caller chooses which logits: raw model
  * output for OpenAI-style logprobs): *chosen_logprob for token `chosen`, and the
  * top_n most likely tokens in top[0..] in descending order (ties: lower id

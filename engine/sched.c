@@ -795,6 +795,7 @@ static void emit_prompt_events(sched *s, seq *q, int n, int *row) {
         sched_event ev = {.token = q->tokens[p + 1], .prompt = 1, .prompt_tokens = q->n_prompt};
         ev.n_top = sample_logprobs(l, V, ev.token, q->top_logprobs, (sample_logprob *)ev.top, &ev.logprob, NULL);
         if (ev.n_top < 0) ev.n_top = 0;
+        ev.rank = sample_rank(l, V, ev.token);
         emit(s, q->stream, &ev);
         q->lp_done = p + 2;
     }

@@ -138,6 +138,7 @@ typedef struct sched_event {
     char *text;              /* malloc'd, NUL-terminated; owned by the caller after next() */
     size_t text_len;
     float logprob;           /* of token, when requested */
+    int rank;                /* prompt token events: 1 + how many tokens had a higher logit (0: not computed) */
     int n_top;
     sched_logprob top[SCHED_MAX_TOP_LOGPROBS];
     finish_reason finish;

@@ -152,7 +152,7 @@ static void close_nccl(comm *c) { (void)c; }
 
 /* ---- several nodes ------------------------------------------------------------------ */
 
-#define NODE_ENTRY_VERSION 4u /* 3: workers answer each submit (server/ep_remote.h); 4: submits carry logit_bias, stop ids, min_tokens, include_stop */
+#define NODE_ENTRY_VERSION 5u /* 3: workers answer each submit (server/ep_remote.h); 4: submits carry logit_bias, stop ids, min_tokens, include_stop; 5: events carry the prompt token's rank */
 /* version, ranks, config hash, placement hash, control port (0: none), the ranks'
  * TCP ports (CPU ranks), the device kind (0 CPU, 1 CUDA), node 0's NCCL id (CUDA) */
 #define ENTRY_PORTS 18

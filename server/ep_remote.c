@@ -213,10 +213,11 @@ static json_t *event_json(uint64_t id, const sched_event *ev) {
     json_t *top = json_array();
     for (int i = 0; top && i < ev->n_top; i++)
         json_array_append_new(top, json_pack("[i, o]", ev->top[i].id, float_bits(ev->top[i].logprob)));
-    return json_pack("{s:s, s:I, s:i, s:i, s:o, s:o, s:o, s:i, s:s, s:i, s:i, s:i}", "t", "event", "id", (json_int_t)id,
-                     "token", ev->token, "prompt", ev->prompt, "text", hex_of(ev->text ? ev->text : "", ev->text_len),
-                     "lp", float_bits(ev->logprob), "top", top, "finish", (int)ev->finish, "error", ev->error, "pt",
-                     ev->prompt_tokens, "ct", ev->completion_tokens, "cached", ev->cached_tokens);
+    return json_pack("{s:s, s:I, s:i, s:i, s:o, s:o, s:o, s:i, s:s, s:i, s:i, s:i, s:i}", "t", "event", "id",
+                     (json_int_t)id, "token", ev->token, "prompt", ev->prompt, "text",
+                     hex_of(ev->text ? ev->text : "", ev->text_len), "lp", float_bits(ev->logprob), "top", top, "finish",
+                     (int)ev->finish, "error", ev->error, "pt", ev->prompt_tokens, "ct", ev->completion_tokens, "cached",
+                     ev->cached_tokens, "rank", ev->rank);
 }
 
 static int event_parse(const json_t *m, sched_event *ev) {
@@ -226,6 +227,7 @@ static int event_parse(const json_t *m, sched_event *ev) {
     ev->text = bytes_of(json_object_get(m, "text"), &ev->text_len);
     if (!ev->text) return -1;
     ev->logprob = bits_float(json_object_get(m, "lp"));
+    ev->rank = (int)get_int(m, "rank");
     const json_t *top = json_object_get(m, "top");
     for (size_t i = 0; i < json_array_size(top) && i < SCHED_MAX_TOP_LOGPROBS; i++) {
         ev->top[i].id = (int32_t)json_integer_value(json_array_get(json_array_get(top, i), 0));

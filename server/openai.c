@@ -506,11 +506,17 @@ static int parse_logprobs(oai_kind kind, const json_t *b, oai_request *r, oai_er
         if (get_bool(b, "echo", &r->echo, err) < 0) return -1;
         r->prompt_logprobs = r->echo && r->logprobs;
     }
-    /* max_tokens 0 scores the echoed prompt (its logprobs) without generating */
-    if (r->max_tokens_given && r->max_tokens == 0 && !r->echo) {
+    /* vLLM's prompt_logprobs: every prompt token's logprob, rank and alternatives */
+    if ((rc = get_int(b, "prompt_logprobs", 0, SCHED_MAX_TOP_LOGPROBS, &i, err)) < 0) return -1;
+    r->prompt_top = rc ? (int)i : -1;
+    if (rc && r->stream)
+        return oai_error_set(err, 400, BAD, "prompt_logprobs", NULL, "'prompt_logprobs' is not available with 'stream'");
+    /* max_tokens 0 scores the prompt (its logprobs) without generating */
+    if (r->max_tokens_given && r->max_tokens == 0 && !r->echo && r->prompt_top < 0) {
         const char *param = oai_field(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
         return oai_error_set(err, 400, BAD, param, NULL,
-                             "max_tokens must be at least 1 (0 is allowed only with 'echo' on /v1/completions)");
+                             "max_tokens must be at least 1 (0 is allowed only with 'prompt_logprobs', or 'echo' on "
+                             "/v1/completions)");
     }
     return 0;
 }
@@ -566,7 +572,7 @@ static int known_field(const char *k, oai_kind kind) {
         "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "n",
         "stream", "stream_options", "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos", "user",
         "logit_bias", "stop_token_ids", "min_tokens", "include_stop_str_in_output", "skip_special_tokens",
-        "response_format", "functions", "best_of", "logprobs", "top_logprobs", "suffix", NULL};
+        "response_format", "functions", "best_of", "logprobs", "top_logprobs", "suffix", "prompt_logprobs", NULL};
     static const char *const chat[] = {"messages", "tools", "tool_choice", "parallel_tool_calls", "include_reasoning",
                                        "chat_template_kwargs", "continue_final_message", "add_generation_prompt", NULL};
     static const char *const completion[] = {"prompt", "echo", NULL};
@@ -599,6 +605,7 @@ int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx
     memset(r, 0, sizeof *r);
     r->kind = kind;
     r->skip_special = 1;
+    r->prompt_top = -1;
     json_error_t je;
     json_t *b = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!b) {
@@ -646,7 +653,8 @@ int oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sche
     out->n_stop_ids = r->n_stop_ids;
     out->min_tokens = r->min_tokens;
     out->top_logprobs = r->logprobs ? r->top_logprobs : r->n_return < r->n ? 0 : -1; /* best_of ranks by logprob */
-    out->prompt_logprobs = r->prompt_logprobs;
+    if (r->prompt_top > out->top_logprobs) out->top_logprobs = r->prompt_top; /* each use trims to its own count */
+    out->prompt_logprobs = r->prompt_logprobs || r->prompt_top >= 0;
     out->skip_special = r->skip_special;
     if (!r->feat.grammar) return 0;
     cons_state *st = cons_state_create(r->feat.grammar, r->vocab, r->feat.starts_in_reasoning, err);
@@ -715,6 +723,7 @@ int oai_choice_init(oai_choice *c, const oai_request *r, const char *echo) {
         c->logprobs = r->kind == OAI_CHAT ? json_pack("{s:[]}", "content")
                                           : json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs",
                                                       "text_offset");
+    if (r->prompt_top >= 0 && !(c->prompt_lps = json_array())) return -1;
     if (r->kind != OAI_CHAT || (!r->feat.parse_reasoning && !r->feat.parse_tool_calls)) return 0;
     chat_output_opts o = {r->feat.parse_reasoning, r->feat.starts_in_reasoning, r->feat.include_reasoning,
                           r->feat.parse_tool_calls};
@@ -730,6 +739,7 @@ int oai_choice_init(oai_choice *c, const oai_request *r, const char *echo) {
 void oai_choice_free(oai_choice *c) {
     free(c->text);
     json_decref(c->logprobs);
+    json_decref(c->prompt_lps);
     if (c->out) chat_output_free(c->out);
     free(c->out);
     memset(c, 0, sizeof *c);
@@ -767,7 +777,29 @@ static size_t prompt_token_len(const oai_choice *c, const tokenizer *tok, int32_
     return n < left ? n : left;
 }
 
+/* {"logprob", "rank", "decoded_token"}: one entry of vLLM's prompt_logprobs. */
+static json_t *vllm_logprob(const tokenizer *tok, int32_t id, float lp, int rank) {
+    return json_pack("{s:o,s:i,s:o}", "logprob", lp_json(lp), "rank", rank, "decoded_token", oai_token_text(tok, id));
+}
+
+/* A prompt token's entry of vLLM's prompt_logprobs: null for the first token
+ * (nothing to condition on), else {"<id>": ...} for the token itself, then its
+ * r->prompt_top most likely alternatives (ranks 1, 2, ...). */
+static json_t *prompt_lp_entry(const oai_request *r, const tokenizer *tok, const sched_event *ev) {
+    if (isnan(ev->logprob)) return json_null();
+    json_t *o = json_object();
+    char key[16];
+    snprintf(key, sizeof key, "%d", (int)ev->token);
+    json_object_set_new(o, key, vllm_logprob(tok, ev->token, ev->logprob, ev->rank));
+    for (int i = 0; i < ev->n_top && i < r->prompt_top; i++) {
+        snprintf(key, sizeof key, "%d", (int)ev->top[i].id);
+        if (!json_object_get(o, key)) json_object_set_new(o, key, vllm_logprob(tok, ev->top[i].id, ev->top[i].logprob, i + 1));
+    }
+    return o;
+}
+
 static void choice_add_prompt(oai_choice *c, const oai_request *r, const tokenizer *tok, const sched_event *ev) {
+    if (c->prompt_lps) json_array_append_new(c->prompt_lps, prompt_lp_entry(r, tok, ev));
     choice_add_logprobs(c, r, tok, ev, c->prompt_offset);
     c->prompt_offset += prompt_token_len(c, tok, ev->token);
 }
@@ -882,11 +914,14 @@ json_t *oai_response_json(const oai_request *r, const char *id, long created, co
             }
             ch = json_pack("{s:i,s:o,s:o,s:o}", "index", i, "text", text, "logprobs", lp, "finish_reason",
                            finish_json(c->finish));
+            if (c->prompt_lps) json_object_set(ch, "prompt_logprobs", c->prompt_lps);
         }
         json_array_append_new(arr, ch);
     }
     json_object_set_new(o, "choices", arr);
     json_object_set_new(o, "usage", usage_json(r, usage));
+    /* chat: one list for the one prompt, at the top level (vLLM's place) */
+    if (r->kind == OAI_CHAT && n_choices && choices[0].prompt_lps) json_object_set(o, "prompt_logprobs", choices[0].prompt_lps);
     return o;
 }
 

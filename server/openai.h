@@ -86,6 +86,7 @@ typedef struct oai_request {
     int ignore_eos;
     int echo;                  /* completions: prepend the prompt text */
     int prompt_logprobs;       /* completions echo + logprobs: the prompt tokens' logprobs lead the choice's */
+    int prompt_top;            /* vLLM prompt_logprobs: alternatives per prompt token (0..20), -1 when not asked */
     int skip_special;
     oai_features feat;         /* tools, tool_choice, response_format, reasoning (server/oai_chat.h) */
     const cons_vocab *vocab;   /* from the ctx, for the per-choice constraint */
@@ -125,6 +126,7 @@ typedef struct oai_choice {
     int completion_tokens;
     int cached_tokens;         /* prompt tokens served from the prefix cache */
     json_t *logprobs;          /* chat: array of content entries; completions: object of arrays; NULL if not asked */
+    json_t *prompt_lps;        /* vLLM prompt_logprobs: [null, {"<id>": {logprob, rank, decoded_token}}, ...]; NULL if not asked */
     size_t text_offset;        /* completions logprobs: offset of the next token's text */
     const char *echo;          /* completions echo: the prompt text (borrowed), else NULL */
     size_t echo_len;

@@ -86,8 +86,9 @@ worker "$TMP/gw" generate --model "$MODEL" --threads 1 --nnodes 2 --node-rank 1 
 # ---- 3. the server over 2 nodes: node 1 runs sequences too
 # lp_requests FILE PORT: 8 concurrent chat completions with logprobs (half streamed) -> [{text, logprobs}];
 # each with a logit_bias (odd ones force " world", id 2058, even ones ban " cultura", id 39883), and
-# 1 and 5 with stop_token_ids [2058] and min_tokens 3 (so: three other tokens, then " world"), which must
-# reach the node that runs the sequence
+# 1 and 5 with stop_token_ids [2058] and min_tokens 3 (so: three other tokens, then " world"), and the
+# non-streamed ones with prompt_logprobs 2 (ranks included), which must reach the node that runs the
+# sequence and come back
 lp_requests() {
     node - "$1" "$2" <<'JS'
 const [file, port] = process.argv.slice(2);
@@ -95,11 +96,17 @@ const words = 'red green blue cyan magenta yellow black white'.split(' ');
 const one = async i => {
   const body = {model: 'tiny-v3', temperature: 0, max_tokens: 6 + i * 3, logprobs: true, top_logprobs: 2,
     stream: i % 2 === 1, messages: [{role: 'user', content: words.slice(0, 1 + i).join(' ')}],
-    logit_bias: i % 2 ? {2058: 100} : {39883: -100}, ...(i % 4 === 1 ? {stop_token_ids: [2058], min_tokens: 3} : {})};
+    logit_bias: i % 2 ? {2058: 100} : {39883: -100}, ...(i % 4 === 1 ? {stop_token_ids: [2058], min_tokens: 3} : {}),
+    ...(i % 2 ? {} : {prompt_logprobs: 2})};
   const res = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`,
     {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
   if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
-  if (!body.stream) { const j = await res.json(); return {text: j.choices[0].message.content, lp: j.choices[0].logprobs.content}; }
+  if (!body.stream) {
+    const j = await res.json();
+    if (!j.prompt_logprobs || j.prompt_logprobs.slice(1).some(e => Object.values(e).some(v => !(v.rank >= 1))))
+      throw new Error(`request ${i}: prompt_logprobs without ranks: ${JSON.stringify(j.prompt_logprobs)}`);
+    return {text: j.choices[0].message.content, lp: j.choices[0].logprobs.content, pl: j.prompt_logprobs};
+  }
   let text = '', lp = [];
   for (const line of (await res.text()).split('\n')) {
     if (!line.startsWith('data: ') || line === 'data: [DONE]') continue;
@@ -146,7 +153,7 @@ N0=$SPID
 requests "$TMP/r2" $P2 || fail "2-node server: requests failed"
 cmp -s "$TMP/r1" "$TMP/r2" && ok "16 concurrent requests: 2 nodes == one process" || fail "2-node texts differ"
 lp_requests "$TMP/l2" $P2 || fail "2-node server: logprob requests failed"
-cmp -s "$TMP/l1" "$TMP/l2" && ok "8 chat requests with logprobs (4 streamed): 2 nodes == one process, bitwise" ||
+cmp -s "$TMP/l1" "$TMP/l2" && ok "8 chat requests with logprobs (4 streamed, 4 with prompt_logprobs): 2 nodes == one process, bitwise" ||
     fail "2-node logprobs differ"
 # Node 1's counters reach node 0 with its stats (every 50 ms), possibly after
 # the last event of a request: poll (5 s at most) rather than read once.

@@ -389,6 +389,47 @@ await check('best_of', async () => {
     client.completions.create({ ...req, best_of: 2, n: 3 }), 'best_of');
 });
 
+// vLLM's prompt_logprobs: the oracle is the same prompt scored through
+// echo + logprobs (max_tokens 0), which gives every prompt token's logprob
+// and its most likely alternatives from the same engine rows.
+await check('prompt_logprobs', async () => {
+  const prompt = 'The sea is deep and';
+  const r = await fetch(baseURL.replace(/\/v1$/, '') + '/tokenize', {
+    method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${apiKey}` },
+    body: JSON.stringify({ model, prompt }),
+  });
+  const ids = (await r.json()).tokens;
+  const echo = await client.completions.create({ model, prompt, max_tokens: 0, echo: true, logprobs: 2 });
+  const lp = echo.choices[0].logprobs;
+  const got = await client.completions.create({ model, prompt, max_tokens: 1, temperature: 0, prompt_logprobs: 2 });
+  const pl = got.choices[0].prompt_logprobs;
+  assert.equal(pl.length, ids.length);
+  assert.equal(pl[0], null);
+  for (let k = 1; k < ids.length; k++) {
+    const mine = pl[k][String(ids[k])];
+    assert.ok(mine, `entry ${k} lacks the prompt token ${ids[k]}`);
+    assert.equal(mine.logprob, lp.token_logprobs[k]);
+    assert.equal(mine.decoded_token, lp.tokens[k]);
+    assert.ok(Object.keys(pl[k]).length >= 2 && Object.keys(pl[k]).length <= 3, 'the token and 2 alternatives');
+    const byRank = Object.values(pl[k]).sort((a, b) => a.rank - b.rank);
+    const best = Math.max(...Object.values(lp.top_logprobs[k]));
+    assert.equal(byRank[0].rank, 1);
+    assert.equal(byRank[0].logprob, best, `rank 1 at ${k} is the most likely token`);
+    assert.equal(mine.rank === 1, mine.logprob === best, `rank of the prompt token at ${k}`);
+    assert.ok(mine.rank >= 1);
+  }
+  const chat = await client.chat.completions.create({ model, messages, max_tokens: 1, prompt_logprobs: 0 });
+  assert.equal(chat.prompt_logprobs.length, chat.usage.prompt_tokens);
+  assert.equal(chat.prompt_logprobs.filter((e) => e && Object.keys(e).length !== 1).length, 0, 'prompt_logprobs 0: the token alone');
+  const score = await client.completions.create({ model, prompt, max_tokens: 0, prompt_logprobs: 1 });
+  assert.equal(score.choices[0].text, '');
+  assert.equal(score.usage.completion_tokens, 0);
+  for (let k = 1; k < ids.length; k++)
+    assert.equal(score.choices[0].prompt_logprobs[k][String(ids[k])].logprob, pl[k][String(ids[k])].logprob);
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.completions.create({ model, prompt, max_tokens: 1, prompt_logprobs: 1, stream: true }), 'prompt_logprobs');
+});
+
 // vLLM's stopping extensions through the SDK (extra body fields), against the
 // plain greedy run
 await check('stop_token_ids, min_tokens, include_stop_str_in_output', async () => {

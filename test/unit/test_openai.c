@@ -764,3 +764,52 @@ Test(openai, best_of_ranks_by_mean_logprob) {
     cr_expect_eq(sr.top_logprobs, -1, "no logprobs without best_of");
     oai_request_free(&r);
 }
+
+/* vLLM's prompt_logprobs: per prompt token {"<id>": {logprob, rank,
+ * decoded_token}} with its alternatives (first token null); per choice on
+ * completions, once at the top level on chat. */
+Test(openai, vllm_prompt_logprobs) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse(OAI_COMPLETION, CMPL(",\"prompt_logprobs\":1,\"max_tokens\":0"), &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.prompt_top, 1);
+    cr_expect(!r.prompt_logprobs, "not the echo flag");
+    sched_request sr;
+    cr_assert_eq(oai_sched_request(&r, 0, 1, &sr, NULL), 0);
+    cr_expect(sr.prompt_logprobs && sr.top_logprobs == 1 && sr.max_tokens == 0);
+    oai_choice c;
+    cr_assert_eq(oai_choice_init(&c, &r, NULL), 0);
+    sched_event ev[4] = {prompt_event(r.prompts[0].ids[0], NAN), prompt_event(19923, -3.0f), prompt_event(2058, -0.25f),
+                         {.token = -1, .finish = FINISH_LENGTH}};
+    ev[1].rank = 7;
+    ev[2].rank = 1;
+    for (int i = 0; i < 4; i++) cr_assert_eq(oai_choice_add(&c, &r, tok, &ev[i]), 0);
+    oai_usage u = {.prompt_tokens = 3};
+    json_t *j = oai_response_json(&r, "cmpl-1", 1, "fp", &c, 1, NULL, &u);
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    char *s = json_dumps(json_object_get(ch, "prompt_logprobs"), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    cr_expect_str_eq(s, "[null,{\"19923\":{\"logprob\":-3.0,\"rank\":7,\"decoded_token\":\"Hello\"},"
+                        "\"2058\":{\"logprob\":-0.25,\"rank\":1,\"decoded_token\":\" world\"}},"
+                        "{\"2058\":{\"logprob\":-0.25,\"rank\":1,\"decoded_token\":\" world\"}}]");
+    free(s);
+    cr_expect(json_is_null(json_object_get(ch, "logprobs")), "logprobs were not asked");
+    cr_expect_null(json_object_get(j, "prompt_logprobs"), "completions: per choice");
+    json_decref(j);
+    oai_choice_free(&c);
+    oai_request_free(&r);
+    /* chat: top level */
+    cr_assert_eq(parse(OAI_CHAT, CHAT(",\"prompt_logprobs\":0"), &r, &e), 0, "%s", e.message);
+    cr_assert_eq(oai_choice_init(&c, &r, NULL), 0);
+    cr_assert_eq(oai_choice_add(&c, &r, tok, &ev[0]), 0);
+    cr_assert_eq(oai_choice_add(&c, &r, tok, &ev[1]), 0);
+    j = oai_response_json(&r, "chatcmpl-1", 1, "fp", &c, 1, NULL, &u);
+    s = json_dumps(json_object_get(j, "prompt_logprobs"), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    cr_expect_str_eq(s, "[null,{\"19923\":{\"logprob\":-3.0,\"rank\":7,\"decoded_token\":\"Hello\"}}]", "0: the token alone");
+    free(s);
+    json_decref(j);
+    oai_choice_free(&c);
+    oai_request_free(&r);
+    expect_error(OAI_COMPLETION, CMPL(",\"prompt_logprobs\":21"), 400, "prompt_logprobs");
+    expect_error(OAI_COMPLETION, CMPL(",\"prompt_logprobs\":1,\"stream\":true"), 400, "prompt_logprobs");
+    expect_error(OAI_CHAT, CHAT(",\"max_tokens\":0"), 400, "max_tokens");
+}

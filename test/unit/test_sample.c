@@ -474,3 +474,15 @@ Test(sample, logprobs_hand_computed) {
     cr_expect_eq(sample_logprobs(logits, 4, 4, 1, top, &chosen, &err), -1);
     cr_expect(strstr(err.msg, "outside"));
 }
+
+/* vLLM's rank: 1 + how many logits are strictly greater (ties share a rank). */
+Test(sample, rank_hand_computed) {
+    float logits[5] = {0.5f, 2.0f, NAN, 2.0f, -1.0f};
+    cr_expect_eq(sample_rank(logits, 5, 1), 1);
+    cr_expect_eq(sample_rank(logits, 5, 3), 1);
+    cr_expect_eq(sample_rank(logits, 5, 0), 3);
+    cr_expect_eq(sample_rank(logits, 5, 4), 4);
+    cr_expect_eq(sample_rank(logits, 5, 2), 5, "NaN counts as -inf: below every number");
+    cr_expect_eq(sample_rank(logits, 5, 5), 0, "out of range");
+    cr_expect_eq(sample_rank(logits, 5, -1), 0);
+}
