@@ -57,7 +57,7 @@ BENCH_SRC  := $(wildcard bench/bench_*.c)
 GEN_SRC    := $(BUILD)/gen/presets.c
 
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/presets.o
-SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/version.o
 TEST_BIN   := $(TEST_SRC:test/unit/%.c=$(BUILD)/test/%)
 BENCH_BIN  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
@@ -109,6 +109,13 @@ $(BUILD)/%.o: %.c
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+# The build's version and commit (server/version.h); rewritten only when they change.
+$(BUILD)/gen/version.c: FORCE
+	@sh scripts/gen-version.sh $@
+
+.PHONY: FORCE
+FORCE:
 
 # Model presets (configs/presets/NAME/*.json) embedded as C strings.
 $(BUILD)/gen/presets.c: scripts/embed-presets.sh $(wildcard configs/presets/*/*.json)

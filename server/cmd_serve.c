@@ -34,6 +34,7 @@
 #include "server/ep_launch.h"
 #include "server/ep_remote.h"
 #include "server/http.h"
+#include "server/version.h"
 
 #define MAX_API_KEYS 1024
 
@@ -371,7 +372,7 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
     sched_stats st;
     sched_get_stats(s, &st);
     double params = model_params(m);
-    printf("mlaserve serve: model %s (%s)\n", name, a->model_dir);
+    printf("mlaserve %s (commit %s) serve: model %s (%s)\n", mlaserve_version, mlaserve_commit, name, a->model_dir);
     printf("  arch DeepSeek-V%d, %d layers (%d MoE, %d experts, top-%d), hidden %d, vocab %d, %.3g%s parameters%s\n",
            (int)c->arch, c->n_layers, c->n_layers - c->first_k_dense, c->n_routed_experts, c->n_experts_per_tok,
            c->hidden_size, c->vocab_size, params >= 1e9 ? params / 1e9 : params / 1e6, params >= 1e9 ? "B" : "M",

@@ -33,6 +33,7 @@
 #include "server/cors.h"
 #include "server/metrics.h"
 #include "server/openai.h"
+#include "server/version.h"
 
 #define STREAM_POLL_MS 100     /* wait slice between client-disconnect checks (one stream) */
 #define MULTI_POLL_MS 5        /* the same with n > 1 streams read round-robin */
@@ -130,7 +131,8 @@ struct http_server {
 };
 
 typedef enum {
-    R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_HEALTH_GENERATE, R_READY, R_METRICS, R_TOKENIZE, R_DETOKENIZE
+    R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_HEALTH_GENERATE, R_READY, R_METRICS, R_TOKENIZE, R_DETOKENIZE,
+    R_VERSION
 } route_id;
 
 typedef struct route {
@@ -150,6 +152,7 @@ static const route routes[] = {
     {"/metrics", R_METRICS, "GET", 0},
     {"/tokenize", R_TOKENIZE, "POST", 1},
     {"/detokenize", R_DETOKENIZE, "POST", 1},
+    {"/version", R_VERSION, "GET", 0},
 };
 
 /* Per-connection (per-request) state: MHD's con_cls. */
@@ -726,6 +729,8 @@ static enum MHD_Result handle_metrics(http_server *h, struct MHD_Connection *c, 
     metrics_write(f, &h->metrics, eng ? &st : NULL, atomic_load(&h->ready) && !atomic_load(&h->draining),
                   atomic_load(&h->inflight));
     if (eng) write_ep_metrics(f, eng);
+    fprintf(f, "# HELP mlaserve_build_info The running build (value 1).\n# TYPE mlaserve_build_info gauge\n"
+               "mlaserve_build_info{version=\"%s\",commit=\"%s\"} 1\n", mlaserve_version, mlaserve_commit);
     fclose(f);
     return queue_text(c, cs, 200, "text/plain; version=0.0.4", text);
 }
@@ -933,6 +938,7 @@ static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_s
     case R_METRICS: return handle_metrics(h, c, cs);
     case R_TOKENIZE: return handle_tokenize(h, c, cs);
     case R_DETOKENIZE: return handle_detokenize(h, c, cs);
+    case R_VERSION: return queue_json(c, cs, 200, json_pack("{s:s,s:s}", "version", mlaserve_version, "commit", mlaserve_commit));
     }
     return MHD_NO;
 }

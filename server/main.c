@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "server/version.h"
+
 typedef struct {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -21,7 +23,8 @@ static const subcommand subcommands[] = {
 };
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: mlaserve COMMAND [options]   (mlaserve COMMAND --help for its options)\n\ncommands:\n");
+    fprintf(f, "usage: mlaserve COMMAND [options]   (mlaserve COMMAND --help for its options)\n"
+               "       mlaserve --version\n\ncommands:\n");
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++)
         fprintf(f, "  %-14s %s\n", subcommands[i].name, subcommands[i].summary);
 }
@@ -30,6 +33,10 @@ int main(int argc, char **argv) {
     if (argc < 2) { usage(stderr); return CLI_USAGE; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
+        return CLI_OK;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("mlaserve %s (commit %s)\n", mlaserve_version, mlaserve_commit);
         return CLI_OK;
     }
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++)

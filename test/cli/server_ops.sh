@@ -83,6 +83,20 @@ const ok=g("mlaserve:request_success_total{finished_reason=\"length\"}")>=2 && g
  && g("mlaserve:inter_token_latency_seconds_count")>=9 && g("mlaserve:time_to_first_token_seconds_bucket{le=\"+Inf\"}")===g("mlaserve:time_to_first_token_seconds_count");
 process.exit(ok?0:1)' "$TMP/m3" || fail "/metrics counts: $(grep -E 'success|_count' "$TMP/m3")"
 
+# ---- the build: GET /version (no key), the banner, mlaserve_build_info, `mlaserve --version`, all the same
+want_version=$(tr -d ' \n\r' < "$(dirname "$0")/../../VERSION")
+curl -s -m 10 "$URL/version" > "$TMP/version.json"
+ver=$(node -e 'const j=JSON.parse(require("fs").readFileSync(process.argv[1]));console.log(j.version+" "+j.commit)' "$TMP/version.json")
+case "$ver" in "$want_version "?*) ;; *) fail "/version: $(cat "$TMP/version.json")" ;; esac
+commit=${ver#* }
+if git -C "$(dirname "$0")" rev-parse HEAD > /dev/null 2>&1; then
+    case "$commit" in "$(git -C "$(dirname "$0")" rev-parse --short=12 HEAD)"*) ;; *) fail "/version commit $commit is not HEAD" ;; esac
+fi
+[ "$("$BIN" --version)" = "mlaserve $want_version (commit $commit)" ] || fail "--version: $("$BIN" --version)"
+grep -q "mlaserve $want_version (commit $commit) serve" "$TMP/s.out" || fail "banner lacks the version: $(head -1 "$TMP/s.out")"
+curl -s -m 10 "$URL/metrics" | grep -q "^mlaserve_build_info{version=\"$want_version\",commit=\"$commit\"} 1$" ||
+    fail "/metrics lacks mlaserve_build_info"
+
 # ---- CORS (server/cors.h) with --allowed-origins '*': any origin; a preflight needs no key
 # hdr FILE NAME: the value of response header NAME in a curl -D dump ("" if absent)
 hdr() { tr -d '\r' < "$1" | sed -n "s/^$2: //Ip" | head -1; }
