@@ -1,14 +1,15 @@
 #!/bin/sh
 # Writes the C file that names this build (server/version.h): the VERSION
 # file's version and the git commit (12 hex digits, "-dirty" with uncommitted
-# changes to tracked files; "unknown" outside a git checkout). The file is
+# changes to tracked files; "unknown" outside a git checkout, unless
+# $MLASERVE_COMMIT names it, as the Docker builds do). The file is
 # replaced only when its text changes, so an unchanged tree relinks nothing.
 # Usage: sh scripts/gen-version.sh OUT.c
 set -eu
 out=$1
 version=$(tr -d ' \n\r' < VERSION)
-commit=unknown
-if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
+commit=${MLASERVE_COMMIT:-unknown}
+if [ -z "${MLASERVE_COMMIT:-}" ] && git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
     commit=$(git rev-parse --short=12 HEAD 2> /dev/null || echo unknown)
     git diff --quiet HEAD -- 2> /dev/null || commit="$commit-dirty"
 fi
