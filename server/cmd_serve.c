@@ -37,9 +37,12 @@
 #include "server/version.h"
 
 #define MAX_API_KEYS 1024
+#define MAX_SERVED_NAMES 16
 
 typedef struct serve_args {
-    const char *model_dir, *host, *served_name;
+    const char *model_dir, *host;
+    const char *served_names[MAX_SERVED_NAMES]; /* --served-model-name, repeated: the first is the model's id */
+    int n_served_names;
     char *keys[MAX_API_KEYS]; /* owned copies */
     int n_keys;
     long port, threads, max_body_bytes, drain_timeout_s, max_connections, idle_timeout_s, header_timeout_s, ep;
@@ -70,7 +73,8 @@ static void usage(FILE *f) {
             "  --api-key KEY                require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize;\n"
             "                               repeat for several keys (default: $MLASERVE_API_KEY)\n"
             "  --api-key-file PATH          accepted keys, one per line ('#' comments, blank lines ignored)\n"
-            "  --served-model-name NAME     model id clients send (default: the model directory's name)\n"
+            "  --served-model-name NAME     model id clients send (default: the model directory's name);\n"
+            "                               repeat it for aliases clients may send too (the first is listed first)\n"
             "  --max-model-len N            prompt + completion tokens at most (default: the model's, capped by the KV pool)\n"
             "  --max-num-seqs N             running sequences at most (default 16)\n"
             "  --max-num-batched-tokens N   tokens per engine step at most (default 128 on the CPU, 512 on CUDA)\n"
@@ -170,6 +174,16 @@ static void free_args(serve_args *a) {
     a->allowed_origins = NULL;
 }
 
+static int add_served_name(serve_args *a, const char *name) {
+    if (!*name) return -1;
+    if (a->n_served_names == MAX_SERVED_NAMES) {
+        fprintf(stderr, "mlaserve serve: more than %d --served-model-name\n", MAX_SERVED_NAMES);
+        return -1;
+    }
+    a->served_names[a->n_served_names++] = name;
+    return 0;
+}
+
 static int parse_origins(serve_args *a, const char *arg) {
     ms_err e = {{0}};
     free(a->allowed_origins);
@@ -220,7 +234,7 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         else if (!strcmp(o, "--port")) bad = cli_parse_int(v, 0, 65535, &a->port);
         else if (!strcmp(o, "--api-key")) bad = !*v || add_key(a, v, strlen(v));
         else if (!strcmp(o, "--api-key-file")) bad = add_key_file(a, v);
-        else if (!strcmp(o, "--served-model-name")) bad = !*(a->served_name = v);
+        else if (!strcmp(o, "--served-model-name")) bad = add_served_name(a, v);
         else if (!strcmp(o, "--max-model-len")) bad = cli_parse_int(v, 1, 1 << 30, &n), a->sc.max_model_len = (int)n;
         else if (!strcmp(o, "--max-num-seqs")) bad = cli_parse_int(v, 1, 1 << 16, &n), a->sc.max_num_seqs = (int)n;
         else if (!strcmp(o, "--max-num-batched-tokens")) bad = cli_parse_int(v, 1, 1 << 24, &n), a->sc.max_batched_tokens = (int)n;
@@ -373,6 +387,7 @@ static void banner(const serve_args *a, const char *name, const model *m, sched 
     sched_get_stats(s, &st);
     double params = model_params(m);
     printf("mlaserve %s (commit %s) serve: model %s (%s)\n", mlaserve_version, mlaserve_commit, name, a->model_dir);
+    for (int i = 1; i < a->n_served_names; i++) printf("  also served as %s\n", a->served_names[i]);
     printf("  arch DeepSeek-V%d, %d layers (%d MoE, %d experts, top-%d), hidden %d, vocab %d, %.3g%s parameters%s\n",
            (int)c->arch, c->n_layers, c->n_layers - c->first_k_dense, c->n_routed_experts, c->n_experts_per_tok,
            c->hidden_size, c->vocab_size, params >= 1e9 ? params / 1e9 : params / 1e6, params >= 1e9 ? "B" : "M",
@@ -417,7 +432,7 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     snprintf(dirbuf, sizeof dirbuf, "%s", a.model_dir);
     size_t dl = strlen(dirbuf);
     while (dl > 1 && dirbuf[dl - 1] == '/') dirbuf[--dl] = 0;
-    const char *name = a.served_name ? a.served_name : basename(dirbuf);
+    const char *name = a.n_served_names ? a.served_names[0] : basename(dirbuf);
 
     /* every thread created from here on inherits the blocked signals; the signal thread waits for them */
     sig_state ss;
@@ -438,7 +453,8 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
 
     ms_err err = {{0}};
     http_config hc = {.host = a.host, .port = (int)a.port, .api_keys = (const char *const *)a.keys, .n_api_keys = a.n_keys,
-                      .served_model = name, .model_root = a.model_dir, .max_body_bytes = (size_t)a.max_body_bytes,
+                      .served_model = name, .aliases = a.n_served_names > 1 ? a.served_names + 1 : NULL,
+                      .n_aliases = a.n_served_names > 1 ? a.n_served_names - 1 : 0, .model_root = a.model_dir, .max_body_bytes = (size_t)a.max_body_bytes,
                       .max_connections = (int)a.max_connections, .log_json = a.log_json,
                       .idle_timeout_s = (int)a.idle_timeout_s, .header_timeout_s = (int)a.header_timeout_s,
                       .reasoning_flag = a.reasoning_flag, .allowed_origins = a.allowed_origins};

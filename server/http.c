@@ -113,6 +113,8 @@ void serve_log_request(int json, const char *level, const char *request_id, cons
 struct http_server {
     http_config cfg;
     char *host, *served_model, *model_root; /* copies */
+    char **aliases;          /* copies of cfg->aliases */
+    int n_aliases;
     uint8_t (*key_hashes)[SHA256_DIGEST_BYTES]; /* SHA-256 of each API key */
     int n_keys;
     struct MHD_Daemon *daemon;
@@ -651,8 +653,10 @@ static int not_ready_error(http_server *h, oai_error *e) {
 }
 
 static oai_ctx parse_ctx(http_server *h) {
-    return (oai_ctx){h->tok, h->served_model, sched_get_config(h->engine)->max_model_len, h->vocab_size, h->variant,
-                     h->cfg.reasoning_flag, h->vocab};
+    return (oai_ctx){.tok = h->tok, .served_model = h->served_model, .aliases = (const char *const *)h->aliases,
+                     .n_aliases = h->n_aliases, .max_model_len = sched_get_config(h->engine)->max_model_len,
+                     .vocab_size = h->vocab_size, .variant = h->variant, .reasoning_flag = h->cfg.reasoning_flag,
+                     .vocab = h->vocab};
 }
 
 static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c, conn_state *cs, oai_kind kind) {
@@ -688,21 +692,31 @@ static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c,
 /* The engine once ready (ready is set after engine: reading it first is race-free), else NULL. */
 static sched *engine_of(http_server *h) { return atomic_load(&h->ready) ? h->engine : NULL; }
 
+static int model_served(const http_server *h, const char *id) {
+    oai_ctx ctx = {.served_model = h->served_model, .aliases = (const char *const *)h->aliases, .n_aliases = h->n_aliases};
+    return oai_model_served(&ctx, id);
+}
+
+/* One model card: the served model under the name id (itself or an alias). */
+static json_t *model_card(const http_server *h, const char *id, int max_len) {
+    return json_pack("{s:s,s:s,s:I,s:s,s:s,s:i}", "id", id, "object", "model", "created", (json_int_t)h->created,
+                     "owned_by", "mlaserve", "root", h->model_root, "max_model_len", max_len);
+}
+
 static enum MHD_Result handle_models(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *id) {
     sched *eng = engine_of(h);
     int max_len = eng ? sched_get_config(eng)->max_model_len : 0;
-    json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:s,s:i}", "id", h->served_model, "object", "model", "created",
-                          (json_int_t)h->created, "owned_by", "mlaserve", "root", h->model_root, "max_model_len", max_len);
     if (id) {
-        if (strcmp(id, h->served_model)) {
-            json_decref(m);
+        if (!model_served(h, id)) {
             oai_error e;
             oai_error_set(&e, 404, "invalid_request_error", "model", "model_not_found", "The model `%.200s` does not exist.", id);
             return queue_error(c, cs, &e);
         }
-        return queue_json(c, cs, 200, m);
+        return queue_json(c, cs, 200, model_card(h, id, max_len));
     }
-    return queue_json(c, cs, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
+    json_t *data = json_pack("[o]", model_card(h, h->served_model, max_len));
+    for (int i = 0; data && i < h->n_aliases; i++) json_array_append_new(data, model_card(h, h->aliases[i], max_len));
+    return queue_json(c, cs, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
 }
 
 /* Per-rank and per-expert series (metrics_write_ep). */
@@ -780,7 +794,7 @@ static int check_model_field(http_server *h, json_t *b, oai_error *e) {
     json_t *m = json_object_get(b, "model");
     if (!m || json_is_null(m)) return 0;
     if (!json_is_string(m)) return oai_error_set(e, 400, "invalid_request_error", "model", NULL, "'model' must be a string");
-    if (strcmp(json_string_value(m), h->served_model))
+    if (!model_served(h, json_string_value(m)))
         return oai_error_set(e, 404, "invalid_request_error", "model", "model_not_found", "The model `%.200s` does not exist.",
                              json_string_value(m));
     return 0;
@@ -1131,10 +1145,22 @@ static void server_free(http_server *h) {
     free(h->host);
     free(h->key_hashes);
     free(h->served_model);
+    for (int i = 0; i < h->n_aliases; i++) free(h->aliases[i]);
+    free(h->aliases);
     free(h->model_root);
     metrics_destroy(&h->metrics);
     conn_guard_stop(h->guard);
     free(h);
+}
+
+static int copy_aliases(http_server *h, const http_config *cfg) {
+    if (cfg->n_aliases <= 0) return 0;
+    if (!(h->aliases = calloc((size_t)cfg->n_aliases, sizeof *h->aliases))) return -1;
+    for (int i = 0; i < cfg->n_aliases; i++) {
+        if (!(h->aliases[i] = strdup(cfg->aliases[i]))) return -1;
+        h->n_aliases = i + 1;
+    }
+    return 0;
 }
 
 /* Keeps only SHA-256 digests of the keys (auth_ok compares digests). */
@@ -1165,7 +1191,8 @@ http_server *http_start(const http_config *cfg, ms_err *err) {
     char hex[SHA256_HEX_CHARS];
     sha256_hex_of(h->served_model, strlen(h->served_model), hex);
     snprintf(h->fingerprint, sizeof h->fingerprint, "fp_%.10s", hex);
-    if (!h->host || !h->served_model || !h->model_root || !h->guard || hash_keys(h, cfg) != 0) {
+    int aliases_ok = copy_aliases(h, cfg) == 0;
+    if (!h->host || !h->served_model || !h->model_root || !h->guard || !aliases_ok || hash_keys(h, cfg) != 0) {
         server_free(h);
         ms_err_set(err, "out of memory");
         return NULL;

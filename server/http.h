@@ -36,7 +36,9 @@ typedef struct http_config {
     int port;                  /* 0: any free port (see http_port) */
     const char *const *api_keys; /* accepted Bearer tokens (copied as digests); none: no authentication */
     int n_api_keys;
-    const char *served_model;  /* the model id clients must send */
+    const char *served_model;  /* the model id clients send (first of /v1/models) */
+    const char *const *aliases; /* more ids they may send for it (copied); n_aliases of them */
+    int n_aliases;
     const char *model_root;    /* shown as "root" in /v1/models */
     size_t max_body_bytes;     /* larger request bodies get 413 */
     int max_connections;       /* concurrent connections at most */

@@ -209,6 +209,13 @@ static int parse_vllm_stopping(const json_t *b, const oai_ctx *ctx, oai_request 
     return 0;
 }
 
+int oai_model_served(const oai_ctx *ctx, const char *name) {
+    if (ctx->served_model && !strcmp(name, ctx->served_model)) return 1;
+    for (int i = 0; i < ctx->n_aliases; i++)
+        if (!strcmp(name, ctx->aliases[i])) return 1;
+    return 0;
+}
+
 /* best_of (legacy completions): generate best_of candidates per prompt and
  * return the n with the highest mean token logprob; not streamed. */
 static int parse_best_of(const json_t *b, oai_request *r, oai_error *err) {
@@ -228,7 +235,7 @@ static int parse_common(const json_t *b, const oai_ctx *ctx, oai_request *r, oai
     json_t *m = json_object_get(b, "model");
     if (!json_is_string(m)) return oai_error_set(err, 400, BAD, "model", NULL, "'model' is required and must be a string");
     if (!(r->model = strdup(json_string_value(m)))) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
-    if (strcmp(r->model, ctx->served_model))
+    if (!oai_model_served(ctx, r->model))
         return oai_error_set(err, 404, BAD, "model", "model_not_found", "The model `%.200s` does not exist.",
                              r->model);
     r->sampling = sample_params_default();

@@ -43,13 +43,18 @@ typedef struct oai_error {
 /* What the parser needs to know about the server. */
 typedef struct oai_ctx {
     const tokenizer *tok;
-    const char *served_model;  /* the only `model` value accepted */
+    const char *served_model;  /* the `model` value accepted (the first --served-model-name) */
+    const char *const *aliases; /* more accepted names (--served-model-name repeated); the reply names the one sent */
+    int n_aliases;
     int max_model_len;         /* prompt + completion tokens at most */
     int vocab_size;            /* token ids in prompts must be below this */
     chat_template_variant variant; /* the model's chat template */
     int reasoning_flag;        /* --reasoning-parser: 1 deepseek-r1, 0 auto (when the template opens <think>), -1 none */
     const cons_vocab *vocab;   /* token trie for constrained decoding (NULL: response_format/forced tools refused) */
 } oai_ctx;
+
+/* 1 if name is the served model or one of its aliases. */
+int oai_model_served(const oai_ctx *ctx, const char *name);
 
 typedef struct oai_prompt {
     int32_t *ids;              /* malloc'd */
@@ -59,7 +64,7 @@ typedef struct oai_prompt {
 
 typedef struct oai_request {
     oai_kind kind;
-    char *model;               /* as sent (== served_model after validation) */
+    char *model;               /* as sent (a served name after validation) */
     char ignored[160];         /* body fields this server does not read, ", "-joined (logged as a warning); "" if none */
     oai_prompt *prompts;       /* chat: 1; completions: one per prompt */
     int n_prompts;

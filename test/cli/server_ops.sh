@@ -137,7 +137,8 @@ wait "$SPID"; rc=$?
 [ $rc -eq 0 ] || fail "exit status after SIGTERM: $rc"
 
 # ---- CORS with a list of origins (vLLM's JSON spelling): listed ones echoed (Vary: Origin), others get no header and a 403 preflight
-start_server "$TMP/c" --allowed-origins '["https://app.example", "http://localhost:3000"]' ||
+start_server "$TMP/c" --allowed-origins '["https://app.example", "http://localhost:3000"]' \
+    --served-model-name tiny --served-model-name deepseek-chat ||
     { fail "server with --allowed-origins did not start"; exit 1; }
 CURL=http://127.0.0.1:$SPORT
 grep -q "CORS allowed from https://app.example,http://localhost:3000" "$TMP/c.out" || fail "banner: $(grep CORS "$TMP/c.out")"
@@ -149,6 +150,18 @@ curl -s -m 10 -o /dev/null -D "$TMP/l2.h" -H 'Origin: https://evil.example' "$CU
 st=$(curl -s -m 10 -o "$TMP/l3.json" -w '%{http_code}' -X OPTIONS -H 'Origin: https://evil.example' \
     -H 'Access-Control-Request-Method: POST' "$CURL/v1/completions")
 [ "$st" = 403 ] && grep -q cors_origin_not_allowed "$TMP/l3.json" || fail "unlisted preflight: $st $(cat "$TMP/l3.json")"
+# ---- --served-model-name repeated: every name is accepted and listed; the reply names the one sent
+[ "$(curl -s -m 10 "$CURL/v1/models" | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).data.map(m=>m.id).join(","))')" = \
+    "tiny,deepseek-chat" ] || fail "/v1/models with aliases: $(curl -s "$CURL/v1/models")"
+[ "$(curl -s -m 10 -o /dev/null -w '%{http_code}' "$CURL/v1/models/deepseek-chat")" = 200 ] || fail "/v1/models/ALIAS"
+curl -s -m 30 -H 'Content-Type: application/json' -d '{"model":"deepseek-chat","prompt":"Hi","max_tokens":2}' \
+    "$CURL/v1/completions" > "$TMP/alias.json"
+[ "$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).model)' "$TMP/alias.json")" = deepseek-chat ] ||
+    fail "request by alias: $(cat "$TMP/alias.json")"
+grep -q "also served as deepseek-chat" "$TMP/c.out" || fail "banner lacks the alias: $(cat "$TMP/c.out")"
+[ "$(curl -s -m 10 -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
+    -d '{"model":"tiny-v3","prompt":"Hi","max_tokens":2}' "$CURL/v1/completions")" = 404 ] ||
+    fail "the directory name is not served when names are given"
 kill -TERM "$SPID"; wait "$SPID"
 "$BIN" serve --model "$MODEL" --allowed-origins 'app.example' > /dev/null 2> "$TMP/o.err"; rc=$?
 [ $rc -eq 2 ] && grep -q "allowed-origins: 'app.example' is not an origin" "$TMP/o.err" ||
