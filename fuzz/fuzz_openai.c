@@ -8,8 +8,10 @@
  * past len). The context is the server's for a small model (max_model_len
  * 256). Properties (server/openai.h): failure fills a 4xx status, a type and a
  * message — never 5xx for anything a client sends; success gives 1..64 prompts
- * of in-vocabulary ids, 1 <= n <= OAI_MAX_N, max_tokens >= 1 with every prompt
- * + max_tokens within the context, and every choice maps to a sched_request. */
+ * of in-vocabulary ids, 1 <= n <= OAI_MAX_N (n_return <= n: best_of, only on
+ * unstreamed completions), max_tokens >= 1 (0 only to score a prompt) with
+ * every prompt + max_tokens within the context, and every choice maps to a
+ * sched_request. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,9 +46,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (oai_parse_request(kind, body, len, &ctx, &r, &err) == 0) {
         FUZZ_CHECK(r.n_prompts >= 1 && r.n_prompts <= OAI_MAX_PROMPTS, "%d prompts", r.n_prompts);
         FUZZ_CHECK(r.n >= 1 && r.n <= OAI_MAX_N, "n = %d", r.n);
-        /* 0 only to score an echoed completions prompt */
-        FUZZ_CHECK(r.max_tokens >= 1 || (r.max_tokens == 0 && kind == OAI_COMPLETION && r.echo), "max_tokens = %d",
-                   r.max_tokens);
+        /* 0 only to score a prompt: echoed on completions, or vLLM's prompt_logprobs */
+        FUZZ_CHECK(r.max_tokens >= 1 || (r.max_tokens == 0 && ((kind == OAI_COMPLETION && r.echo) || r.prompt_top >= 0)),
+                   "max_tokens = %d", r.max_tokens);
+        FUZZ_CHECK(r.n_return >= 1 && r.n_return <= r.n, "n_return = %d of n = %d", r.n_return, r.n);
+        FUZZ_CHECK(r.n_return == r.n || (kind == OAI_COMPLETION && !r.stream), "best_of on chat or streamed");
+        FUZZ_CHECK(r.prompt_top >= -1 && r.prompt_top <= SCHED_MAX_TOP_LOGPROBS, "prompt_top = %d", r.prompt_top);
+        FUZZ_CHECK(memchr(r.ignored, 0, sizeof r.ignored) != NULL, "ignored fields not terminated");
         FUZZ_CHECK(!r.prompt_logprobs || (r.echo && r.logprobs), "prompt logprobs without echo + logprobs");
         FUZZ_CHECK(r.n_stop >= 0 && r.n_stop <= SCHED_MAX_STOP, "n_stop = %d", r.n_stop);
         for (int p = 0; p < r.n_prompts; p++) {
