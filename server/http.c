@@ -989,8 +989,9 @@ static enum MHD_Result answer_options(struct MHD_Connection *c, conn_state *cs) 
     return ret;
 }
 
-/* First call for a request: route, method, auth and declared body size are
- * checked before any body is read (an early error closes the connection). */
+/* Route, method, auth and declared body size: for a POST on the first call,
+ * before any body is read (an early error closes the connection); for other
+ * methods on the second (see on_request). */
 static enum MHD_Result first_call(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *url,
                                   const char *method, int *answered) {
     oai_error e;
@@ -1052,10 +1053,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         const char *origin = cors_allow_origin(h->cfg.allowed_origins,
                                                MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin"));
         if (origin) snprintf(cs->cors_origin, sizeof cs->cors_origin, "%s", origin);
+        /* A request without a body is answered on the next call: libmicrohttpd
+         * closes a connection whose response is queued on the first one, and
+         * keep-alive (probes, load balancers, browsers' preflights) would be lost. */
+        if (strcmp(method, "POST")) return MHD_YES;
         int answered;
         enum MHD_Result r = first_call(h, c, cs, url, method, &answered);
-        if (answered || strcmp(method, "POST")) return answered ? r : dispatch(h, c, cs, url);
-        return MHD_YES; /* wait for the body */
+        return answered ? r : MHD_YES; /* else wait for the body */
     }
     if (*upload_data_size) {
         size_t n = *upload_data_size;
@@ -1077,6 +1081,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (cs->status) return MHD_YES; /* already answered */
+    if (strcmp(method, "POST")) {
+        int answered;
+        enum MHD_Result r = first_call(h, c, cs, url, method, &answered);
+        return answered ? r : dispatch(h, c, cs, url);
+    }
     if (cs->too_large) {
         oai_error e;
         oai_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",

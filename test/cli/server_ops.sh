@@ -83,6 +83,12 @@ const ok=g("mlaserve:request_success_total{finished_reason=\"length\"}")>=2 && g
  && g("mlaserve:inter_token_latency_seconds_count")>=9 && g("mlaserve:time_to_first_token_seconds_bucket{le=\"+Inf\"}")===g("mlaserve:time_to_first_token_seconds_count");
 process.exit(ok?0:1)' "$TMP/m3" || fail "/metrics counts: $(grep -E 'success|_count' "$TMP/m3")"
 
+# ---- keep-alive on GET and OPTIONS too (libmicrohttpd closes a connection answered on a request's first call)
+n=$(curl -sv -m 10 "$URL/health" "$URL/metrics" "$URL/version" 2>&1 | grep -c "Re-using existing connection")
+[ "$n" = 2 ] || fail "GET requests did not share the connection ($n reuses of 2)"
+n=$(curl -sv -m 10 -X OPTIONS "$URL/v1/models" "$URL/v1/chat/completions" 2>&1 | grep -c "Re-using existing connection")
+[ "$n" = 1 ] || fail "OPTIONS requests did not share the connection ($n reuses of 1)"
+
 # ---- the build: GET /version (no key), the banner, mlaserve_build_info, `mlaserve --version`, all the same
 want_version=$(tr -d ' \n\r' < "$(dirname "$0")/../../VERSION")
 curl -s -m 10 "$URL/version" > "$TMP/version.json"
