@@ -963,7 +963,7 @@ static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_s
  * browsers send none with a preflight. */
 static enum MHD_Result answer_options(struct MHD_Connection *c, conn_state *cs) {
     char allow[32];
-    snprintf(allow, sizeof allow, "%s, OPTIONS", cs->rt->method);
+    snprintf(allow, sizeof allow, "%s%s, OPTIONS", cs->rt->method, strcmp(cs->rt->method, "GET") ? "" : ", HEAD");
     const char *want = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Access-Control-Request-Method");
     int preflight = want && MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
     if (preflight && !cs->cors_origin[0]) {
@@ -1003,7 +1003,8 @@ static enum MHD_Result first_call(http_server *h, struct MHD_Connection *c, conn
         return queue_error(c, cs, &e);
     }
     if (!strcmp(method, "OPTIONS")) return answer_options(c, cs);
-    if (strcmp(method, cs->rt->method)) {
+    int head_of_get = !strcmp(method, "HEAD") && !strcmp(cs->rt->method, "GET"); /* libmicrohttpd drops the body */
+    if (strcmp(method, cs->rt->method) && !head_of_get) {
         oai_error_set(&e, 405, "invalid_request_error", NULL, "method_not_allowed", "%.100s %s: use %s", method,
                       cs->rt->path, cs->rt->method);
         return queue_error(c, cs, &e);

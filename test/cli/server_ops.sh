@@ -122,7 +122,11 @@ hdr "$TMP/cors.h" Access-Control-Expose-Headers | grep -q X-Request-Id || fail "
 curl -s -m 10 -o /dev/null -D "$TMP/nocors.h" -H "Authorization: Bearer first-key" "$URL/v1/models"
 [ -z "$(hdr "$TMP/nocors.h" Access-Control-Allow-Origin)" ] || fail "CORS header without an Origin: $(cat "$TMP/nocors.h")"
 st=$(curl -s -m 10 -o /dev/null -D "$TMP/opt.h" -w '%{http_code}' -X OPTIONS "$URL/v1/models")
-[ "$st" = 204 ] && [ "$(hdr "$TMP/opt.h" Allow)" = "GET, OPTIONS" ] || fail "OPTIONS without Origin: $st $(cat "$TMP/opt.h")"
+[ "$st" = 204 ] && [ "$(hdr "$TMP/opt.h" Allow)" = "GET, HEAD, OPTIONS" ] || fail "OPTIONS without Origin: $st $(cat "$TMP/opt.h")"
+# HEAD on a GET route (load balancer probes): the GET's status and headers, no body
+st=$(curl -s -m 10 -I -o "$TMP/head.h" -w '%{http_code} %{size_download}' "$URL/health")
+[ "$st" = "200 0" ] && grep -qi '^content-type: application/json' "$TMP/head.h" || fail "HEAD /health: $st $(cat "$TMP/head.h")"
+[ "$(curl -s -m 10 -I -o /dev/null -w '%{http_code}' "$URL/v1/completions")" = 405 ] || fail "HEAD on a POST route is not 405"
 st=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X OPTIONS "$URL/no/such/route")
 [ "$st" = 404 ] || fail "OPTIONS on an unknown route: $st"
 
