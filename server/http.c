@@ -820,9 +820,10 @@ static int opt_bool(json_t *b, const char *name, int dflt, int *out, oai_error *
     return 0;
 }
 
-/* vLLM's /tokenize: {"prompt", "add_special_tokens"=true} or {"messages",
- * "add_generation_prompt"=true, "continue_final_message"=false} (or a "prefix"
- * last message, as chat requests). */
+/* vLLM's /tokenize: {"prompt", "add_special_tokens"=true} or {"messages", and
+ * what else shapes a chat prompt: "tools", "chat_template_kwargs",
+ * "add_generation_prompt"=true, "continue_final_message"=false, a "prefix" last
+ * message} — rendered exactly as /v1/chat/completions renders it. */
 static enum MHD_Result handle_tokenize(http_server *h, struct MHD_Connection *c, conn_state *cs) {
     oai_error e;
     if (not_ready_error(h, &e)) return queue_error(c, cs, &e);
@@ -836,14 +837,11 @@ static enum MHD_Result handle_tokenize(http_server *h, struct MHD_Connection *c,
         rc = opt_bool(b, "add_special_tokens", 1, &special, &e);
         if (!rc && !(text = malloc(json_string_length(prompt) + 1))) rc = oai_error_set(&e, 503, "service_unavailable", NULL, NULL, "out of memory");
         if (!rc) memcpy(text, json_string_value(prompt), (len = json_string_length(prompt)) + 1);
-    } else if (!rc && json_is_array(msgs)) {
-        oai_features f = {0};
-        rc = oai_continuation_parse(b, &f, &e);
-        chat_template_opts opts = {.add_generation_prompt = f.add_generation_prompt,
-                                   .continue_final_message = f.continue_final, .variant = h->variant};
-        ms_err err = {{0}};
-        if (!rc && chat_template_render(msgs, &opts, &text, &len, &err) != 0)
-            rc = oai_error_set(&e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);
+    } else if (!rc && json_is_array(msgs)) { /* rendered as the chat endpoint would: tools, kwargs, prefix */
+        oai_features f;
+        oai_ctx ctx = parse_ctx(h);
+        rc = oai_features_parse(b, 1, &f, &e) || oai_render_chat(b, &ctx, &f, &text, &len, &e);
+        oai_features_free(&f);
     } else if (!rc) {
         rc = oai_error_set(&e, 400, "invalid_request_error", "prompt", NULL, "a string 'prompt' or a 'messages' array is required");
     }

@@ -123,7 +123,9 @@ static int parse_reasoning_opts(const json_t *b, oai_features *f, oai_error *err
     return 0;
 }
 
-int oai_continuation_parse(const json_t *b, oai_features *f, oai_error *err) {
+/* Continuing the last assistant message: vLLM's continue_final_message and
+ * add_generation_prompt, DeepSeek's {"prefix": true} on that message. */
+static int parse_continuation(const json_t *b, oai_features *f, oai_error *err) {
     json_t *cfm = oai_field(b, "continue_final_message"), *agp = oai_field(b, "add_generation_prompt");
     if (cfm && !json_is_boolean(cfm))
         return oai_error_set(err, 400, BAD, "continue_final_message", NULL, "'continue_final_message' must be a boolean");
@@ -168,7 +170,7 @@ int oai_features_parse(const json_t *b, int chat, oai_features *f, oai_error *er
     if (ptc && !json_is_boolean(ptc))
         return oai_error_set(err, 400, BAD, "parallel_tool_calls", NULL, "'parallel_tool_calls' must be a boolean");
     if (ptc) f->parallel_tool_calls = json_is_true(ptc);
-    if (parse_tool_choice(b, f, err) || parse_reasoning_opts(b, f, err) || oai_continuation_parse(b, f, err) ||
+    if (parse_tool_choice(b, f, err) || parse_reasoning_opts(b, f, err) || parse_continuation(b, f, err) ||
         parse_response_format(b, f, err))
         return -1;
     if (f->grammar && (f->tool_choice == TOOL_CHOICE_REQUIRED || f->tool_choice == TOOL_CHOICE_NAMED))

@@ -58,10 +58,6 @@ typedef struct oai_features {
  * /v1/completions (only response_format is accepted there). 0, or -1 with err. */
 int oai_features_parse(const json_t *body, int chat, oai_features *f, struct oai_error *err);
 
-/* The continuation rules above alone: sets f->continue_final and
- * f->add_generation_prompt from body (also for /tokenize). 0, or -1 with err. */
-int oai_continuation_parse(const json_t *body, oai_features *f, struct oai_error *err);
-
 /* Decides reasoning/tool parsing for a template variant and the server's
  * --reasoning-parser setting (reasoning_flag: 1 on, 0 auto = on when the
  * prompt, rendered from messages, ends inside an opened <think>), and compiles

@@ -350,9 +350,8 @@ static int check_content(const json_t *msgs, oai_error *err) {
     return 0;
 }
 
-static int parse_messages(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
-    if (oai_field(b, "suffix"))
-        return oai_error_set(err, 400, BAD, "suffix", NULL, "'suffix' (fill-in-the-middle) is a /v1/completions parameter");
+int oai_render_chat(const json_t *b, const oai_ctx *ctx, oai_features *f, char **text, size_t *len, oai_error *err) {
+    *text = NULL;
     json_t *msgs = json_object_get(b, "messages");
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
         return oai_error_set(err, 400, BAD, "messages", NULL, "'messages' is required and must be a non-empty array");
@@ -360,23 +359,29 @@ static int parse_messages(const json_t *b, const oai_ctx *ctx, oai_request *r, o
     json_t *norm = normalize_messages(msgs);
     if (!norm) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
     chat_template_opts opts = {0};
-    if (oai_features_resolve(&r->feat, norm, ctx->variant, ctx->reasoning_flag, &opts, err) != 0) {
+    if (oai_features_resolve(f, norm, ctx->variant, ctx->reasoning_flag, &opts, err) != 0) {
         json_decref(norm);
         return -1;
     }
+    ms_err e = {{0}};
+    int rc = chat_template_render(norm, &opts, text, len, &e);
+    json_decref(norm);
+    return rc ? oai_error_set(err, 400, BAD, "messages", NULL, "%s", e.msg) : 0;
+}
+
+static int parse_messages(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    if (oai_field(b, "suffix"))
+        return oai_error_set(err, 400, BAD, "suffix", NULL, "'suffix' (fill-in-the-middle) is a /v1/completions parameter");
     char *text = NULL;
     size_t len = 0;
-    ms_err e = {{0}};
-    int rc = chat_template_render(norm, &opts, &text, &len, &e);
-    json_decref(norm);
-    if (rc != 0) return oai_error_set(err, 400, BAD, "messages", NULL, "%s", e.msg);
+    if (oai_render_chat(b, ctx, &r->feat, &text, &len, err)) return -1;
     r->prompts = calloc(1, sizeof *r->prompts);
     if (!r->prompts) {
         free(text);
         return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
     }
     r->n_prompts = 1;
-    rc = encode_text(ctx, text, len, 0, &r->prompts[0], "messages", err);
+    int rc = encode_text(ctx, text, len, 0, &r->prompts[0], "messages", err);
     free(text);
     return rc;
 }

@@ -53,6 +53,12 @@ typedef struct oai_ctx {
     const cons_vocab *vocab;   /* token trie for constrained decoding (NULL: response_format/forced tools refused) */
 } oai_ctx;
 
+/* The prompt text of a chat body (its "messages", with f from
+ * oai_features_parse: tools, chat_template_kwargs, continuation) as
+ * /v1/chat/completions renders it; also resolves f for ctx's template. 0 with
+ * *text malloc'd (the caller frees it), or -1 with err. */
+int oai_render_chat(const json_t *body, const oai_ctx *ctx, oai_features *f, char **text, size_t *len, oai_error *err);
+
 /* 1 if name is the served model or one of its aliases. */
 int oai_model_served(const oai_ctx *ctx, const char *name);
 

@@ -73,6 +73,12 @@ grep -qi '^access-control' "$TMP/cors.h" && fail "CORS headers by default: $(cat
 [ "$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X OPTIONS -H 'Origin: https://app.example' \
     -H 'Access-Control-Request-Method: POST' "$URL/v1/completions")" = 403 ] || fail "default CORS preflight not refused"
 grep -q "CORS off" "$TMP/main.out" || fail "banner lacks CORS off: $(cat "$TMP/main.out")"
+# /tokenize renders messages as the chat endpoint does: tools and a developer message count the same
+body='"messages":[{"role":"developer","content":"Be brief"},{"role":"user","content":"Weather?"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]'
+post /v1/chat/completions "{\"model\":\"tiny-v3\",$body,\"max_tokens\":1}" "$TMP/toolchat.json" > /dev/null
+post /tokenize "{$body}" "$TMP/tooltok.json" > /dev/null
+[ "$(jget 'j.usage.prompt_tokens' "$TMP/toolchat.json")" = "$(jget 'j.count' "$TMP/tooltok.json")" ] ||
+    fail "/tokenize with tools: $(cat "$TMP/tooltok.json") vs chat usage $(jget 'j.usage' "$TMP/toolchat.json")"
 # a misspelled parameter is not lost silently: the log names it (as vLLM's)
 post /v1/completions '{"model":"tiny-v3","prompt":"Hi","max_tokens":1,"max_token":5}' "$TMP/ign.json" > /dev/null
 grep -q "ignored request fields: max_token" "$TMP/main.err" || fail "ignored field not logged: $(tail -3 "$TMP/main.err")"
