@@ -93,6 +93,11 @@ typedef enum {
  * object). parallel = 1 allows one or more calls, 0 exactly one. */
 cons_grammar *cons_grammar_tool_calls(const char *const *names, const json_t *const *params, int n_tools,
                                       int parallel, cons_tool_format format, ms_err *err);
+/* A grammar for exactly one of n >= 1 texts, written raw (not as JSON strings):
+ * vLLM's guided_choice. Each choice is 1..1024 bytes of valid UTF-8 without NUL;
+ * duplicates are refused. A choice that prefixes another may end where it ends
+ * (EOS allowed there) or go on. NULL with err naming the choice at fault. */
+cons_grammar *cons_grammar_choice(const char *const *choices, int n, ms_err *err);
 void cons_grammar_free(cons_grammar *g);
 
 /* A request's state; g and v must outlive it. after_think: the grammar starts only

@@ -7,6 +7,7 @@
  * tool_choice (one grammar per request, or cached). Pure functions of their
  * arguments; thread-safe. */
 #include "common/json_schema.h"
+#include "common/utf8.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -752,6 +753,35 @@ cons_grammar *cons_grammar_json(const json_t *schema, ms_err *err) {
     if (!grammar_new(&c, schema, err)) return NULL;
     int32_t v = schema ? compile(&c, schema, 0) : make_any_object(&c, -1);
     if (v < 0 || (c.g->root = make_root(&c, v, 1)) < 0) {
+        cons_grammar_free(c.g);
+        return NULL;
+    }
+    return c.g;
+}
+
+static int check_choices(const char *const *choices, int n, ms_err *err) {
+    if (n < 1) return ms_err_set(err, "choice: at least one choice is needed");
+    for (int i = 0; i < n; i++) {
+        size_t len = choices[i] ? strlen(choices[i]) : 0;
+        if (len == 0 || len > 1024) return ms_err_set(err, "choice %d: must be 1 to 1024 bytes", i);
+        if (utf8_validate(choices[i], len) != len) return ms_err_set(err, "choice %d: not valid UTF-8", i);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(choices[i], choices[j])) return ms_err_set(err, "choice %d: '%.64s' appears twice", i, choices[i]);
+    }
+    return 0;
+}
+
+cons_grammar *cons_grammar_choice(const char *const *choices, int n, ms_err *err) {
+    if (check_choices(choices, n, err) < 0) return NULL;
+    cctx c;
+    if (!grammar_new(&c, NULL, err)) return NULL;
+    lit_in *lits = calloc((size_t)n, sizeof *lits);
+    int32_t set = -1;
+    if (!lits) ms_err_set(err, "choice: out of memory");
+    for (int i = 0; lits && i < n; i++) lits[i] = (lit_in){(const uint8_t *)choices[i], (uint32_t)strlen(choices[i]), i, 0};
+    if (lits) set = make_litset(&c, lits, n);
+    free(lits);
+    if (set < 0 || (c.g->root = make_root(&c, set, 0)) < 0) {
         cons_grammar_free(c.g);
         return NULL;
     }

@@ -81,22 +81,85 @@ static int parse_tool_choice(const json_t *b, oai_features *f, oai_error *err) {
     return 0;
 }
 
-static int compile_json(const json_t *schema, oai_features *f, oai_error *err) {
+/* param's grammar for f; a second constraint parameter is refused. */
+static int set_grammar(oai_features *f, cons_grammar *g, const char *param, const ms_err *e, oai_error *err) {
+    if (!g) return oai_error_set(err, 400, BAD, param, NULL, "%s: %s", param, e->msg);
+    if (f->grammar) {
+        cons_grammar_free(g);
+        return oai_error_set(err, 400, BAD, param, NULL, "'%s' cannot be combined with '%s'", param, f->grammar_param);
+    }
+    f->grammar = g;
+    f->grammar_param = param;
+    return 0;
+}
+
+static int compile_json(const json_t *schema, oai_features *f, const char *param, oai_error *err) {
     ms_err e = {{0}};
-    if (!(f->grammar = cons_grammar_json(schema, &e)))
-        return oai_error_set(err, 400, BAD, "response_format", NULL, "response_format: %s", e.msg);
-    f->json_mode = 1;
+    return set_grammar(f, cons_grammar_json(schema, &e), param, &e, err);
+}
+
+static int compile_choice(const json_t *arr, oai_features *f, const char *param, oai_error *err) {
+    size_t n = json_array_size(arr), i;
+    json_t *v;
+    if (!json_is_array(arr) || n == 0 || n > 1024)
+        return oai_error_set(err, 400, BAD, param, NULL, "'%s' must be an array of 1 to 1024 strings", param);
+    const char **choices = calloc(n, sizeof *choices);
+    if (!choices) return oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
+    json_array_foreach(arr, i, v) {
+        if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v)) {
+            free(choices);
+            return oai_error_set(err, 400, BAD, param, NULL, "'%s'[%zu] must be a string without NUL", param, i);
+        }
+        choices[i] = json_string_value(v);
+    }
+    ms_err e = {{0}};
+    cons_grammar *g = cons_grammar_choice(choices, (int)n, &e);
+    free(choices);
+    return set_grammar(f, g, param, &e, err);
+}
+
+/* guided_json: a schema object, or its JSON text (vLLM takes both). */
+static int compile_guided_json(const json_t *v, oai_features *f, const char *param, oai_error *err) {
+    if (json_is_object(v)) return compile_json(v, f, param, err);
+    json_t *schema = json_is_string(v) ? json_loads(json_string_value(v), 0, NULL) : NULL;
+    if (!json_is_object(schema)) {
+        json_decref(schema);
+        return oai_error_set(err, 400, BAD, param, NULL, "'%s' must be a JSON Schema object (or its JSON text)", param);
+    }
+    int rc = compile_json(schema, f, param, err);
+    json_decref(schema);
+    return rc;
+}
+
+/* vLLM's guided_json / guided_choice and their newer structured_outputs form. */
+static int parse_vllm_structured(const json_t *b, oai_features *f, oai_error *err) {
+    json_t *gj = oai_field(b, "guided_json"), *gc = oai_field(b, "guided_choice"), *so = oai_field(b, "structured_outputs");
+    if (gj && compile_guided_json(gj, f, "guided_json", err)) return -1;
+    if (gc && compile_choice(gc, f, "guided_choice", err)) return -1;
+    if (!so) return 0;
+    if (!json_is_object(so))
+        return oai_error_set(err, 400, BAD, "structured_outputs", NULL, "'structured_outputs' must be an object");
+    const char *key;
+    json_t *v;
+    json_object_foreach(so, key, v) {
+        if (json_is_null(v)) continue;
+        if (!strcmp(key, "json") && compile_guided_json(v, f, "structured_outputs", err)) return -1;
+        else if (!strcmp(key, "choice") && compile_choice(v, f, "structured_outputs", err)) return -1;
+        else if (strcmp(key, "json") && strcmp(key, "choice"))
+            return oai_error_set(err, 400, BAD, "structured_outputs", NULL,
+                                 "structured_outputs.%.40s is not supported (json and choice are)", key);
+    }
     return 0;
 }
 
 static int parse_response_format(const json_t *b, oai_features *f, oai_error *err) {
     json_t *rf = oai_field(b, "response_format");
-    if (!rf) return 0;
+    if (!rf) return parse_vllm_structured(b, f, err);
     const char *type = json_string_value(json_object_get(rf, "type"));
     if (!json_is_object(rf) || !type)
         return oai_error_set(err, 400, BAD, "response_format", NULL, "'response_format' must be an object with a 'type'");
-    if (!strcmp(type, "text")) return 0;
-    if (!strcmp(type, "json_object")) return compile_json(NULL, f, err);
+    if (!strcmp(type, "text")) return parse_vllm_structured(b, f, err);
+    if (!strcmp(type, "json_object")) return compile_json(NULL, f, "response_format", err) || parse_vllm_structured(b, f, err);
     if (strcmp(type, "json_schema"))
         return oai_error_set(err, 400, BAD, "response_format", NULL,
                              "response_format.type must be \"text\", \"json_object\" or \"json_schema\", got \"%.40s\"", type);
@@ -105,7 +168,7 @@ static int parse_response_format(const json_t *b, oai_features *f, oai_error *er
     if (!json_is_object(js) || !json_is_object(schema))
         return oai_error_set(err, 400, BAD, "response_format", NULL,
                              "response_format json_schema needs {\"json_schema\":{\"name\":...,\"schema\":{...}}}");
-    return compile_json(schema, f, err);
+    return compile_json(schema, f, "response_format", err) || parse_vllm_structured(b, f, err);
 }
 
 static int parse_reasoning_opts(const json_t *b, oai_features *f, oai_error *err) {
@@ -174,13 +237,13 @@ int oai_features_parse(const json_t *b, int chat, oai_features *f, oai_error *er
         parse_response_format(b, f, err))
         return -1;
     if (f->grammar && (f->tool_choice == TOOL_CHOICE_REQUIRED || f->tool_choice == TOOL_CHOICE_NAMED))
-        return oai_error_set(err, 400, BAD, "response_format", NULL,
-                             "a JSON response_format cannot be combined with a forced tool_choice");
+        return oai_error_set(err, 400, BAD, f->grammar_param, NULL, "'%s' cannot be combined with a forced tool_choice",
+                             f->grammar_param);
     /* The constraint would start after the given prefix and so ignore it (the
      * message as a whole would not be the JSON or call asked for). */
     if (f->continue_final && f->grammar)
-        return oai_error_set(err, 400, BAD, "response_format", NULL,
-                             "a JSON response_format cannot be combined with continuing the last message");
+        return oai_error_set(err, 400, BAD, f->grammar_param, NULL,
+                             "'%s' cannot be combined with continuing the last message", f->grammar_param);
     if (f->continue_final && (f->tool_choice == TOOL_CHOICE_REQUIRED || f->tool_choice == TOOL_CHOICE_NAMED))
         return oai_error_set(err, 400, BAD, "tool_choice", NULL,
                              "a forced tool_choice cannot be combined with continuing the last message");

@@ -15,6 +15,10 @@
  *     {"type":"json_schema","json_schema":{"name","schema","strict"?}}; an
  *     unsupported schema keyword is a 400 naming it. With a forced tool choice
  *     the tool grammar wins (both cannot hold at once: 400).
+ *   - vLLM's spellings, both endpoints: guided_json (a schema, or its JSON
+ *     text), guided_choice (an array of strings: the output is exactly one of
+ *     them, raw), and structured_outputs {"json": ...} / {"choice": [...]}. At
+ *     most one of these and a JSON response_format (400 naming the second).
  *   - With reasoning on (the template opens <think>), the constraint starts
  *     after "</think>".
  *   - Continuing the last message (DeepSeek's chat prefix completion,
@@ -48,7 +52,7 @@ typedef struct oai_features {
     int thinking;                /* chat_template_kwargs.thinking (V3.1 templates) */
     int continue_final;          /* continue the last (assistant) message */
     int add_generation_prompt;   /* default 1; 0 when continuing */
-    int json_mode;               /* response_format json_object / json_schema */
+    const char *grammar_param;   /* the parameter that asked for the grammar (for errors), NULL without one */
     cons_grammar *grammar;       /* owned; NULL: unconstrained */
     /* filled by oai_features_resolve once the template is known */
     int parse_reasoning, starts_in_reasoning, parse_tool_calls;

@@ -563,7 +563,7 @@ static int check_context(const oai_ctx *ctx, oai_request *r, oai_error *err) {
  * shortest output the grammar allows (plus the closing EOS). */
 static int check_constraint(const oai_ctx *ctx, oai_request *r, oai_error *err) {
     if (!r->feat.grammar) return 0;
-    const char *param = r->feat.json_mode ? "response_format" : "tool_choice";
+    const char *param = r->feat.grammar_param ? r->feat.grammar_param : "tool_choice";
     if (!ctx->vocab) return oai_error_set(err, 400, BAD, param, NULL, "constrained decoding is not available on this server");
     r->vocab = ctx->vocab;
     ms_err e = {{0}};
@@ -574,7 +574,7 @@ static int check_constraint(const oai_ctx *ctx, oai_request *r, oai_error *err) 
     if (r->max_tokens < need)
         return oai_error_set(err, 400, BAD, "max_tokens", NULL,
                              "max_tokens is %d, but the shortest output this %s allows takes %d tokens", r->max_tokens,
-                             r->feat.json_mode ? "response_format" : "tool_choice", need);
+                             param, need);
     return 0;
 }
 
@@ -584,7 +584,8 @@ static int known_field(const char *k, oai_kind kind) {
         "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "n",
         "stream", "stream_options", "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos", "user",
         "logit_bias", "stop_token_ids", "min_tokens", "include_stop_str_in_output", "skip_special_tokens",
-        "response_format", "functions", "best_of", "logprobs", "top_logprobs", "suffix", "prompt_logprobs", NULL};
+        "response_format", "functions", "best_of", "logprobs", "top_logprobs", "suffix", "prompt_logprobs",
+        "guided_json", "guided_choice", "structured_outputs", NULL};
     static const char *const chat[] = {"messages", "tools", "tool_choice", "parallel_tool_calls", "include_reasoning",
                                        "chat_template_kwargs", "continue_final_message", "add_generation_prompt", NULL};
     static const char *const completion[] = {"prompt", "echo", NULL};

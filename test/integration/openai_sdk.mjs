@@ -430,6 +430,32 @@ await check('prompt_logprobs', async () => {
     client.completions.create({ model, prompt, max_tokens: 1, prompt_logprobs: 1, stream: true }), 'prompt_logprobs');
 });
 
+// vLLM's guided_choice / guided_json / structured_outputs (extra body fields
+// through the SDK): sampled outputs are exactly one of the choices, or JSON
+// the schema accepts; the model alone would write neither.
+await check('guided_choice and guided_json', async () => {
+  const choices = ['red', 'green', 'blue sky'];
+  const seen = new Set();
+  for (let seed = 0; seed < 6; seed++) {
+    const r = await client.completions.create({ model, prompt: 'Colour:', max_tokens: 8, temperature: 1, seed, guided_choice: choices });
+    assert.ok(choices.includes(r.choices[0].text), JSON.stringify(r.choices[0].text));
+    assert.equal(r.choices[0].finish_reason, 'stop');
+    seen.add(r.choices[0].text);
+  }
+  assert.ok(seen.size > 1, 'the sampled choices vary');
+  const plain = await client.completions.create({ model, prompt: 'Colour:', max_tokens: 8, temperature: 0 });
+  assert.ok(!choices.includes(plain.choices[0].text), 'unconstrained output is not a choice by chance');
+  const c = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 1, seed: 3,
+                                                   structured_outputs: { choice: choices } });
+  assert.ok(choices.includes(c.choices[0].message.content), c.choices[0].message.content);
+  const schema = { type: 'object', properties: { n: { type: 'integer' }, ok: { type: 'boolean' } }, required: ['n', 'ok'] };
+  const j = await client.chat.completions.create({ model, messages, max_tokens: 60, temperature: 1, seed: 4, guided_json: schema });
+  const v = JSON.parse(j.choices[0].message.content);
+  assert.ok(Number.isInteger(v.n) && typeof v.ok === 'boolean', j.choices[0].message.content);
+  await expectError(OpenAI.BadRequestError, 400, () =>
+    client.completions.create({ model, prompt: 'x', max_tokens: 4, guided_choice: ['a', 'a'] }), 'guided_choice');
+});
+
 // vLLM's stopping extensions through the SDK (extra body fields), against the
 // plain greedy run
 await check('stop_token_ids, min_tokens, include_stop_str_in_output', async () => {

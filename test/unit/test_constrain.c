@@ -798,3 +798,46 @@ Test(constrain, validator) {
     json_decref(o);
     json_decref(a);
 }
+
+/* ---- guided choice ---------------------------------------------------------------- */
+
+/* Random walks end on exactly one of the choices (also where one prefixes
+ * another, and after "</think>"); the mask equals the one-token reference. */
+Test(constrain, choice_walks, .init = setup, .fini = teardown) {
+    const char *choices[] = {"yes", "yes, definitely", "no", "maybe 🤔", "Nein"};
+    const int n = (int)(sizeof choices / sizeof *choices);
+    ms_err err = {{0}};
+    cons_grammar *g = cons_grammar_choice(choices, n, &err);
+    cr_assert(g, "%s", err.msg);
+    int seen[5] = {0};
+    for (uint64_t seed = 0; seed < 40; seed++) {
+        char what[64];
+        int think = seed % 5 == 4;
+        snprintf(what, sizeof what, "choice seed %d think %d", (int)seed, think);
+        char *text = walk(g, think, (walk_opts){think ? 60 : 24, 700 + seed, seed < 3 ? 1 : 0}, what); /* room for the longest */
+        const char *out = json_part(text, think, what);
+        int k = 0;
+        while (k < n && strcmp(out, choices[k])) k++;
+        cr_expect_lt(k, n, "%s: '%s' is none of the choices", what, out);
+        if (k < n) seen[k]++;
+        free(text);
+    }
+    cr_expect(seen[0] && seen[1], "both the prefix and its extension came out (%d, %d)", seen[0], seen[1]);
+    cr_expect_eq(feed_tokens(g, 0, "no"), 'A');
+    cr_expect_eq(feed_tokens(g, 0, "yes, def"), 'P');
+    cr_expect_eq(feed_tokens(g, 0, "nope"), 'R');
+    cr_expect_eq(feed_tokens(g, 0, " yes"), 'R', "raw: no leading whitespace");
+    cons_grammar_free(g);
+}
+
+Test(constrain, choice_errors) {
+    ms_err err = {{0}};
+    const char *dup[] = {"a", "b", "a"}, *empty[] = {"a", ""}, *bad_utf8[] = {"\xff"};
+    cr_expect_null(cons_grammar_choice(dup, 3, &err));
+    cr_expect(strstr(err.msg, "choice 2: 'a' appears twice"), "%s", err.msg);
+    cr_expect_null(cons_grammar_choice(empty, 2, &err));
+    cr_expect(strstr(err.msg, "choice 1: must be 1 to 1024 bytes"), "%s", err.msg);
+    cr_expect_null(cons_grammar_choice(bad_utf8, 1, &err));
+    cr_expect(strstr(err.msg, "not valid UTF-8"), "%s", err.msg);
+    cr_expect_null(cons_grammar_choice(dup, 0, &err));
+}

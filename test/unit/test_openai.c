@@ -813,3 +813,52 @@ Test(openai, vllm_prompt_logprobs) {
     expect_error(OAI_COMPLETION, CMPL(",\"prompt_logprobs\":1,\"stream\":true"), 400, "prompt_logprobs");
     expect_error(OAI_CHAT, CHAT(",\"max_tokens\":0"), 400, "max_tokens");
 }
+
+/* vLLM's guided_json / guided_choice / structured_outputs: a constraint each,
+ * errors named by the parameter, one constraint per request. */
+Test(openai, vllm_structured_outputs) {
+    ms_err err = {{0}};
+    cons_vocab *v = cons_vocab_create(tok, 1, 129280, &err);
+    cr_assert(v, "%s", err.msg);
+    oai_ctx c = ctx_vocab(v, CHAT_TEMPLATE_V3);
+    oai_request r;
+    oai_error e;
+    const char *ok[] = {
+        CHAT(",\"guided_json\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}"),
+        CHAT(",\"guided_json\":\"{\\\"type\\\":\\\"object\\\"}\""),
+        CMPL(",\"guided_choice\":[\"yes\",\"no\"]"),
+        CMPL(",\"structured_outputs\":{\"choice\":[\"a\",\"b\"]}"),
+        CHAT(",\"structured_outputs\":{\"json\":{\"type\":\"object\"},\"choice\":null}"),
+        CHAT(",\"response_format\":{\"type\":\"text\"},\"guided_choice\":[\"x\"]"),
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        oai_kind kind = strstr(ok[i], "\"prompt\"") ? OAI_COMPLETION : OAI_CHAT;
+        cr_assert_eq(parse_with(&c, kind, ok[i], &r, &e), 0, "%s: %s", ok[i], e.message);
+        sched_request sr;
+        cr_assert_eq(oai_sched_request(&r, 0, 1, &sr, &err), 0, "%s", err.msg);
+        cr_expect(sr.constraint.ctx, "%s: no constraint", ok[i]);
+        if (sr.constraint.ctx) sr.constraint.free(sr.constraint.ctx);
+        oai_request_free(&r);
+    }
+    struct {
+        oai_kind kind;
+        const char *body, *param;
+    } bad[] = {
+        {OAI_CHAT, CHAT(",\"guided_json\":\"not json\""), "guided_json"},
+        {OAI_CHAT, CHAT(",\"guided_json\":{\"type\":\"string\",\"pattern\":\"a\"}"), "guided_json"},
+        {OAI_COMPLETION, CMPL(",\"guided_choice\":[]"), "guided_choice"},
+        {OAI_COMPLETION, CMPL(",\"guided_choice\":[\"a\",\"a\"]"), "guided_choice"},
+        {OAI_COMPLETION, CMPL(",\"guided_choice\":[\"a\",1]"), "guided_choice"},
+        {OAI_COMPLETION, CMPL(",\"structured_outputs\":{\"regex\":\"a+\"}"), "structured_outputs"},
+        {OAI_COMPLETION, CMPL(",\"structured_outputs\":[]"), "structured_outputs"},
+        {OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"json_object\"},\"guided_choice\":[\"a\"]"), "guided_choice"},
+        {OAI_CHAT, CHAT(",\"guided_json\":{},\"guided_choice\":[\"a\"]"), "guided_choice"},
+        {OAI_CHAT, CHAT(",\"tools\":[" TOOL "],\"tool_choice\":\"required\",\"guided_choice\":[\"a\"]"), "guided_choice"},
+        {OAI_COMPLETION, CMPL(",\"max_tokens\":2,\"guided_choice\":[\"a long answer\"]"), "max_tokens"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cr_expect_neq(parse_with(&c, bad[i].kind, bad[i].body, &r, &e), 0, "accepted %s", bad[i].body);
+        cr_expect_str_eq(e.param, bad[i].param, "%s: param '%s' (%s)", bad[i].body, e.param, e.message);
+    }
+    cons_vocab_free(v);
+}
