@@ -134,7 +134,7 @@ struct http_server {
 
 typedef enum {
     R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_HEALTH_GENERATE, R_READY, R_METRICS, R_TOKENIZE, R_DETOKENIZE,
-    R_VERSION
+    R_VERSION, R_PING, R_INVOCATIONS
 } route_id;
 
 typedef struct route {
@@ -155,6 +155,8 @@ static const route routes[] = {
     {"/tokenize", R_TOKENIZE, "POST", 1},
     {"/detokenize", R_DETOKENIZE, "POST", 1},
     {"/version", R_VERSION, "GET", 0},
+    {"/ping", R_PING, "GET", 0},                   /* SageMaker's health check (= /health) */
+    {"/invocations", R_INVOCATIONS, "POST", 1},    /* SageMaker's inference route: chat or completions by body */
 };
 
 /* Per-connection (per-request) state: MHD's con_cls. */
@@ -812,6 +814,22 @@ static json_t *load_body(conn_state *cs, oai_error *e) {
     return b;
 }
 
+/* POST /invocations (AWS SageMaker's container contract, as vLLM serves it): a
+ * body with "messages" is a chat completion, one with "prompt" a completion. */
+static enum MHD_Result handle_invocations(http_server *h, struct MHD_Connection *c, conn_state *cs) {
+    oai_error e;
+    json_t *b = load_body(cs, &e);
+    if (!b) return queue_error(c, cs, &e);
+    int chat = json_object_get(b, "messages") != NULL, completion = json_object_get(b, "prompt") != NULL;
+    json_decref(b);
+    if (chat == completion) {
+        oai_error_set(&e, 400, "invalid_request_error", NULL, NULL,
+                      "/invocations needs either 'messages' (chat completion) or 'prompt' (completion)");
+        return queue_error(c, cs, &e);
+    }
+    return handle_generate(h, c, cs, chat ? OAI_CHAT : OAI_COMPLETION);
+}
+
 static int opt_bool(json_t *b, const char *name, int dflt, int *out, oai_error *e) {
     json_t *v = json_object_get(b, name);
     if (!v || json_is_null(v)) return *out = dflt, 0;
@@ -940,7 +958,9 @@ static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_s
     case R_COMPLETIONS: return handle_generate(h, c, cs, OAI_COMPLETION);
     case R_MODELS: return handle_models(h, c, cs, NULL);
     case R_MODEL: return handle_models(h, c, cs, model_id);
-    case R_HEALTH: return queue_json(c, cs, 200, json_pack("{s:s}", "status", "ok"));
+    case R_HEALTH:
+    case R_PING: return queue_json(c, cs, 200, json_pack("{s:s}", "status", "ok"));
+    case R_INVOCATIONS: return handle_invocations(h, c, cs);
     case R_HEALTH_GENERATE: return handle_health_generate(h, c, cs);
     case R_READY: {
         int ok = atomic_load(&h->ready) && !atomic_load(&h->draining);
