@@ -1,7 +1,9 @@
 /* server/oai_chat.h — the agent-facing request parameters of the OpenAI API:
  * `tools`, `tool_choice`, `parallel_tool_calls`, `response_format`,
- * `include_reasoning` and `chat_template_kwargs`, parsed and validated into an
- * oai_features, plus what they imply: the constraint grammar (structured
+ * `include_reasoning` and `chat_template_kwargs`, vLLM's `guided_json` /
+ * `guided_choice` / `structured_outputs`, and the continuation of the last
+ * message (`prefix`, `continue_final_message`, `add_generation_prompt`),
+ * parsed and validated into an oai_features, plus what they imply: the constraint grammar (structured
  * outputs, forced tool calls; common/constrain.h) and how the output is split
  * (reasoning, tool calls; server/chat_output.h).
  *
