@@ -48,7 +48,7 @@ AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -m
 # The server's pure modules (OpenAI parsing, output parsers, metrics) go in the
 # library too, so unit tests and fuzz targets link them; the HTTP front end and
 # the commands are the binary's own.
-SERVER_LIB_SRC := server/openai.c server/oai_chat.c server/chat_output.c server/reasoning.c server/toolcall.c \
+SERVER_LIB_SRC := server/openai.c server/oai_chat.c server/oai_responses.c server/chat_output.c server/reasoning.c server/toolcall.c \
                   server/metrics.c server/conn_guard.c server/cors.c
 LIB_SRC    := $(wildcard common/*.c engine/*.c cpu/*.c) $(SERVER_LIB_SRC)
 SERVER_SRC := $(filter-out $(SERVER_LIB_SRC),$(wildcard server/*.c))

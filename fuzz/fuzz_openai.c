@@ -1,8 +1,10 @@
 /* fuzz/fuzz_openai.c — the OpenAI request parser (server/openai.h:
  * oai_parse_request) on arbitrary request bodies.
  *
- * Byte 0 picks the endpoint (bit 0: /v1/completions, else /v1/chat/completions)
- * and the chat template ((byte >> 1) % 3: V3, R1, V3.1);
+ * Byte 0 picks the endpoint (bit 7: /v1/responses, through
+ * server/oai_responses.h; else bit 0: /v1/completions, else
+ * /v1/chat/completions) and the chat template (((byte & 0x7f) >> 1) % 3: V3,
+ * R1, V3.1);
  * the rest is the body, exactly as the HTTP layer passes it (bytes + length,
  * not NUL-terminated: the copy here has no terminator so ASan sees any read
  * past len). The context is the server's for a small model (max_model_len
@@ -11,11 +13,14 @@
  * of in-vocabulary ids, 1 <= n <= OAI_MAX_N (n_return <= n: best_of, only on
  * unstreamed completions), max_tokens >= 1 (0 only to score a prompt) with
  * every prompt + max_tokens within the context, and every choice maps to a
- * sched_request. */
+ * sched_request. A Responses body parses into one chat choice; its Response
+ * object and streaming events for a short made-up output are built (under
+ * ASan), the stream ending in exactly one terminal event. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/oai_responses.h"
 #include "server/openai.h"
 #include "fuzz/fuzz_util.h"
 
@@ -30,12 +35,50 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     return 0;
 }
 
+/* The Response object and the events of a made-up output: "<think>a</think>b", finished by the limit. */
+static void check_responses_output(const oai_request *r, const tokenizer *tok) {
+    oai_choice c;
+    oai_resp_stream s;
+    FUZZ_CHECK(oai_choice_init(&c, r, NULL) == 0 && c.out, "no split output for a Responses choice");
+    FUZZ_CHECK(oai_resp_stream_init(&s, "resp_0", 1) == 0, "stream init");
+    json_t *events = oai_resp_stream_begin(&s, r);
+    const char *texts[] = {"<think>", "a", "</think>", "b", NULL};
+    for (int i = 0; i < 5; i++) {
+        sched_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.token = texts[i] ? 1 : -1;
+        ev.text = (char *)texts[i];
+        ev.text_len = texts[i] ? strlen(texts[i]) : 0;
+        ev.completion_tokens = i < 4 ? i + 1 : 4;
+        ev.finish = texts[i] ? FINISH_NONE : FINISH_LENGTH;
+        json_t *some = oai_resp_stream_event(&s, r, &c, tok, &ev);
+        json_array_extend(events, some);
+        json_decref(some);
+    }
+    int terminal = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(events, i, e) {
+        const char *type = json_string_value(json_object_get(e, "type"));
+        FUZZ_CHECK(type && json_integer_value(json_object_get(e, "sequence_number")) == (json_int_t)i, "event %zu", i);
+        terminal += !strcmp(type, "response.completed") || !strcmp(type, "response.incomplete");
+    }
+    FUZZ_CHECK(terminal == 1, "%d terminal events", terminal);
+    json_t *whole = oai_responses_json(r, "resp_0", 1, &c, NULL);
+    FUZZ_CHECK(json_is_array(json_object_get(whole, "output")), "Response without output");
+    json_decref(whole);
+    json_decref(events);
+    oai_resp_stream_free(&s);
+    oai_choice_free(&c);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     const tokenizer *tok = fuzz_tokenizer();
     oai_ctx ctx = {.tok = tok, .served_model = "tiny", .max_model_len = FUZZ_MAX_MODEL_LEN, .vocab_size = 129280,
-                   .variant = (chat_template_variant)((data[0] >> 1) % 3), .vocab = vocab};
-    oai_kind kind = (data[0] & 1) ? OAI_COMPLETION : OAI_CHAT;
+                   .variant = (chat_template_variant)(((data[0] & 0x7f) >> 1) % 3), .vocab = vocab};
+    int responses = (data[0] & 0x80) != 0;
+    oai_kind kind = (data[0] & 1) && !responses ? OAI_COMPLETION : OAI_CHAT;
     size_t len = size - 1;
     char *body = malloc(len ? len : 1);
     if (!body) return 0;
@@ -43,7 +86,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     oai_request r;
     oai_error err;
     memset(&err, 0, sizeof err);
-    if (oai_parse_request(kind, body, len, &ctx, &r, &err) == 0) {
+    int rc = responses ? oai_responses_parse(body, len, &ctx, &r, &err) : oai_parse_request(kind, body, len, &ctx, &r, &err);
+    if (rc == 0) {
+        FUZZ_CHECK(r.responses == responses, "responses flag %d", r.responses);
+        if (responses) {
+            FUZZ_CHECK(r.n_prompts == 1 && r.n == 1 && json_is_object(r.resp_echo), "a Responses request is one chat choice");
+            check_responses_output(&r, tok);
+        }
         FUZZ_CHECK(r.n_prompts >= 1 && r.n_prompts <= OAI_MAX_PROMPTS, "%d prompts", r.n_prompts);
         FUZZ_CHECK(r.n >= 1 && r.n <= OAI_MAX_N, "n = %d", r.n);
         /* 0 only to score a prompt: echoed on completions, or vLLM's prompt_logprobs */

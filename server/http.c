@@ -32,6 +32,7 @@
 #include "server/conn_guard.h"
 #include "server/cors.h"
 #include "server/metrics.h"
+#include "server/oai_responses.h"
 #include "server/openai.h"
 #include "server/version.h"
 
@@ -134,7 +135,7 @@ struct http_server {
 
 typedef enum {
     R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_HEALTH_GENERATE, R_READY, R_METRICS, R_TOKENIZE, R_DETOKENIZE,
-    R_VERSION, R_PING, R_INVOCATIONS
+    R_VERSION, R_PING, R_INVOCATIONS, R_RESPONSES
 } route_id;
 
 typedef struct route {
@@ -147,6 +148,7 @@ typedef struct route {
 static const route routes[] = {
     {"/v1/chat/completions", R_CHAT, "POST", 1},
     {"/v1/completions", R_COMPLETIONS, "POST", 1},
+    {"/v1/responses", R_RESPONSES, "POST", 1},     /* OpenAI's Responses API (server/oai_responses.h) */
     {"/v1/models", R_MODELS, "GET", 1},
     {"/health", R_HEALTH, "GET", 0},
     {"/health/generate", R_HEALTH_GENERATE, "GET", 0},
@@ -279,6 +281,7 @@ typedef struct gen_job {
     char error[256];
     int cancelled;
     double t_checked;        /* last client liveness check */
+    oai_resp_stream *rs;     /* /v1/responses streaming: the events' state, else NULL */
     /* streaming output */
     char *out;
     size_t out_len, out_pos, out_cap;
@@ -323,6 +326,8 @@ static void job_free(gen_job *j) {
     job_release_inflight(j);
     for (int i = 0; j->echo && i < j->req.n_prompts; i++) free(j->echo[i]);
     free(j->echo);
+    if (j->rs) oai_resp_stream_free(j->rs);
+    free(j->rs);
     free(j->ch);
     free(j->out);
     oai_request_free(&j->req);
@@ -476,9 +481,14 @@ static gen_job *job_create(http_server *h, struct MHD_Connection *c, conn_state 
             return NULL;
         }
     }
-    snprintf(j->id, sizeof j->id, "%s", j->req.kind == OAI_CHAT ? "chatcmpl-" : "cmpl-");
+    snprintf(j->id, sizeof j->id, "%s", j->req.responses ? "resp_" : j->req.kind == OAI_CHAT ? "chatcmpl-" : "cmpl-");
     random_hex(j->id + strlen(j->id), 24);
     j->created = (long)time(NULL);
+    if (j->req.responses && j->req.stream &&
+        (!(j->rs = malloc(sizeof *j->rs)) || oai_resp_stream_init(j->rs, j->id, j->created) != 0)) {
+        job_free(j);
+        return NULL;
+    }
     j->t_start = cs->t_start;
     cs->is_generation = 1;
     for (int p = 0; p < j->req.n_prompts; p++) cs->prompt_tokens += j->req.prompts[p].n_ids;
@@ -502,6 +512,11 @@ static enum MHD_Result generate_blocking(gen_job *j, conn_state *cs) {
     if (j->cancelled && client_gone(j->conn)) {
         ret = MHD_NO; /* nobody to answer */
         cs->status = 499;
+    } else if (j->req.responses) {
+        ret = queue_json(j->conn, cs, 200, oai_responses_json(&j->req, j->id, j->created, &j->ch[0].acc,
+                                                              j->failed ? j->error : NULL));
+        if (j->failed)
+            serve_log_request(h->cfg.log_json, "error", cs->request_id, "engine failed the request: %s", j->error);
     } else if (j->failed) {
         oai_error e;
         serve_log_request(h->cfg.log_json, "error", cs->request_id, "engine failed the request: %s", j->error);
@@ -543,12 +558,15 @@ static int out_append(gen_job *j, const char *s, size_t n) {
     return 0;
 }
 
-/* "data: <json>\n\n" (steals the reference) */
+/* "data: <json>\n\n" (steals the reference); a Responses event is named
+ * first ("event: <type>\n"), as OpenAI sends them. */
 static int out_event(gen_job *j, json_t *o) {
     char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    const char *type = j->rs ? json_string_value(json_object_get(o, "type")) : NULL;
+    int rc = type && (out_append(j, "event: ", 7) || out_append(j, type, strlen(type)) || out_append(j, "\n", 1));
     json_decref(o);
     if (!s) return -1;
-    int rc = out_append(j, "data: ", 6) || out_append(j, s, strlen(s)) || out_append(j, "\n\n", 2);
+    rc = rc || out_append(j, "data: ", 6) || out_append(j, s, strlen(s)) || out_append(j, "\n\n", 2);
     free(s);
     return rc ? -1 : 0;
 }
@@ -563,7 +581,19 @@ static json_t *stamp_usage(const gen_job *j, int i, json_t *chunk) {
     return chunk;
 }
 
+/* A Responses event array: each event out, the array released. */
+static void out_events(gen_job *j, json_t *events) {
+    size_t k;
+    json_t *e;
+    json_array_foreach(events, k, e) out_event(j, json_incref(e));
+    json_decref(events);
+}
+
 static void stream_first_chunks(gen_job *j) {
+    if (j->rs) {
+        out_events(j, oai_resp_stream_begin(j->rs, &j->req));
+        return;
+    }
     for (int i = 0; i < j->n_ch; i++) {
         if (j->req.kind == OAI_CHAT)
             out_event(j, stamp_usage(j, i, oai_chunk_json(&j->req, j->id, j->created, j->h->fingerprint, i, "assistant",
@@ -579,6 +609,13 @@ static void stream_first_chunks(gen_job *j) {
 /* Turns one event into SSE chunks. */
 static void stream_event(gen_job *j, int i, const sched_event *ev) {
     http_server *h = j->h;
+    if (j->rs) { /* Responses: a failure ends in response.failed, not an error object */
+        out_events(j, oai_resp_stream_event(j->rs, &j->req, &j->ch[i].acc, h->tok, ev));
+        if (ev->finish == FINISH_ERROR)
+            serve_log_request(h->cfg.log_json, "error", j->cs->request_id, "engine failed the request: %s", ev->error);
+        if (ev->finish != FINISH_NONE) log_choice_warning(j, i);
+        return;
+    }
     json_t *chunks = oai_stream_event(&j->req, &j->ch[i].acc, h->tok, ev, j->id, j->created, h->fingerprint, i);
     size_t k;
     json_t *c;
@@ -600,11 +637,11 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         j->out_pos = j->out_len = 0;
         if (j->finished) return MHD_CONTENT_READER_END_OF_STREAM;
         if (j->n_done == j->n_ch) {
-            if (j->req.include_usage) {
+            if (j->req.include_usage && !j->rs) {
                 oai_usage u = job_usage(j);
                 out_event(j, oai_usage_chunk_json(&j->req, j->id, j->created, j->h->fingerprint, &u));
             }
-            out_append(j, "data: [DONE]\n\n", 14);
+            if (!j->rs) out_append(j, "data: [DONE]\n\n", 14); /* Responses end with response.completed */
             j->finished = 1;
             job_release_inflight(j);
             continue;
@@ -661,12 +698,16 @@ static oai_ctx parse_ctx(http_server *h) {
                      .vocab = h->vocab};
 }
 
-static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c, conn_state *cs, oai_kind kind) {
+/* kind: OAI_CHAT or OAI_COMPLETION; responses: a /v1/responses body (chat underneath). */
+static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c, conn_state *cs, oai_kind kind,
+                                       int responses) {
     oai_error e;
     if (not_ready_error(h, &e)) return queue_error(c, cs, &e);
     oai_ctx ctx = parse_ctx(h);
     oai_request req;
-    if (oai_parse_request(kind, cs->body ? cs->body : "", cs->len, &ctx, &req, &e) != 0) return queue_error(c, cs, &e);
+    const char *body = cs->body ? cs->body : "";
+    if ((responses ? oai_responses_parse(body, cs->len, &ctx, &req, &e) : oai_parse_request(kind, body, cs->len, &ctx, &req, &e)) != 0)
+        return queue_error(c, cs, &e);
     if (req.ignored[0]) serve_log_request(h->cfg.log_json, "warn", cs->request_id, "ignored request fields: %s", req.ignored);
     gen_job *j = job_create(h, c, cs, &req);
     if (!j) {
@@ -827,7 +868,7 @@ static enum MHD_Result handle_invocations(http_server *h, struct MHD_Connection 
                       "/invocations needs either 'messages' (chat completion) or 'prompt' (completion)");
         return queue_error(c, cs, &e);
     }
-    return handle_generate(h, c, cs, chat ? OAI_CHAT : OAI_COMPLETION);
+    return handle_generate(h, c, cs, chat ? OAI_CHAT : OAI_COMPLETION, 0);
 }
 
 static int opt_bool(json_t *b, const char *name, int dflt, int *out, oai_error *e) {
@@ -954,8 +995,9 @@ static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_s
     const char *model_id;
     find_route(url, &model_id);
     switch (cs->rt->id) {
-    case R_CHAT: return handle_generate(h, c, cs, OAI_CHAT);
-    case R_COMPLETIONS: return handle_generate(h, c, cs, OAI_COMPLETION);
+    case R_CHAT: return handle_generate(h, c, cs, OAI_CHAT, 0);
+    case R_COMPLETIONS: return handle_generate(h, c, cs, OAI_COMPLETION, 0);
+    case R_RESPONSES: return handle_generate(h, c, cs, OAI_CHAT, 1);
     case R_MODELS: return handle_models(h, c, cs, NULL);
     case R_MODEL: return handle_models(h, c, cs, model_id);
     case R_HEALTH:

@@ -56,6 +56,7 @@ void oai_request_free(oai_request *r) {
     free(r->bias_ids);
     free(r->bias_values);
     oai_features_free(&r->feat);
+    json_decref(r->resp_echo);
     memset(r, 0, sizeof *r);
 }
 
@@ -737,7 +738,7 @@ int oai_choice_init(oai_choice *c, const oai_request *r, const char *echo) {
                                           : json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs",
                                                       "text_offset");
     if (r->prompt_top >= 0 && !(c->prompt_lps = json_array())) return -1;
-    if (r->kind != OAI_CHAT || (!r->feat.parse_reasoning && !r->feat.parse_tool_calls)) return 0;
+    if (r->kind != OAI_CHAT || (!r->feat.parse_reasoning && !r->feat.parse_tool_calls && !r->responses)) return 0;
     chat_output_opts o = {r->feat.parse_reasoning, r->feat.starts_in_reasoning, r->feat.include_reasoning,
                           r->feat.parse_tool_calls};
     if (!(c->out = malloc(sizeof *c->out)) || chat_output_init(c->out, &o) != 0) {

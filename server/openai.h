@@ -101,6 +101,8 @@ typedef struct oai_request {
     int skip_special;
     oai_features feat;         /* tools, tool_choice, response_format, reasoning (server/oai_chat.h) */
     const cons_vocab *vocab;   /* from the ctx, for the per-choice constraint */
+    int responses;             /* a /v1/responses request (server/oai_responses.h): output always split */
+    json_t *resp_echo;         /* responses: the fields the Response object echoes (owned), else NULL */
 } oai_request;
 
 void oai_request_free(oai_request *r);

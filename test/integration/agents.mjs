@@ -12,23 +12,13 @@
 // MLASERVE_STRUCTURED (structured-output requests, default 50: every schema).
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import { check, finish } from './checks.mjs';
 
 const baseURL = process.env.MLASERVE_BASE_URL;
 const model = process.env.MLASERVE_MODEL_NAME;
 const mode = process.env.MLASERVE_MODE || 'v3';
 const n_structured = Number(process.env.MLASERVE_STRUCTURED || 50);
 const client = new OpenAI({ baseURL, apiKey: 'none', maxRetries: 0, timeout: 300_000 });
-let passed = 0;
-const failures = [];
-
-async function check(name, fn) {
-  try {
-    await fn();
-    passed++;
-  } catch (e) {
-    failures.push(`${name}: ${e && e.stack ? e.stack : e}`);
-  }
-}
 
 // ---- a small JSON Schema validator (the subset the server supports)
 function typeOf(v) {
@@ -237,6 +227,4 @@ if (mode === 'r1') {
   });
 }
 
-console.log(`agents (${mode}): ${passed} passed, ${failures.length} failed`);
-for (const f of failures) console.log(`FAIL: ${f}`);
-process.exit(failures.length ? 1 : 0);
+finish(`agents (${mode})`);

@@ -1,0 +1,100 @@
+/* server/oai_responses.h — OpenAI's Responses API (POST /v1/responses) on top
+ * of the chat machinery: a Responses body is translated into the chat request
+ * it means and parsed as one (server/openai.h), and the generated output —
+ * split by the chat output parser into reasoning, text and tool calls — is
+ * shaped as a Response object with output items, or as the Responses
+ * streaming events.
+ *
+ * Translation (documented for users in docs/agents.md):
+ *   input                string -> one user message; or an array of items:
+ *                        messages ({"role","content"}, with or without
+ *                        "type":"message"; content a string or input_text /
+ *                        output_text / refusal parts; "developer" = system),
+ *                        function_call items (-> the assistant message's
+ *                        tool_calls), function_call_output items (-> tool
+ *                        messages), reasoning items (dropped: the templates
+ *                        drop earlier reasoning too). Images, files, audio and
+ *                        other item types: 400 naming the item.
+ *   instructions         -> a leading system message
+ *   max_output_tokens    -> max_completion_tokens
+ *   tools                [{"type":"function","name","description"?,
+ *                        "parameters"?,"strict"?}] -> chat tools; other tool
+ *                        types (web_search, file_search, ...): 400
+ *   tool_choice          "none"|"auto"|"required"|{"type":"function","name"}
+ *   text.format          {"type":"text"|"json_object"} or {"type":"json_schema",
+ *                        "name","schema","strict"?} -> response_format
+ *   temperature, top_p, parallel_tool_calls, user, stream: as chat; and the
+ *   chat extensions top_k, min_p, seed, stop, presence/frequency/repetition
+ *   penalties, logit_bias, ignore_eos, min_tokens, stop_token_ids,
+ *   include_stop_str_in_output, skip_special_tokens, chat_template_kwargs,
+ *   include_reasoning pass through unchanged.
+ *   metadata, reasoning, store, include ["reasoning.encrypted_content"],
+ *   truncation "disabled", stream_options, service_tier, prompt_cache_key,
+ *   safety_identifier, text.verbosity: accepted (echoed where the Response
+ *   has the field); nothing is stored (store is always false in the reply).
+ *   previous_response_id, conversation, background, prompt, top_logprobs,
+ *   other include values, truncation "auto": 400 (not supported).
+ * Output items, in order: a reasoning item (when reasoning is parsed and
+ * returned and there was some), a message with one output_text part (when
+ * there is text, or nothing else), one function_call item per call; each
+ * item followed by another is "completed", the last one takes the response's
+ * state.
+ * status "completed", or "incomplete" with incomplete_details.reason
+ * "max_output_tokens" when the token limit ended it.
+ *
+ * Who calls it: server/http.c (the request's HTTP worker thread) and
+ * test/unit/test_responses.c. Pure; an oai_resp_stream is one request's. */
+#ifndef MS_OAI_RESPONSES_H
+#define MS_OAI_RESPONSES_H
+
+#include <jansson.h>
+
+#include "common/rbuf.h"
+#include "server/openai.h"
+
+/* Translates a /v1/responses body into its chat body (new reference), or
+ * NULL with err (the parameter named as the Responses API names it). Exposed
+ * for the unit tests; oai_responses_parse does this and the rest. */
+json_t *oai_responses_to_chat(const json_t *body, oai_error *err);
+
+/* Parses a POST /v1/responses body into r (kind OAI_CHAT, r->responses set,
+ * r->resp_echo the fields the Response object echoes). 0, or -1 with err. */
+int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_request *r, oai_error *err);
+
+/* The Response object of a finished generation (c: its one choice, fed by
+ * oai_choice_add). error non-NULL: status "failed" with that message. New reference. */
+json_t *oai_responses_json(const oai_request *r, const char *id, long created, const oai_choice *c, const char *error);
+
+/* ---- streaming ---- */
+
+typedef enum { RESP_ITEM_NONE, RESP_ITEM_REASONING, RESP_ITEM_MESSAGE } oai_resp_item;
+
+typedef struct oai_resp_stream {
+    char id[64];             /* the response id ("resp_...") */
+    long created;
+    int seq;                 /* sequence_number of the next event */
+    oai_resp_item open;      /* the item whose text is streaming */
+    int n_items;             /* output items started (output_index of the next) */
+    size_t reasoning_sent, content_sent; /* bytes of the choice's totals turned into deltas */
+    int calls_sent;
+    rbuf text;               /* the open item's text so far */
+    json_t *output;          /* finished items, in order */
+} oai_resp_stream;
+
+int oai_resp_stream_init(oai_resp_stream *s, const char *id, long created);
+void oai_resp_stream_free(oai_resp_stream *s);
+
+/* The opening events: response.created and response.in_progress. New array. */
+json_t *oai_resp_stream_begin(oai_resp_stream *s, const oai_request *r);
+
+/* Adds one engine event to c (oai_choice_add) and returns the events it
+ * sends, in order (maybe none): output_item.added / content_part.added when
+ * an item starts, reasoning_text / output_text / function_call_arguments
+ * deltas, the .done events when an item ends; after the last engine event,
+ * response.completed, response.incomplete or response.failed carrying the
+ * whole Response. Every event has "type" and "sequence_number". New array
+ * (NULL only when out of memory). */
+json_t *oai_resp_stream_event(oai_resp_stream *s, const oai_request *r, oai_choice *c, const tokenizer *tok,
+                              const sched_event *ev);
+
+#endif
