@@ -48,7 +48,7 @@ AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -m
 # The server's pure modules (OpenAI parsing, output parsers, metrics) go in the
 # library too, so unit tests and fuzz targets link them; the HTTP front end and
 # the commands are the binary's own.
-SERVER_LIB_SRC := server/openai.c server/oai_chat.c server/oai_responses.c server/chat_output.c server/reasoning.c server/toolcall.c \
+SERVER_LIB_SRC := server/openai.c server/oai_chat.c server/oai_responses.c server/resp_store.c server/chat_output.c server/reasoning.c server/toolcall.c \
                   server/metrics.c server/conn_guard.c server/cors.c
 LIB_SRC    := $(wildcard common/*.c engine/*.c cpu/*.c) $(SERVER_LIB_SRC)
 SERVER_SRC := $(filter-out $(SERVER_LIB_SRC),$(wildcard server/*.c))
@@ -196,11 +196,11 @@ endif
 #                  against the in-process shim in test/tsan/). Any report fails.
 # make fuzz        builds the libFuzzer targets (clang, build-fuzz/) and runs each
 #                  for FUZZ_SECONDS (default 300); make fuzz-ci: 60 s each.
-TSAN_TESTS    := test_sched test_model_golden test_cpu_ops test_tokenizer test_ep test_comm_tcp test_waitgroup
+TSAN_TESTS    := test_sched test_model_golden test_cpu_ops test_tokenizer test_ep test_comm_tcp test_waitgroup test_resp_store
 # make test runs the TSan half on the scheduler (engine thread + client threads)
 # and the tokenizer (shared read-only across HTTP threads) only: the other two
 # take ~11 min under TSan on 2 cores (docs/operations.md has the timings).
-TSAN_CI_TESTS := test_sched test_tokenizer test_ep test_comm_tcp test_waitgroup
+TSAN_CI_TESTS := test_sched test_tokenizer test_ep test_comm_tcp test_waitgroup test_resp_store
 FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 300
 FUZZ_CC      ?= clang

@@ -35,6 +35,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     return 0;
 }
 
+/* A stored conversation for any previous_response_id starting "resp_" (others: not stored). */
+static json_t *fuzz_history(void *cls, const char *id) {
+    (void)cls;
+    if (strncmp(id, "resp_", 5)) return NULL;
+    return json_pack("[{s:s,s:s},{s:s,s:n,s:[{s:s,s:s,s:{s:s,s:s}}]},{s:s,s:s,s:s}]", "role", "user", "content", "Hi",
+                     "role", "assistant", "content", "tool_calls", "id", "call_1", "type", "function", "function", "name",
+                     "f", "arguments", "{}", "role", "tool", "tool_call_id", "call_1", "content", "ok");
+}
+
 /* The Response object and the events of a made-up output: "<think>a</think>b", finished by the limit. */
 static void check_responses_output(const oai_request *r, const tokenizer *tok) {
     oai_choice c;
@@ -78,6 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     oai_ctx ctx = {.tok = tok, .served_model = "tiny", .max_model_len = FUZZ_MAX_MODEL_LEN, .vocab_size = 129280,
                    .variant = (chat_template_variant)(((data[0] & 0x7f) >> 1) % 3), .vocab = vocab};
     int responses = (data[0] & 0x80) != 0;
+    ctx.resp_history = fuzz_history;
     oai_kind kind = (data[0] & 1) && !responses ? OAI_COMPLETION : OAI_CHAT;
     size_t len = size - 1;
     char *body = malloc(len ? len : 1);
@@ -91,6 +101,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(r.responses == responses, "responses flag %d", r.responses);
         if (responses) {
             FUZZ_CHECK(r.n_prompts == 1 && r.n == 1 && json_is_object(r.resp_echo), "a Responses request is one chat choice");
+            FUZZ_CHECK(!r.resp_store || (json_is_array(r.resp_history) && json_is_array(r.resp_items)),
+                       "a stored request without its conversation or items");
             check_responses_output(&r, tok);
         }
         FUZZ_CHECK(r.n_prompts >= 1 && r.n_prompts <= OAI_MAX_PROMPTS, "%d prompts", r.n_prompts);

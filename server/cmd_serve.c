@@ -34,6 +34,7 @@
 #include "server/ep_launch.h"
 #include "server/ep_remote.h"
 #include "server/http.h"
+#include "server/resp_store.h"
 #include "server/version.h"
 
 #define MAX_API_KEYS 1024
@@ -46,6 +47,7 @@ typedef struct serve_args {
     char *keys[MAX_API_KEYS]; /* owned copies */
     int n_keys;
     long port, threads, max_body_bytes, drain_timeout_s, max_connections, idle_timeout_s, header_timeout_s, ep;
+    long responses_store;        /* --responses-store */
     const char *placement;       /* --ep-placement */
     const char *device;          /* --device */
     char *allowed_origins;       /* --allowed-origins parsed (server/cors.h), owned; NULL: none */
@@ -97,6 +99,8 @@ static void usage(FILE *f) {
             "  --header-timeout S           close a connection whose request head takes longer (default 30; 0 off)\n"
             "  --allowed-origins LIST       CORS for browsers: '*' any origin, or origins a,b (https://app.example.com)\n"
             "                               or a JSON array; default none\n"
+            "  --responses-store N          /v1/responses kept in memory for previous_response_id and\n"
+            "                               GET /v1/responses/{id}, the oldest evicted first (default 1024; 0 off)\n"
             "  --drain-timeout S            on SIGINT/SIGTERM, seconds in-flight requests may take (default 30)\n"
             "  --log-format text|json       request log format on stderr (default text)\n"
             "  --chat-template NAME         deepseek-v3 | deepseek-r1 | deepseek-v3.1 (default: detected from\n"
@@ -203,6 +207,7 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
     a->max_connections = 256;
     a->idle_timeout_s = HTTP_DEFAULT_IDLE_TIMEOUT_S;
     a->header_timeout_s = HTTP_DEFAULT_HEADER_TIMEOUT_S;
+    a->responses_store = RESP_STORE_DEFAULT_ENTRIES;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
@@ -247,6 +252,7 @@ static int parse_args(int argc, char **argv, serve_args *a, kv_size *kv) {
         else if (!strcmp(o, "--max-body-bytes")) bad = cli_parse_int(v, 64, 1L << 34, &a->max_body_bytes);
         else if (!strcmp(o, "--max-connections")) bad = cli_parse_int(v, 1, 1 << 16, &a->max_connections);
         else if (!strcmp(o, "--drain-timeout")) bad = cli_parse_int(v, 0, 86400, &a->drain_timeout_s);
+        else if (!strcmp(o, "--responses-store")) bad = cli_parse_int(v, 0, 1 << 20, &a->responses_store);
         else if (!strcmp(o, "--idle-timeout")) bad = cli_parse_int(v, 1, 86400, &a->idle_timeout_s);
         else if (!strcmp(o, "--header-timeout")) bad = cli_parse_int(v, 0, 86400, &a->header_timeout_s);
         else if (!strcmp(o, "--allowed-origins")) bad = parse_origins(a, v);
@@ -457,7 +463,8 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
                       .n_aliases = a.n_served_names > 1 ? a.n_served_names - 1 : 0, .model_root = a.model_dir, .max_body_bytes = (size_t)a.max_body_bytes,
                       .max_connections = (int)a.max_connections, .log_json = a.log_json,
                       .idle_timeout_s = (int)a.idle_timeout_s, .header_timeout_s = (int)a.header_timeout_s,
-                      .reasoning_flag = a.reasoning_flag, .allowed_origins = a.allowed_origins};
+                      .reasoning_flag = a.reasoning_flag, .allowed_origins = a.allowed_origins,
+                      .responses_store = (int)a.responses_store};
     http_server *h = http_start(&hc, &err);
     if (!h) {
         fprintf(stderr, "mlaserve serve: %s\n", err.msg);

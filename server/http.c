@@ -33,6 +33,7 @@
 #include "server/cors.h"
 #include "server/metrics.h"
 #include "server/oai_responses.h"
+#include "server/resp_store.h"
 #include "server/openai.h"
 #include "server/version.h"
 
@@ -131,17 +132,18 @@ struct http_server {
     atomic_int inflight;     /* generations between submit and their last event */
     serving_metrics metrics;
     conn_guard *guard;       /* request-head deadline (slowloris) */
+    resp_store *store;       /* stored Responses (--responses-store), NULL: none */
 };
 
 typedef enum {
     R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_HEALTH_GENERATE, R_READY, R_METRICS, R_TOKENIZE, R_DETOKENIZE,
-    R_VERSION, R_PING, R_INVOCATIONS, R_RESPONSES
+    R_VERSION, R_PING, R_INVOCATIONS, R_RESPONSES, R_RESPONSE, R_RESPONSE_ITEMS
 } route_id;
 
 typedef struct route {
     const char *path;
     route_id id;
-    const char *method;      /* the one allowed */
+    const char *method;      /* the one allowed, or "GET, DELETE" */
     int auth;                /* needs the API key */
 } route;
 
@@ -495,6 +497,19 @@ static gen_job *job_create(http_server *h, struct MHD_Connection *c, conn_state 
     return j;
 }
 
+/* Keeps a finished Response (completed or incomplete) when it asked to be stored. */
+static void store_response(gen_job *j, const json_t *response) {
+    const char *status = json_string_value(json_object_get(response, "status"));
+    if (!j->req.resp_store || !j->h->store || !status || (strcmp(status, "completed") && strcmp(status, "incomplete")))
+        return;
+    json_t *history = oai_responses_history(&j->req, &j->ch[0].acc), *items = oai_responses_items(&j->req, j->id);
+    if (!history || !items || resp_store_put(j->h->store, j->id, response, history, items) != 0)
+        serve_log_request(j->h->cfg.log_json, "warn", j->cs->request_id, "response %s not stored (out of memory or too large)",
+                          j->id);
+    json_decref(history);
+    json_decref(items);
+}
+
 /* Non-streaming: collect everything, then answer once. */
 static enum MHD_Result generate_blocking(gen_job *j, conn_state *cs) {
     http_server *h = j->h;
@@ -513,8 +528,9 @@ static enum MHD_Result generate_blocking(gen_job *j, conn_state *cs) {
         ret = MHD_NO; /* nobody to answer */
         cs->status = 499;
     } else if (j->req.responses) {
-        ret = queue_json(j->conn, cs, 200, oai_responses_json(&j->req, j->id, j->created, &j->ch[0].acc,
-                                                              j->failed ? j->error : NULL));
+        json_t *resp = oai_responses_json(&j->req, j->id, j->created, &j->ch[0].acc, j->failed ? j->error : NULL);
+        if (resp) store_response(j, resp);
+        ret = queue_json(j->conn, cs, 200, resp);
         if (j->failed)
             serve_log_request(h->cfg.log_json, "error", cs->request_id, "engine failed the request: %s", j->error);
     } else if (j->failed) {
@@ -610,7 +626,10 @@ static void stream_first_chunks(gen_job *j) {
 static void stream_event(gen_job *j, int i, const sched_event *ev) {
     http_server *h = j->h;
     if (j->rs) { /* Responses: a failure ends in response.failed, not an error object */
-        out_events(j, oai_resp_stream_event(j->rs, &j->req, &j->ch[i].acc, h->tok, ev));
+        json_t *events = oai_resp_stream_event(j->rs, &j->req, &j->ch[i].acc, h->tok, ev);
+        json_t *last = json_array_get(events, json_array_size(events) - 1);
+        if (ev->finish != FINISH_NONE && json_object_get(last, "response")) store_response(j, json_object_get(last, "response"));
+        out_events(j, events);
         if (ev->finish == FINISH_ERROR)
             serve_log_request(h->cfg.log_json, "error", j->cs->request_id, "engine failed the request: %s", ev->error);
         if (ev->finish != FINISH_NONE) log_choice_warning(j, i);
@@ -691,11 +710,17 @@ static int not_ready_error(http_server *h, oai_error *e) {
     return 0;
 }
 
+/* oai_ctx.resp_history: the conversation a stored response ended. */
+static json_t *stored_history(void *cls, const char *id) {
+    json_t *history = NULL;
+    return resp_store_get(cls, id, NULL, &history, NULL) ? history : NULL;
+}
+
 static oai_ctx parse_ctx(http_server *h) {
     return (oai_ctx){.tok = h->tok, .served_model = h->served_model, .aliases = (const char *const *)h->aliases,
                      .n_aliases = h->n_aliases, .max_model_len = sched_get_config(h->engine)->max_model_len,
                      .vocab_size = h->vocab_size, .variant = h->variant, .reasoning_flag = h->cfg.reasoning_flag,
-                     .vocab = h->vocab};
+                     .vocab = h->vocab, .resp_history = h->store ? stored_history : NULL, .resp_cls = h->store};
 }
 
 /* kind: OAI_CHAT or OAI_COMPLETION; responses: a /v1/responses body (chat underneath). */
@@ -762,6 +787,75 @@ static enum MHD_Result handle_models(http_server *h, struct MHD_Connection *c, c
     return queue_json(c, cs, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
 }
 
+/* ---- stored responses: GET / DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items ---- */
+
+static enum MHD_Result response_not_found(struct MHD_Connection *c, conn_state *cs, const char *id) {
+    oai_error e;
+    oai_error_set(&e, 404, "invalid_request_error", "response_id", "not_found",
+                  "Response with id '%.80s' not found (stored responses live in one server process, the oldest "
+                  "evicted first)", id);
+    return queue_error(c, cs, &e);
+}
+
+static enum MHD_Result handle_response(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *id) {
+    if (!strcmp(cs->method, "DELETE")) {
+        if (!h->store || !resp_store_delete(h->store, id)) return response_not_found(c, cs, id);
+        return queue_json(c, cs, 200, json_pack("{s:s,s:s,s:b}", "id", id, "object", "response", "deleted", 1));
+    }
+    json_t *resp = NULL;
+    if (!h->store || !resp_store_get(h->store, id, &resp, NULL, NULL)) return response_not_found(c, cs, id);
+    return queue_json(c, cs, 200, resp);
+}
+
+/* ?limit=1..100 (20), order=asc|desc (desc, as OpenAI), after=<item id>. 0, or -1 with e. */
+static int items_query(struct MHD_Connection *c, long *limit, int *asc, const char **after, oai_error *e) {
+    const char *l = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit");
+    const char *o = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "order");
+    char *end = NULL;
+    *limit = l ? strtol(l, &end, 10) : 20;
+    if (l && (*end || *limit < 1 || *limit > 100))
+        return oai_error_set(e, 400, "invalid_request_error", "limit", NULL, "'limit' must be an integer from 1 to 100");
+    if (o && strcmp(o, "asc") && strcmp(o, "desc"))
+        return oai_error_set(e, 400, "invalid_request_error", "order", NULL, "'order' must be \"asc\" or \"desc\"");
+    *asc = o && !strcmp(o, "asc");
+    *after = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "after");
+    return 0;
+}
+
+static enum MHD_Result handle_response_items(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *id) {
+    long limit = 20;
+    int asc = 0;
+    const char *after = NULL;
+    oai_error e;
+    if (items_query(c, &limit, &asc, &after, &e)) return queue_error(c, cs, &e);
+    json_t *items = NULL;
+    if (!h->store || !resp_store_get(h->store, id, NULL, NULL, &items)) return response_not_found(c, cs, id);
+    long n = (long)json_array_size(items), start = 0;
+    if (after) { /* the page after that item, in the order asked */
+        start = -1;
+        for (long k = 0; k < n && start < 0; k++) {
+            json_t *it = json_array_get(items, (size_t)(asc ? k : n - 1 - k));
+            const char *iid = json_string_value(json_object_get(it, "id"));
+            if (iid && !strcmp(iid, after)) start = k + 1;
+        }
+        if (start < 0) {
+            json_decref(items);
+            oai_error_set(&e, 400, "invalid_request_error", "after", NULL, "'after': no item '%.80s' in this response", after);
+            return queue_error(c, cs, &e);
+        }
+    }
+    json_t *data = json_array();
+    for (long k = start; k < n && k < start + limit; k++)
+        json_array_append(data, json_array_get(items, (size_t)(asc ? k : n - 1 - k)));
+    size_t m = json_array_size(data);
+    json_t *first = m ? json_object_get(json_array_get(data, 0), "id") : NULL;
+    json_t *last = m ? json_object_get(json_array_get(data, m - 1), "id") : NULL;
+    json_t *page = json_pack("{s:s,s:o,s:O,s:O,s:b}", "object", "list", "data", data, "first_id", first ? first : json_null(),
+                             "last_id", last ? last : json_null(), "has_more", start + limit < n);
+    json_decref(items);
+    return queue_json(c, cs, 200, page);
+}
+
 /* Per-rank and per-expert series (metrics_write_ep). */
 static void write_ep_metrics(FILE *f, sched *eng) {
     int n_ranks = sched_n_ranks(eng);
@@ -786,6 +880,16 @@ static enum MHD_Result handle_metrics(http_server *h, struct MHD_Connection *c, 
     metrics_write(f, &h->metrics, eng ? &st : NULL, atomic_load(&h->ready) && !atomic_load(&h->draining),
                   atomic_load(&h->inflight));
     if (eng) write_ep_metrics(f, eng);
+    if (h->store) {
+        int n = 0;
+        size_t bytes = 0;
+        resp_store_usage(h->store, &n, &bytes);
+        fprintf(f, "# HELP mlaserve:responses_stored Responses kept for previous_response_id (--responses-store).\n"
+                   "# TYPE mlaserve:responses_stored gauge\nmlaserve:responses_stored %d\n"
+                   "# HELP mlaserve:responses_stored_bytes Bytes of JSON the stored Responses hold.\n"
+                   "# TYPE mlaserve:responses_stored_bytes gauge\nmlaserve:responses_stored_bytes %zu\n",
+                n, bytes);
+    }
     fprintf(f, "# HELP mlaserve_build_info The running build (value 1).\n# TYPE mlaserve_build_info gauge\n"
                "mlaserve_build_info{version=\"%s\",commit=\"%s\"} 1\n", mlaserve_version, mlaserve_commit);
     fclose(f);
@@ -979,27 +1083,51 @@ static int auth_ok(http_server *h, struct MHD_Connection *c) {
     return ok;
 }
 
-static const route *find_route(const char *url, const char **model_id) {
-    *model_id = NULL;
+/* The route of url; *path_id: the {id} in it (model or response id, copied into id_buf), else NULL. */
+static const route *find_route(const char *url, const char **path_id, char id_buf[128]) {
+    static const route model_route = {"/v1/models/{id}", R_MODEL, "GET", 1};
+    static const route response_route = {"/v1/responses/{id}", R_RESPONSE, "GET, DELETE", 1};
+    static const route items_route = {"/v1/responses/{id}/input_items", R_RESPONSE_ITEMS, "GET", 1};
+    *path_id = NULL;
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
         if (!strcmp(url, routes[i].path)) return &routes[i];
     if (!strncmp(url, "/v1/models/", 11) && url[11]) {
-        static const route model_route = {"/v1/models/{id}", R_MODEL, "GET", 1};
-        *model_id = url + 11;
+        *path_id = url + 11;
         return &model_route;
     }
-    return NULL;
+    if (strncmp(url, "/v1/responses/", 14) || !url[14]) return NULL;
+    const char *id = url + 14, *slash = strchr(id, '/');
+    size_t n = slash ? (size_t)(slash - id) : strlen(id);
+    if (n == 0 || n >= 128 || (slash && strcmp(slash, "/input_items"))) return NULL;
+    memcpy(id_buf, id, n);
+    id_buf[n] = 0;
+    *path_id = id_buf;
+    return slash ? &items_route : &response_route;
+}
+
+/* method is one of the route's ("GET" or "GET, DELETE"). */
+static int method_allowed(const route *rt, const char *method) {
+    size_t n = strlen(method);
+    for (const char *m = rt->method; *m; m += strspn(m, ", ")) {
+        size_t k = strcspn(m, ", ");
+        if (k == n && !strncmp(m, method, n)) return 1;
+        m += k;
+    }
+    return 0;
 }
 
 static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *url) {
-    const char *model_id;
-    find_route(url, &model_id);
+    const char *path_id;
+    char id_buf[128];
+    find_route(url, &path_id, id_buf);
     switch (cs->rt->id) {
     case R_CHAT: return handle_generate(h, c, cs, OAI_CHAT, 0);
     case R_COMPLETIONS: return handle_generate(h, c, cs, OAI_COMPLETION, 0);
     case R_RESPONSES: return handle_generate(h, c, cs, OAI_CHAT, 1);
     case R_MODELS: return handle_models(h, c, cs, NULL);
-    case R_MODEL: return handle_models(h, c, cs, model_id);
+    case R_MODEL: return handle_models(h, c, cs, path_id);
+    case R_RESPONSE: return handle_response(h, c, cs, path_id);
+    case R_RESPONSE_ITEMS: return handle_response_items(h, c, cs, path_id);
     case R_HEALTH:
     case R_PING: return queue_json(c, cs, 200, json_pack("{s:s}", "status", "ok"));
     case R_INVOCATIONS: return handle_invocations(h, c, cs);
@@ -1022,8 +1150,8 @@ static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_s
  * the browser may cache, or 403 when the origin is not allowed. No API key:
  * browsers send none with a preflight. */
 static enum MHD_Result answer_options(struct MHD_Connection *c, conn_state *cs) {
-    char allow[32];
-    snprintf(allow, sizeof allow, "%s%s, OPTIONS", cs->rt->method, strcmp(cs->rt->method, "GET") ? "" : ", HEAD");
+    char allow[48];
+    snprintf(allow, sizeof allow, "%s%s, OPTIONS", cs->rt->method, method_allowed(cs->rt, "GET") ? ", HEAD" : "");
     const char *want = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Access-Control-Request-Method");
     int preflight = want && MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
     if (preflight && !cs->cors_origin[0]) {
@@ -1055,16 +1183,17 @@ static enum MHD_Result answer_options(struct MHD_Connection *c, conn_state *cs) 
 static enum MHD_Result first_call(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *url,
                                   const char *method, int *answered) {
     oai_error e;
-    const char *model_id;
+    const char *path_id;
+    char id_buf[128];
     *answered = 1;
-    cs->rt = find_route(url, &model_id);
+    cs->rt = find_route(url, &path_id, id_buf);
     if (!cs->rt) {
         oai_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "No route %.100s %.100s", method, url);
         return queue_error(c, cs, &e);
     }
     if (!strcmp(method, "OPTIONS")) return answer_options(c, cs);
-    int head_of_get = !strcmp(method, "HEAD") && !strcmp(cs->rt->method, "GET"); /* libmicrohttpd drops the body */
-    if (strcmp(method, cs->rt->method) && !head_of_get) {
+    int head_of_get = !strcmp(method, "HEAD") && method_allowed(cs->rt, "GET"); /* libmicrohttpd drops the body */
+    if (!method_allowed(cs->rt, method) && !head_of_get) {
         oai_error_set(&e, 405, "invalid_request_error", NULL, "method_not_allowed", "%.100s %s: use %s", method,
                       cs->rt->path, cs->rt->method);
         return queue_error(c, cs, &e);
@@ -1220,6 +1349,7 @@ static void server_free(http_server *h) {
     free(h->model_root);
     metrics_destroy(&h->metrics);
     conn_guard_stop(h->guard);
+    resp_store_free(h->store);
     free(h);
 }
 
@@ -1262,7 +1392,9 @@ http_server *http_start(const http_config *cfg, ms_err *err) {
     sha256_hex_of(h->served_model, strlen(h->served_model), hex);
     snprintf(h->fingerprint, sizeof h->fingerprint, "fp_%.10s", hex);
     int aliases_ok = copy_aliases(h, cfg) == 0;
-    if (!h->host || !h->served_model || !h->model_root || !h->guard || !aliases_ok || hash_keys(h, cfg) != 0) {
+    if (cfg->responses_store > 0) h->store = resp_store_new(cfg->responses_store, RESP_STORE_DEFAULT_BYTES);
+    if (!h->host || !h->served_model || !h->model_root || !h->guard || !aliases_ok || hash_keys(h, cfg) != 0 ||
+        (cfg->responses_store > 0 && !h->store)) {
         server_free(h);
         ms_err_set(err, "out of memory");
         return NULL;

@@ -47,6 +47,7 @@ typedef struct http_config {
     int header_timeout_s;      /* a request head must arrive within this (0: no limit); see conn_guard.h */
     int reasoning_flag;        /* --reasoning-parser: 1 deepseek-r1, 0 auto, -1 none */
     const char *allowed_origins; /* --allowed-origins, server/cors.h (NULL: any origin); must outlive the server */
+    int responses_store;       /* --responses-store: stored Responses at most (server/resp_store.h); 0: none */
 } http_config;
 
 #define HTTP_DEFAULT_IDLE_TIMEOUT_S 60

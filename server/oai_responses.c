@@ -19,11 +19,11 @@ static const char *const pass_through[] = {
 /* Responses fields this server reads (translated, echoed or accepted). */
 static const char *const responses_fields[] = {
     "input", "instructions", "max_output_tokens", "tools", "tool_choice", "text", "metadata", "reasoning", "store",
-    "include", "truncation", "stream_options", "service_tier", "prompt_cache_key", "safety_identifier", NULL};
+    "include", "truncation", "stream_options", "service_tier", "prompt_cache_key", "safety_identifier",
+    "previous_response_id", NULL};
 
 /* Fields whose meaning this server cannot give: refused, never ignored. */
 static const char *const refused[][2] = {
-    {"previous_response_id", "responses are not stored by this server: send the whole conversation in 'input'"},
     {"conversation", "conversations are not stored by this server: send the whole conversation in 'input'"},
     {"background", "background responses are not supported"},
     {"prompt", "prompt templates are not supported: send 'input' (and 'instructions')"},
@@ -130,7 +130,8 @@ static int add_item(json_t *msgs, const json_t *item, size_t i, oai_error *err) 
     return oai_error_set(err, 400, BAD, "input", NULL, "%s: item type '%.40s' is not supported", where, type);
 }
 
-static json_t *translate_input(const json_t *b, oai_error *err) {
+/* The chat messages: instructions, the earlier conversation (history), then input. */
+static json_t *translate_input(const json_t *b, const json_t *history, oai_error *err) {
     json_t *input = oai_field(b, "input"), *ins = oai_field(b, "instructions");
     json_t *msgs = json_array();
     if (ins && !json_is_string(ins)) {
@@ -138,6 +139,8 @@ static json_t *translate_input(const json_t *b, oai_error *err) {
         goto fail;
     }
     if (ins) json_array_append_new(msgs, json_pack("{s:s,s:O}", "role", "system", "content", ins));
+    if (history) json_array_extend(msgs, (json_t *)history);
+    size_t before = json_array_size(msgs);
     if (json_is_string(input)) {
         json_array_append_new(msgs, json_pack("{s:s,s:O}", "role", "user", "content", input));
     } else if (json_is_array(input) && json_array_size(input) > 0) {
@@ -148,7 +151,7 @@ static json_t *translate_input(const json_t *b, oai_error *err) {
         oai_error_set(err, 400, BAD, "input", NULL, "'input' is required: a string or a non-empty array of items");
         goto fail;
     }
-    if (json_array_size(msgs) == (ins ? 1u : 0u)) {
+    if (json_array_size(msgs) == before) {
         oai_error_set(err, 400, BAD, "input", NULL, "'input' holds no message");
         goto fail;
     }
@@ -253,9 +256,20 @@ static int check_accepted(const json_t *b, oai_error *err) {
     return 0;
 }
 
-json_t *oai_responses_to_chat(const json_t *b, oai_error *err) {
+json_t *oai_responses_to_chat(const json_t *b, const json_t *history, oai_error *err) {
     if (!json_is_object(b)) {
         oai_error_set(err, 400, BAD, NULL, "invalid_json", "The request body must be a JSON object");
+        return NULL;
+    }
+    json_t *prev = oai_field(b, "previous_response_id");
+    if (prev && !json_is_string(prev)) {
+        oai_error_set(err, 400, BAD, "previous_response_id", NULL, "'previous_response_id' must be a string");
+        return NULL;
+    }
+    if (prev && !history) {
+        oai_error_set(err, 400, BAD, "previous_response_id", "unsupported_parameter",
+                      "'previous_response_id': this server stores no responses (--responses-store 0): send the whole "
+                      "conversation in 'input'");
         return NULL;
     }
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
@@ -267,7 +281,7 @@ json_t *oai_responses_to_chat(const json_t *b, oai_error *err) {
     json_t *chat = json_object(), *v;
     const char *key;
     json_object_foreach((json_t *)b, key, v) if (in_list(key, pass_through)) json_object_set(chat, key, v);
-    json_t *msgs = translate_input(b, err);
+    json_t *msgs = translate_input(b, history, err);
     if (!msgs) goto fail;
     json_object_set_new(chat, "messages", msgs);
     if ((v = oai_field(b, "max_output_tokens"))) json_object_set(chat, "max_completion_tokens", v);
@@ -309,18 +323,18 @@ static void rename_param(oai_error *err) {
 }
 
 /* What the Response object repeats of the request. */
-static json_t *echo_fields(const json_t *b) {
+static json_t *echo_fields(const json_t *b, int stored) {
     json_t *v, *e = json_object();
     json_object_set(e, "instructions", (v = oai_field(b, "instructions")) ? v : json_null());
     json_object_set(e, "max_output_tokens", (v = oai_field(b, "max_output_tokens")) ? v : json_null());
     json_object_set_new(e, "metadata", (v = oai_field(b, "metadata")) ? json_incref(v) : json_object());
     json_object_set(e, "parallel_tool_calls", (v = oai_field(b, "parallel_tool_calls")) ? v : json_true());
-    json_object_set_new(e, "previous_response_id", json_null());
+    json_object_set(e, "previous_response_id", (v = oai_field(b, "previous_response_id")) ? v : json_null());
     json_t *rs = (v = oai_field(b, "reasoning")) ? json_deep_copy(v) : json_object();
     if (!json_object_get(rs, "effort")) json_object_set_new(rs, "effort", json_null());
     if (!json_object_get(rs, "summary")) json_object_set_new(rs, "summary", json_null());
     json_object_set_new(e, "reasoning", rs);
-    json_object_set_new(e, "store", json_false());
+    json_object_set_new(e, "store", json_boolean(stored));
     json_object_set(e, "temperature", (v = oai_field(b, "temperature")) ? v : json_null());
     json_t *text = (v = oai_field(b, "text")) ? json_deep_copy(v) : json_object();
     if (!oai_field(text, "format")) json_object_set_new(text, "format", json_pack("{s:s}", "type", "text"));
@@ -351,6 +365,37 @@ static void note_ignored(const json_t *b, oai_request *r) {
     }
 }
 
+/* The stored conversation previous_response_id names: 0 with *history (NULL
+ * when the body names none), or -1 with err. */
+static int previous_history(const json_t *b, const oai_ctx *ctx, json_t **history, oai_error *err) {
+    *history = NULL;
+    const char *id = json_string_value(oai_field(b, "previous_response_id"));
+    if (!id || !ctx->resp_history) return 0; /* oai_responses_to_chat says what is wrong */
+    if (!(*history = ctx->resp_history(ctx->resp_cls, id)))
+        return oai_error_set(err, 404, BAD, "previous_response_id", "previous_response_not_found",
+                             "Previous response with id '%.80s' not found (stored responses live in one server "
+                             "process, the oldest evicted first)", id);
+    return 0;
+}
+
+/* The request's input items as the store lists them: a string input as one user message. */
+static json_t *input_items(const json_t *b) {
+    json_t *input = oai_field(b, "input");
+    if (json_is_string(input))
+        return json_pack("[{s:s,s:s,s:[{s:s,s:O}]}]", "type", "message", "role", "user", "content", "type", "input_text",
+                         "text", input);
+    return json_deep_copy(input);
+}
+
+/* The chat messages a follow-up continues from: all but the instructions' system message. */
+static json_t *conversation(const json_t *b, const json_t *chat) {
+    json_t *msgs = json_object_get(chat, "messages");
+    size_t skip = oai_field(b, "instructions") ? 1 : 0, n = json_array_size(msgs);
+    json_t *out = json_array();
+    for (size_t i = skip; i < n; i++) json_array_append(out, json_array_get(msgs, i));
+    return out;
+}
+
 int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_request *r, oai_error *err) {
     memset(r, 0, sizeof *r);
     json_error_t je;
@@ -358,20 +403,29 @@ int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_re
     if (!b)
         return oai_error_set(err, 400, BAD, NULL, "invalid_json", "Invalid JSON body: %s (line %d, column %d)", je.text,
                              je.line, je.column);
-    json_t *chat = oai_responses_to_chat(b, err);
+    json_t *history = NULL;
+    if (json_is_object(b) && previous_history(b, ctx, &history, err)) {
+        json_decref(b);
+        return -1;
+    }
+    json_t *chat = oai_responses_to_chat(b, history, err);
+    json_decref(history);
     char *s = chat ? json_dumps(chat, JSON_COMPACT) : NULL;
-    json_decref(chat);
     int rc = -1;
     if (!s) {
         if (chat) oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
     } else if (oai_parse_request(OAI_CHAT, s, strlen(s), ctx, r, err) != 0) {
         rename_param(err);
     } else {
+        json_t *store = oai_field(b, "store");
         r->responses = 1;
-        r->resp_echo = echo_fields(b);
+        r->resp_store = ctx->resp_history && (!store || json_is_true(store)); /* OpenAI's default: stored */
+        r->resp_echo = echo_fields(b, r->resp_store);
+        if (r->resp_store) r->resp_history = conversation(b, chat), r->resp_items = input_items(b);
         note_ignored(b, r);
         rc = 0;
     }
+    json_decref(chat);
     free(s);
     json_decref(b);
     return rc;
@@ -462,6 +516,29 @@ json_t *oai_responses_json(const oai_request *r, const char *id, long created, c
     for (int i = 0; i < calls; i++)
         json_array_append_new(output, call_item(id, k++, &o->calls[i], o->calls[i].arguments, "completed"));
     return response_object(r, id, created, status, error, output, usage_json(r, c));
+}
+
+json_t *oai_responses_history(const oai_request *r, const oai_choice *c) {
+    json_t *h = r->resp_history ? json_copy(r->resp_history) : json_array();
+    json_t *m = c->out ? chat_output_message(c->out) : NULL;
+    if (!h || !m) {
+        json_decref(h), json_decref(m);
+        return NULL;
+    }
+    json_object_del(m, "reasoning_content"); /* the templates drop earlier turns' reasoning */
+    json_array_append_new(h, m);
+    return h;
+}
+
+json_t *oai_responses_items(const oai_request *r, const char *id) {
+    json_t *items = r->resp_items ? json_deep_copy(r->resp_items) : json_array();
+    size_t i;
+    json_t *it;
+    json_array_foreach(items, i, it) {
+        if (!json_is_object(it) || json_is_string(json_object_get(it, "id"))) continue;
+        json_object_set_new(it, "id", item_id(id, "in", (int)i));
+    }
+    return items;
 }
 
 /* ------------------------------------------------------------ streaming */

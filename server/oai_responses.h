@@ -28,12 +28,18 @@
  *   penalties, logit_bias, ignore_eos, min_tokens, stop_token_ids,
  *   include_stop_str_in_output, skip_special_tokens, chat_template_kwargs,
  *   include_reasoning pass through unchanged.
- *   metadata, reasoning, store, include ["reasoning.encrypted_content"],
+ *   previous_response_id  the stored conversation it ended (ctx->resp_history,
+ *                        server/resp_store.h) goes between the instructions
+ *                        (which are not carried over, as OpenAI) and input;
+ *                        404 when it is not stored
+ *   store                (default true) keep this one for previous_response_id
+ *                        and GET /v1/responses/{id}, when the server stores
+ *   metadata, reasoning, include ["reasoning.encrypted_content"],
  *   truncation "disabled", stream_options, service_tier, prompt_cache_key,
  *   safety_identifier, text.verbosity: accepted (echoed where the Response
- *   has the field); nothing is stored (store is always false in the reply).
- *   previous_response_id, conversation, background, prompt, top_logprobs,
- *   other include values, truncation "auto": 400 (not supported).
+ *   has the field).
+ *   conversation, background, prompt, top_logprobs, other include values,
+ *   truncation "auto": 400 (not supported).
  * Output items, in order: a reasoning item (when reasoning is parsed and
  * returned and there was some), a message with one output_text part (when
  * there is text, or nothing else), one function_call item per call; each
@@ -53,13 +59,23 @@
 #include "server/openai.h"
 
 /* Translates a /v1/responses body into its chat body (new reference), or
- * NULL with err (the parameter named as the Responses API names it). Exposed
- * for the unit tests; oai_responses_parse does this and the rest. */
-json_t *oai_responses_to_chat(const json_t *body, oai_error *err);
+ * NULL with err (the parameter named as the Responses API names it); history:
+ * the chat messages previous_response_id stands for (NULL: none, and the
+ * parameter is refused). Exposed for the unit tests; oai_responses_parse does
+ * this and the rest. */
+json_t *oai_responses_to_chat(const json_t *body, const json_t *history, oai_error *err);
 
 /* Parses a POST /v1/responses body into r (kind OAI_CHAT, r->responses set,
- * r->resp_echo the fields the Response object echoes). 0, or -1 with err. */
+ * r->resp_echo the fields the Response object echoes; when it is to be stored,
+ * r->resp_store with r->resp_history and r->resp_items). 0, or -1 with err. */
 int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_request *r, oai_error *err);
+
+/* What a stored response keeps (r->resp_store): the conversation it ended
+ * (r->resp_history plus the assistant's answer in c as a chat message), and
+ * its input items with ids ("in_<hex>_<k>" where the client sent none). New
+ * references, NULL when out of memory. */
+json_t *oai_responses_history(const oai_request *r, const oai_choice *c);
+json_t *oai_responses_items(const oai_request *r, const char *id);
 
 /* The Response object of a finished generation (c: its one choice, fed by
  * oai_choice_add). error non-NULL: status "failed" with that message. New reference. */

@@ -57,6 +57,8 @@ void oai_request_free(oai_request *r) {
     free(r->bias_values);
     oai_features_free(&r->feat);
     json_decref(r->resp_echo);
+    json_decref(r->resp_history);
+    json_decref(r->resp_items);
     memset(r, 0, sizeof *r);
 }
 

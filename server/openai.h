@@ -51,6 +51,11 @@ typedef struct oai_ctx {
     chat_template_variant variant; /* the model's chat template */
     int reasoning_flag;        /* --reasoning-parser: 1 deepseek-r1, 0 auto (when the template opens <think>), -1 none */
     const cons_vocab *vocab;   /* token trie for constrained decoding (NULL: response_format/forced tools refused) */
+    /* /v1/responses with stored responses (server/resp_store.h): the
+     * conversation a stored response ended (new reference), NULL when id is
+     * not stored. NULL function: nothing is stored (previous_response_id refused). */
+    json_t *(*resp_history)(void *cls, const char *id);
+    void *resp_cls;
 } oai_ctx;
 
 /* The prompt text of a chat body (its "messages", with f from
@@ -102,7 +107,10 @@ typedef struct oai_request {
     oai_features feat;         /* tools, tool_choice, response_format, reasoning (server/oai_chat.h) */
     const cons_vocab *vocab;   /* from the ctx, for the per-choice constraint */
     int responses;             /* a /v1/responses request (server/oai_responses.h): output always split */
+    int resp_store;            /* responses: to be stored (store asked, and the server stores) */
     json_t *resp_echo;         /* responses: the fields the Response object echoes (owned), else NULL */
+    json_t *resp_history;      /* responses: the conversation's chat messages, instructions left out (owned) */
+    json_t *resp_items;        /* responses: the request's input items, as sent (owned) */
 } oai_request;
 
 void oai_request_free(oai_request *r);

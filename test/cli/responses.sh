@@ -3,8 +3,10 @@
 # official openai client (test/integration/responses.mjs) against a server
 # with DeepSeek-V3's template (text, streaming events, the SDK's stream
 # helper, function calls and their history, text.format, typed errors) and one
-# with DeepSeek-R1's (reasoning items); then the raw wire format with curl:
-# named SSE events, no [DONE], 405, the ignored-field warning. Needs
+# with DeepSeek-R1's (reasoning items); stored responses (previous_response_id,
+# retrieve, input_items, delete; refused with --responses-store 0); then the raw
+# wire format with curl: named SSE events, no [DONE], 405, the ignored-field
+# warning. Needs
 # MLASERVE_BIN, MLASERVE_TEST_MODELS, node and node_modules/openai.
 set -u
 BIN=${MLASERVE_BIN:?}
@@ -18,6 +20,8 @@ start_server "$TMP/v3" --max-num-seqs 8 || { fail "server did not start"; exit 1
 URL="http://127.0.0.1:$SPORT"
 MLASERVE_BASE_URL="$URL/v1" MLASERVE_MODEL_NAME=tiny-v3 MLASERVE_MODE=v3 \
     timeout "$T" node "$ROOT/test/integration/responses.mjs" || fail "responses.mjs (v3)"
+
+curl -s "$URL/metrics" | grep -q '^mlaserve:responses_stored [1-9]' || fail "/metrics: no stored responses counted"
 
 # the wire: every data line named by an event line of its type, numbered from 0, no [DONE]
 curl -sN -D "$TMP/h" "$URL/v1/responses" -H 'Content-Type: application/json' \
@@ -44,7 +48,16 @@ code=$(curl -s -o "$TMP/bad" -w '%{http_code}' "$URL/v1/responses" -d '{"model":
 [ "$code" = 400 ] && grep -q invalid_json "$TMP/bad" || fail "truncated JSON: $code $(cat "$TMP/bad")"
 kill -TERM "$SPID"
 
-start_server "$TMP/r1" --max-num-seqs 8 --chat-template deepseek-r1 || { fail "R1 server did not start"; exit 1; }
+# the R1 server stores nothing: previous_response_id is refused, nothing to GET
+start_server "$TMP/r1" --max-num-seqs 8 --chat-template deepseek-r1 --responses-store 0 || { fail "R1 server did not start"; exit 1; }
+URL="http://127.0.0.1:$SPORT"
+curl -s "$URL/v1/responses" -d '{"model":"tiny-v3","input":"Hi","max_output_tokens":2}' > "$TMP/r0"
+grep -q '"store":false' "$TMP/r0" || fail "--responses-store 0 still says stored: $(cat "$TMP/r0")"
+id=$(sed -n 's/^{"id":"\(resp_[0-9a-f]*\)".*/\1/p' "$TMP/r0")
+code=$(curl -s -o /dev/null -w '%{http_code}' "$URL/v1/responses/$id")
+[ -n "$id" ] && [ "$code" = 404 ] || fail "GET an unstored response ($id): $code, want 404"
+code=$(curl -s -o "$TMP/r0" -w '%{http_code}' "$URL/v1/responses" -d "{\"model\":\"tiny-v3\",\"input\":\"Hi\",\"previous_response_id\":\"$id\"}")
+[ "$code" = 400 ] && grep -q previous_response_id "$TMP/r0" || fail "previous_response_id without a store: $code $(cat "$TMP/r0")"
 MLASERVE_BASE_URL="http://127.0.0.1:$SPORT/v1" MLASERVE_MODEL_NAME=tiny-v3 MLASERVE_MODE=r1 \
     timeout "$T" node "$ROOT/test/integration/responses.mjs" || fail "responses.mjs (r1)"
 grep -q "Traceback\|AddressSanitizer" "$TMP/v3.err" "$TMP/r1.err" && fail "server logs show a crash"

@@ -9,7 +9,8 @@
 // object shapes decide the rest; JSON.parse decides structured outputs and
 // tool arguments (their validity is the constraint's doing: the weights are
 // random).
-// Env: MLASERVE_BASE_URL, MLASERVE_MODEL_NAME, MLASERVE_MODE (v3 | r1).
+// Env: MLASERVE_BASE_URL, MLASERVE_MODEL_NAME, MLASERVE_MODE (v3: a server
+// storing responses | r1: --chat-template deepseek-r1 --responses-store 0).
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { check, finish } from './checks.mjs';
@@ -40,7 +41,7 @@ function checkEnvelope(r, status) {
   assert.equal(r.object, 'response');
   assert.equal(typeof r.created_at, 'number');
   assert.equal(r.model, model);
-  assert.equal(r.store, false);
+  assert.equal(r.store, mode === 'v3', 'stored by default; the R1 server runs with --responses-store 0');
   assert.equal(r.error, null);
   if (status) assert.equal(r.status, status);
   assert.equal(r.usage.total_tokens, r.usage.input_tokens + r.usage.output_tokens);
@@ -222,6 +223,57 @@ if (mode === 'v3') {
     assert.equal(a.output_text, b.output_text);
   });
 
+  await check('previous_response_id continues the stored conversation (as chat with the whole history)', async () => {
+    const first = await client.responses.create({ model, instructions: 'Be terse.', input: 'Name a river.', max_output_tokens: 12, temperature: 0 });
+    assert.equal(first.store, true, 'stored by default');
+    for (const stream of [false, true]) {
+      const params = { model, previous_response_id: first.id, input: 'And a mountain?', max_output_tokens: 12, temperature: 0 };
+      const second = stream ? await client.responses.stream(params).finalResponse() : await client.responses.create(params);
+      assert.equal(second.previous_response_id, first.id);
+      // instructions are not carried over (OpenAI's rule)
+      const c = await chat([
+        { role: 'user', content: 'Name a river.' },
+        { role: 'assistant', content: first.output_text },
+        { role: 'user', content: 'And a mountain?' },
+      ], { max_completion_tokens: 12 });
+      assert.equal(second.output_text, c.msg.content);
+      assert.equal(second.usage.input_tokens, c.usage.prompt_tokens);
+    }
+  });
+
+  await check('retrieve, input_items and delete a stored response', async () => {
+    const r = await client.responses.create({ model, input: [{ role: 'user', content: 'one' }, { role: 'assistant', content: 'two' }, { role: 'user', content: 'three' }], max_output_tokens: 6, temperature: 0 });
+    const got = await client.responses.retrieve(r.id);
+    assert.deepEqual(got, r);
+    const asc = [];
+    for await (const item of client.responses.inputItems.list(r.id, { order: 'asc', limit: 2 })) asc.push(item);
+    assert.deepEqual(asc.map((i) => i.content), ['one', 'two', 'three'], 'every item, paged by 2 (after=)');
+    assert.ok(asc.every((i) => typeof i.id === 'string'));
+    const desc = await client.responses.inputItems.list(r.id);
+    assert.deepEqual(desc.data.map((i) => i.content), ['three', 'two', 'one'], 'newest first by default');
+    await client.responses.delete(r.id);
+    await assert.rejects(client.responses.retrieve(r.id), OpenAI.NotFoundError);
+    await assert.rejects(client.responses.create({ model, previous_response_id: r.id, input: 'x', max_output_tokens: 2 }), OpenAI.NotFoundError);
+    const unstored = await client.responses.create({ model, input: 'x', max_output_tokens: 2, store: false });
+    assert.equal(unstored.store, false);
+    await assert.rejects(client.responses.retrieve(unstored.id), OpenAI.NotFoundError);
+  });
+
+  await check('a stored function call continues with function_call_output only', async () => {
+    const first = await client.responses.create({ model, input: 'Weather in Paris?', tools: [weather], tool_choice: 'required', parallel_tool_calls: false, max_output_tokens: 200, seed: 5 });
+    const call = first.output.find((i) => i.type === 'function_call');
+    checkCall(call);
+    const r = await client.responses.create({ model, previous_response_id: first.id, tools: [weather], temperature: 0, max_output_tokens: 12,
+      input: [{ type: 'function_call_output', call_id: call.call_id, output: 'sunny' }] });
+    const c = await chat([
+      { role: 'user', content: 'Weather in Paris?' },
+      { role: 'assistant', content: null, tool_calls: [{ id: call.call_id, type: 'function', function: { name: call.name, arguments: call.arguments } }] },
+      { role: 'tool', tool_call_id: call.call_id, content: 'sunny' },
+    ], { max_completion_tokens: 12, tools: [{ type: 'function', function: { name: weather.name, description: weather.description, parameters: weather.parameters } }] });
+    assert.equal(r.usage.input_tokens, c.usage.prompt_tokens);
+    assert.equal(texts(r).text, c.msg.content ?? '');
+  });
+
   const bad = async (params, Err, param) => {
     await assert.rejects(client.responses.create({ model, input: 'hi', ...params }), (e) => {
       assert.ok(e instanceof Err, `${e.constructor.name}: ${e.message}`);
@@ -230,7 +282,7 @@ if (mode === 'v3') {
     });
   };
   await check('typed errors name the Responses parameter', async () => {
-    await bad({ previous_response_id: 'resp_1' }, OpenAI.BadRequestError, 'previous_response_id');
+    await bad({ previous_response_id: 'resp_0123456789abcdef01234567' }, OpenAI.NotFoundError, 'previous_response_id');
     await bad({ input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'http://x/y.png' }] }] }, OpenAI.BadRequestError, 'input');
     await bad({ input: [{ type: 'item_reference', id: 'msg_1' }] }, OpenAI.BadRequestError, 'input');
     await bad({ input: [] }, OpenAI.BadRequestError, 'input');

@@ -38,7 +38,7 @@ static void expect_chat(const char *body, const char *want) {
     json_t *b = json_loads(body, 0, NULL), *w = json_loads(want, 0, NULL);
     cr_assert(b && w, "bad test JSON");
     oai_error e = {0};
-    json_t *got = oai_responses_to_chat(b, &e);
+    json_t *got = oai_responses_to_chat(b, NULL, &e);
     cr_assert(got, "%s: %s", body, e.message);
     char *g = json_dumps(got, JSON_SORT_KEYS | JSON_COMPACT), *x = json_dumps(w, JSON_SORT_KEYS | JSON_COMPACT);
     cr_expect(json_equal(got, w), "%s\n got  %s\n want %s", body, g, x);
@@ -321,4 +321,81 @@ Test(responses, echoed_fields) {
     cr_expect(json_is_false(json_object_get(whole, "store")));
     cr_expect(json_is_array(json_object_get(whole, "tools")));
     json_decref(ev), json_decref(whole);
+}
+
+/* ---- stored responses: previous_response_id ---- */
+
+static json_t *fake_history(void *cls, const char *id) {
+    (void)cls;
+    if (strcmp(id, "resp_known")) return NULL;
+    return json_loads("[{\"role\":\"user\",\"content\":\"A\"},{\"role\":\"assistant\",\"content\":\"X\"}]", 0, NULL);
+}
+
+static int parse_stored(const char *body, oai_request *r, oai_error *e) {
+    oai_ctx c = ctx(-1);
+    c.resp_history = fake_history;
+    memset(e, 0, sizeof *e);
+    return oai_responses_parse(body, strlen(body), &c, r, e);
+}
+
+Test(responses, previous_response_goes_between_instructions_and_input) {
+    json_t *history = fake_history(NULL, "resp_known");
+    json_t *b = json_loads("{\"model\":\"tiny\",\"instructions\":\"I\",\"input\":\"B\",\"previous_response_id\":\"resp_known\"}", 0, NULL);
+    oai_error e = {0};
+    json_t *chat = oai_responses_to_chat(b, history, &e);
+    cr_assert(chat, "%s", e.message);
+    json_t *want = json_loads("[{\"role\":\"system\",\"content\":\"I\"},{\"role\":\"user\",\"content\":\"A\"},"
+                              "{\"role\":\"assistant\",\"content\":\"X\"},{\"role\":\"user\",\"content\":\"B\"}]", 0, NULL);
+    cr_expect(json_equal(json_object_get(chat, "messages"), want), "%s", json_dumps(json_object_get(chat, "messages"), 0));
+    json_decref(want), json_decref(chat), json_decref(b), json_decref(history);
+}
+
+Test(responses, stored_by_default_and_history_kept) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse_stored("{\"model\":\"tiny\",\"instructions\":\"I\",\"input\":\"B\",\"previous_response_id\":\"resp_known\"}",
+                              &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.resp_store, 1, "store defaults to true (OpenAI's default)");
+    cr_expect(json_is_true(json_object_get(r.resp_echo, "store")));
+    cr_expect_str_eq(json_string_value(json_object_get(r.resp_echo, "previous_response_id")), "resp_known");
+    cr_expect_str_eq(r.ignored, "", "previous_response_id is read, not ignored");
+    /* the conversation kept for the next turn leaves the instructions out (OpenAI does not carry them over) */
+    json_t *want = json_loads("[{\"role\":\"user\",\"content\":\"A\"},{\"role\":\"assistant\",\"content\":\"X\"},"
+                              "{\"role\":\"user\",\"content\":\"B\"}]", 0, NULL);
+    cr_expect(json_equal(r.resp_history, want), "%s", json_dumps(r.resp_history, 0));
+    json_decref(want);
+    /* what is stored after the answer "Y" */
+    oai_choice c;
+    cr_assert_eq(oai_choice_init(&c, &r, NULL), 0);
+    sched_event ev = text_event("Y", 1, FINISH_STOP);
+    oai_choice_add(&c, &r, tok, &ev);
+    json_t *h = oai_responses_history(&r, &c);
+    want = json_loads("[{\"role\":\"user\",\"content\":\"A\"},{\"role\":\"assistant\",\"content\":\"X\"},"
+                      "{\"role\":\"user\",\"content\":\"B\"},{\"role\":\"assistant\",\"content\":\"Y\"}]", 0, NULL);
+    cr_expect(json_equal(h, want), "%s", json_dumps(h, 0));
+    json_t *items = oai_responses_items(&r, "resp_0123");
+    json_t *want_items = json_loads("[{\"type\":\"message\",\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":\"B\"}],"
+                                    "\"id\":\"in_0123_0\"}]", 0, NULL);
+    cr_expect(json_equal(items, want_items), "%s", json_dumps(items, 0));
+    json_decref(h), json_decref(want), json_decref(items), json_decref(want_items);
+    oai_choice_free(&c);
+    oai_request_free(&r);
+
+    cr_assert_eq(parse_stored(RESP(",\"store\":false"), &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.resp_store, 0);
+    cr_expect(json_is_false(json_object_get(r.resp_echo, "store")));
+    cr_expect_null(r.resp_history);
+    oai_request_free(&r);
+}
+
+Test(responses, unknown_previous_response_is_404) {
+    oai_request r;
+    oai_error e;
+    cr_expect_eq(parse_stored(RESP(",\"previous_response_id\":\"resp_gone\""), &r, &e), -1);
+    cr_expect_eq(e.status, 404);
+    cr_expect_str_eq(e.param, "previous_response_id");
+    cr_expect_str_eq(e.code, "previous_response_not_found");
+    cr_expect_eq(parse_stored(RESP(",\"previous_response_id\":7"), &r, &e), -1);
+    cr_expect_eq(e.status, 400);
+    cr_expect_str_eq(e.param, "previous_response_id");
 }
