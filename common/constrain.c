@@ -192,6 +192,7 @@ static uint32_t rem(const cons_grammar *g, const cframe *f) {
         return (it->node >= 0 ? g->nodes[it->node].min_len : it->len - f->b) + it->suffix;
     }
     case G_REPEAT: return rem_repeat(g, n, f);
+    case G_DFA: return g->dfa_rem[f->a];
     default: return n->min_len; /* G_UNION: not started */
     }
 }
@@ -206,7 +207,7 @@ static uint32_t m_cost(const cons_grammar *g, const mstate *s) {
 static void frame_init(const cons_grammar *g, cframe *f, int32_t node) {
     memset(f, 0, sizeof *f);
     f->node = (uint32_t)node;
-    if (g->nodes[node].kind == G_LITSET) f->a = (uint32_t)g->nodes[node].list;
+    if (g->nodes[node].kind == G_LITSET || g->nodes[node].kind == G_DFA) f->a = (uint32_t)g->nodes[node].list;
 }
 
 /* Pushes node above the top (whose phase already says what follows the child). */
@@ -449,6 +450,17 @@ static int step_repeat(const cons_grammar *g, mstate *s, cframe *f, const gram_n
     }
 }
 
+/* An automaton takes the byte if it has a transition (its states all lead to
+ * acceptance); else, in an accepting state, it is complete and its parent takes it. */
+static int step_dfa(const cons_grammar *g, cframe *f, int sym) {
+    int32_t t = sym < GRAM_SYM_MARKER ? g->dfa_next[(size_t)f->a * 256 + (size_t)sym] : -1;
+    if (t >= 0) {
+        f->a = (uint32_t)t;
+        return R_OK;
+    }
+    return g->dfa_rem[f->a] == 0 ? R_POP : R_REJ;
+}
+
 static int step_union(const cons_grammar *g, cframe *f, const gram_node *n, int sym) {
     for (int32_t k = 0; k < n->n; k++) {
         int32_t alt = g->idx[n->list + k];
@@ -475,6 +487,7 @@ static int fr_step(const cons_grammar *g, mstate *s, int sym) {
     case G_LITSET: return step_litset(g, s, f, n, sym);
     case G_SEQ: return step_seq(g, s, f, n, sym);
     case G_REPEAT: return step_repeat(g, s, f, n, sym);
+    case G_DFA: return step_dfa(g, f, sym);
     default: return step_union(g, f, n, sym);
     }
 }

@@ -58,12 +58,19 @@ void cons_vocab_free(cons_vocab *v);
 /* A grammar for one JSON value matching schema (not retained; NULL: any JSON
  * object, i.e. response_format json_object). Supported keywords: type (one or a
  * list), properties, required, additionalProperties, enum, const, items,
- * minItems, maxItems, minLength, maxLength, anyOf / oneOf (when the alternatives
- * start with different characters, e.g. string | null or object | array), $ref
- * to "#/$defs/..." or "#/definitions/..." (not recursive). Ignored: title,
- * description, default, examples, format, $schema, $id, $comment, $defs,
- * definitions, readOnly, writeOnly, deprecated, strict and "x-..." keys. Any other
- * keyword gives NULL with err "json_schema keyword 'pattern' is not supported".
+ * minItems, maxItems, minLength, maxLength, pattern (common/regex_dfa.h's
+ * syntax; a search, as JSON Schema says; matches needing '"', '\' or control
+ * characters are not produced; with minLength/maxLength too), minimum, maximum,
+ * exclusiveMinimum, exclusiveMaximum (integers: exactly the integers in range;
+ * numbers: the integers in range and decimals whose [k, k+1) lies inside, no
+ * exponents), anyOf / oneOf (when the alternatives start with different
+ * characters, e.g. string | null or object | array), $ref to "#/$defs/..." or
+ * "#/definitions/..." (not recursive). format is enforced for date, time,
+ * date-time, uuid, ipv4, email, hostname and uri (as patterns; others are
+ * ignored). Ignored: title, description, default, examples, $schema, $id,
+ * $comment, $defs, definitions, readOnly, writeOnly, deprecated, strict and
+ * "x-..." keys. Any other keyword gives NULL with err "json_schema keyword
+ * 'multipleOf' is not supported".
  * Objects with declared properties emit them in declared order, required ones
  * always, optional ones when the model chooses, and no other keys (also when
  * additionalProperties is true or absent: the output is still valid).
@@ -98,6 +105,10 @@ cons_grammar *cons_grammar_tool_calls(const char *const *names, const json_t *co
  * duplicates are refused. A choice that prefixes another may end where it ends
  * (EOS allowed there) or go on. NULL with err naming the choice at fault. */
 cons_grammar *cons_grammar_choice(const char *const *choices, int n, ms_err *err);
+/* A grammar for raw text matching pattern as a whole (vLLM's guided_regex,
+ * Python's fullmatch; common/regex_dfa.h's syntax). NULL with err ("regex: ...")
+ * when the pattern is refused. */
+cons_grammar *cons_grammar_regex(const char *pattern, ms_err *err);
 void cons_grammar_free(cons_grammar *g);
 
 /* A request's state; g and v must outlive it. after_think: the grammar starts only

@@ -7,6 +7,7 @@
  * tool_choice (one grammar per request, or cached). Pure functions of their
  * arguments; thread-safe. */
 #include "common/json_schema.h"
+#include "common/regex_dfa.h"
 #include "common/utf8.h"
 
 #include <math.h>
@@ -25,6 +26,7 @@ const char *const gram_marker_text[GRAM_MK_COUNT] = {
 #define MAX_LITS (1 << 22)     /* literal trie nodes in all */
 #define MAX_MIN_LEN (1u << 20) /* shortest matching value, bytes */
 #define MAX_SCHEMA_DEPTH 64    /* recursion while compiling */
+#define MAX_DFA_STATES 16384   /* automaton states (patterns, formats, bounds) in one grammar: 16 MiB of rows */
 
 enum { T_STR = 1, T_NUM = 2, T_INT = 4, T_BOOL = 8, T_NULL = 16, T_OBJ = 32, T_ARR = 64, T_ALL = 127 };
 
@@ -186,6 +188,31 @@ static int32_t make_number(cctx *c, int integer) {
     first_add(n, '-');
     for (int d = '0'; d <= '9'; d++) first_add(n, d);
     return *memo = i;
+}
+
+/* A G_DFA node holding a copy of d (its state k becomes n_dfa + k). */
+static int32_t make_dfa(cctx *c, const rdfa *d) {
+    cons_grammar *g = c->g;
+    if (g->n_dfa + d->n > MAX_DFA_STATES)
+        return ms_err_set(c->err, "json_schema: patterns, formats and bounds need over %d automaton states", MAX_DFA_STATES);
+    int32_t base = g->n_dfa, n = g->n_dfa + d->n;
+    int32_t *next = realloc(g->dfa_next, (size_t)n * 256 * sizeof *next);
+    if (next) g->dfa_next = next;
+    uint32_t *rem = next ? realloc(g->dfa_rem, (size_t)n * sizeof *rem) : NULL;
+    if (rem) g->dfa_rem = rem;
+    if (!next || !rem) return ms_err_set(c->err, "json_schema: out of memory");
+    for (size_t k = 0; k < (size_t)d->n * 256; k++) next[(size_t)base * 256 + k] = d->next[k] < 0 ? -1 : base + d->next[k];
+    memcpy(rem + base, d->rem, (size_t)d->n * sizeof *rem);
+    g->n_dfa = n;
+    int32_t i = new_node(c, G_DFA);
+    if (i < 0) return -1;
+    gram_node *nd = &g->nodes[i];
+    nd->list = base;
+    nd->n = d->n;
+    nd->min_len = d->rem[0];
+    for (int b = 0; b < 256; b++)
+        if (d->next[b] >= 0) first_add(nd, b);
+    return i;
 }
 
 /* true / false / null, as selected by T_BOOL and T_NULL. */
@@ -385,7 +412,9 @@ static int32_t make_root(cctx *c, int32_t value, int ws) {
 static const char *const kw_supported[] = {"type",     "properties", "required",  "additionalProperties",
                                            "enum",     "const",      "items",     "minItems",
                                            "maxItems", "minLength",  "maxLength", "anyOf",
-                                           "oneOf",    "$ref",       NULL};
+                                           "oneOf",    "$ref",       "pattern",   "minimum",
+                                           "maximum",  "exclusiveMinimum",        "exclusiveMaximum",
+                                           NULL};
 static const char *const kw_ignored[] = {"title",    "description", "default",    "examples", "format",
                                          "$schema",  "$id",         "$comment",   "$defs",    "definitions",
                                          "readOnly", "writeOnly",   "deprecated", "strict",   NULL};
@@ -539,11 +568,96 @@ static int32_t compile_anyof(cctx *c, const json_t *s, int depth) {
     return make_union(c, nodes, (int)n, kw);
 }
 
+/* "format" values enforced, as full-match patterns (others are ignored). */
+static const char *format_regex(const char *format) {
+    static const char *const table[][2] = {
+        {"date", "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"},
+        {"time", "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"},
+        {"date-time", "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+                      "(\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"},
+        {"uuid", "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"},
+        {"ipv4", "((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"},
+        {"email", "[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*\\.[A-Za-z]{2,}"},
+        {"hostname", "[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"},
+        {"uri", "[A-Za-z][A-Za-z0-9+.-]*:[^ \\t\\r\\n<>{}|^`]+"},
+    };
+    for (size_t i = 0; format && i < sizeof table / sizeof table[0]; i++)
+        if (!strcmp(format, table[i][0])) return table[i][1];
+    return NULL;
+}
+
+/* The automaton of a string's pattern (JSON Schema: a search) or known format,
+ * with its length bounds. 0 with *has (0: neither), or -1 with err. */
+static int string_dfa(cctx *c, const json_t *s, uint32_t lo, uint32_t hi, rdfa *d, int *has) {
+    const json_t *pat = json_object_get(s, "pattern");
+    const char *regex = format_regex(json_string_value(json_object_get(s, "format")));
+    int flags = RDFA_JSON_TEXT;
+    if (pat && !json_is_string(pat)) return ms_err_set(c->err, "json_schema: 'pattern' must be a string");
+    if (pat) regex = json_string_value(pat), flags |= RDFA_SEARCH;
+    *has = regex != NULL;
+    if (!regex) return 0;
+    ms_err e = {{0}};
+    if (rdfa_compile(regex, flags, d, &e) < 0 ||
+        ((lo || hi != GRAM_INF) && rdfa_limit_length(d, lo, hi == GRAM_INF ? UINT32_MAX : hi, &e) < 0)) {
+        rdfa_free(d);
+        return ms_err_set(c->err, "json_schema: '%s' %s: %s", pat ? "pattern" : "format",
+                          pat ? json_string_value(pat) : json_string_value(json_object_get(s, "format")), e.msg);
+    }
+    return 0;
+}
+
 static int32_t compile_string(cctx *c, const json_t *s) {
     uint32_t lo, hi;
     if (get_count(c, s, "minLength", 0, &lo) < 0 || get_count(c, s, "maxLength", GRAM_INF, &hi) < 0) return -1;
     if (lo > hi) return ms_err_set(c->err, "json_schema: 'minLength' %u is above 'maxLength' %u", lo, hi);
-    return make_string(c, lo, hi);
+    rdfa d;
+    int has;
+    if (string_dfa(c, s, lo, hi, &d, &has) < 0) return -1;
+    if (!has) return make_string(c, lo, hi);
+    int32_t body = make_dfa(c, &d);
+    rdfa_free(&d);
+    if (body < 0) return -1;
+    seq_part parts[3] = {SP_TEXT("\""), SP_NODE(body), SP_TEXT("\"")};
+    return make_seq(c, parts, 3);
+}
+
+/* minimum / maximum / exclusiveMinimum / exclusiveMaximum (draft 6 numbers, or
+ * draft 4 booleans beside minimum/maximum): the tighter bound of each side. */
+static int number_bounds(cctx *c, const json_t *s, int *has_lo, double *lo, int *lo_x, int *has_hi, double *hi, int *hi_x) {
+    const json_t *mn = json_object_get(s, "minimum"), *mx = json_object_get(s, "maximum");
+    const json_t *xmn = json_object_get(s, "exclusiveMinimum"), *xmx = json_object_get(s, "exclusiveMaximum");
+    if ((mn && !json_is_number(mn)) || (mx && !json_is_number(mx)) || (xmn && !json_is_number(xmn) && !json_is_boolean(xmn)) ||
+        (xmx && !json_is_number(xmx) && !json_is_boolean(xmx)))
+        return ms_err_set(c->err, "json_schema: 'minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum' must be numbers");
+    *has_lo = mn != NULL, *lo = mn ? json_number_value(mn) : 0, *lo_x = json_is_true(xmn);
+    *has_hi = mx != NULL, *hi = mx ? json_number_value(mx) : 0, *hi_x = json_is_true(xmx);
+    if (json_is_number(xmn) && (!*has_lo || json_number_value(xmn) >= *lo))
+        *has_lo = 1, *lo = json_number_value(xmn), *lo_x = 1;
+    if (json_is_number(xmx) && (!*has_hi || json_number_value(xmx) <= *hi))
+        *has_hi = 1, *hi = json_number_value(xmx), *hi_x = 1;
+    return 0;
+}
+
+static int64_t to_i64(double x) { return x <= -4e18 ? -4000000000000000000LL : x >= 4e18 ? 4000000000000000000LL : (int64_t)x; }
+
+static int32_t compile_number(cctx *c, const json_t *s, int integer) {
+    int has_lo, lo_x, has_hi, hi_x;
+    double lo, hi;
+    if (number_bounds(c, s, &has_lo, &lo, &lo_x, &has_hi, &hi, &hi_x) < 0) return -1;
+    if (!has_lo && !has_hi) return make_number(c, integer);
+    rdfa d;
+    ms_err e = {{0}};
+    int rc;
+    if (integer) {
+        double l = !has_lo ? -4e18 : lo_x ? floor(lo) + 1 : ceil(lo), h = !has_hi ? 4e18 : hi_x ? ceil(hi) - 1 : floor(hi);
+        rc = rdfa_int_range(to_i64(l), to_i64(h), &d, &e);
+    } else {
+        rc = rdfa_number_range(has_lo, lo, lo_x, has_hi, hi, hi_x, &d, &e);
+    }
+    if (rc < 0) return ms_err_set(c->err, "json_schema: the %s bounds: %s", integer ? "integer" : "number", e.msg);
+    int32_t node = make_dfa(c, &d);
+    rdfa_free(&d);
+    return node;
 }
 
 static int32_t compile_array(cctx *c, const json_t *s, int depth) {
@@ -695,7 +809,10 @@ static uint32_t infer_types(const json_t *s) {
     if (json_object_get(s, "properties") || json_object_get(s, "required") || json_object_get(s, "additionalProperties"))
         t |= T_OBJ;
     if (json_object_get(s, "items") || json_object_get(s, "minItems") || json_object_get(s, "maxItems")) t |= T_ARR;
-    if (json_object_get(s, "minLength") || json_object_get(s, "maxLength")) t |= T_STR;
+    if (json_object_get(s, "minLength") || json_object_get(s, "maxLength") || json_object_get(s, "pattern")) t |= T_STR;
+    if (json_object_get(s, "minimum") || json_object_get(s, "maximum") || json_object_get(s, "exclusiveMinimum") ||
+        json_object_get(s, "exclusiveMaximum"))
+        t |= T_NUM;
     return t;
 }
 
@@ -720,7 +837,7 @@ static int32_t compile(cctx *c, const json_t *s, int depth) {
     if ((types & T_OBJ) && (alts[n++] = compile_object(c, s, depth)) < 0) return -1;
     if ((types & T_ARR) && (alts[n++] = compile_array(c, s, depth)) < 0) return -1;
     if ((types & T_STR) && (alts[n++] = compile_string(c, s)) < 0) return -1;
-    if ((types & (T_NUM | T_INT)) && (alts[n++] = make_number(c, !(types & T_NUM))) < 0) return -1;
+    if ((types & (T_NUM | T_INT)) && (alts[n++] = compile_number(c, s, !(types & T_NUM))) < 0) return -1;
     if ((types & (T_BOOL | T_NULL)) && (alts[n++] = make_tfn(c, types)) < 0) return -1;
     return make_union(c, alts, n, "type");
 }
@@ -745,6 +862,8 @@ void cons_grammar_free(cons_grammar *g) {
     free(g->items);
     free(g->idx);
     free(g->syms);
+    free(g->dfa_next);
+    free(g->dfa_rem);
     free(g);
 }
 
@@ -782,6 +901,24 @@ cons_grammar *cons_grammar_choice(const char *const *choices, int n, ms_err *err
     if (lits) set = make_litset(&c, lits, n);
     free(lits);
     if (set < 0 || (c.g->root = make_root(&c, set, 0)) < 0) {
+        cons_grammar_free(c.g);
+        return NULL;
+    }
+    return c.g;
+}
+
+cons_grammar *cons_grammar_regex(const char *pattern, ms_err *err) {
+    rdfa d;
+    ms_err e = {{0}};
+    if (!pattern || rdfa_compile(pattern, 0, &d, &e) < 0) {
+        ms_err_set(err, "%s", pattern ? e.msg : "regex: no pattern");
+        return NULL;
+    }
+    cctx c;
+    cons_grammar *g = grammar_new(&c, NULL, err);
+    int32_t node = g ? make_dfa(&c, &d) : -1;
+    rdfa_free(&d);
+    if (node < 0 || (c.g->root = make_root(&c, node, 0)) < 0) {
         cons_grammar_free(c.g);
         return NULL;
     }
@@ -934,6 +1071,31 @@ static int validate_count(vctx *v, const json_t *s, const char *lo_kw, const cha
     return 1;
 }
 
+/* pattern (a search) or a known format (a full match). */
+static int validate_pattern(vctx *v, const json_t *s, const json_t *x) {
+    const char *pat = json_string_value(json_object_get(s, "pattern"));
+    const char *regex = pat ? pat : format_regex(json_string_value(json_object_get(s, "format")));
+    if (!regex) return 1;
+    rdfa d;
+    ms_err e = {{0}};
+    if (rdfa_compile(regex, pat ? RDFA_SEARCH : 0, &d, &e) < 0) return vfail(v, "%s", e.msg);
+    int ok = rdfa_match(&d, json_string_value(x), json_string_length(x));
+    rdfa_free(&d);
+    return ok ? 1 : vfail(v, "does not match '%s'", regex);
+}
+
+static int validate_bounds(vctx *v, const json_t *s, double x) {
+    int has_lo, lo_x, has_hi, hi_x;
+    double lo, hi;
+    cctx c = {0};
+    ms_err e = {{0}};
+    c.err = &e;
+    if (number_bounds(&c, s, &has_lo, &lo, &lo_x, &has_hi, &hi, &hi_x) < 0) return vfail(v, "%s", e.msg);
+    if (has_lo && (lo_x ? x <= lo : x < lo)) return vfail(v, "%g is below the minimum %g", x, lo);
+    if (has_hi && (hi_x ? x >= hi : x > hi)) return vfail(v, "%g is above the maximum %g", x, hi);
+    return 1;
+}
+
 static int validate_object(vctx *v, const json_t *s, const json_t *x) {
     const json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
     const json_t *addl = json_object_get(s, "additionalProperties");
@@ -961,8 +1123,12 @@ static int validate_typed(vctx *v, const json_t *s, const json_t *x) {
             if (!validate_at(v, items, json_array_get(x, i), "[%zu]", NULL, i)) return 0;
         return 1;
     }
-    if (json_is_string(x))
-        return validate_count(v, s, "minLength", "maxLength", utf8_chars(json_string_value(x), json_string_length(x)));
+    if (json_is_string(x)) {
+        if (!validate_count(v, s, "minLength", "maxLength", utf8_chars(json_string_value(x), json_string_length(x))))
+            return 0;
+        return validate_pattern(v, s, x);
+    }
+    if (json_is_number(x)) return validate_bounds(v, s, json_number_value(x));
     return 1;
 }
 

@@ -48,7 +48,8 @@ typedef enum {
     G_LITSET, /* list: literal-trie root; cont (>= 0): per literal, the node that follows it */
     G_UNION,  /* list/n: alternatives in idx[], first symbols pairwise disjoint */
     G_SEQ,    /* list/n: items[] */
-    G_REPEAT  /* child: item; lo/hi: count; list/n: separator symbols in syms[] */
+    G_REPEAT, /* child: item; lo/hi: count; list/n: separator symbols in syms[] */
+    G_DFA     /* a byte automaton (common/regex_dfa.h): list/n: its states in dfa_next/dfa_rem (list = start) */
 } gram_kind;
 
 enum { G_WS = 1, G_INTEGER = 2, G_ANYKEYS = 4 };
@@ -97,7 +98,9 @@ struct cons_grammar {
     gram_item *items;
     int32_t *idx;
     uint16_t *syms;
-    int32_t n_nodes, n_props, n_lits, n_items, n_idx, n_syms;
+    int32_t *dfa_next;   /* [n_dfa * 256]: the state after a byte (global index), or -1 */
+    uint32_t *dfa_rem;   /* [n_dfa]: fewest bytes to an accepting state (0: accepting) */
+    int32_t n_nodes, n_props, n_lits, n_items, n_idx, n_syms, n_dfa;
     int32_t cap_nodes, cap_props, cap_lits, cap_items, cap_idx, cap_syms;
     int32_t root;
     uint8_t markers; /* bit k: uses marker k */

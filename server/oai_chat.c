@@ -131,11 +131,21 @@ static int compile_guided_json(const json_t *v, oai_features *f, const char *par
     return rc;
 }
 
-/* vLLM's guided_json / guided_choice and their newer structured_outputs form. */
+/* guided_regex: the whole output matches the pattern (raw text). */
+static int compile_regex(const json_t *v, oai_features *f, const char *param, oai_error *err) {
+    if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v))
+        return oai_error_set(err, 400, BAD, param, NULL, "'%s' must be a regular expression (a string without NUL)", param);
+    ms_err e = {{0}};
+    return set_grammar(f, cons_grammar_regex(json_string_value(v), &e), param, &e, err);
+}
+
+/* vLLM's guided_json / guided_choice / guided_regex and their newer structured_outputs form. */
 static int parse_vllm_structured(const json_t *b, oai_features *f, oai_error *err) {
     json_t *gj = oai_field(b, "guided_json"), *gc = oai_field(b, "guided_choice"), *so = oai_field(b, "structured_outputs");
+    json_t *gr = oai_field(b, "guided_regex");
     if (gj && compile_guided_json(gj, f, "guided_json", err)) return -1;
     if (gc && compile_choice(gc, f, "guided_choice", err)) return -1;
+    if (gr && compile_regex(gr, f, "guided_regex", err)) return -1;
     if (!so) return 0;
     if (!json_is_object(so))
         return oai_error_set(err, 400, BAD, "structured_outputs", NULL, "'structured_outputs' must be an object");
@@ -145,9 +155,10 @@ static int parse_vllm_structured(const json_t *b, oai_features *f, oai_error *er
         if (json_is_null(v)) continue;
         if (!strcmp(key, "json") && compile_guided_json(v, f, "structured_outputs", err)) return -1;
         else if (!strcmp(key, "choice") && compile_choice(v, f, "structured_outputs", err)) return -1;
-        else if (strcmp(key, "json") && strcmp(key, "choice"))
+        else if (!strcmp(key, "regex") && compile_regex(v, f, "structured_outputs", err)) return -1;
+        else if (strcmp(key, "json") && strcmp(key, "choice") && strcmp(key, "regex"))
             return oai_error_set(err, 400, BAD, "structured_outputs", NULL,
-                                 "structured_outputs.%.40s is not supported (json and choice are)", key);
+                                 "structured_outputs.%.40s is not supported (json, choice and regex are)", key);
     }
     return 0;
 }

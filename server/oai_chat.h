@@ -1,7 +1,7 @@
 /* server/oai_chat.h — the agent-facing request parameters of the OpenAI API:
  * `tools`, `tool_choice`, `parallel_tool_calls`, `response_format`,
  * `include_reasoning` and `chat_template_kwargs`, vLLM's `guided_json` /
- * `guided_choice` / `structured_outputs`, and the continuation of the last
+ * `guided_choice` / `guided_regex` / `structured_outputs`, and the continuation of the last
  * message (`prefix`, `continue_final_message`, `add_generation_prompt`),
  * parsed and validated into an oai_features, plus what they imply: the constraint grammar (structured
  * outputs, forced tool calls; common/constrain.h) and how the output is split
@@ -19,8 +19,10 @@
  *     the tool grammar wins (both cannot hold at once: 400).
  *   - vLLM's spellings, both endpoints: guided_json (a schema, or its JSON
  *     text), guided_choice (an array of strings: the output is exactly one of
- *     them, raw), and structured_outputs {"json": ...} / {"choice": [...]}. At
- *     most one of these and a JSON response_format (400 naming the second).
+ *     them, raw), guided_regex (the whole raw output matches the pattern,
+ *     common/regex_dfa.h's syntax), and structured_outputs {"json": ...} /
+ *     {"choice": [...]} / {"regex": "..."}. At most one of these and a JSON
+ *     response_format (400 naming the second).
  *   - With reasoning on (the template opens <think>), the constraint starts
  *     after "</think>".
  *   - Continuing the last message (DeepSeek's chat prefix completion,

@@ -14,7 +14,7 @@ static const char *const pass_through[] = {
     "model", "temperature", "top_p", "parallel_tool_calls", "user", "stream", "top_k", "min_p", "seed", "stop",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "ignore_eos", "min_tokens",
     "stop_token_ids", "include_stop_str_in_output", "skip_special_tokens", "chat_template_kwargs", "include_reasoning",
-    NULL};
+    "guided_json", "guided_choice", "guided_regex", "structured_outputs", NULL};
 
 /* Responses fields this server reads (translated, echoed or accepted). */
 static const char *const responses_fields[] = {

@@ -588,7 +588,7 @@ static int known_field(const char *k, oai_kind kind) {
         "stream", "stream_options", "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos", "user",
         "logit_bias", "stop_token_ids", "min_tokens", "include_stop_str_in_output", "skip_special_tokens",
         "response_format", "functions", "best_of", "logprobs", "top_logprobs", "suffix", "prompt_logprobs",
-        "guided_json", "guided_choice", "structured_outputs", NULL};
+        "guided_json", "guided_choice", "guided_regex", "structured_outputs", NULL};
     static const char *const chat[] = {"messages", "tools", "tool_choice", "parallel_tool_calls", "include_reasoning",
                                        "chat_template_kwargs", "continue_final_message", "add_generation_prompt", NULL};
     static const char *const completion[] = {"prompt", "echo", NULL};

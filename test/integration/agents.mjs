@@ -31,6 +31,13 @@ function typeMatches(t, v) {
   const a = typeOf(v);
   return t === a || (t === 'number' && a === 'integer');
 }
+// JSON Schema formats, checked here by JavaScript (the server compiles its own automata)
+const FORMATS = {
+  date: (x) => /^\d{4}-\d{2}-\d{2}$/.test(x) && +x.slice(5, 7) >= 1 && +x.slice(5, 7) <= 12 && +x.slice(8) >= 1 && +x.slice(8) <= 31,
+  uuid: (x) => /^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$/i.test(x),
+  ipv4: (x) => { const p = x.split('.'); return p.length === 4 && p.every((q) => /^(0|[1-9]\d{0,2})$/.test(q) && +q <= 255); },
+};
+
 export function validate(s, v, path = '$') {
   if (s.anyOf) {
     if (!s.anyOf.some((alt) => { try { validate(alt, v, path); return true; } catch { return false; } }))
@@ -46,6 +53,14 @@ export function validate(s, v, path = '$') {
     const n = [...v].length;
     if (s.minLength !== undefined && n < s.minLength) throw new Error(`${path}: shorter than ${s.minLength}`);
     if (s.maxLength !== undefined && n > s.maxLength) throw new Error(`${path}: longer than ${s.maxLength}`);
+    if (s.pattern !== undefined && !new RegExp(s.pattern, 'u').test(v)) throw new Error(`${path}: ${JSON.stringify(v)} does not match ${s.pattern}`);
+    if (s.format && FORMATS[s.format] && !FORMATS[s.format](v)) throw new Error(`${path}: ${JSON.stringify(v)} is not a ${s.format}`);
+  }
+  if (typeof v === 'number') {
+    if (s.minimum !== undefined && v < s.minimum) throw new Error(`${path}: ${v} below minimum ${s.minimum}`);
+    if (s.maximum !== undefined && v > s.maximum) throw new Error(`${path}: ${v} above maximum ${s.maximum}`);
+    if (s.exclusiveMinimum !== undefined && v <= s.exclusiveMinimum) throw new Error(`${path}: ${v} not above ${s.exclusiveMinimum}`);
+    if (s.exclusiveMaximum !== undefined && v >= s.exclusiveMaximum) throw new Error(`${path}: ${v} not below ${s.exclusiveMaximum}`);
   }
   if (typeOf(v) === 'array') {
     if (s.minItems !== undefined && v.length < s.minItems) throw new Error(`${path}: fewer than ${s.minItems} items`);
@@ -75,6 +90,8 @@ const S = {
   union: { type: 'object', properties: { v: { anyOf: [{ type: 'string', maxLength: 10 }, { type: 'null' }] }, w: { type: ['integer', 'null'] } }, required: ['v', 'w'] },
   matrix: { type: 'object', properties: { rows: { type: 'array', items: { type: 'array', items: { type: 'integer' }, maxItems: 3 }, maxItems: 3 } }, required: ['rows'] },
   constant: { type: 'object', properties: { kind: { const: 'point' }, xy: { type: 'array', items: { type: 'number' }, minItems: 2, maxItems: 2 } }, required: ['kind', 'xy'] },
+  patterns: { type: 'object', properties: { code: { type: 'string', pattern: '^[A-Z]{3}-[0-9]{2,4}$' }, day: { type: 'string', format: 'date' }, id: { type: 'string', format: 'uuid' }, host: { type: 'string', format: 'ipv4' }, tag: { type: 'string', pattern: 'x', maxLength: 6 } }, required: ['code', 'day', 'id', 'host', 'tag'] },
+  bounds: { type: 'object', properties: { n: { type: 'integer', minimum: -3, maximum: 12 }, p: { type: 'number', exclusiveMinimum: 0, maximum: 1 }, big: { type: 'integer', minimum: 1000 }, neg: { type: 'number', maximum: -0.5 } }, required: ['n', 'p', 'big', 'neg'] },
 };
 const names = Object.keys(S);
 
@@ -124,6 +141,23 @@ await check(`${n_structured} structured outputs parse and validate`, async () =>
   await Promise.all(Array.from({ length: 6 }, worker));
   assert.deepEqual(errors, []);
 });
+
+if (mode === 'v3') {
+  await check('guided_regex and structured_outputs.regex: the whole output matches', async () => {
+    const pattern = '[a-z]{3,8}@[a-z]{2,6}\\.(com|org)';
+    for (const stream of [false, true]) {
+      const req = { model, max_tokens: 40, seed: 11, messages: [{ role: 'user', content: 'An email address?' }], guided_regex: pattern };
+      let text = '';
+      if (stream) for await (const c of await client.chat.completions.create({ ...req, stream: true })) text += c.choices[0]?.delta?.content || '';
+      else text = (await client.chat.completions.create(req)).choices[0].message.content;
+      assert.match(text, new RegExp(`^(?:${pattern})$`), text);
+    }
+    const c = await client.completions.create({ model, prompt: 'Phone:', max_tokens: 20, seed: 3, structured_outputs: { regex: '\\d{3}-\\d{4}' } });
+    assert.match(c.choices[0].text, /^\d{3}-\d{4}$/);
+    await assert.rejects(client.chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }], guided_regex: '(a' }),
+      (e) => e.status === 400 && e.param === 'guided_regex' && /without '\)'/.test(e.message));
+  });
+}
 
 await check('json_object mode gives an object', async () => {
   for (const stream of [false, true]) {
@@ -202,8 +236,8 @@ await check('tool history renders and answers', async () => {
 
 await check('unsupported schema keyword is a 400 naming it', async () => {
   await assert.rejects(client.chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }],
-    response_format: { type: 'json_schema', json_schema: { name: 'p', schema: { type: 'string', pattern: '^a+$' } } } }),
-  (e) => e.status === 400 && /pattern/.test(e.message) && e.param === 'response_format');
+    response_format: { type: 'json_schema', json_schema: { name: 'p', schema: { type: 'number', multipleOf: 2 } } } }),
+  (e) => e.status === 400 && /multipleOf/.test(e.message) && e.param === 'response_format');
   await assert.rejects(client.chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }], tools, tool_choice: { type: 'function', function: { name: 'nope' } } }),
     (e) => e.status === 400 && e.param === 'tool_choice');
   await assert.rejects(client.chat.completions.create({ model, max_tokens: 2, messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_schema', json_schema: { name: 'p', schema: S.person } } }),

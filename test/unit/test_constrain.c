@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <math.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,12 +81,16 @@ static void expect_error(const char *schema, const char *needle) {
 }
 
 Test(constrain, unsupported_keywords_are_named) {
-    expect_error("{\"type\":\"string\",\"pattern\":\"^a\"}", "json_schema keyword 'pattern' is not supported");
+    expect_error("{\"type\":\"number\",\"multipleOf\":3}", "json_schema keyword 'multipleOf' is not supported");
+    expect_error("{\"type\":\"string\",\"pattern\":\"(a\"}", "'pattern' (a: regex: '(' without ')'");
+    expect_error("{\"type\":\"string\",\"pattern\":\"^\\\"$\"}", "nothing can match");
+    expect_error("{\"type\":\"string\",\"pattern\":\"(?=a)\"}", "(?...)");
+    expect_error("{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}", "no integer");
+    expect_error("{\"type\":\"integer\",\"minimum\":\"0\"}", "must be numbers");
     expect_error("{\"allOf\":[{\"type\":\"string\"}]}", "'allOf'");
     expect_error("{\"not\":{\"type\":\"string\"}}", "'not'");
     expect_error("{\"if\":{},\"then\":{}}", "'if'");
     expect_error("{\"type\":\"object\",\"patternProperties\":{}}", "'patternProperties'");
-    expect_error("{\"type\":\"integer\",\"minimum\":0}", "'minimum'");
     expect_error("{\"type\":\"array\",\"uniqueItems\":true}", "'uniqueItems'");
     expect_error("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"number\",\"multipleOf\":2}}}", "'multipleOf'");
     expect_error("{\"type\":\"array\",\"items\":[{\"type\":\"string\"}]}", "'items' (array form)");
@@ -124,10 +129,10 @@ Test(constrain, tool_call_argument_errors) {
     cr_expect(strstr(err.msg, "newline"), "%s", err.msg);
     cr_expect_null(cons_grammar_tool_calls(nl, none, 0, 0, CONS_TOOLS_V31, &err));
     const char *one[] = {"get"};
-    json_t *bad = parse("{\"type\":\"object\",\"properties\":{\"q\":{\"type\":\"string\",\"format\":\"x\",\"pattern\":\"y\"}}}");
+    json_t *bad = parse("{\"type\":\"object\",\"properties\":{\"q\":{\"type\":\"number\",\"format\":\"x\",\"multipleOf\":2}}}");
     const json_t *params[] = {bad};
     cr_expect_null(cons_grammar_tool_calls(one, params, 1, 0, CONS_TOOLS_V3, &err));
-    cr_expect(strstr(err.msg, "tool 'get' parameters: json_schema keyword 'pattern' is not supported"), "%s", err.msg);
+    cr_expect(strstr(err.msg, "tool 'get' parameters: json_schema keyword 'multipleOf' is not supported"), "%s", err.msg);
     json_decref(bad);
 }
 
@@ -789,8 +794,16 @@ Test(constrain, validator) {
     cr_expect(valid("{\"oneOf\":[{\"type\":\"string\"},{\"type\":\"null\"}]}", "null", why, sizeof why));
     cr_expect(!valid("{\"oneOf\":[{\"type\":\"number\"},{\"type\":\"integer\"}]}", "1", why, sizeof why));
     cr_expect(!valid("{\"type\":\"object\",\"additionalProperties\":false}", "{\"a\":1}", why, sizeof why));
-    cr_expect(!valid("{\"type\":\"string\",\"pattern\":\"a\"}", "\"a\"", why, sizeof why));
-    cr_expect(strstr(why, "'pattern'"), "%s", why);
+    cr_expect(valid("{\"type\":\"string\",\"pattern\":\"a\"}", "\"xay\"", why, sizeof why), "a search: %s", why);
+    cr_expect(!valid("{\"type\":\"string\",\"pattern\":\"^a\"}", "\"xa\"", why, sizeof why));
+    cr_expect(strstr(why, "does not match"), "%s", why);
+    cr_expect(!valid("{\"type\":\"string\",\"format\":\"date\"}", "\"2024-13-01\"", why, sizeof why));
+    cr_expect(valid("{\"type\":\"string\",\"format\":\"date\"}", "\"2024-12-01\"", why, sizeof why));
+    cr_expect(!valid("{\"type\":\"integer\",\"minimum\":1}", "0", why, sizeof why));
+    cr_expect(strstr(why, "below the minimum"), "%s", why);
+    cr_expect(!valid("{\"type\":\"number\",\"exclusiveMaximum\":1}", "1", why, sizeof why));
+    cr_expect(valid("{\"type\":\"number\",\"maximum\":1,\"exclusiveMaximum\":false}", "1", why, sizeof why));
+    cr_expect(!valid("{\"type\":\"number\",\"maximum\":1,\"exclusiveMaximum\":true}", "1", why, sizeof why));
     cr_expect(valid("{\"enum\":[{\"a\":1,\"b\":2}]}", "{\"b\":2,\"a\":1}", why, sizeof why));
     json_t *o = parse("{}"), *a = parse("[]");
     cr_expect(cons_json_validate(NULL, o, why, sizeof why));
@@ -800,6 +813,78 @@ Test(constrain, validator) {
 }
 
 /* ---- guided choice ---------------------------------------------------------------- */
+
+/* ---- patterns, formats, bounds (common/regex_dfa.h in the grammar) ---- */
+
+static const char *const dfa_schemas[] = {
+    "{\"type\":\"object\",\"properties\":{\"date\":{\"type\":\"string\",\"format\":\"date\"},\"id\":{\"type\":"
+    "\"string\",\"format\":\"uuid\"},\"age\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":150},\"score\":{"
+    "\"type\":\"number\",\"minimum\":-1,\"exclusiveMaximum\":1}},\"required\":[\"date\",\"id\",\"age\",\"score\"]}",
+    "{\"type\":\"string\",\"pattern\":\"^[A-Z]{2}-[0-9]{3,5}$\"}",
+    "{\"type\":\"string\",\"pattern\":\"ab\",\"minLength\":3,\"maxLength\":6}",
+    "{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"exclusiveMinimum\":-5,\"maximum\":5},\"minItems\":2,"
+    "\"maxItems\":4}",
+    "{\"type\":\"string\",\"format\":\"date-time\"}",
+    "{\"type\":\"string\",\"format\":\"email\"}",
+    "{\"type\":\"integer\",\"minimum\":1000000}",
+    "{\"anyOf\":[{\"type\":\"string\",\"pattern\":\"^x+$\"},{\"type\":\"null\"}]}",
+    "{\"type\":\"string\",\"format\":\"ipv4\"}",
+    "{\"type\":\"string\",\"pattern\":\"^(é+|中文)$\"}",
+    "{\"type\":\"number\",\"minimum\":2.5}",
+    "{\"type\":\"string\",\"pattern\":\"^[^,]*$\",\"maxLength\":5}",
+};
+
+/* Random walks through each: valid JSON that the validator (its own automaton
+ * for the pattern / format, arithmetic for the bounds) accepts; the mask equals
+ * the one-token reference along the way. */
+Test(constrain, pattern_format_bound_walks, .init = setup, .fini = teardown) {
+    for (size_t k = 0; k < sizeof dfa_schemas / sizeof *dfa_schemas; k++) {
+        cons_grammar *g = grammar(dfa_schemas[k]);
+        for (int b = 0; b < 4; b++) {
+            char what[96];
+            snprintf(what, sizeof what, "dfa schema %zu budget %d", k, (int[]){1, 24, 64, 200}[b]);
+            char *text = walk(g, b == 3, (walk_opts){(int[]){1, 24, 64, 200}[b], 3000 + 10 * k + (uint64_t)b, b == 1 ? 3 : 0}, what);
+            check_json(dfa_schemas[k], json_part(text, b == 3, what), what);
+            free(text);
+        }
+        cons_grammar_free(g);
+    }
+}
+
+/* guided_regex: raw text matching the whole pattern, checked by glibc's POSIX
+ * engine (an independent implementation); the mask equals the reference. */
+Test(constrain, regex_walks, .init = setup, .fini = teardown) {
+    const char *pats[] = {"[a-z]{2,5}-[0-9]+", "(yes|no|maybe)!?", "[A-Z][a-z]*( [A-Z][a-z]*){0,3}\\.",
+                          "\\{\"k\": [0-9]{1,3}\\}"};
+    const char *posix[] = {"^[a-z]{2,5}-[0-9]+$", "^(yes|no|maybe)!?$", "^[A-Z][a-z]*( [A-Z][a-z]*){0,3}\\.$",
+                           "^\\{\"k\": [0-9]{1,3}\\}$"};
+    for (int k = 0; k < 4; k++) {
+        ms_err err = {{0}};
+        cons_grammar *g = cons_grammar_regex(pats[k], &err);
+        cr_assert(g, "%s: %s", pats[k], err.msg);
+        regex_t re;
+        cr_assert_eq(regcomp(&re, posix[k], REG_EXTENDED | REG_NOSUB), 0);
+        for (uint64_t seed = 0; seed < 8; seed++) {
+            char what[96];
+            int think = seed == 7;
+            snprintf(what, sizeof what, "regex %d seed %d", k, (int)seed);
+            char *text = walk(g, think, (walk_opts){(int[]){1, 16, 40}[seed % 3], 5000 + seed, seed < 2 ? 2 : 0}, what);
+            const char *out = json_part(text, think, what);
+            cr_expect_eq(regexec(&re, out, 0, NULL, 0), 0, "%s: '%s' does not match %s", what, out, posix[k]);
+            free(text);
+        }
+        regfree(&re);
+        cons_grammar_free(g);
+    }
+    ms_err err0 = {{0}};
+    cons_grammar *g = cons_grammar_regex("a+", &err0);
+    cr_expect_eq(feed_tokens(g, 0, "aaa"), 'A');
+    cr_expect_eq(feed_tokens(g, 0, "ab"), 'R');
+    cons_grammar_free(g);
+    ms_err err = {{0}};
+    cr_expect_null(cons_grammar_regex("(a", &err));
+    cr_expect(strstr(err.msg, "without ')'"), "%s", err.msg);
+}
 
 /* Random walks end on exactly one of the choices (also where one prefixes
  * another, and after "</think>"); the mask equals the one-token reference. */
