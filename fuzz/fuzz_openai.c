@@ -73,7 +73,7 @@ static void check_responses_output(const oai_request *r, const tokenizer *tok) {
         terminal += !strcmp(type, "response.completed") || !strcmp(type, "response.incomplete");
     }
     FUZZ_CHECK(terminal == 1, "%d terminal events", terminal);
-    json_t *whole = oai_responses_json(r, "resp_0", 1, &c, NULL);
+    json_t *whole = oai_resp_stream_final(&s);
     FUZZ_CHECK(json_is_array(json_object_get(whole, "output")), "Response without output");
     json_decref(whole);
     json_decref(events);

@@ -180,6 +180,8 @@ typedef struct conn_state {
     int prompt_tokens, completion_tokens, cached_tokens;
     double ttft_s;
     const atomic_int *draining; /* the server's: set, every answer closes its connection */
+    int refused;             /* a POST refused before its body (401, 404, 405): answered once the body is read */
+    oai_error refusal;
 } conn_state;
 
 static double now_s(void) {
@@ -283,7 +285,7 @@ typedef struct gen_job {
     char error[256];
     int cancelled;
     double t_checked;        /* last client liveness check */
-    oai_resp_stream *rs;     /* /v1/responses streaming: the events' state, else NULL */
+    oai_resp_stream *rs;     /* /v1/responses (streaming or not): the event machine, else NULL */
     /* streaming output */
     char *out;
     size_t out_len, out_pos, out_cap;
@@ -486,8 +488,7 @@ static gen_job *job_create(http_server *h, struct MHD_Connection *c, conn_state 
     snprintf(j->id, sizeof j->id, "%s", j->req.responses ? "resp_" : j->req.kind == OAI_CHAT ? "chatcmpl-" : "cmpl-");
     random_hex(j->id + strlen(j->id), 24);
     j->created = (long)time(NULL);
-    if (j->req.responses && j->req.stream &&
-        (!(j->rs = malloc(sizeof *j->rs)) || oai_resp_stream_init(j->rs, j->id, j->created) != 0)) {
+    if (j->req.responses && (!(j->rs = malloc(sizeof *j->rs)) || oai_resp_stream_init(j->rs, j->id, j->created) != 0)) {
         job_free(j);
         return NULL;
     }
@@ -518,7 +519,8 @@ static enum MHD_Result generate_blocking(gen_job *j, conn_state *cs) {
     while (j->n_done < j->n_ch) {
         job_check_client(j);
         if (!job_next(j, &which, &ev)) continue;
-        oai_choice_add(&j->ch[which].acc, &j->req, h->tok, &ev);
+        if (j->rs) json_decref(oai_resp_stream_event(j->rs, &j->req, &j->ch[which].acc, h->tok, &ev)); /* the same machine as streaming */
+        else oai_choice_add(&j->ch[which].acc, &j->req, h->tok, &ev);
         free(ev.text);
         job_note(j, which, &ev);
         if (ev.finish != FINISH_NONE) log_choice_warning(j, which);
@@ -527,8 +529,8 @@ static enum MHD_Result generate_blocking(gen_job *j, conn_state *cs) {
     if (j->cancelled && client_gone(j->conn)) {
         ret = MHD_NO; /* nobody to answer */
         cs->status = 499;
-    } else if (j->req.responses) {
-        json_t *resp = oai_responses_json(&j->req, j->id, j->created, &j->ch[0].acc, j->failed ? j->error : NULL);
+    } else if (j->rs) {
+        json_t *resp = oai_resp_stream_final(j->rs);
         if (resp) store_response(j, resp);
         ret = queue_json(j->conn, cs, 200, resp);
         if (j->failed)
@@ -1177,9 +1179,25 @@ static enum MHD_Result answer_options(struct MHD_Connection *c, conn_state *cs) 
     return ret;
 }
 
+/* A POST's refusal waits for its body (libmicrohttpd closes a connection
+ * answered with the body unread, and a keep-alive client would lose it),
+ * unless the body is declared too large or the client waits for "100
+ * Continue" before sending it. */
+static enum MHD_Result refuse(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *method,
+                              const oai_error *e) {
+    const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    const char *clen = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (strcmp(method, "POST") || (expect && strcasestr(expect, "100-continue")) ||
+        (clen && strtoull(clen, NULL, 10) > h->cfg.max_body_bytes))
+        return queue_error(c, cs, e);
+    cs->refusal = *e;
+    cs->refused = 1;
+    return MHD_YES;
+}
+
 /* Route, method, auth and declared body size: for a POST on the first call,
- * before any body is read (an early error closes the connection); for other
- * methods on the second (see on_request). */
+ * before any body is read; for other methods on the second (see on_request).
+ * *answered: the request is settled (answered, or refused once its body is in). */
 static enum MHD_Result first_call(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *url,
                                   const char *method, int *answered) {
     oai_error e;
@@ -1189,19 +1207,19 @@ static enum MHD_Result first_call(http_server *h, struct MHD_Connection *c, conn
     cs->rt = find_route(url, &path_id, id_buf);
     if (!cs->rt) {
         oai_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "No route %.100s %.100s", method, url);
-        return queue_error(c, cs, &e);
+        return refuse(h, c, cs, method, &e);
     }
     if (!strcmp(method, "OPTIONS")) return answer_options(c, cs);
     int head_of_get = !strcmp(method, "HEAD") && method_allowed(cs->rt, "GET"); /* libmicrohttpd drops the body */
     if (!method_allowed(cs->rt, method) && !head_of_get) {
         oai_error_set(&e, 405, "invalid_request_error", NULL, "method_not_allowed", "%.100s %s: use %s", method,
                       cs->rt->path, cs->rt->method);
-        return queue_error(c, cs, &e);
+        return refuse(h, c, cs, method, &e);
     }
     if (cs->rt->auth && !auth_ok(h, c)) {
         oai_error_set(&e, 401, "authentication_error", NULL, "invalid_api_key",
                       "Missing or invalid API key (send 'Authorization: Bearer <key>')");
-        return queue_error(c, cs, &e);
+        return refuse(h, c, cs, method, &e);
     }
     const char *clen = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (clen && strtoull(clen, NULL, 10) > h->cfg.max_body_bytes) {
@@ -1254,6 +1272,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        if (cs->refused) { /* read and dropped; an undeclared body beyond the limit drops the connection */
+            cs->len += n;
+            return cs->len > h->cfg.max_body_bytes ? MHD_NO : MHD_YES;
+        }
         if (cs->too_large || cs->len + n > h->cfg.max_body_bytes) {
             cs->too_large = 1; /* keep reading and dropping it: then answer 413 */
             return MHD_YES;
@@ -1271,6 +1293,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (cs->status) return MHD_YES; /* already answered */
+    if (cs->refused) return queue_error(c, cs, &cs->refusal);
     if (strcmp(method, "POST")) {
         int answered;
         enum MHD_Result r = first_call(h, c, cs, url, method, &answered);

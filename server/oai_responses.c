@@ -20,14 +20,13 @@ static const char *const pass_through[] = {
 static const char *const responses_fields[] = {
     "input", "instructions", "max_output_tokens", "tools", "tool_choice", "text", "metadata", "reasoning", "store",
     "include", "truncation", "stream_options", "service_tier", "prompt_cache_key", "safety_identifier",
-    "previous_response_id", NULL};
+    "previous_response_id", "top_logprobs", NULL};
 
 /* Fields whose meaning this server cannot give: refused, never ignored. */
 static const char *const refused[][2] = {
     {"conversation", "conversations are not stored by this server: send the whole conversation in 'input'"},
     {"background", "background responses are not supported"},
     {"prompt", "prompt templates are not supported: send 'input' (and 'instructions')"},
-    {"top_logprobs", "logprobs are not supported on /v1/responses (use /v1/chat/completions)"},
     {"max_tool_calls", "'max_tool_calls' is not supported"},
 };
 
@@ -237,9 +236,11 @@ static int check_accepted(const json_t *b, oai_error *err) {
     size_t i;
     json_t *s;
     json_array_foreach(v, i, s) {
-        if (!json_is_string(s) || strcmp(json_string_value(s), "reasoning.encrypted_content"))
-            return oai_error_set(err, 400, BAD, "include", NULL, "include[%zu]: '%.60s' is not supported", i,
-                                 json_is_string(s) ? json_string_value(s) : "(not a string)");
+        const char *inc = json_string_value(s);
+        if (!inc || (strcmp(inc, "reasoning.encrypted_content") && strcmp(inc, "message.output_text.logprobs")))
+            return oai_error_set(err, 400, BAD, "include", NULL,
+                                 "include[%zu]: '%.60s' is not supported (reasoning.encrypted_content and "
+                                 "message.output_text.logprobs are)", i, inc ? inc : "(not a string)");
     }
     v = oai_field(b, "truncation");
     if (v && !(json_is_string(v) && !strcmp(json_string_value(v), "disabled")))
@@ -254,6 +255,14 @@ static int check_accepted(const json_t *b, oai_error *err) {
     v = oai_field(b, "stream_options");
     if (v && !json_is_object(v)) return oai_error_set(err, 400, BAD, "stream_options", NULL, "'stream_options' must be an object");
     return 0;
+}
+
+/* Logprobs come with the message's text when include names them or top_logprobs is given. */
+static int wants_logprobs(const json_t *b) {
+    size_t i;
+    json_t *s;
+    json_array_foreach(oai_field(b, "include"), i, s) if (!strcmp(json_string_value(s), "message.output_text.logprobs")) return 1;
+    return oai_field(b, "top_logprobs") != NULL;
 }
 
 json_t *oai_responses_to_chat(const json_t *b, const json_t *history, oai_error *err) {
@@ -285,6 +294,10 @@ json_t *oai_responses_to_chat(const json_t *b, const json_t *history, oai_error 
     if (!msgs) goto fail;
     json_object_set_new(chat, "messages", msgs);
     if ((v = oai_field(b, "max_output_tokens"))) json_object_set(chat, "max_completion_tokens", v);
+    if (wants_logprobs(b)) {
+        json_object_set_new(chat, "logprobs", json_true());
+        if ((v = oai_field(b, "top_logprobs"))) json_object_set(chat, "top_logprobs", v);
+    }
     if ((v = oai_field(b, "tools"))) {
         json_t *t = translate_tools(v, err);
         if (!t) goto fail;
@@ -309,6 +322,7 @@ fail:
 /* The chat parser names chat parameters; say them as the Responses API does. */
 static void rename_param(oai_error *err) {
     static const char *const map[][2] = {{"max_completion_tokens", "max_output_tokens"},
+                                         {"top_logprobs", "top_logprobs"},
                                          {"max_tokens", "max_output_tokens"},
                                          {"messages", "input"},
                                          {"response_format", "text.format"}};
@@ -342,6 +356,7 @@ static json_t *echo_fields(const json_t *b, int stored) {
     json_t *tools = oai_field(b, "tools");
     json_object_set_new(e, "tool_choice", (v = oai_field(b, "tool_choice")) ? json_incref(v) : json_string(tools ? "auto" : "none"));
     json_object_set_new(e, "tools", tools ? json_incref(tools) : json_array());
+    json_object_set(e, "top_logprobs", (v = oai_field(b, "top_logprobs")) ? v : json_null());
     json_object_set(e, "top_p", (v = oai_field(b, "top_p")) ? v : json_null());
     json_object_set_new(e, "truncation", json_string("disabled"));
     json_object_set(e, "user", (v = oai_field(b, "user")) ? v : json_null());
@@ -448,12 +463,14 @@ static json_t *reasoning_item(const char *resp_id, int index, json_t *text, cons
                      "summary", "content", "type", "reasoning_text", "text", text, "encrypted_content", "status", status);
 }
 
-static json_t *output_text_part(json_t *text) {
-    return json_pack("{s:s,s:o,s:[],s:[]}", "type", "output_text", "text", text, "annotations", "logprobs");
+/* logprobs: the text's token entries (stolen), NULL for none. */
+static json_t *output_text_part(json_t *text, json_t *logprobs) {
+    return json_pack("{s:s,s:o,s:[],s:o}", "type", "output_text", "text", text, "annotations", "logprobs",
+                     logprobs ? logprobs : json_array());
 }
 
-static json_t *message_item(const char *resp_id, int index, json_t *text, const char *status) {
-    json_t *content = text ? json_pack("[o]", output_text_part(text)) : json_array();
+static json_t *message_item(const char *resp_id, int index, json_t *text, json_t *logprobs, const char *status) {
+    json_t *content = text ? json_pack("[o]", output_text_part(text, logprobs)) : json_array();
     return json_pack("{s:o,s:s,s:s,s:s,s:o}", "id", item_id(resp_id, "msg", index), "type", "message", "status", status,
                      "role", "assistant", "content", content);
 }
@@ -495,29 +512,6 @@ static json_t *response_object(const oai_request *r, const char *id, long create
     return o;
 }
 
-json_t *oai_responses_json(const oai_request *r, const char *id, long created, const oai_choice *c, const char *error) {
-    const char *status = status_of(c->finish, error);
-    const char *item_status = !strcmp(status, "completed") ? "completed" : "incomplete";
-    json_t *output = json_array();
-    const chat_output *o = c->out;
-    int k = 0;
-    /* as streamed: an item followed by another is complete; the message is
-     * there when it has text or is the only item */
-    int reasoning = o && o->opts.parse_reasoning && o->opts.include_reasoning && o->reasoning.len;
-    int message = !o || o->content.len || (!reasoning && !o->n_calls);
-    int calls = o ? o->n_calls : 0;
-    if (reasoning)
-        json_array_append_new(output, reasoning_item(id, k++, text_json(o->reasoning.p, o->reasoning.len),
-                                                     message || calls ? "completed" : item_status));
-    if (message)
-        json_array_append_new(output, message_item(id, k++, o ? text_json(o->content.p, o->content.len)
-                                                              : text_json(c->text, c->text_len),
-                                                   calls ? "completed" : item_status));
-    for (int i = 0; i < calls; i++)
-        json_array_append_new(output, call_item(id, k++, &o->calls[i], o->calls[i].arguments, "completed"));
-    return response_object(r, id, created, status, error, output, usage_json(r, c));
-}
-
 json_t *oai_responses_history(const oai_request *r, const oai_choice *c) {
     json_t *h = r->resp_history ? json_copy(r->resp_history) : json_array();
     json_t *m = c->out ? chat_output_message(c->out) : NULL;
@@ -541,21 +535,28 @@ json_t *oai_responses_items(const oai_request *r, const char *id) {
     return items;
 }
 
-/* ------------------------------------------------------------ streaming */
+/* ------------------------------------------------------------ the event machine */
 
 int oai_resp_stream_init(oai_resp_stream *s, const char *id, long created) {
     memset(s, 0, sizeof *s);
     snprintf(s->id, sizeof s->id, "%s", id);
     s->created = created;
     s->output = json_array();
-    return s->output ? 0 : -1;
+    s->lp_pending = json_array();
+    s->lp_message = json_array();
+    return s->output && s->lp_pending && s->lp_message ? 0 : -1;
 }
 
 void oai_resp_stream_free(oai_resp_stream *s) {
     rbuf_free(&s->text);
     json_decref(s->output);
+    json_decref(s->lp_pending);
+    json_decref(s->lp_message);
+    json_decref(s->final);
     memset(s, 0, sizeof *s);
 }
+
+json_t *oai_resp_stream_final(const oai_resp_stream *s) { return s->final ? json_incref(s->final) : NULL; }
 
 /* Appends {"type", "sequence_number", ...fields (stolen object)} to events. */
 static void emit(oai_resp_stream *s, json_t *events, const char *type, json_t *fields) {
@@ -596,9 +597,12 @@ static void close_item(oai_resp_stream *s, json_t *events, const char *status) {
              at_part(s, json_pack("{s:{s:s,s:O}}", "part", "type", "reasoning_text", "text", text)));
         item = reasoning_item(s->id, index, text, status);
     } else {
-        emit(s, events, "response.output_text.done", at_part(s, json_pack("{s:O,s:[]}", "text", text, "logprobs")));
-        emit(s, events, "response.content_part.done", at_part(s, json_pack("{s:o}", "part", output_text_part(json_incref(text)))));
-        item = message_item(s->id, index, text, status);
+        json_t *lp = s->lp_message;
+        emit(s, events, "response.output_text.done", at_part(s, json_pack("{s:O,s:o}", "text", text, "logprobs", json_copy(lp))));
+        emit(s, events, "response.content_part.done",
+             at_part(s, json_pack("{s:o}", "part", output_text_part(json_incref(text), json_copy(lp)))));
+        item = message_item(s->id, index, text, json_copy(lp), status);
+        json_array_clear(lp);
     }
     emit(s, events, "response.output_item.done", json_pack("{s:i,s:O}", "output_index", index, "item", item));
     json_array_append_new(s->output, item);
@@ -619,13 +623,29 @@ static void open_item(oai_resp_stream *s, json_t *events, oai_resp_item kind) {
         json_array_clear(json_object_get(item, "content"));
         part = json_pack("{s:s,s:s}", "type", "reasoning_text", "text", "");
     } else {
-        item = message_item(s->id, index, NULL, "in_progress");
-        part = output_text_part(json_string(""));
+        item = message_item(s->id, index, NULL, NULL, "in_progress");
+        part = output_text_part(json_string(""), NULL);
     }
     emit(s, events, "response.output_item.added", json_pack("{s:i,s:o}", "output_index", index, "item", item));
     emit(s, events, "response.content_part.added", at_part(s, json_pack("{s:o}", "part", part)));
 }
 
+/* Pending entries whose text the parser dropped (the whitespace after
+ * "</think>", say) lead the list: drop leading entries while the rest still
+ * holds the n bytes the text grew by. */
+static void drop_unspoken(json_t *lp, size_t n) {
+    size_t total = 0;
+    for (size_t i = 0; i < json_array_size(lp); i++) total += json_array_size(json_object_get(json_array_get(lp, i), "bytes"));
+    while (json_array_size(lp) > 1) {
+        size_t first = json_array_size(json_object_get(json_array_get(lp, 0), "bytes"));
+        if (total - first < n) break;
+        total -= first;
+        json_array_remove(lp, 0);
+    }
+}
+
+/* The text new in total since *sent as a delta of a `kind` item; a message's
+ * delta carries the logprobs of the tokens waiting to be placed. */
 static void text_delta(oai_resp_stream *s, json_t *events, oai_resp_item kind, const rbuf *total, size_t *sent) {
     if (total->len <= *sent) return;
     open_item(s, events, kind);
@@ -633,9 +653,15 @@ static void text_delta(oai_resp_stream *s, json_t *events, oai_resp_item kind, c
     size_t n = total->len - *sent;
     rbuf_append(&s->text, p, n);
     *sent = total->len;
-    emit(s, events, kind == RESP_ITEM_REASONING ? "response.reasoning_text.delta" : "response.output_text.delta",
-         at_part(s, kind == RESP_ITEM_REASONING ? json_pack("{s:o}", "delta", text_json(p, n))
-                                                : json_pack("{s:o,s:[]}", "delta", text_json(p, n), "logprobs")));
+    if (kind == RESP_ITEM_REASONING) {
+        emit(s, events, "response.reasoning_text.delta", at_part(s, json_pack("{s:o}", "delta", text_json(p, n))));
+        return;
+    }
+    json_t *lp = s->lp_pending;
+    s->lp_pending = json_array();
+    drop_unspoken(lp, n);
+    json_array_extend(s->lp_message, lp);
+    emit(s, events, "response.output_text.delta", at_part(s, json_pack("{s:o,s:o}", "delta", text_json(p, n), "logprobs", lp)));
 }
 
 /* A tool call arrives whole: its item from added to done at once. */
@@ -665,7 +691,19 @@ static void finish_events(oai_resp_stream *s, json_t *events, const oai_request 
     const char *type = !strcmp(status, "completed") ? "response.completed"
                        : !strcmp(status, "failed")  ? "response.failed"
                                                     : "response.incomplete"; /* incomplete, cancelled */
+    json_decref(s->final);
+    s->final = json_incref(resp);
     emit(s, events, type, json_pack("{s:o}", "response", resp));
+}
+
+/* The event's logprobs entry ({token, logprob, bytes, top_logprobs}: chat's
+ * shape is the Responses shape), NULL when not asked or no token. */
+static json_t *logprob_entry(const oai_request *r, const tokenizer *tok, const sched_event *ev) {
+    json_t *lp = r->logprobs ? oai_event_logprobs(r, tok, ev, 0) : NULL;
+    json_t *e = json_array_get(json_object_get(lp, "content"), 0);
+    if (e) json_incref(e);
+    json_decref(lp);
+    return e;
 }
 
 json_t *oai_resp_stream_event(oai_resp_stream *s, const oai_request *r, oai_choice *c, const tokenizer *tok,
@@ -673,9 +711,20 @@ json_t *oai_resp_stream_event(oai_resp_stream *s, const oai_request *r, oai_choi
     json_t *events = json_array();
     if (!events) return NULL;
     if (ev->prompt) return events;
-    oai_choice_add(c, r, tok, ev);
+    json_t *entry = logprob_entry(r, tok, ev);
     chat_output *o = c->out;
+    int was_reasoning = o && o->opts.parse_reasoning && reasoning_in_progress(&o->rp);
+    oai_choice_add(c, r, tok, ev);
+    if (entry) json_array_append_new(s->lp_pending, entry);
     if (o) {
+        /* a token's logprob belongs to the text it released: the message's
+         * when its text grew, none when only reasoning grew, the reasoning
+         * closed ("</think>") or a tool call came; held-back text keeps it waiting */
+        int content = o->content.len > s->content_sent;
+        int closed = was_reasoning && !reasoning_in_progress(&o->rp);
+        if (!content && (o->reasoning.len > s->reasoning_seen || o->n_calls > s->calls_sent || closed))
+            json_array_clear(s->lp_pending);
+        s->reasoning_seen = o->reasoning.len;
         if (o->opts.include_reasoning) text_delta(s, events, RESP_ITEM_REASONING, &o->reasoning, &s->reasoning_sent);
         text_delta(s, events, RESP_ITEM_MESSAGE, &o->content, &s->content_sent);
         for (; s->calls_sent < o->n_calls; s->calls_sent++) call_events(s, events, &o->calls[s->calls_sent]);

@@ -38,7 +38,9 @@
  *   truncation "disabled", stream_options, service_tier, prompt_cache_key,
  *   safety_identifier, text.verbosity: accepted (echoed where the Response
  *   has the field).
- *   conversation, background, prompt, top_logprobs, other include values,
+ *   include ["message.output_text.logprobs"] or top_logprobs (0..20): the
+ *                        message's tokens' logprobs (chat's logprobs underneath)
+ *   conversation, background, prompt, other include values,
  *   truncation "auto": 400 (not supported).
  * Output items, in order: a reasoning item (when reasoning is parsed and
  * returned and there was some), a message with one output_text part (when
@@ -77,11 +79,11 @@ int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_re
 json_t *oai_responses_history(const oai_request *r, const oai_choice *c);
 json_t *oai_responses_items(const oai_request *r, const char *id);
 
-/* The Response object of a finished generation (c: its one choice, fed by
- * oai_choice_add). error non-NULL: status "failed" with that message. New reference. */
-json_t *oai_responses_json(const oai_request *r, const char *id, long created, const oai_choice *c, const char *error);
-
-/* ---- streaming ---- */
+/* ---- the event machine (streaming and not) ----
+ * Every engine event of the one choice goes through oai_resp_stream_event;
+ * a streaming caller sends the events it returns, a non-streaming one drops
+ * them and answers oai_resp_stream_final once the choice ended — so both
+ * give the same Response. */
 
 typedef enum { RESP_ITEM_NONE, RESP_ITEM_REASONING, RESP_ITEM_MESSAGE } oai_resp_item;
 
@@ -92,13 +94,19 @@ typedef struct oai_resp_stream {
     oai_resp_item open;      /* the item whose text is streaming */
     int n_items;             /* output items started (output_index of the next) */
     size_t reasoning_sent, content_sent; /* bytes of the choice's totals turned into deltas */
+    size_t reasoning_seen;   /* reasoning bytes seen (also when not returned) */
     int calls_sent;
     rbuf text;               /* the open item's text so far */
     json_t *output;          /* finished items, in order */
+    json_t *lp_pending;      /* logprobs entries of tokens whose text the parser holds back */
+    json_t *lp_message;      /* the open message's logprobs entries */
+    json_t *final;           /* the Response of the terminal event, once sent */
 } oai_resp_stream;
 
 int oai_resp_stream_init(oai_resp_stream *s, const char *id, long created);
 void oai_resp_stream_free(oai_resp_stream *s);
+/* The whole Response after the terminal event (new reference), else NULL. */
+json_t *oai_resp_stream_final(const oai_resp_stream *s);
 
 /* The opening events: response.created and response.in_progress. New array. */
 json_t *oai_resp_stream_begin(oai_resp_stream *s, const oai_request *r);
@@ -108,8 +116,11 @@ json_t *oai_resp_stream_begin(oai_resp_stream *s, const oai_request *r);
  * an item starts, reasoning_text / output_text / function_call_arguments
  * deltas, the .done events when an item ends; after the last engine event,
  * response.completed, response.incomplete or response.failed carrying the
- * whole Response. Every event has "type" and "sequence_number". New array
- * (NULL only when out of memory). */
+ * whole Response. Every event has "type" and "sequence_number". With
+ * logprobs asked, an output_text delta carries the entries of the tokens whose
+ * text it holds (tokens of reasoning or tool calls have none), and the
+ * message's output_text part all of them. New array (NULL only when out of
+ * memory). */
 json_t *oai_resp_stream_event(oai_resp_stream *s, const oai_request *r, oai_choice *c, const tokenizer *tok,
                               const sched_event *ev);
 

@@ -88,6 +88,11 @@ n=$(curl -sv -m 10 "$URL/health" "$URL/metrics" "$URL/version" 2>&1 | grep -c "R
 [ "$n" = 2 ] || fail "GET requests did not share the connection ($n reuses of 2)"
 n=$(curl -sv -m 10 -X OPTIONS "$URL/v1/models" "$URL/v1/chat/completions" 2>&1 | grep -c "Re-using existing connection")
 [ "$n" = 1 ] || fail "OPTIONS requests did not share the connection ($n reuses of 1)"
+# a POST refused before its body (401, 404, 405) is answered once the body is read: the connection stays
+n=$(curl -sv -m 10 "$URL/v1/chat/completions" -H 'Authorization: Bearer wrong' -d '{"model":"tiny-v3","messages":[]}' \
+    --next -s -X POST "$URL/v1/nowhere" -d '{}' --next -s -X POST "$URL/v1/models" -H 'Authorization: Bearer first-key' -d 'x' \
+    --next -s "$URL/health" 2>&1 | grep -c -E "Re-using existing connection|< HTTP/1.1 (401|404|405|200)")
+[ "$n" = 7 ] || fail "refused POSTs did not keep the connection ($n of 4 answers + 3 reuses)"
 
 # ---- the build: GET /version (no key), the banner, mlaserve_build_info, `mlaserve --version`, all the same
 want_version=$(tr -d ' \n\r' < "$(dirname "$0")/../../VERSION")

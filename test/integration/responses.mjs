@@ -274,6 +274,29 @@ if (mode === 'v3') {
     assert.equal(texts(r).text, c.msg.content ?? '');
   });
 
+  await check('logprobs (include message.output_text.logprobs, top_logprobs) equal chat logprobs, streaming too', async () => {
+    const params = { model, input: story, max_output_tokens: 12, temperature: 0, include: ['message.output_text.logprobs'], top_logprobs: 2 };
+    const r = await client.responses.create(params);
+    const c = await client.chat.completions.create({ model, messages: story, max_completion_tokens: 12, temperature: 0, logprobs: true, top_logprobs: 2 });
+    const want = c.choices[0].logprobs.content;
+    const got = r.output[0].content[0].logprobs;
+    assert.equal(got.length, want.length, 'one entry per token');
+    got.forEach((e, i) => {
+      assert.equal(e.token, want[i].token);
+      assert.ok(Math.abs(e.logprob - want[i].logprob) < 1e-6);
+      assert.deepEqual(e.bytes, want[i].bytes);
+      assert.deepEqual(e.top_logprobs.map((t) => t.token), want[i].top_logprobs.map((t) => t.token));
+    });
+    assert.equal(Buffer.from(got.flatMap((e) => e.bytes)).toString('utf8'), r.output_text, "the entries' bytes spell the text");
+    assert.equal(r.top_logprobs, 2);
+    const { events } = await streamEvents(params);
+    const streamed = events.filter((e) => e.type === 'response.output_text.delta').flatMap((e) => e.logprobs);
+    assert.deepEqual(streamed, got);
+    assert.deepEqual(events.find((e) => e.type === 'response.output_text.done').logprobs, got);
+    const plain = await client.responses.create({ model, input: story, max_output_tokens: 4 });
+    assert.deepEqual(plain.output[0].content[0].logprobs, [], 'not asked: empty');
+  });
+
   const bad = async (params, Err, param) => {
     await assert.rejects(client.responses.create({ model, input: 'hi', ...params }), (e) => {
       assert.ok(e instanceof Err, `${e.constructor.name}: ${e.message}`);
@@ -289,7 +312,8 @@ if (mode === 'v3') {
     await bad({ tools: [{ type: 'web_search' }] }, OpenAI.BadRequestError, 'tools');
     await bad({ max_output_tokens: -1 }, OpenAI.BadRequestError, 'max_output_tokens');
     await bad({ truncation: 'auto' }, OpenAI.BadRequestError, 'truncation');
-    await bad({ include: ['message.output_text.logprobs'] }, OpenAI.BadRequestError, 'include');
+    await bad({ include: ['file_search_call.results'] }, OpenAI.BadRequestError, 'include');
+    await bad({ top_logprobs: 21 }, OpenAI.BadRequestError, 'top_logprobs');
     await bad({ text: { format: { type: 'json_schema', name: 'x' } } }, OpenAI.BadRequestError, 'text.format.schema');
     await bad({ tool_choice: { type: 'function', name: 'nope' }, tools: [weather] }, OpenAI.BadRequestError, 'tool_choice');
     await bad({ model: 'no-such-model' }, OpenAI.NotFoundError, 'model');
@@ -328,6 +352,20 @@ if (mode === 'r1') {
     assert.deepEqual(final.output.map((i) => [i.type, i.status]), whole.output.map((i) => [i.type, i.status]));
     const acc = await client.responses.stream(params).finalResponse();
     assert.deepEqual(texts(acc), texts(whole));
+  });
+
+  await check('logprobs cover the message text only (not the reasoning)', async () => {
+    // a JSON format makes the model close </think> within the budget, so there is a message
+    const r = await client.responses.create({ model, input: story, max_output_tokens: 80, temperature: 0, include: ['message.output_text.logprobs'], text: { format: { type: 'json_object' } } });
+    assert.equal(r.output[0].type, 'reasoning');
+    const msg = r.output.find((i) => i.type === 'message');
+    assert.ok(msg, JSON.stringify(r.output));
+    const lps = msg.content[0].logprobs;
+    // the entries' bytes spell the message text, but for whitespace the parser trims after </think>
+    // (a token holding it keeps its whole bytes)
+    const spelled = Buffer.from(lps.flatMap((e) => e.bytes)).toString('utf8'), text = msg.content[0].text;
+    assert.ok(spelled.endsWith(text) && spelled.slice(0, spelled.length - text.length).trim() === '', `${JSON.stringify(spelled)} vs ${JSON.stringify(text)}`);
+    assert.ok(lps.length <= r.usage.output_tokens - r.usage.output_tokens_details.reasoning_tokens);
   });
 
   await check('include_reasoning false drops the reasoning item', async () => {

@@ -123,9 +123,9 @@ Test(responses, errors_name_responses_parameters) {
     expect_error(RESP(",\"previous_response_id\":\"resp_1\""), 400, "previous_response_id");
     expect_error(RESP(",\"conversation\":\"c\""), 400, "conversation");
     expect_error(RESP(",\"background\":true"), 400, "background");
-    expect_error(RESP(",\"top_logprobs\":2"), 400, "top_logprobs");
+    expect_error(RESP(",\"top_logprobs\":21"), 400, "top_logprobs");
     expect_error(RESP(",\"truncation\":\"auto\""), 400, "truncation");
-    expect_error(RESP(",\"include\":[\"message.output_text.logprobs\"]"), 400, "include");
+    expect_error(RESP(",\"include\":[\"file_search_call.results\"]"), 400, "include");
     expect_error(RESP(",\"include\":\"x\""), 400, "include");
     expect_error(RESP(",\"metadata\":[]"), 400, "metadata");
     expect_error(RESP(",\"store\":\"yes\""), 400, "store");
@@ -185,39 +185,35 @@ static sched_event text_event(const char *text, int completion_tokens, finish_re
 
 static const char *etype(const json_t *e) { return json_string_value(json_object_get(e, "type")); }
 
-/* Runs texts through the stream and through oai_choice_add; checks the event
- * numbering and that the final event's response has the non-streaming
- * response's output and usage. Returns the events (new array) and *whole. */
+/* Runs texts through the event machine (then the finish); checks the event
+ * numbering and that the last event carries the final Response. Returns the
+ * events (new array) and *whole (the Response a non-streaming request gets). */
 static json_t *run(const char *body, int reasoning_flag, const char *const *texts, int n, finish_reason f, json_t **whole) {
     oai_request r;
     oai_error e;
     cr_assert_eq(parse(body, reasoning_flag, &r, &e), 0, "%s", e.message);
     oai_resp_stream s;
-    oai_choice streamed, blocking;
+    oai_choice c;
     cr_assert_eq(oai_resp_stream_init(&s, "resp_0123456789abcdef01234567", 5), 0);
-    cr_assert_eq(oai_choice_init(&streamed, &r, NULL), 0);
-    cr_assert_eq(oai_choice_init(&blocking, &r, NULL), 0);
+    cr_assert_eq(oai_choice_init(&c, &r, NULL), 0);
     json_t *all = oai_resp_stream_begin(&s, &r);
+    cr_expect_null(oai_resp_stream_final(&s), "no Response before the end");
     for (int i = 0; i <= n; i++) {
         sched_event ev = i < n ? text_event(texts[i], i + 1, FINISH_NONE) : text_event(NULL, n, f);
         if (f == FINISH_ERROR && i == n) snprintf(ev.error, sizeof ev.error, "boom");
-        json_t *some = oai_resp_stream_event(&s, &r, &streamed, tok, &ev);
+        if (i < n) ev.logprob = -0.5f * (float)(i + 1), ev.n_top = 1, ev.top[0] = (sched_logprob){100, -0.5f};
+        json_t *some = oai_resp_stream_event(&s, &r, &c, tok, &ev);
         json_array_extend(all, some);
         json_decref(some);
-        oai_choice_add(&blocking, &r, tok, &ev);
     }
-    *whole = oai_responses_json(&r, "resp_0123456789abcdef01234567", 5, &blocking, f == FINISH_ERROR ? "boom" : NULL);
+    *whole = oai_resp_stream_final(&s);
+    cr_assert(*whole, "a Response after the finish");
     size_t i;
     json_t *ev;
     json_array_foreach(all, i, ev) cr_expect_eq(json_integer_value(json_object_get(ev, "sequence_number")), (json_int_t)i);
     json_t *last = json_object_get(json_array_get(all, json_array_size(all) - 1), "response");
-    cr_expect(json_equal(json_object_get(last, "output"), json_object_get(*whole, "output")),
-              "stream output %s\nwhole output %s", json_dumps(json_object_get(last, "output"), 0),
-              json_dumps(json_object_get(*whole, "output"), 0));
-    cr_expect(json_equal(json_object_get(last, "usage"), json_object_get(*whole, "usage")));
-    cr_expect(json_equal(json_object_get(last, "status"), json_object_get(*whole, "status")));
-    oai_choice_free(&streamed);
-    oai_choice_free(&blocking);
+    cr_expect(json_equal(last, *whole), "the last event carries the final Response");
+    oai_choice_free(&c);
     oai_resp_stream_free(&s);
     oai_request_free(&r);
     return all;
@@ -398,4 +394,37 @@ Test(responses, unknown_previous_response_is_404) {
     cr_expect_eq(parse_stored(RESP(",\"previous_response_id\":7"), &r, &e), -1);
     cr_expect_eq(e.status, 400);
     cr_expect_str_eq(e.param, "previous_response_id");
+}
+
+/* Logprobs go with the message's text only: reasoning tokens (and the
+ * closing tag's) have none; each delta carries its tokens'. Reference: the
+ * hand-counted split of the four tokens below. */
+Test(responses, logprobs_follow_the_message_text) {
+    const char *texts[] = {"<think>", "ponder", "</think>", "Hello", " world"};
+    json_t *whole;
+    json_t *ev = run(RESP(",\"include\":[\"message.output_text.logprobs\"],\"top_logprobs\":1"), 1, texts, 5, FINISH_STOP,
+                     &whole);
+    json_t *out = json_object_get(whole, "output");
+    cr_assert_eq(json_array_size(out), 2);
+    json_t *part = json_array_get(json_object_get(json_array_get(out, 1), "content"), 0);
+    json_t *lps = json_object_get(part, "logprobs");
+    cr_assert_eq(json_array_size(lps), 2, "Hello and ' world': %s", json_dumps(lps, 0));
+    cr_expect_float_eq(json_real_value(json_object_get(json_array_get(lps, 0), "logprob")), -2.0, 1e-6, "the 4th token's");
+    cr_expect_float_eq(json_real_value(json_object_get(json_array_get(lps, 1), "logprob")), -2.5, 1e-6);
+    cr_expect_eq(json_array_size(json_object_get(json_array_get(lps, 0), "top_logprobs")), 1);
+    size_t i, n_delta = 0;
+    json_t *e;
+    json_array_foreach(ev, i, e) {
+        if (strcmp(etype(e), "response.output_text.delta")) continue;
+        cr_expect_eq(json_array_size(json_object_get(e, "logprobs")), 1, "one token per delta here");
+        n_delta++;
+    }
+    cr_expect_eq(n_delta, 2);
+    cr_expect_eq(json_integer_value(json_object_get(whole, "top_logprobs")), 1);
+    json_decref(ev), json_decref(whole);
+    /* not asked: empty lists */
+    ev = run(RESP(""), -1, texts + 3, 2, FINISH_STOP, &whole);
+    part = json_array_get(json_object_get(json_array_get(json_object_get(whole, "output"), 0), "content"), 0);
+    cr_expect_eq(json_array_size(json_object_get(part, "logprobs")), 0);
+    json_decref(ev), json_decref(whole);
 }
