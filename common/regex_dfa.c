@@ -360,7 +360,7 @@ static int brace_quant(parser *ps, int *lo, int *hi) {
 static ast *parse_repeat(parser *ps) {
     ast *a = parse_atom(ps);
     if (!a || ps->p >= ps->end) return a;
-    int lo, hi, c = *ps->p, q = 0;
+    int lo = 0, hi = 0, c = *ps->p, q = 0;
     if (c == '*') lo = 0, hi = -1, q = 1, ps->p++;
     else if (c == '+') lo = 1, hi = -1, q = 1, ps->p++;
     else if (c == '?') lo = 0, hi = 1, q = 1, ps->p++;

@@ -968,13 +968,15 @@ static enum MHD_Result handle_invocations(http_server *h, struct MHD_Connection 
     json_t *b = load_body(cs, &e);
     if (!b) return queue_error(c, cs, &e);
     int chat = json_object_get(b, "messages") != NULL, completion = json_object_get(b, "prompt") != NULL;
+    int responses = json_object_get(b, "input") != NULL;
     json_decref(b);
-    if (chat == completion) {
+    if (chat + completion + responses != 1) {
         oai_error_set(&e, 400, "invalid_request_error", NULL, NULL,
-                      "/invocations needs either 'messages' (chat completion) or 'prompt' (completion)");
+                      "/invocations needs one of 'messages' (chat completion), 'prompt' (completion) or 'input' "
+                      "(Responses API)");
         return queue_error(c, cs, &e);
     }
-    return handle_generate(h, c, cs, chat ? OAI_CHAT : OAI_COMPLETION, 0);
+    return handle_generate(h, c, cs, completion ? OAI_COMPLETION : OAI_CHAT, responses);
 }
 
 static int opt_bool(json_t *b, const char *name, int dflt, int *out, oai_error *e) {

@@ -83,9 +83,12 @@ post /tokenize "{$body}" "$TMP/tooltok.json" > /dev/null
 [ "$(curl -s -m 10 "$URL/ping")" = '{"status":"ok"}' ] || fail "/ping"
 post /invocations '{"model":"tiny-v3","messages":[{"role":"user","content":"Hi"}],"max_tokens":2}' "$TMP/inv1.json" > /dev/null
 post /invocations '{"model":"tiny-v3","prompt":"Hi","max_tokens":2}' "$TMP/inv2.json" > /dev/null
-[ "$(jget 'j.object' "$TMP/inv1.json") $(jget 'j.object' "$TMP/inv2.json")" = "chat.completion text_completion" ] ||
-    fail "/invocations: $(cat "$TMP/inv1.json") $(cat "$TMP/inv2.json")"
+post /invocations '{"model":"tiny-v3","input":"Hi","max_output_tokens":2}' "$TMP/inv3.json" > /dev/null
+[ "$(jget 'j.object' "$TMP/inv1.json") $(jget 'j.object' "$TMP/inv2.json") $(jget 'j.object' "$TMP/inv3.json")" = \
+    "chat.completion text_completion response" ] ||
+    fail "/invocations: $(cat "$TMP/inv1.json") $(cat "$TMP/inv2.json") $(cat "$TMP/inv3.json")"
 expect_error 400 null /invocations '{"model":"tiny-v3","max_tokens":2}'
+expect_error 400 null /invocations '{"model":"tiny-v3","input":"Hi","prompt":"Hi"}'
 # a misspelled parameter is not lost silently: the log names it (as vLLM's)
 post /v1/completions '{"model":"tiny-v3","prompt":"Hi","max_tokens":1,"max_token":5}' "$TMP/ign.json" > /dev/null
 grep -q "ignored request fields: max_token" "$TMP/main.err" || fail "ignored field not logged: $(tail -3 "$TMP/main.err")"
