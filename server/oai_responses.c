@@ -425,13 +425,10 @@ int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_re
     }
     json_t *chat = oai_responses_to_chat(b, history, err);
     json_decref(history);
-    char *s = chat ? json_dumps(chat, JSON_COMPACT) : NULL;
     int rc = -1;
-    if (!s) {
-        if (chat) oai_error_set(err, 400, BAD, NULL, NULL, "out of memory");
-    } else if (oai_parse_request(OAI_CHAT, s, strlen(s), ctx, r, err) != 0) {
+    if (chat && oai_parse_request_json(OAI_CHAT, chat, ctx, r, err) != 0) {
         rename_param(err);
-    } else {
+    } else if (chat) {
         json_t *store = oai_field(b, "store");
         r->responses = 1;
         r->resp_store = ctx->resp_history && (!store || json_is_true(store)); /* OpenAI's default: stored */
@@ -441,7 +438,6 @@ int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_re
         rc = 0;
     }
     json_decref(chat);
-    free(s);
     json_decref(b);
     return rc;
 }

@@ -618,17 +618,24 @@ static void note_ignored(const json_t *b, oai_kind kind, oai_request *r) {
 
 int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx *ctx, oai_request *r,
                       oai_error *err) {
-    memset(r, 0, sizeof *r);
-    r->kind = kind;
-    r->skip_special = 1;
-    r->prompt_top = -1;
     json_error_t je;
     json_t *b = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!b) {
+        memset(r, 0, sizeof *r);
         oai_error_set(err, 400, BAD, NULL, "invalid_json", "Invalid JSON body: %s (line %d, column %d)", je.text, je.line,
                       je.column);
         return -1;
     }
+    int rc = oai_parse_request_json(kind, b, ctx, r, err);
+    json_decref(b);
+    return rc;
+}
+
+int oai_parse_request_json(oai_kind kind, const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    memset(r, 0, sizeof *r);
+    r->kind = kind;
+    r->skip_special = 1;
+    r->prompt_top = -1;
     int rc = -1;
     if (json_is_object(b)) note_ignored(b, kind, r);
     if (!json_is_object(b)) {
@@ -639,7 +646,6 @@ int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx
                check_context(ctx, r, err) == 0 && check_constraint(ctx, r, err) == 0) {
         rc = 0;
     }
-    json_decref(b);
     if (rc) oai_request_free(r);
     return rc;
 }

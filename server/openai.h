@@ -119,6 +119,8 @@ void oai_request_free(oai_request *r);
  * with err filled (r then holds nothing to free). */
 int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx *ctx, oai_request *r,
                       oai_error *err);
+/* The same for a body already parsed (not retained). */
+int oai_parse_request_json(oai_kind kind, const json_t *body, const oai_ctx *ctx, oai_request *r, oai_error *err);
 
 /* The sched_request for choice `choice` (0 .. n_prompts*n-1: prompt choice/n)
  * of r. Seeds: request seed (or base_seed when none was sent) + choice. The
