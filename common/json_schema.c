@@ -414,7 +414,7 @@ static const char *const kw_supported[] = {"type",     "properties", "required",
                                            "maxItems", "minLength",  "maxLength", "anyOf",
                                            "oneOf",    "$ref",       "pattern",   "minimum",
                                            "maximum",  "exclusiveMinimum",        "exclusiveMaximum",
-                                           NULL};
+                                           "multipleOf", "allOf",   NULL};
 static const char *const kw_ignored[] = {"title",    "description", "default",    "examples", "format",
                                          "$schema",  "$id",         "$comment",   "$defs",    "definitions",
                                          "readOnly", "writeOnly",   "deprecated", "strict",   NULL};
@@ -640,21 +640,60 @@ static int number_bounds(cctx *c, const json_t *s, int *has_lo, double *lo, int 
 
 static int64_t to_i64(double x) { return x <= -4e18 ? -4000000000000000000LL : x >= 4e18 ? 4000000000000000000LL : (int64_t)x; }
 
-static int32_t compile_number(cctx *c, const json_t *s, int integer) {
+/* multipleOf v as m * 10^-p with the fewest places p (v = 0.05: m = 5, p = 2).
+ * 0, or -1 with err. */
+static int multiple_parts(cctx *c, const json_t *mul, uint32_t *m, int *p) {
+    double v = json_number_value(mul);
+    for (int k = 0; json_is_number(mul) && v > 0 && k <= 9; k++) {
+        double x = v * pow(10, k), r = round(x);
+        if (r >= 1 && r <= 4294967295.0 && fabs(x - r) <= 1e-9 * r) {
+            *m = (uint32_t)r, *p = k;
+            return 0;
+        }
+    }
+    return ms_err_set(c->err, "json_schema: 'multipleOf' must be a positive number with at most 9 decimal places");
+}
+
+/* The automaton of s's numbers (integer: integers only) within its bounds and
+ * multipleOf; *has 0 when s has neither. 0, or -1 with err. */
+static int number_dfa(cctx *c, const json_t *s, int integer, rdfa *d, int *has) {
     int has_lo, lo_x, has_hi, hi_x;
     double lo, hi;
-    if (number_bounds(c, s, &has_lo, &lo, &lo_x, &has_hi, &hi, &hi_x) < 0) return -1;
-    if (!has_lo && !has_hi) return make_number(c, integer);
-    rdfa d;
+    const json_t *mul = json_object_get(s, "multipleOf");
+    uint32_t m = 1;
+    int p = 0;
+    if (number_bounds(c, s, &has_lo, &lo, &lo_x, &has_hi, &hi, &hi_x) < 0 || (mul && multiple_parts(c, mul, &m, &p) < 0))
+        return -1;
+    *has = has_lo || has_hi || mul;
+    if (!*has) return 0;
     ms_err e = {{0}};
-    int rc;
+    rdfa mdfa = {0};
+    int rc; /* the range (without bounds: the 18 digits numbers have here), then the multiples in it */
     if (integer) {
         double l = !has_lo ? -4e18 : lo_x ? floor(lo) + 1 : ceil(lo), h = !has_hi ? 4e18 : hi_x ? ceil(hi) - 1 : floor(hi);
-        rc = rdfa_int_range(to_i64(l), to_i64(h), &d, &e);
+        rc = rdfa_int_range(to_i64(l), to_i64(h), d, &e);
     } else {
-        rc = rdfa_number_range(has_lo, lo, lo_x, has_hi, hi, hi_x, &d, &e);
+        rc = rdfa_number_range(has_lo, lo, lo_x, has_hi, hi, hi_x, d, &e);
     }
     if (rc < 0) return ms_err_set(c->err, "json_schema: the %s bounds: %s", integer ? "integer" : "number", e.msg);
+    if (!mul) return 0;
+    if (rdfa_multiple_of(m, p, !integer, &mdfa, &e) < 0) {
+        rdfa_free(d);
+        return ms_err_set(c->err, "json_schema: 'multipleOf' %g: %s", json_number_value(mul), e.msg);
+    }
+    rc = rdfa_intersect(d, &mdfa, &e);
+    rdfa_free(&mdfa);
+    if (rc == 0) return 0;
+    rdfa_free(d);
+    return ms_err_set(c->err, "json_schema: no %s this server can write is a multiple of %g within the bounds (%s)",
+                      integer ? "integer" : "number", json_number_value(mul), e.msg);
+}
+
+static int32_t compile_number(cctx *c, const json_t *s, int integer) {
+    rdfa d;
+    int has;
+    if (number_dfa(c, s, integer, &d, &has) < 0) return -1;
+    if (!has) return make_number(c, integer);
     int32_t node = make_dfa(c, &d);
     rdfa_free(&d);
     return node;
@@ -804,6 +843,139 @@ out:
 }
 
 /* Types implied by the keywords present when "type" is absent (0: any value). */
+/* ---- allOf: its parts merged into one schema ---------------------------------------- */
+
+static const char *const kw_lower[] = {"minimum", "minLength", "minItems", NULL}; /* merged: the larger */
+static const char *const kw_upper[] = {"maximum", "maxLength", "maxItems", NULL}; /* merged: the smaller */
+
+static int merge_part(cctx *c, json_t *acc, const json_t *part, int depth);
+
+/* The types both t1 and t2 allow ("integer" within "number"), written back as a
+ * list. 0, or -1 with err. */
+static int merge_types(cctx *c, json_t *acc, const json_t *t2) {
+    static const char *const names[] = {"string", "number", "integer", "boolean", "null", "object", "array"};
+    uint32_t a, b;
+    if (parse_types(c, json_object_get(acc, "type"), &a) < 0 || parse_types(c, t2, &b) < 0) return -1;
+    if (a & T_NUM) a |= T_INT;
+    if (b & T_NUM) b |= T_INT;
+    uint32_t r = a & b;
+    if (!r) return ms_err_set(c->err, "json_schema: the 'allOf' parts allow no common type");
+    json_t *list = json_array();
+    for (int k = 0; k < 7; k++)
+        if ((r & (1u << k)) && !((1u << k) == T_INT && (r & T_NUM))) json_array_append_new(list, json_string(names[k]));
+    return json_object_set_new(acc, "type", list) ? ms_err_set(c->err, "json_schema: out of memory") : 0;
+}
+
+/* 1 if every property the object schema o declares is declared in props. */
+static int props_within(const json_t *o, const json_t *props) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(o, "properties"), k, v) if (!json_object_get(props, k)) return 0;
+    return 1;
+}
+
+static int merge_properties(cctx *c, json_t *acc, const json_t *part) {
+    const json_t *props = json_object_get(part, "properties");
+    if (!json_is_object(props)) return ms_err_set(c->err, "json_schema: 'properties' must be an object");
+    json_t *mine = json_object_get(acc, "properties");
+    if (json_is_false(json_object_get(acc, "additionalProperties")) && !props_within(part, mine))
+        return ms_err_set(c->err, "json_schema: an 'allOf' part adds properties another forbids (additionalProperties "
+                                  "false): not supported");
+    if (!mine) return json_object_set_new(acc, "properties", json_copy((json_t *)props));
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)props, k, v) {
+        const json_t *old = json_object_get(mine, k);
+        if (old && !json_equal((json_t *)old, v))
+            return ms_err_set(c->err, "json_schema: 'allOf' parts declare property '%s' differently: not supported", k);
+        json_object_set(mine, k, v);
+    }
+    return 0;
+}
+
+static int merge_required(cctx *c, json_t *acc, const json_t *req) {
+    if (!json_is_array(req)) return ms_err_set(c->err, "json_schema: 'required' must be an array of strings");
+    json_t *mine = json_object_get(acc, "required");
+    if (!mine) json_object_set_new(acc, "required", mine = json_array());
+    for (size_t i = 0; i < json_array_size(req); i++) {
+        size_t j = 0;
+        while (j < json_array_size(mine) && !json_equal(json_array_get(mine, j), json_array_get(req, i))) j++;
+        if (j == json_array_size(mine)) json_array_append(mine, json_array_get(req, i));
+    }
+    return 0;
+}
+
+/* One keyword of an allOf part into acc. 0, or -1 with err. */
+static int merge_keyword(cctx *c, json_t *acc, const char *k, const json_t *v, const json_t *part) {
+    const json_t *old = json_object_get(acc, k);
+    if (!strcmp(k, "$ref") || !strcmp(k, "allOf") || !strcmp(k, "$defs") || !strcmp(k, "definitions")) return 0;
+    if (!strcmp(k, "properties")) return 0; /* merged first, by merge_part */
+    if (!strcmp(k, "required")) return merge_required(c, acc, v);
+    if (!strcmp(k, "type") && old) return merge_types(c, acc, v);
+    if (!strcmp(k, "additionalProperties") && json_is_false(v) && !props_within(acc, json_object_get(part, "properties")))
+        return ms_err_set(c->err, "json_schema: an 'allOf' part forbids (additionalProperties false) properties another "
+                                  "declares: not supported");
+    if (old && (kw_in(k, kw_lower) || kw_in(k, kw_upper)) && json_is_number(old) && json_is_number(v)) {
+        int keep_old = kw_in(k, kw_lower) ? json_number_value(old) >= json_number_value(v)
+                                          : json_number_value(old) <= json_number_value(v);
+        return keep_old ? 0 : json_object_set(acc, k, (json_t *)v);
+    }
+    if (!old) return json_object_set(acc, k, (json_t *)v);
+    if (json_equal((json_t *)old, (json_t *)v) || kw_in(k, kw_ignored) || !strncmp(k, "x-", 2)) return 0;
+    return ms_err_set(c->err, "json_schema: 'allOf' parts with different '%s' are not supported", k);
+}
+
+/* s with its allOf parts merged in (a new schema without allOf), or NULL with err. */
+static json_t *merge_allof(cctx *c, const json_t *s, int depth) {
+    const json_t *parts = json_object_get(s, "allOf");
+    if (!json_is_array(parts) || json_array_size(parts) == 0 || json_array_size(parts) > 64) {
+        ms_err_set(c->err, "json_schema: 'allOf' must be an array of 1 to 64 schemas");
+        return NULL;
+    }
+    json_t *acc = json_object();
+    if (acc && merge_part(c, acc, s, depth) == 0) return acc;
+    if (!acc) ms_err_set(c->err, "json_schema: out of memory");
+    json_decref(acc);
+    return NULL;
+}
+
+/* Merges one allOf part (its own allOf and $ref resolved first) into acc. */
+static int merge_part(cctx *c, json_t *acc, const json_t *part, int depth) {
+    if (depth > MAX_SCHEMA_DEPTH) return ms_err_set(c->err, "json_schema: schema nested too deeply");
+    if (json_is_true(part)) return 0;
+    if (!json_is_object(part)) return ms_err_set(c->err, "json_schema: an 'allOf' part must be a schema object");
+    if (check_keywords(c, part) < 0) return -1;
+    const json_t *inner = json_object_get(part, "allOf");
+    const json_t *ref = json_object_get(part, "$ref");
+    if (ref) {
+        const json_t *t = json_is_string(ref) ? resolve_ref(c, json_string_value(ref)) : NULL;
+        if (!t) return ms_err_set(c->err, "json_schema: $ref '%s' is not supported (only #/$defs/NAME and "
+                                          "#/definitions/NAME of the top schema)", json_is_string(ref) ? json_string_value(ref) : "");
+        for (int i = 0; i < c->n_refs; i++)
+            if (c->refs[i] == t) return ms_err_set(c->err, "json_schema: recursive $ref '%s' is not supported", json_string_value(ref));
+        c->refs[c->n_refs++] = t;
+        int rc = merge_part(c, acc, t, depth + 1);
+        c->n_refs--;
+        if (rc < 0) return -1;
+    }
+    if (json_object_get(part, "properties") && merge_properties(c, acc, part) < 0) return -1;
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)part, k, v) if (merge_keyword(c, acc, k, v, part) < 0) return -1;
+    for (size_t i = 0; i < json_array_size(inner); i++)
+        if (merge_part(c, acc, json_array_get(inner, i), depth + 1) < 0) return -1;
+    if (inner && !json_is_array(inner)) return ms_err_set(c->err, "json_schema: 'allOf' must be an array of 1 to 64 schemas");
+    return 0;
+}
+
+static int32_t compile_allof(cctx *c, const json_t *s, int depth) {
+    json_t *m = merge_allof(c, s, depth);
+    if (!m) return -1;
+    int32_t r = compile(c, m, depth + 1);
+    json_decref(m);
+    return r;
+}
+
 static uint32_t infer_types(const json_t *s) {
     uint32_t t = 0;
     if (json_object_get(s, "properties") || json_object_get(s, "required") || json_object_get(s, "additionalProperties"))
@@ -811,7 +983,7 @@ static uint32_t infer_types(const json_t *s) {
     if (json_object_get(s, "items") || json_object_get(s, "minItems") || json_object_get(s, "maxItems")) t |= T_ARR;
     if (json_object_get(s, "minLength") || json_object_get(s, "maxLength") || json_object_get(s, "pattern")) t |= T_STR;
     if (json_object_get(s, "minimum") || json_object_get(s, "maximum") || json_object_get(s, "exclusiveMinimum") ||
-        json_object_get(s, "exclusiveMaximum"))
+        json_object_get(s, "exclusiveMaximum") || json_object_get(s, "multipleOf"))
         t |= T_NUM;
     return t;
 }
@@ -822,6 +994,7 @@ static int32_t compile(cctx *c, const json_t *s, int depth) {
     if (json_is_false(s)) return ms_err_set(c->err, "json_schema: schema false (matches nothing) is not supported");
     if (!json_is_object(s)) return ms_err_set(c->err, "json_schema: a schema must be an object or a boolean");
     if (check_keywords(c, s) < 0) return -1;
+    if (json_object_get(s, "allOf")) return compile_allof(c, s, depth);
     if (json_object_get(s, "$ref")) return compile_ref(c, s, depth);
     if (json_object_get(s, "anyOf") && json_object_get(s, "oneOf"))
         return ms_err_set(c->err, "json_schema: 'anyOf' together with 'oneOf' is not supported");
@@ -1093,6 +1266,14 @@ static int validate_bounds(vctx *v, const json_t *s, double x) {
     if (number_bounds(&c, s, &has_lo, &lo, &lo_x, &has_hi, &hi, &hi_x) < 0) return vfail(v, "%s", e.msg);
     if (has_lo && (lo_x ? x <= lo : x < lo)) return vfail(v, "%g is below the minimum %g", x, lo);
     if (has_hi && (hi_x ? x >= hi : x > hi)) return vfail(v, "%g is above the maximum %g", x, hi);
+    const json_t *mul = json_object_get(s, "multipleOf");
+    uint32_t m;
+    int p;
+    if (mul && multiple_parts(&c, mul, &m, &p) < 0) return vfail(v, "%s", e.msg);
+    if (mul) {
+        double q = x * pow(10, p) / m;
+        if (fabs(q - round(q)) > 1e-9 * (fabs(q) > 1 ? fabs(q) : 1)) return vfail(v, "%g is not a multiple of %g", x, json_number_value(mul));
+    }
     return 1;
 }
 
@@ -1171,6 +1352,8 @@ static int validate(vctx *v, const json_t *s, const json_t *x) {
             int one = json_object_get(s, "oneOf") != NULL;
             if (matches == 0 || (one && matches > 1)) ok = vfail(v, "%zu of the %s alternatives match", matches, one ? "oneOf" : "anyOf");
         }
+        const json_t *all = json_object_get(s, "allOf");
+        for (size_t i = 0; ok && i < json_array_size(all); i++) ok = validate(v, json_array_get(all, i), x);
         if (ok) ok = validate_typed(v, s, x);
     }
     v->depth--;

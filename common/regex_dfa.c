@@ -1027,6 +1027,105 @@ int rdfa_number_range(int has_lo, double lo, int lo_excl, int has_hi, double hi,
     return compile_sb(&b, out, err);
 }
 
+/* ---- multiples ---- */
+
+/* Builds the automaton of JSON numbers k * m * 10^-p (see the header) directly:
+ * its states are a parse position and the digits' value mod m. */
+enum { MS_START, MS_NEG, MS_ZERO, MS_COUNT0 };
+
+int rdfa_multiple_of(uint32_t m, int p, int fraction, rdfa *out, ms_err *err) {
+    memset(out, 0, sizeof *out);
+    if (m < 1 || p < 0 || p > 9 || (uint64_t)m * (uint64_t)(p + 2) + MS_COUNT0 > RDFA_MAX_STATES)
+        return ms_err_set(err, "multiples of %u * 10^-%d need more than %d automaton states", m, p, RDFA_MAX_STATES);
+    /* states: the 4 above, then I(r) = 4 + r (integer digits), D(r) = 4 + m + r (after '.'),
+     * F(r, f) = 4 + 2m + (f - 1) m + r (f fraction digits, 1 <= f <= p) */
+    const int32_t I0 = MS_COUNT0, D0 = I0 + (int32_t)m, F0 = D0 + (int32_t)m;
+    int n = F0 + (int)m * p;
+    out->n = n;
+    out->next = malloc((size_t)n * 256 * sizeof *out->next);
+    uint8_t *accepting = calloc((size_t)n, 1);
+    uint64_t *scale = malloc((size_t)(p + 1) * sizeof *scale); /* 10^k mod m */
+    if (!out->next || !accepting || !scale) {
+        free(accepting), free(scale), rdfa_free(out);
+        return ms_err_set(err, "regex: out of memory");
+    }
+    for (size_t k = 0; k < (size_t)n * 256; k++) out->next[k] = -1;
+    scale[0] = 1 % m;
+    for (int k = 1; k <= p; k++) scale[k] = scale[k - 1] * 10 % m;
+    int32_t *nx = out->next;
+    nx[MS_START * 256 + '-'] = MS_NEG;
+    for (int s = MS_START; s <= MS_NEG; s++) {
+        nx[s * 256 + '0'] = MS_ZERO;
+        for (int d = 1; d <= 9; d++) nx[s * 256 + '0' + d] = I0 + (int32_t)((uint32_t)d % m);
+    }
+    accepting[MS_ZERO] = 1;
+    if (fraction && p > 0) nx[MS_ZERO * 256 + '.'] = D0;
+    for (uint32_t r = 0; r < m; r++) {
+        for (int d = 0; d <= 9; d++) {
+            uint32_t t = (uint32_t)(((uint64_t)r * 10 + (uint64_t)d) % m);
+            nx[(I0 + r) * 256 + '0' + d] = I0 + (int32_t)t;
+            if (fraction && p > 0) nx[(D0 + r) * 256 + '0' + d] = F0 + (int32_t)t;
+            for (int f = 1; fraction && f < p; f++) nx[(F0 + (f - 1) * (int32_t)m + r) * 256 + '0' + d] = F0 + f * (int32_t)m + (int32_t)t;
+        }
+        if (fraction && p > 0) nx[(I0 + r) * 256 + '.'] = D0 + (int32_t)r;
+        accepting[I0 + r] = (uint64_t)r * scale[p] % m == 0;
+        for (int f = 1; fraction && f <= p; f++) accepting[F0 + (f - 1) * (int32_t)m + r] = (uint64_t)r * scale[p - f] % m == 0;
+    }
+    int rc = finish(out, accepting, err);
+    free(accepting), free(scale);
+    if (rc) rdfa_free(out);
+    return rc;
+}
+
+/* ---- intersection ---- */
+
+int rdfa_intersect(rdfa *d, const rdfa *e, ms_err *err) {
+    const int limit = RDFA_MAX_STATES * 4;
+    size_t n_pairs = (size_t)d->n * (size_t)e->n;
+    if (n_pairs > (size_t)1 << 24) return ms_err_set(err, "regex: the combined constraints are too complex");
+    int32_t *id = malloc(n_pairs * sizeof *id), *queue = malloc((size_t)limit * sizeof *queue);
+    rdfa p = {0};
+    uint8_t *accepting = malloc((size_t)limit);
+    int rc = -1;
+    p.next = malloc((size_t)limit * 256 * sizeof *p.next);
+    if (!id || !queue || !accepting || !p.next) goto oom;
+    for (size_t i = 0; i < n_pairs; i++) id[i] = -1;
+    int qh = 0, qt = 0;
+    id[0] = 0, queue[qt++] = 0; /* pair = state of d * e->n + state of e */
+    while (qh < qt) {
+        int32_t pair = queue[qh], a = pair / e->n, b = pair % e->n, me = qh++;
+        accepting[me] = d->rem[a] == 0 && e->rem[b] == 0;
+        for (int c = 0; c < 256; c++) {
+            int32_t ta = d->next[(size_t)a * 256 + (size_t)c], tb = e->next[(size_t)b * 256 + (size_t)c];
+            int32_t *slot = &p.next[(size_t)me * 256 + (size_t)c];
+            *slot = -1;
+            if (ta < 0 || tb < 0) continue;
+            size_t np = (size_t)ta * (size_t)e->n + (size_t)tb;
+            if (id[np] < 0) {
+                if (qt == limit) {
+                    ms_err_set(err, "regex: the combined constraints need over %d automaton states", limit);
+                    goto out;
+                }
+                id[np] = qt, queue[qt++] = (int32_t)np;
+            }
+            *slot = id[np];
+        }
+    }
+    p.n = qt;
+    if (finish(&p, accepting, err)) goto out;
+    rdfa_free(d);
+    *d = p;
+    p.next = NULL, p.rem = NULL;
+    rc = 0;
+    goto out;
+oom:
+    ms_err_set(err, "regex: out of memory");
+out:
+    rdfa_free(&p);
+    free(accepting), free(id), free(queue);
+    return rc;
+}
+
 /* ---- length bounds ---- */
 
 int rdfa_limit_length(rdfa *d, uint32_t lo, uint32_t hi, ms_err *err) {

@@ -62,6 +62,17 @@ int rdfa_int_range(int64_t lo, int64_t hi, rdfa *out, ms_err *err);
  * satisfying number is reachable. 0, or -1 with err when none is. */
 int rdfa_number_range(int has_lo, double lo, int lo_excl, int has_hi, double hi, int hi_excl, rdfa *out, ms_err *err);
 
+/* The JSON numbers that are multiples of m * 10^-p (m >= 1, 0 <= p <= 9):
+ * integers whose value times 10^p is divisible by m, and when fraction is set
+ * also decimals with 1..p fraction digits (no exponent) whose digits, read as an
+ * integer scaled to p places, are. Sound and complete for those spellings.
+ * 0, or -1 with err (m * (p + 2) over the state limit). */
+int rdfa_multiple_of(uint32_t m, int p, int fraction, rdfa *out, ms_err *err);
+
+/* Replaces d by the automaton of the texts both d and e accept. 0, or -1 with
+ * err (too many states, or nothing left: d is then unchanged). */
+int rdfa_intersect(rdfa *d, const rdfa *e, ms_err *err);
+
 /* Intersects d with a length of lo..hi code points (hi UINT32_MAX: none); d is
  * replaced. 0, or -1 with err (too many states, or nothing left). */
 int rdfa_limit_length(rdfa *d, uint32_t lo, uint32_t hi, ms_err *err);

@@ -38,9 +38,15 @@ const FORMATS = {
   ipv4: (x) => { const p = x.split('.'); return p.length === 4 && p.every((q) => /^(0|[1-9]\d{0,2})$/.test(q) && +q <= 255); },
 };
 
-export function validate(s, v, path = '$') {
+export function validate(s, v, path = '$', root = s) {
+  if (s.$ref !== undefined) {
+    const m = /^#\/(\$defs|definitions)\/(.+)$/.exec(s.$ref);
+    if (!m || !root[m[1]] || !root[m[1]][m[2]]) throw new Error(`${path}: cannot resolve ${s.$ref}`);
+    validate(root[m[1]][m[2]], v, path, root);
+  }
+  for (const part of s.allOf || []) validate(part, v, path, root);
   if (s.anyOf) {
-    if (!s.anyOf.some((alt) => { try { validate(alt, v, path); return true; } catch { return false; } }))
+    if (!s.anyOf.some((alt) => { try { validate(alt, v, path, root); return true; } catch { return false; } }))
       throw new Error(`${path}: matches no anyOf alternative: ${JSON.stringify(v)}`);
   }
   if (s.type !== undefined) {
@@ -61,19 +67,23 @@ export function validate(s, v, path = '$') {
     if (s.maximum !== undefined && v > s.maximum) throw new Error(`${path}: ${v} above maximum ${s.maximum}`);
     if (s.exclusiveMinimum !== undefined && v <= s.exclusiveMinimum) throw new Error(`${path}: ${v} not above ${s.exclusiveMinimum}`);
     if (s.exclusiveMaximum !== undefined && v >= s.exclusiveMaximum) throw new Error(`${path}: ${v} not below ${s.exclusiveMaximum}`);
+    if (s.multipleOf !== undefined) {
+      const q = v / s.multipleOf;
+      if (Math.abs(q - Math.round(q)) > 1e-9 * Math.max(1, Math.abs(q))) throw new Error(`${path}: ${v} is not a multiple of ${s.multipleOf}`);
+    }
   }
   if (typeOf(v) === 'array') {
     if (s.minItems !== undefined && v.length < s.minItems) throw new Error(`${path}: fewer than ${s.minItems} items`);
     if (s.maxItems !== undefined && v.length > s.maxItems) throw new Error(`${path}: more than ${s.maxItems} items`);
-    if (s.items) v.forEach((x, i) => validate(s.items, x, `${path}[${i}]`));
+    if (s.items) v.forEach((x, i) => validate(s.items, x, `${path}[${i}]`, root));
   }
   if (typeOf(v) === 'object') {
     for (const r of s.required || []) if (!(r in v)) throw new Error(`${path}: missing required '${r}'`);
     const props = s.properties || {};
     for (const [k, x] of Object.entries(v)) {
-      if (k in props) validate(props[k], x, `${path}.${k}`);
+      if (k in props) validate(props[k], x, `${path}.${k}`, root);
       else if (s.additionalProperties === false) throw new Error(`${path}: unexpected key '${k}'`);
-      else if (typeof s.additionalProperties === 'object') validate(s.additionalProperties, x, `${path}.${k}`);
+      else if (typeof s.additionalProperties === 'object') validate(s.additionalProperties, x, `${path}.${k}`, root);
     }
   }
 }
@@ -92,6 +102,9 @@ const S = {
   constant: { type: 'object', properties: { kind: { const: 'point' }, xy: { type: 'array', items: { type: 'number' }, minItems: 2, maxItems: 2 } }, required: ['kind', 'xy'] },
   patterns: { type: 'object', properties: { code: { type: 'string', pattern: '^[A-Z]{3}-[0-9]{2,4}$' }, day: { type: 'string', format: 'date' }, id: { type: 'string', format: 'uuid' }, host: { type: 'string', format: 'ipv4' }, tag: { type: 'string', pattern: 'x', maxLength: 6 } }, required: ['code', 'day', 'id', 'host', 'tag'] },
   bounds: { type: 'object', properties: { n: { type: 'integer', minimum: -3, maximum: 12 }, p: { type: 'number', exclusiveMinimum: 0, maximum: 1 }, big: { type: 'integer', minimum: 1000 }, neg: { type: 'number', maximum: -0.5 } }, required: ['n', 'p', 'big', 'neg'] },
+  multiples: { type: 'object', properties: { price: { type: 'number', multipleOf: 0.01, minimum: 0, maximum: 1000 }, step: { type: 'integer', multipleOf: 5 }, half: { type: 'number', multipleOf: 0.5 } }, required: ['price', 'step', 'half'] },
+  // pydantic's shape for a described model field: allOf around a $ref
+  pydantic: { $defs: { Pet: { type: 'object', properties: { name: { type: 'string', maxLength: 10 }, kind: { enum: ['cat', 'dog'] } }, required: ['name', 'kind'], additionalProperties: false } }, type: 'object', properties: { pet: { allOf: [{ $ref: '#/$defs/Pet' }], description: 'the pet' }, count: { allOf: [{ type: 'integer' }, { minimum: 1 }, { maximum: 9 }] } }, required: ['pet', 'count'] },
 };
 const names = Object.keys(S);
 
@@ -236,8 +249,8 @@ await check('tool history renders and answers', async () => {
 
 await check('unsupported schema keyword is a 400 naming it', async () => {
   await assert.rejects(client.chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }],
-    response_format: { type: 'json_schema', json_schema: { name: 'p', schema: { type: 'number', multipleOf: 2 } } } }),
-  (e) => e.status === 400 && /multipleOf/.test(e.message) && e.param === 'response_format');
+    response_format: { type: 'json_schema', json_schema: { name: 'p', schema: { type: 'array', uniqueItems: true } } } }),
+  (e) => e.status === 400 && /uniqueItems/.test(e.message) && e.param === 'response_format');
   await assert.rejects(client.chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }], tools, tool_choice: { type: 'function', function: { name: 'nope' } } }),
     (e) => e.status === 400 && e.param === 'tool_choice');
   await assert.rejects(client.chat.completions.create({ model, max_tokens: 2, messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_schema', json_schema: { name: 'p', schema: S.person } } }),

@@ -81,18 +81,29 @@ static void expect_error(const char *schema, const char *needle) {
 }
 
 Test(constrain, unsupported_keywords_are_named) {
-    expect_error("{\"type\":\"number\",\"multipleOf\":3}", "json_schema keyword 'multipleOf' is not supported");
+    expect_error("{\"type\":\"number\",\"multipleOf\":0}", "'multipleOf' must be a positive number");
+    expect_error("{\"type\":\"number\",\"multipleOf\":1e-12}", "at most 9 decimal places");
+    expect_error("{\"type\":\"integer\",\"multipleOf\":100000}", "automaton states");
+    expect_error("{\"type\":\"integer\",\"multipleOf\":7,\"minimum\":1,\"maximum\":6}", "multiple of 7 within the bounds");
+    expect_error("{\"allOf\":[{\"type\":\"string\"},{\"type\":\"integer\"}]}", "no common type");
+    expect_error("{\"allOf\":[{\"properties\":{\"a\":{\"type\":\"string\"}}},{\"properties\":{\"a\":{\"type\":"
+                 "\"integer\"}}}]}",
+                 "property 'a' differently");
+    expect_error("{\"allOf\":[{\"properties\":{\"a\":{}},\"additionalProperties\":false},{\"properties\":{\"b\":{}}}]}",
+                 "additionalProperties false");
+    expect_error("{\"allOf\":[{\"pattern\":\"a\"},{\"pattern\":\"b\"}]}", "different 'pattern'");
+    expect_error("{\"allOf\":[]}", "'allOf' must be an array of 1 to 64");
+    expect_error("{\"$defs\":{\"n\":{\"allOf\":[{\"$ref\":\"#/$defs/n\"}]}},\"$ref\":\"#/$defs/n\"}", "recursive $ref");
     expect_error("{\"type\":\"string\",\"pattern\":\"(a\"}", "'pattern' (a: regex: '(' without ')'");
     expect_error("{\"type\":\"string\",\"pattern\":\"^\\\"$\"}", "nothing can match");
     expect_error("{\"type\":\"string\",\"pattern\":\"(?=a)\"}", "(?...)");
     expect_error("{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}", "no integer");
     expect_error("{\"type\":\"integer\",\"minimum\":\"0\"}", "must be numbers");
-    expect_error("{\"allOf\":[{\"type\":\"string\"}]}", "'allOf'");
     expect_error("{\"not\":{\"type\":\"string\"}}", "'not'");
     expect_error("{\"if\":{},\"then\":{}}", "'if'");
     expect_error("{\"type\":\"object\",\"patternProperties\":{}}", "'patternProperties'");
     expect_error("{\"type\":\"array\",\"uniqueItems\":true}", "'uniqueItems'");
-    expect_error("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"number\",\"multipleOf\":2}}}", "'multipleOf'");
+    expect_error("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"number\",\"multipleOf\":\"2\"}}}", "'multipleOf'");
     expect_error("{\"type\":\"array\",\"items\":[{\"type\":\"string\"}]}", "'items' (array form)");
     expect_error("{\"$ref\":\"http://example.com/s.json\"}", "$ref 'http://example.com/s.json' is not supported");
     expect_error("{\"$defs\":{\"n\":{\"type\":\"object\",\"properties\":{\"next\":{\"$ref\":\"#/$defs/n\"}}}},"
@@ -129,10 +140,10 @@ Test(constrain, tool_call_argument_errors) {
     cr_expect(strstr(err.msg, "newline"), "%s", err.msg);
     cr_expect_null(cons_grammar_tool_calls(nl, none, 0, 0, CONS_TOOLS_V31, &err));
     const char *one[] = {"get"};
-    json_t *bad = parse("{\"type\":\"object\",\"properties\":{\"q\":{\"type\":\"number\",\"format\":\"x\",\"multipleOf\":2}}}");
+    json_t *bad = parse("{\"type\":\"object\",\"properties\":{\"q\":{\"type\":\"array\",\"format\":\"x\",\"uniqueItems\":true}}}");
     const json_t *params[] = {bad};
     cr_expect_null(cons_grammar_tool_calls(one, params, 1, 0, CONS_TOOLS_V3, &err));
-    cr_expect(strstr(err.msg, "tool 'get' parameters: json_schema keyword 'multipleOf' is not supported"), "%s", err.msg);
+    cr_expect(strstr(err.msg, "tool 'get' parameters: json_schema keyword 'uniqueItems' is not supported"), "%s", err.msg);
     json_decref(bad);
 }
 
@@ -805,6 +816,13 @@ Test(constrain, validator) {
     cr_expect(valid("{\"type\":\"number\",\"maximum\":1,\"exclusiveMaximum\":false}", "1", why, sizeof why));
     cr_expect(!valid("{\"type\":\"number\",\"maximum\":1,\"exclusiveMaximum\":true}", "1", why, sizeof why));
     cr_expect(valid("{\"enum\":[{\"a\":1,\"b\":2}]}", "{\"b\":2,\"a\":1}", why, sizeof why));
+    cr_expect(valid("{\"type\":\"number\",\"multipleOf\":0.01}", "0.07", why, sizeof why), "%s", why);
+    cr_expect(!valid("{\"type\":\"number\",\"multipleOf\":0.01}", "0.075", why, sizeof why));
+    cr_expect(strstr(why, "not a multiple of 0.01"), "%s", why);
+    cr_expect(valid("{\"type\":\"integer\",\"multipleOf\":3}", "-9", why, sizeof why), "%s", why);
+    cr_expect(!valid("{\"type\":\"integer\",\"multipleOf\":3}", "10", why, sizeof why));
+    cr_expect(valid("{\"allOf\":[{\"minimum\":1},{\"maximum\":3}]}", "2", why, sizeof why), "%s", why);
+    cr_expect(!valid("{\"allOf\":[{\"minimum\":1},{\"maximum\":3}]}", "4", why, sizeof why));
     json_t *o = parse("{}"), *a = parse("[]");
     cr_expect(cons_json_validate(NULL, o, why, sizeof why));
     cr_expect(!cons_json_validate(NULL, a, NULL, 0));
@@ -832,6 +850,19 @@ static const char *const dfa_schemas[] = {
     "{\"type\":\"string\",\"pattern\":\"^(é+|中文)$\"}",
     "{\"type\":\"number\",\"minimum\":2.5}",
     "{\"type\":\"string\",\"pattern\":\"^[^,]*$\",\"maxLength\":5}",
+    "{\"type\":\"integer\",\"multipleOf\":7,\"minimum\":-50,\"maximum\":100}",
+    "{\"type\":\"array\",\"items\":{\"type\":\"number\",\"multipleOf\":0.05,\"minimum\":0,\"maximum\":20},"
+    "\"minItems\":3,\"maxItems\":6}",
+    "{\"type\":\"number\",\"multipleOf\":0.01}",
+    "{\"type\":[\"integer\",\"null\"],\"multipleOf\":3}",
+    /* pydantic's field with a description: allOf around a $ref */
+    "{\"type\":\"object\",\"properties\":{\"pet\":{\"allOf\":[{\"$ref\":\"#/$defs/Pet\"}],\"description\":\"the "
+    "pet\"},\"n\":{\"type\":\"integer\",\"allOf\":[{\"minimum\":1},{\"maximum\":9}]}},\"required\":[\"pet\",\"n\"],"
+    "\"$defs\":{\"Pet\":{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":8},"
+    "\"kind\":{\"enum\":[\"cat\",\"dog\"]}},\"required\":[\"name\",\"kind\"],\"additionalProperties\":false}}}",
+    /* an intersection of two object schemas */
+    "{\"allOf\":[{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}},\"required\":[\"a\"]},"
+    "{\"properties\":{\"b\":{\"type\":\"boolean\"}},\"required\":[\"b\"]},{\"type\":[\"object\",\"null\"]}]}",
 };
 
 /* Random walks through each: valid JSON that the validator (its own automaton

@@ -545,15 +545,15 @@ Test(openai, agent_parameters_are_validated) {
     expect_error(OAI_CHAT, CHAT(",\"include_reasoning\":\"no\""), 400, "include_reasoning");
     expect_error(OAI_CHAT, CHAT(",\"chat_template_kwargs\":{\"thinking\":1}"), 400, "chat_template_kwargs");
     expect_error(OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"yaml\"}"), 400, "response_format");
-    expect_error(OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"number\","
-                                "\"multipleOf\":2}}}"),
+    expect_error(OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"array\","
+                                "\"uniqueItems\":true}}}"),
                  400, "response_format");
     expect_error(OAI_COMPLETION, CMPL(",\"tools\":[" TOOL "]"), 400, "tools");
     oai_request r;
     oai_error e;
     cr_expect_neq(parse(OAI_CHAT, CHAT(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":"
-                                       "{\"type\":\"number\",\"multipleOf\":2}}}"), &r, &e), 0);
-    cr_expect(strstr(e.message, "multipleOf"), "names the keyword: %s", e.message);
+                                       "{\"type\":\"array\",\"uniqueItems\":true}}}"), &r, &e), 0);
+    cr_expect(strstr(e.message, "uniqueItems"), "names the keyword: %s", e.message);
 }
 
 Test(openai, structured_output_and_forced_tool_build_a_constraint) {
@@ -845,7 +845,7 @@ Test(openai, vllm_structured_outputs) {
         const char *body, *param;
     } bad[] = {
         {OAI_CHAT, CHAT(",\"guided_json\":\"not json\""), "guided_json"},
-        {OAI_CHAT, CHAT(",\"guided_json\":{\"type\":\"number\",\"multipleOf\":2}"), "guided_json"},
+        {OAI_CHAT, CHAT(",\"guided_json\":{\"type\":\"number\",\"multipleOf\":0}"), "guided_json"},
         {OAI_CHAT, CHAT(",\"guided_regex\":\"(a\""), "guided_regex"},
         {OAI_CHAT, CHAT(",\"guided_regex\":7"), "guided_regex"},
         {OAI_COMPLETION, CMPL(",\"structured_outputs\":{\"regex\":\"a\\\\1\"}"), "structured_outputs"},

@@ -307,3 +307,80 @@ Test(regex_dfa, length_limits) {
     cr_expect_eq(rdfa_limit_length(&d, 4, 9, &e), -1, "nothing of length 4..9");
     rdfa_free(&d);
 }
+
+/* Multiples of m * 10^-p against integer arithmetic on random spellings: a number
+ * with f fraction digits (0 <= f <= p; integers only without fraction) is
+ * accepted exactly when its digits, scaled to p places, are divisible by m. */
+static void check_multiple(uint32_t m, int p, int fraction) {
+    rdfa d;
+    ms_err e = {{0}};
+    cr_assert_eq(rdfa_multiple_of(m, p, fraction, &d, &e), 0, "m %u p %d: %s", m, p, e.msg);
+    int accepted = 0;
+    for (int i = 0; i < 4000; i++) {
+        char s[48];
+        unsigned long long ip = rnd(3) ? rnd(2000) : rnd(1u << 30), fr = 0;
+        int f = rnd(3) ? 0 : 1 + (int)rnd((unsigned)p + 2);
+        int n = snprintf(s, sizeof s, "%s%llu", rnd(4) ? "" : "-", ip);
+        if (f) {
+            unsigned long long ten_f = 1;
+            for (int k = 0; k < f; k++) ten_f *= 10;
+            fr = rnd(1000000000u) % ten_f;
+            snprintf(s + n, sizeof s - (size_t)n, ".%0*llu", f, fr);
+        }
+        unsigned long long scaled = ip, frs = fr;
+        for (int k = 0; k < p; k++) scaled = scaled * 10 % m;
+        for (int k = f; k < p; k++) frs = frs * 10 % m; /* the fraction scaled to p places */
+        int want = (f == 0 || (fraction && f <= p)) && (scaled + frs) % m == 0;
+        cr_expect_eq(matches(&d, s), want, "m %u p %d fraction %d on %s", m, p, fraction, s);
+        accepted += want;
+    }
+    cr_expect_gt(accepted, 0, "m %u p %d: some accepted", m, p);
+    cr_expect(matches(&d, "0") && !matches(&d, "") && !matches(&d, "01") && !matches(&d, "1.") && !matches(&d, "+0"));
+    check_costs(&d);
+    rdfa_free(&d);
+}
+
+Test(regex_dfa, multiples) {
+    check_multiple(1, 0, 0);
+    check_multiple(7, 0, 0);
+    check_multiple(12, 0, 1);
+    check_multiple(1, 2, 1);  /* 0.01 */
+    check_multiple(5, 2, 1);  /* 0.05 */
+    check_multiple(25, 1, 1); /* 2.5 */
+    check_multiple(5, 1, 0);  /* integers that are multiples of 0.5: all */
+    check_multiple(3, 4, 0);  /* integers, multiples of 0.0003: multiples of 3 */
+    check_multiple(797, 3, 1);
+    rdfa d;
+    ms_err e = {{0}};
+    cr_expect_eq(rdfa_multiple_of(5000, 0, 0, &d, &e), -1, "over the state limit");
+    cr_expect(strstr(e.msg, "states"), "%s", e.msg);
+    cr_expect_eq(rdfa_multiple_of(0, 0, 0, &d, &e), -1);
+}
+
+/* The intersection accepts what both accept: integer ranges with multiples. */
+Test(regex_dfa, intersections) {
+    rdfa d, m;
+    ms_err e = {{0}};
+    cr_assert_eq(rdfa_int_range(-100, 250, &d, &e), 0);
+    cr_assert_eq(rdfa_multiple_of(7, 0, 0, &m, &e), 0);
+    cr_assert_eq(rdfa_intersect(&d, &m, &e), 0, "%s", e.msg);
+    for (long long v = -400; v <= 400; v++) {
+        char s[32];
+        snprintf(s, sizeof s, "%lld", v);
+        cr_expect_eq(matches(&d, s), v >= -100 && v <= 250 && v % 7 == 0, "%s", s);
+    }
+    check_costs(&d);
+    rdfa_free(&d);
+    cr_assert_eq(rdfa_int_range(1, 6, &d, &e), 0);
+    cr_expect_eq(rdfa_intersect(&d, &m, &e), -1, "no multiple of 7 in [1, 6]");
+    cr_expect(matches(&d, "3"), "d unchanged on failure");
+    rdfa_free(&d);
+    rdfa_free(&m);
+    cr_assert_eq(rdfa_compile("[a-c]+", 0, &d, &e), 0);
+    cr_assert_eq(rdfa_compile("(ab)*a?", 0, &m, &e), 0);
+    cr_assert_eq(rdfa_intersect(&d, &m, &e), 0, "%s", e.msg);
+    cr_expect(matches(&d, "aba") && matches(&d, "a") && !matches(&d, "") && !matches(&d, "abb") && !matches(&d, "c"));
+    check_costs(&d);
+    rdfa_free(&d);
+    rdfa_free(&m);
+}
