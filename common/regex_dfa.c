@@ -990,41 +990,138 @@ int rdfa_int_range(int64_t lo, int64_t hi, rdfa *out, ms_err *err) {
     return compile_sb(&b, out, err);
 }
 
-static long long clamp_ll(double x) { return x < (double)-MAX_MAG ? -MAX_MAG : x > (double)MAX_MAG ? MAX_MAG : (long long)x; } /* x not NaN */
+/* A magnitude v >= 0 as the shortest decimal that reads back as v: its integer
+ * part *ip and its fraction digits frac (no trailing zeros; "" for integers).
+ * Values of 10^18 and above become 10^18 (beyond every number written here);
+ * positive values below 10^-18 (beneath every nonzero number written here)
+ * become 10^-18 when lower (a lower bound), 0 otherwise. */
+static void decimal_parts(double v, int lower, long long *ip, char *frac, size_t cap) {
+    frac[0] = 0;
+    if (v >= 1e18) {
+        *ip = MAX_MAG + 1;
+        return;
+    }
+    if (v > 0 && v < 1e-18) {
+        *ip = 0;
+        if (lower) snprintf(frac, cap, "%017d1", 0);
+        return;
+    }
+    char buf[40];
+    int prec = 1;
+    for (; prec < 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*e", prec - 1, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    snprintf(buf, sizeof buf, "%.*e", prec - 1, v);
+    char digits[24];
+    int nd = 0, exp10 = atoi(strchr(buf, 'e') + 1);
+    for (const char *q = buf; *q && *q != 'e'; q++)
+        if (*q >= '0' && *q <= '9') digits[nd++] = *q;
+    /* v = 0.digits x 10^(exp10 + 1) */
+    int point = exp10 + 1;
+    long long ipart = 0;
+    for (int i = 0; i < point && i < nd; i++) ipart = ipart * 10 + (digits[i] - '0');
+    for (int i = nd; i < point; i++) ipart *= 10;
+    *ip = ipart;
+    size_t n = 0;
+    for (int i = point; i < 0 && n + 1 < cap; i++) frac[n++] = '0';
+    for (int i = point > 0 ? point : 0; i < nd && n + 1 < cap; i++) frac[n++] = digits[i];
+    while (n > 0 && frac[n - 1] == '0') n--;
+    frac[n] = 0;
+}
+
+/* Magnitudes (digits, optional ".digits") >= ip.frac (ge) or <= ip.frac. */
+static void magnitude_cmp(sbuf *b, long long ip, const char *frac, int ge) {
+    char num[24], part[64];
+    size_t k = strlen(frac);
+    int alts = 0;
+    snprintf(num, sizeof num, "%lld", ip);
+    sb_add(b, "(");
+    if (ge ? ip < MAX_MAG : ip > 0) { /* a larger / smaller integer part, any fraction */
+        sb_add(b, "(");
+        ge ? nonneg_range(b, ip + 1, MAX_MAG) : nonneg_range(b, 0, ip - 1);
+        sb_add(b, ")(\\.[0-9]+)?");
+        alts++;
+    }
+    sb_add(b, alts ? "|" : "");
+    sb_add(b, num);
+    sb_add(b, "(");
+    if (!k) {
+        sb_add(b, ge ? "(\\.[0-9]+)?" : "(\\.0+)?");
+    } else {
+        for (size_t i = 0; i < k; i++) { /* the first fraction digit that differs */
+            if (ge ? frac[i] == '9' : frac[i] == '0') continue;
+            snprintf(part, sizeof part, ge ? "[%c-9]" : "[0-%c]", ge ? frac[i] + 1 : frac[i] - 1);
+            sb_add(b, "\\.");
+            for (size_t j = 0; j < i; j++) sb_add(b, (char[]){frac[j], 0});
+            sb_add(b, part);
+            sb_add(b, "[0-9]*|");
+        }
+        for (size_t j = ge ? k : 0; j <= k; j++) { /* ge: frac and more; le: a prefix of frac, then zeros */
+            sb_add(b, "\\.");
+            for (size_t i = 0; i < j; i++) sb_add(b, (char[]){frac[i], 0});
+            sb_add(b, ge ? "[0-9]*" : "0*");
+            if (j < k) sb_add(b, "|");
+        }
+    }
+    sb_add(b, ge || !k ? "))" : ")?)"); /* le: no fraction at all is below a fraction */
+}
+
+/* Numbers >= lo (lower) or <= hi, as a pattern over sign and magnitude. */
+static void bound_pattern(sbuf *b, double v, int lower) {
+    long long ip;
+    char frac[64];
+    decimal_parts(fabs(v), lower == (v >= 0), &ip, frac, sizeof frac);
+    const char *any = "(0|[1-9][0-9]*)(\\.[0-9]+)?";
+    if (lower && v > 0) {
+        magnitude_cmp(b, ip, frac, 1);
+    } else if (lower) { /* any non-negative, or a negative no larger in magnitude */
+        sb_add(b, "(");
+        sb_add(b, any);
+        sb_add(b, "|-");
+        magnitude_cmp(b, ip, frac, 0);
+        sb_add(b, ")");
+    } else if (v >= 0) {
+        sb_add(b, "(-");
+        sb_add(b, any);
+        sb_add(b, "|");
+        magnitude_cmp(b, ip, frac, 0);
+        sb_add(b, ")");
+    } else {
+        sb_add(b, "-");
+        magnitude_cmp(b, ip, frac, 1);
+    }
+}
+
+static int intersect_pattern(rdfa *d, sbuf *b, ms_err *err) {
+    rdfa e;
+    if (compile_sb(b, &e, err) < 0) return -1;
+    int rc = rdfa_intersect(d, &e, err);
+    rdfa_free(&e);
+    return rc;
+}
 
 int rdfa_number_range(int has_lo, double lo, int lo_excl, int has_hi, double hi, int hi_excl, rdfa *out, ms_err *err) {
     memset(out, 0, sizeof *out);
     if ((has_lo && isnan(lo)) || (has_hi && isnan(hi))) return ms_err_set(err, "a number bound is not a number");
-    /* integers in range */
-    long long ilo = has_lo ? clamp_ll(lo_excl ? floor(lo) + 1 : ceil(lo)) : -MAX_MAG;
-    long long ihi = has_hi ? clamp_ll(hi_excl ? ceil(hi) - 1 : floor(hi)) : MAX_MAG;
-    /* k.ddd >= 0: k >= lo (> lo when exclusive: ".000" is k itself), k + 1 <= hi */
-    long long plo = has_lo ? clamp_ll(lo_excl ? floor(lo) + 1 : ceil(lo)) : 0, phi = has_hi ? clamp_ll(floor(hi) - 1) : MAX_MAG;
-    if (plo < 0) plo = 0;
-    /* -k.ddd: -(k + 1) >= lo, -k <= hi (< hi when exclusive) */
-    long long nlo = has_hi ? clamp_ll(hi_excl ? floor(-hi) + 1 : ceil(-hi)) : 0, nhi = has_lo ? clamp_ll(floor(-lo) - 1) : MAX_MAG;
-    if (nlo < 0) nlo = 0;
-    sbuf b = {0};
-    int parts = 0;
-    if (int_alternation(&b, ilo, ihi)) parts++;
-    if (plo <= phi) {
-        if (parts++) sb_add(&b, "|");
-        sb_add(&b, "(");
-        nonneg_range(&b, plo, phi);
-        sb_add(&b, ")\\.[0-9]{1,18}");
+    /* exclusive bounds become inclusive at the next double, so that a number
+     * written here also satisfies the bound once a client reads it as a double */
+    if (has_lo && lo_excl) lo = nextafter(lo, INFINITY);
+    if (has_hi && hi_excl) hi = nextafter(hi, -INFINITY);
+    ms_err e = {{0}};
+    if (rdfa_compile("-?(0|[1-9][0-9]{0,17})(\\.[0-9]{1,18})?", 0, out, &e) < 0)
+        return ms_err_set(err, "%s", e.msg);
+    for (int side = 0; side < 2; side++) {
+        if (!(side ? has_hi : has_lo)) continue;
+        sbuf b = {0};
+        bound_pattern(&b, side ? hi : lo, !side);
+        if (intersect_pattern(out, &b, &e) < 0) {
+            rdfa_free(out);
+            return ms_err_set(err, "no number this server can write (up to 18 digits before and after the point, no "
+                                   "exponent) satisfies the bounds");
+        }
     }
-    if (nlo <= nhi) {
-        if (parts++) sb_add(&b, "|");
-        sb_add(&b, "-(");
-        nonneg_range(&b, nlo, nhi);
-        sb_add(&b, ")\\.[0-9]{1,18}");
-    }
-    if (!parts) {
-        free(b.p);
-        return ms_err_set(err, "no number this server can write (an integer, or k.ddd with all of [k, k+1) inside) "
-                               "satisfies the bounds");
-    }
-    return compile_sb(&b, out, err);
+    return 0;
 }
 
 /* ---- multiples ---- */

@@ -56,10 +56,11 @@ int rdfa_compile(const char *pattern, int flags, rdfa *out, ms_err *err);
 int rdfa_int_range(int64_t lo, int64_t hi, rdfa *out, ms_err *err);
 
 /* JSON numbers within bounds (has_lo/has_hi: the bound is there; *_excl:
- * exclusive): the integers in range, and decimals k.ddd (1..18 fraction digits,
- * no exponent) whose whole interval [k, k+1) lies inside the bounds — so every
- * accepted number satisfies them, though with fractional bounds not every
- * satisfying number is reachable. 0, or -1 with err when none is. */
+ * exclusive), written with up to 18 digits before and 18 after the point and
+ * no exponent: exactly those whose decimal value lies within the bounds, an
+ * exclusive bound first moved to the next double inward (so that a client that
+ * reads the number as a double sees it within the bounds too). 0, or -1 with
+ * err when none is. */
 int rdfa_number_range(int has_lo, double lo, int lo_excl, int has_hi, double hi, int hi_excl, rdfa *out, ms_err *err);
 
 /* The JSON numbers that are multiples of m * 10^-p (m >= 1, 0 <= p <= 9):

@@ -255,7 +255,9 @@ Test(regex_dfa, integer_ranges) {
     cr_expect_eq(rdfa_int_range(5, 4, &d, &e), -1);
 }
 
-/* Every number the automaton accepts satisfies the bounds; every integer in them is accepted. */
+/* Exactly the numbers in the bounds are accepted, on random integers and
+ * decimals of 1..4 fraction digits (whose doubles compare as their decimals
+ * do); a negative zero ("-0.0") only need not be. */
 static void check_number_range(int has_lo, double lo, int lo_excl, int has_hi, double hi, int hi_excl) {
     rdfa d;
     ms_err e = {{0}};
@@ -265,16 +267,26 @@ static void check_number_range(int has_lo, double lo, int lo_excl, int has_hi, d
         char s[48];
         long long k = (long long)rnd(400) - 200;
         if (rnd(2)) snprintf(s, sizeof s, "%lld", k);
-        else snprintf(s, sizeof s, "%s%lld.%0*u", k < 0 || (k == 0 && rnd(2)) ? "-" : "", k < 0 ? -k : k, (int)(1 + rnd(3)), rnd(1000) % (unsigned[]){10, 100, 1000}[rnd(3)]);
+        else snprintf(s, sizeof s, "%s%lld.%0*u", k < 0 || (k == 0 && rnd(2)) ? "-" : "", k < 0 ? -k : k, (int)(1 + rnd(4)), rnd(10000) % (unsigned[]){10, 100, 1000, 10000}[rnd(4)]);
         double v = strtod(s, NULL);
         int ok = (!has_lo || (lo_excl ? v > lo : v >= lo)) && (!has_hi || (hi_excl ? v < hi : v <= hi));
         int m = matches(&d, s);
-        if (m) accepted++;
-        cr_expect(!m || ok, "accepted %s outside the bounds", s);
-        if (!strchr(s, '.') && ok && strcmp(s, "-0")) cr_expect(m, "integer %s in the bounds refused", s);
+        accepted += m;
+        if (s[0] == '-' && v == 0) cr_expect(!m || ok, "accepted %s outside the bounds", s);
+        else cr_expect_eq(m, ok, "%s: accepted %d, in the bounds %d", s, m, ok);
     }
     cr_expect_gt(accepted, 0);
     check_costs(&d);
+    rdfa_free(&d);
+}
+
+static void expect_numbers(int has_lo, double lo, int lo_excl, int has_hi, double hi, int hi_excl, const char *const *yes,
+                           const char *const *no) {
+    rdfa d;
+    ms_err e = {{0}};
+    cr_assert_eq(rdfa_number_range(has_lo, lo, lo_excl, has_hi, hi, hi_excl, &d, &e), 0, "%s", e.msg);
+    for (int i = 0; yes && yes[i]; i++) cr_expect(matches(&d, yes[i]), "[%g, %g]: %s refused", lo, hi, yes[i]);
+    for (int i = 0; no && no[i]; i++) cr_expect(!matches(&d, no[i]), "[%g, %g]: %s accepted", lo, hi, no[i]);
     rdfa_free(&d);
 }
 
@@ -283,10 +295,26 @@ Test(regex_dfa, number_ranges) {
     check_number_range(1, 0, 1, 0, 0, 0);
     check_number_range(1, -10.5, 0, 1, 3.25, 1);
     check_number_range(0, 0, 0, 1, -2, 0);
-    check_number_range(1, -0.5, 0, 1, 0.5, 0);  /* only 0 */
+    check_number_range(1, -0.5, 0, 1, 0.5, 0);
+    check_number_range(1, 0.2, 0, 1, 0.8, 0);
+    check_number_range(1, -100, 1, 1, -99, 1);
+    check_number_range(1, -1.375, 1, 1, 150.05, 0);
+    check_number_range(1, 17.0625, 0, 1, 17.5, 1);
+    check_number_range(0, 0, 0, 1, 0.001, 0);
+    expect_numbers(1, 0.2, 0, 1, 0.8, 0, L("0.2", "0.5", "0.8", "0.80000", "0.799999999999999999"), L("0.19999", "0.81", "1", "0", "-0.5", "0.7999999999999999999"));
+    /* exclusive: also the doubles of what is written stay inside */
+    expect_numbers(1, 0.1, 1, 1, 0.3, 1, L("0.2", "0.2999999999999999", "0.10000000000000002"),
+                   L("0.3", "0.29999999999999999", "0.1", "0.10000000000000000001"));
+    expect_numbers(1, 0, 1, 0, 0, 0, L("0.000000000000000001", "1", "123456789012345678.5"), L("0", "0.0", "-0.1", "-0"));
+    expect_numbers(1, 1e17, 0, 0, 0, 0, L("100000000000000000", "999999999999999999.999"), L("99999999999999999.9", "1e17"));
+    expect_numbers(0, 0, 0, 1, 1e-300, 0, L("0", "-5", "0.000"), L("0.000000000000000001"));
+    expect_numbers(1, -2.5e-5, 0, 1, 2.5e-5, 0, L("0.000025", "-0.000025", "0.0000249", "0"), L("0.0000251", "-0.00003"));
     rdfa d;
     ms_err e = {{0}};
-    cr_expect_eq(rdfa_number_range(1, -100, 1, 1, -99, 1, &d, &e), -1, "(-100, -99): no integer, no whole [k, k+1)");
+    cr_expect_eq(rdfa_number_range(1, 5, 0, 1, 4, 0, &d, &e), -1, "empty");
+    cr_expect_eq(rdfa_number_range(1, 1, 1, 1, 1, 1, &d, &e), -1, "(1, 1)");
+    cr_expect_eq(rdfa_number_range(1, 1e18, 0, 0, 0, 0, &d, &e), -1, "beyond 18 digits");
+    cr_expect(strstr(e.msg, "no number"), "%s", e.msg);
 }
 
 Test(regex_dfa, length_limits) {
