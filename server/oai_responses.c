@@ -363,21 +363,10 @@ static json_t *echo_fields(const json_t *b, int stored) {
     return e;
 }
 
-/* r->ignored: fields neither translated, accepted nor passed through. */
-static void note_ignored(const json_t *b, oai_request *r) {
-    const char *key;
-    json_t *v;
-    size_t len = 0;
-    r->ignored[0] = 0;
-    json_object_foreach((json_t *)b, key, v) {
-        if (in_list(key, pass_through) || in_list(key, responses_fields)) continue;
-        int n = snprintf(r->ignored + len, sizeof r->ignored - len, "%s%.40s", len ? ", " : "", key);
-        if (n < 0 || (size_t)n >= sizeof r->ignored - len) {
-            snprintf(r->ignored + sizeof r->ignored - 6, 6, ", ...");
-            return;
-        }
-        len += (size_t)n;
-    }
+/* Fields translated, accepted or passed through (the others go to r->ignored). */
+static int responses_known(const char *k, const void *unused) {
+    (void)unused;
+    return in_list(k, pass_through) || in_list(k, responses_fields);
 }
 
 /* The stored conversation previous_response_id names: 0 with *history (NULL
@@ -434,7 +423,7 @@ int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_re
         r->resp_store = ctx->resp_history && (!store || json_is_true(store)); /* OpenAI's default: stored */
         r->resp_echo = echo_fields(b, r->resp_store);
         if (r->resp_store) r->resp_history = conversation(b, chat), r->resp_items = input_items(b);
-        note_ignored(b, r);
+        oai_unread_fields(b, responses_known, NULL, r->ignored, sizeof r->ignored);
         rc = 0;
     }
     json_decref(chat);

@@ -599,22 +599,24 @@ static int known_field(const char *k, oai_kind kind) {
     return 0;
 }
 
-/* r->ignored: the body's fields no parser reads (vLLM logs the same warning),
- * so a misspelled parameter is visible in the log instead of silently lost. */
-static void note_ignored(const json_t *b, oai_kind kind, oai_request *r) {
+void oai_unread_fields(const json_t *b, int (*known)(const char *name, const void *arg), const void *arg, char *out,
+                       size_t cap) {
     const char *key;
     json_t *v;
     size_t len = 0;
+    out[0] = 0;
     json_object_foreach((json_t *)b, key, v) {
-        if (known_field(key, kind)) continue;
-        int n = snprintf(r->ignored + len, sizeof r->ignored - len, "%s%.40s", len ? ", " : "", key);
-        if (n < 0 || (size_t)n >= sizeof r->ignored - len) {
-            snprintf(r->ignored + sizeof r->ignored - 6, 6, ", ..."); /* full: mark the cut */
+        if (known(key, arg)) continue;
+        int n = snprintf(out + len, cap - len, "%s%.40s", len ? ", " : "", key);
+        if (n < 0 || (size_t)n >= cap - len) {
+            snprintf(out + cap - 6, 6, ", ..."); /* full: mark the cut */
             return;
         }
         len += (size_t)n;
     }
 }
+
+static int known_for_kind(const char *k, const void *kind) { return known_field(k, *(const oai_kind *)kind); }
 
 int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx *ctx, oai_request *r,
                       oai_error *err) {
@@ -637,7 +639,8 @@ int oai_parse_request_json(oai_kind kind, const json_t *b, const oai_ctx *ctx, o
     r->skip_special = 1;
     r->prompt_top = -1;
     int rc = -1;
-    if (json_is_object(b)) note_ignored(b, kind, r);
+    if (json_is_object(b)) /* vLLM logs the same warning: a misspelled parameter is not silently lost */
+        oai_unread_fields(b, known_for_kind, &kind, r->ignored, sizeof r->ignored);
     if (!json_is_object(b)) {
         oai_error_set(err, 400, BAD, NULL, "invalid_json", "The request body must be a JSON object");
     } else if (parse_common(b, ctx, r, err) == 0 && parse_logprobs(kind, b, r, err) == 0 &&

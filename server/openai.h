@@ -133,6 +133,12 @@ int oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sche
  * send null for "not set"). */
 json_t *oai_field(const json_t *body, const char *name);
 
+/* out (cap bytes): the names of body's members for which known(name, arg) is
+ * 0, ", "-joined, each cut at 40 bytes, ", ..." when they do not all fit; ""
+ * if none — the fields a request names that no parser reads, for the log. */
+void oai_unread_fields(const json_t *body, int (*known)(const char *name, const void *arg), const void *arg, char *out,
+                       size_t cap);
+
 /* Fills err (returns -1 for `return oai_error_set(...)`). param/code may be NULL. */
 int oai_error_set(oai_error *err, int status, const char *type, const char *param, const char *code,
                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
