@@ -414,7 +414,8 @@ static const char *const kw_supported[] = {"type",     "properties", "required",
                                            "maxItems", "minLength",  "maxLength", "anyOf",
                                            "oneOf",    "$ref",       "pattern",   "minimum",
                                            "maximum",  "exclusiveMinimum",        "exclusiveMaximum",
-                                           "multipleOf", "allOf",   NULL};
+                                           "multipleOf", "allOf",   "prefixItems", "additionalItems",
+                                           NULL};
 static const char *const kw_ignored[] = {"title",    "description", "default",    "examples", "format",
                                          "$schema",  "$id",         "$comment",   "$defs",    "definitions",
                                          "readOnly", "writeOnly",   "deprecated", "strict",   NULL};
@@ -699,12 +700,35 @@ static int32_t compile_number(cctx *c, const json_t *s, int integer) {
     return node;
 }
 
+/* prefixItems (or draft 4's array form of items): written as exactly those n
+ * items, each by its schema — a length every such schema allows when minItems
+ * <= n <= maxItems (extra items, which "items" may allow, are not written). */
+static int32_t compile_tuple(cctx *c, const json_t *tuple, uint32_t lo, uint32_t hi, int depth) {
+    size_t n = json_array_size(tuple);
+    if (!json_is_array(tuple) || n > 64) return ms_err_set(c->err, "json_schema: 'prefixItems' must be an array of at most 64 schemas");
+    if (lo > n || hi < n)
+        return ms_err_set(c->err, "json_schema: 'prefixItems' of %zu schemas with minItems %u / maxItems %u is not supported "
+                                  "(the array is written with exactly its %zu items)", n, lo, hi, n);
+    seq_part parts[2 * 64 + 1];
+    int np = 0;
+    parts[np++] = SP_TEXT("[");
+    for (size_t i = 0; i < n; i++) {
+        int32_t it = compile(c, json_array_get(tuple, i), depth + 1);
+        if (it < 0) return -1;
+        if (i) parts[np++] = SP_TEXT(",");
+        parts[np++] = SP_NODE(it);
+    }
+    parts[np++] = SP_TEXT("]");
+    return make_seq(c, parts, np);
+}
+
 static int32_t compile_array(cctx *c, const json_t *s, int depth) {
     uint32_t lo, hi;
     if (get_count(c, s, "minItems", 0, &lo) < 0 || get_count(c, s, "maxItems", GRAM_INF, &hi) < 0) return -1;
     if (lo > hi) return ms_err_set(c->err, "json_schema: 'minItems' %u is above 'maxItems' %u", lo, hi);
     const json_t *items = json_object_get(s, "items");
-    if (items && json_is_array(items)) return ms_err_set(c->err, "json_schema keyword 'items' (array form) is not supported");
+    const json_t *tuple = json_object_get(s, "prefixItems") ? json_object_get(s, "prefixItems") : json_is_array(items) ? items : NULL;
+    if (tuple) return compile_tuple(c, tuple, lo, hi, depth);
     int32_t it = items ? compile(c, items, depth + 1) : make_any(c);
     int32_t i = it < 0 ? -1 : new_node(c, G_ARRAY);
     if (i < 0) return -1;
@@ -980,7 +1004,9 @@ static uint32_t infer_types(const json_t *s) {
     uint32_t t = 0;
     if (json_object_get(s, "properties") || json_object_get(s, "required") || json_object_get(s, "additionalProperties"))
         t |= T_OBJ;
-    if (json_object_get(s, "items") || json_object_get(s, "minItems") || json_object_get(s, "maxItems")) t |= T_ARR;
+    if (json_object_get(s, "items") || json_object_get(s, "minItems") || json_object_get(s, "maxItems") ||
+        json_object_get(s, "prefixItems"))
+        t |= T_ARR;
     if (json_object_get(s, "minLength") || json_object_get(s, "maxLength") || json_object_get(s, "pattern")) t |= T_STR;
     if (json_object_get(s, "minimum") || json_object_get(s, "maximum") || json_object_get(s, "exclusiveMinimum") ||
         json_object_get(s, "exclusiveMaximum") || json_object_get(s, "multipleOf"))
@@ -1299,9 +1325,13 @@ static int validate_typed(vctx *v, const json_t *s, const json_t *x) {
     if (json_is_object(x)) return validate_object(v, s, x);
     if (json_is_array(x)) {
         if (!validate_count(v, s, "minItems", "maxItems", json_array_size(x))) return 0;
-        const json_t *items = json_object_get(s, "items");
-        for (size_t i = 0; items && i < json_array_size(x); i++)
-            if (!validate_at(v, items, json_array_get(x, i), "[%zu]", NULL, i)) return 0;
+        const json_t *items = json_object_get(s, "items"), *tuple = json_object_get(s, "prefixItems");
+        if (!tuple && json_is_array(items)) tuple = items, items = json_object_get(s, "additionalItems");
+        for (size_t i = 0; i < json_array_size(x); i++) {
+            const json_t *is = i < json_array_size(tuple) ? json_array_get(tuple, i) : items;
+            if (json_is_false(is)) return vfail(v, "item %zu is not allowed", i);
+            if (is && !validate_at(v, is, json_array_get(x, i), "[%zu]", NULL, i)) return 0;
+        }
         return 1;
     }
     if (json_is_string(x)) {

@@ -75,7 +75,12 @@ export function validate(s, v, path = '$', root = s) {
   if (typeOf(v) === 'array') {
     if (s.minItems !== undefined && v.length < s.minItems) throw new Error(`${path}: fewer than ${s.minItems} items`);
     if (s.maxItems !== undefined && v.length > s.maxItems) throw new Error(`${path}: more than ${s.maxItems} items`);
-    if (s.items) v.forEach((x, i) => validate(s.items, x, `${path}[${i}]`, root));
+    const tuple = s.prefixItems || [];
+    v.forEach((x, i) => {
+      const is = i < tuple.length ? tuple[i] : s.items;
+      if (is === false) throw new Error(`${path}: item ${i} not allowed`);
+      if (is) validate(is, x, `${path}[${i}]`, root);
+    });
   }
   if (typeOf(v) === 'object') {
     for (const r of s.required || []) if (!(r in v)) throw new Error(`${path}: missing required '${r}'`);
@@ -103,6 +108,8 @@ const S = {
   patterns: { type: 'object', properties: { code: { type: 'string', pattern: '^[A-Z]{3}-[0-9]{2,4}$' }, day: { type: 'string', format: 'date' }, id: { type: 'string', format: 'uuid' }, host: { type: 'string', format: 'ipv4' }, tag: { type: 'string', pattern: 'x', maxLength: 6 } }, required: ['code', 'day', 'id', 'host', 'tag'] },
   bounds: { type: 'object', properties: { n: { type: 'integer', minimum: -3, maximum: 12 }, p: { type: 'number', exclusiveMinimum: 0, maximum: 1 }, big: { type: 'integer', minimum: 1000 }, neg: { type: 'number', maximum: -0.5 } }, required: ['n', 'p', 'big', 'neg'] },
   multiples: { type: 'object', properties: { price: { type: 'number', multipleOf: 0.01, minimum: 0, maximum: 1000 }, step: { type: 'integer', multipleOf: 5 }, half: { type: 'number', multipleOf: 0.5 } }, required: ['price', 'step', 'half'] },
+  // pydantic's Tuple[int, str, float]
+  tuple: { type: 'object', properties: { t: { type: 'array', prefixItems: [{ type: 'integer' }, { type: 'string', maxLength: 6 }, { type: 'number', minimum: 0.25, maximum: 0.5 }], minItems: 3, maxItems: 3 } }, required: ['t'] },
   // pydantic's shape for a described model field: allOf around a $ref
   pydantic: { $defs: { Pet: { type: 'object', properties: { name: { type: 'string', maxLength: 10 }, kind: { enum: ['cat', 'dog'] } }, required: ['name', 'kind'], additionalProperties: false } }, type: 'object', properties: { pet: { allOf: [{ $ref: '#/$defs/Pet' }], description: 'the pet' }, count: { allOf: [{ type: 'integer' }, { minimum: 1 }, { maximum: 9 }] } }, required: ['pet', 'count'] },
 };

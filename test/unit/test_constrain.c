@@ -104,7 +104,8 @@ Test(constrain, unsupported_keywords_are_named) {
     expect_error("{\"type\":\"object\",\"patternProperties\":{}}", "'patternProperties'");
     expect_error("{\"type\":\"array\",\"uniqueItems\":true}", "'uniqueItems'");
     expect_error("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"number\",\"multipleOf\":\"2\"}}}", "'multipleOf'");
-    expect_error("{\"type\":\"array\",\"items\":[{\"type\":\"string\"}]}", "'items' (array form)");
+    expect_error("{\"type\":\"array\",\"prefixItems\":[{\"type\":\"string\"}],\"minItems\":2}", "exactly its 1 items");
+    expect_error("{\"type\":\"array\",\"prefixItems\":{}}", "'prefixItems' must be an array");
     expect_error("{\"$ref\":\"http://example.com/s.json\"}", "$ref 'http://example.com/s.json' is not supported");
     expect_error("{\"$defs\":{\"n\":{\"type\":\"object\",\"properties\":{\"next\":{\"$ref\":\"#/$defs/n\"}}}},"
                  "\"$ref\":\"#/$defs/n\"}",
@@ -823,6 +824,10 @@ Test(constrain, validator) {
     cr_expect(!valid("{\"type\":\"integer\",\"multipleOf\":3}", "10", why, sizeof why));
     cr_expect(valid("{\"allOf\":[{\"minimum\":1},{\"maximum\":3}]}", "2", why, sizeof why), "%s", why);
     cr_expect(!valid("{\"allOf\":[{\"minimum\":1},{\"maximum\":3}]}", "4", why, sizeof why));
+    cr_expect(valid("{\"prefixItems\":[{\"type\":\"integer\"},{\"type\":\"string\"}]}", "[1,\"a\",null]", why, sizeof why), "%s", why);
+    cr_expect(!valid("{\"prefixItems\":[{\"type\":\"integer\"},{\"type\":\"string\"}]}", "[1,2]", why, sizeof why));
+    cr_expect(!valid("{\"items\":[{\"type\":\"integer\"}],\"additionalItems\":false}", "[1,2]", why, sizeof why));
+    cr_expect(strstr(why, "$[1]") || strstr(why, "item 1"), "%s", why);
     json_t *o = parse("{}"), *a = parse("[]");
     cr_expect(cons_json_validate(NULL, o, why, sizeof why));
     cr_expect(!cons_json_validate(NULL, a, NULL, 0));
@@ -860,6 +865,11 @@ static const char *const dfa_schemas[] = {
     "pet\"},\"n\":{\"type\":\"integer\",\"allOf\":[{\"minimum\":1},{\"maximum\":9}]}},\"required\":[\"pet\",\"n\"],"
     "\"$defs\":{\"Pet\":{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":8},"
     "\"kind\":{\"enum\":[\"cat\",\"dog\"]}},\"required\":[\"name\",\"kind\"],\"additionalProperties\":false}}}",
+    /* pydantic's Tuple[int, str, bool] (prefixItems), draft 4's array-form items */
+    "{\"type\":\"object\",\"properties\":{\"t\":{\"type\":\"array\",\"prefixItems\":[{\"type\":\"integer\"},{\"type\":"
+    "\"string\",\"maxLength\":4},{\"type\":\"boolean\"}],\"minItems\":3,\"maxItems\":3},\"e\":{\"prefixItems\":[]},"
+    "\"d4\":{\"type\":\"array\",\"items\":[{\"enum\":[\"a\",\"b\"]},{\"type\":\"number\",\"minimum\":0.5,\"maximum\":0.75}],"
+    "\"additionalItems\":false}},\"required\":[\"t\",\"e\",\"d4\"]}",
     /* an intersection of two object schemas */
     "{\"allOf\":[{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}},\"required\":[\"a\"]},"
     "{\"properties\":{\"b\":{\"type\":\"boolean\"}},\"required\":[\"b\"]},{\"type\":[\"object\",\"null\"]}]}",
