@@ -18,13 +18,14 @@
 #include <immintrin.h>
 #include <pthread.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cpu/cpu_kernels.h"
 
 #define BD_M 8           /* rows of x per pass */
 #define BD_MAX_R 4       /* rows of W per step, at most */
 #define XPAD 32          /* x rows in scratch are K + XPAD apart (L1 set spread) */
-#define L1_X_BYTES 24576 /* converted x a pass may keep in L1 (of 32 KiB or more) */
+#define L1_DEFAULT 32768 /* L1 data cache bytes when the system does not say */
 #ifndef PF_BYTES
 #define PF_BYTES 8192 /* software read-ahead of the weight rows (as cpu_kernels.inc) */
 #endif
@@ -32,6 +33,7 @@
 #define F8_Y_SCALE 72057594037927936.0f    /* 2^56 */
 
 static int usable;
+static int64_t l1_x_bytes; /* converted x a pass may keep in L1: 3/4 of it (32 KiB: 24 KiB; Zen 5's 48: 36) */
 static pthread_once_t usable_once = PTHREAD_ONCE_INIT;
 
 /* Also off when the AVX-512 kernels are (MLASERVE_CPU_SIMD=avx2|scalar). */
@@ -39,6 +41,8 @@ static void probe(void) {
     __builtin_cpu_init();
     const cpu_kernels *k = cpu_kernels_get();
     usable = k && !strcmp(k->name, "avx512") && __builtin_cpu_supports("avx512bf16");
+    long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    l1_x_bytes = (l1 >= 16384 && l1 <= (1 << 20) ? l1 : L1_DEFAULT) / 4 * 3;
 }
 
 int cpu_bf16dot_usable(void) {
@@ -159,7 +163,8 @@ PASS_FN(pass_bf16, 0)
  * down to 4, below which rereading W costs more than it saves. FP8 weights
  * are converted again in every pass: always BD_M. */
 static int pass_rows(const weight *w) {
-    const int64_t fit = L1_X_BYTES / ((w->cols + XPAD) * (int64_t)sizeof(uint16_t));
+    pthread_once(&usable_once, probe);
+    const int64_t fit = l1_x_bytes / ((w->cols + XPAD) * (int64_t)sizeof(uint16_t));
     return w->dtype != DTYPE_BF16 || fit >= BD_M || fit < 4 ? BD_M : (int)fit;
 }
 
