@@ -538,18 +538,27 @@ static const json_t *resolve_ref(cctx *c, const char *ref) {
     return name ? json_object_get(json_object_get(c->root, kind), key) : NULL;
 }
 
-static int32_t compile_ref(cctx *c, const json_t *s, int depth) {
+/* The target of s's "$ref", pushed on the stack of targets being expanded (the
+ * caller pops it: c->n_refs--), or NULL with err (not a string, not resolvable,
+ * or already on the stack: recursive). */
+static const json_t *ref_enter(cctx *c, const json_t *s) {
     const char *ref = json_string_value(json_object_get(s, "$ref"));
-    if (!ref) return ms_err_set(c->err, "json_schema: '$ref' must be a string");
-    if (count_constraints(s, "$ref", "$ref"))
-        return ms_err_set(c->err, "json_schema: '$ref' next to other keywords is not supported");
+    if (!ref) return ms_err_set(c->err, "json_schema: '$ref' must be a string"), NULL;
     const json_t *t = resolve_ref(c, ref);
     if (!t)
         return ms_err_set(c->err, "json_schema: $ref '%s' is not supported (only #/$defs/NAME and #/definitions/NAME "
-                                  "of the top schema)", ref);
+                                  "of the top schema)", ref), NULL;
     for (int i = 0; i < c->n_refs; i++)
-        if (c->refs[i] == t) return ms_err_set(c->err, "json_schema: recursive $ref '%s' is not supported", ref);
+        if (c->refs[i] == t) return ms_err_set(c->err, "json_schema: recursive $ref '%s' is not supported", ref), NULL;
     c->refs[c->n_refs++] = t;
+    return t;
+}
+
+static int32_t compile_ref(cctx *c, const json_t *s, int depth) {
+    if (json_is_string(json_object_get(s, "$ref")) && count_constraints(s, "$ref", "$ref"))
+        return ms_err_set(c->err, "json_schema: '$ref' next to other keywords is not supported");
+    const json_t *t = ref_enter(c, s);
+    if (!t) return -1;
     int32_t r = compile(c, t, depth + 1);
     c->n_refs--;
     return r;
@@ -866,7 +875,6 @@ out:
     return node;
 }
 
-/* Types implied by the keywords present when "type" is absent (0: any value). */
 /* ---- allOf: its parts merged into one schema ---------------------------------------- */
 
 static const char *const kw_lower[] = {"minimum", "minLength", "minItems", NULL}; /* merged: the larger */
@@ -951,11 +959,6 @@ static int merge_keyword(cctx *c, json_t *acc, const char *k, const json_t *v, c
 
 /* s with its allOf parts merged in (a new schema without allOf), or NULL with err. */
 static json_t *merge_allof(cctx *c, const json_t *s, int depth) {
-    const json_t *parts = json_object_get(s, "allOf");
-    if (!json_is_array(parts) || json_array_size(parts) == 0 || json_array_size(parts) > 64) {
-        ms_err_set(c->err, "json_schema: 'allOf' must be an array of 1 to 64 schemas");
-        return NULL;
-    }
     json_t *acc = json_object();
     if (acc && merge_part(c, acc, s, depth) == 0) return acc;
     if (!acc) ms_err_set(c->err, "json_schema: out of memory");
@@ -970,16 +973,12 @@ static int merge_part(cctx *c, json_t *acc, const json_t *part, int depth) {
     if (!json_is_object(part)) return ms_err_set(c->err, "json_schema: an 'allOf' part must be a schema object");
     if (check_keywords(c, part) < 0) return -1;
     const json_t *inner = json_object_get(part, "allOf");
-    const json_t *ref = json_object_get(part, "$ref");
-    if (ref) {
-        const json_t *t = json_is_string(ref) ? resolve_ref(c, json_string_value(ref)) : NULL;
-        if (!t) return ms_err_set(c->err, "json_schema: $ref '%s' is not supported (only #/$defs/NAME and "
-                                          "#/definitions/NAME of the top schema)", json_is_string(ref) ? json_string_value(ref) : "");
-        for (int i = 0; i < c->n_refs; i++)
-            if (c->refs[i] == t) return ms_err_set(c->err, "json_schema: recursive $ref '%s' is not supported", json_string_value(ref));
-        c->refs[c->n_refs++] = t;
-        int rc = merge_part(c, acc, t, depth + 1);
-        c->n_refs--;
+    if (inner && (!json_is_array(inner) || json_array_size(inner) == 0 || json_array_size(inner) > 64))
+        return ms_err_set(c->err, "json_schema: 'allOf' must be an array of 1 to 64 schemas");
+    if (json_object_get(part, "$ref")) {
+        const json_t *t = ref_enter(c, part);
+        int rc = t ? merge_part(c, acc, t, depth + 1) : -1;
+        if (t) c->n_refs--;
         if (rc < 0) return -1;
     }
     if (json_object_get(part, "properties") && merge_properties(c, acc, part) < 0) return -1;
@@ -988,7 +987,6 @@ static int merge_part(cctx *c, json_t *acc, const json_t *part, int depth) {
     json_object_foreach((json_t *)part, k, v) if (merge_keyword(c, acc, k, v, part) < 0) return -1;
     for (size_t i = 0; i < json_array_size(inner); i++)
         if (merge_part(c, acc, json_array_get(inner, i), depth + 1) < 0) return -1;
-    if (inner && !json_is_array(inner)) return ms_err_set(c->err, "json_schema: 'allOf' must be an array of 1 to 64 schemas");
     return 0;
 }
 
@@ -1000,6 +998,7 @@ static int32_t compile_allof(cctx *c, const json_t *s, int depth) {
     return r;
 }
 
+/* Types implied by the keywords present when "type" is absent (0: any value). */
 static uint32_t infer_types(const json_t *s) {
     uint32_t t = 0;
     if (json_object_get(s, "properties") || json_object_get(s, "required") || json_object_get(s, "additionalProperties"))

@@ -1225,66 +1225,35 @@ out:
 
 /* ---- length bounds ---- */
 
+/* Any bytes with lo..hi code point starts (hi UINT32_MAX: no upper bound; then
+ * state top = lo stands for "lo or more"). */
+static int length_automaton(uint32_t lo, uint32_t hi, uint32_t top, rdfa *out, ms_err *err) {
+    out->n = (int)top + 1;
+    out->next = malloc((size_t)out->n * 256 * sizeof *out->next);
+    out->rem = malloc((size_t)out->n * sizeof *out->rem);
+    if (!out->next || !out->rem) {
+        rdfa_free(out);
+        return ms_err_set(err, "regex: out of memory");
+    }
+    for (uint32_t cnt = 0; cnt <= top; cnt++) {
+        out->rem[cnt] = cnt >= lo ? 0 : lo - cnt; /* any byte can follow: costs are recomputed by the intersection */
+        for (int c = 0; c < 256; c++) {
+            uint32_t nc = cnt + ((c & 0xC0) != 0x80); /* a code point starts */
+            if (nc > top) nc = hi != UINT32_MAX ? UINT32_MAX : top;
+            out->next[(size_t)cnt * 256 + (size_t)c] = nc == UINT32_MAX ? -1 : (int32_t)nc;
+        }
+    }
+    return 0;
+}
+
 int rdfa_limit_length(rdfa *d, uint32_t lo, uint32_t hi, ms_err *err) {
     uint32_t top = hi != UINT32_MAX ? hi : lo; /* counts above top are all alike (no maxLength) */
     if ((uint64_t)d->n * ((uint64_t)top + 1) > (uint64_t)RDFA_MAX_STATES * 4 || top > 100000)
         return ms_err_set(err, "regex: the pattern with minLength/maxLength %u is too complex", top);
-    int n_pairs = d->n * (int)(top + 1);
-    int32_t *id = malloc((size_t)n_pairs * sizeof *id), *queue = malloc((size_t)n_pairs * sizeof *queue);
-    rdfa p = {0};
-    uint8_t *accepting = NULL;
-    int rc = -1;
-    if (!id || !queue) goto oom;
-    for (int i = 0; i < n_pairs; i++) id[i] = -1;
-    int qh = 0, qt = 0;
-    id[0] = 0, queue[qt++] = 0; /* pair = state * (top + 1) + count */
-    size_t cap = 64;
-    p.next = malloc(cap * 256 * sizeof *p.next);
-    accepting = malloc(cap);
-    if (!p.next || !accepting) goto oom;
-    while (qh < qt) {
-        int32_t pair = queue[qh++], s = pair / (int32_t)(top + 1);
-        uint32_t cnt = (uint32_t)(pair % (int32_t)(top + 1));
-        if ((size_t)qt + 256 > cap) {
-            cap = (size_t)qt + 256 > cap * 2 ? (size_t)qt + 256 : cap * 2;
-            int32_t *nx = realloc(p.next, cap * 256 * sizeof *nx);
-            uint8_t *ac = realloc(accepting, cap);
-            if (nx) p.next = nx;
-            if (ac) accepting = ac;
-            if (!nx || !ac) goto oom;
-        }
-        int32_t me = id[pair];
-        accepting[me] = d->rem[s] == 0 && cnt >= lo;
-        for (int c = 0; c < 256; c++) {
-            int32_t t = d->next[(size_t)s * 256 + (size_t)c], *slot = &p.next[(size_t)me * 256 + (size_t)c];
-            *slot = -1;
-            if (t < 0) continue;
-            uint32_t nc = cnt + ((c & 0xC0) != 0x80); /* a code point starts */
-            if (nc > top) {
-                if (hi != UINT32_MAX) continue; /* too long */
-                nc = top;
-            }
-            int32_t np = t * (int32_t)(top + 1) + (int32_t)nc;
-            if (id[np] < 0) id[np] = qt, queue[qt++] = np;
-            *slot = id[np];
-        }
-    }
-    p.n = qt;
-    if (p.n > RDFA_MAX_STATES * 4) {
-        ms_err_set(err, "regex: the pattern with minLength/maxLength is too complex");
-        goto out;
-    }
-    if (finish(&p, accepting, err)) goto out;
-    rdfa_free(d);
-    *d = p;
-    p.next = NULL, p.rem = NULL;
-    rc = 0;
-    goto out;
-oom:
-    ms_err_set(err, "regex: out of memory");
-out:
-    rdfa_free(&p);
-    free(accepting), free(id), free(queue);
+    rdfa len = {0};
+    if (length_automaton(lo, hi, top, &len, err) < 0) return -1;
+    int rc = rdfa_intersect(d, &len, err); /* at most d->n * (top + 1) states: within the limit checked above */
+    rdfa_free(&len);
     return rc;
 }
 
