@@ -58,19 +58,26 @@ void cons_vocab_free(cons_vocab *v);
 /* A grammar for one JSON value matching schema (not retained; NULL: any JSON
  * object, i.e. response_format json_object). Supported keywords: type (one or a
  * list), properties, required, additionalProperties, enum, const, items,
- * minItems, maxItems, minLength, maxLength, pattern (common/regex_dfa.h's
- * syntax; a search, as JSON Schema says; matches needing '"', '\' or control
- * characters are not produced; with minLength/maxLength too), minimum, maximum,
- * exclusiveMinimum, exclusiveMaximum (integers: exactly the integers in range;
- * numbers: the integers in range and decimals whose [k, k+1) lies inside, no
+ * prefixItems (and draft 4's array form of items, with additionalItems; written
+ * as exactly its items), minItems, maxItems, minLength, maxLength, pattern
+ * (common/regex_dfa.h's syntax; a search, as JSON Schema says; matches needing
+ * '"', '\' or control characters are not produced; with minLength/maxLength
+ * too), minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf
+ * (exactly: every decimal of up to 18 + 18 digits in range can be written, no
  * exponents), anyOf / oneOf (when the alternatives start with different
- * characters, e.g. string | null or object | array), $ref to "#/$defs/..." or
- * "#/definitions/..." (not recursive). format is enforced for date, time,
- * date-time, uuid, ipv4, email, hostname and uri (as patterns; others are
- * ignored). Ignored: title, description, default, examples, $schema, $id,
+ * characters, e.g. string | null or object | array), allOf (its parts merged
+ * into one schema; parts that disagree are an error), $ref to "#",
+ * "#/$defs/..." or "#/definitions/...". A recursive $ref (a tree, a linked
+ * list) is expanded as often as the limits allow — at most 16 times on one
+ * path, within the matcher's frames and the grammar's size — and where it
+ * cannot be expanded again the value is written without it (the other anyOf
+ * alternative, an optional property left out, an empty array); a schema whose
+ * every value recurses forever is an error. format is enforced for date,
+ * time, date-time, uuid, ipv4, email, hostname and uri (as patterns; others
+ * are ignored). Ignored: title, description, default, examples, $schema, $id,
  * $comment, $defs, definitions, readOnly, writeOnly, deprecated, strict and
  * "x-..." keys. Any other keyword gives NULL with err "json_schema keyword
- * 'multipleOf' is not supported".
+ * 'uniqueItems' is not supported".
  * Objects with declared properties emit them in declared order, required ones
  * always, optional ones when the model chooses, and no other keys (also when
  * additionalProperties is true or absent: the output is still valid).

@@ -27,15 +27,37 @@ const char *const gram_marker_text[GRAM_MK_COUNT] = {
 #define MAX_MIN_LEN (1u << 20) /* shortest matching value, bytes */
 #define MAX_SCHEMA_DEPTH 64    /* recursion while compiling */
 #define MAX_DFA_STATES 16384   /* automaton states (patterns, formats, bounds) in one grammar: 16 MiB of rows */
+#define MAX_RECURSION 16       /* a recursive $ref target is expanded at most this many times in one path */
+
+/* compile()'s answer for a schema with no value at this expansion depth: its
+ * every value needs a recursive $ref expanded once more than the grammar is
+ * built for (cctx.rec_limit). Not an error: a union drops it, an optional
+ * property is never written, an array stays empty. */
+#define NONE (-2)
 
 enum { T_STR = 1, T_NUM = 2, T_INT = 4, T_BOOL = 8, T_NULL = 16, T_OBJ = 32, T_ARR = 64, T_ALL = 127 };
+
+/* A compiled $ref target, kept for the next $ref to it made with the same
+ * targets being expanded: what compile() makes of a schema depends only on
+ * how often each target is on the stack, so the two may share one node. */
+typedef struct ref_memo {
+    int n;                     /* targets on the stack (the target itself included) */
+    const json_t **stack;      /* their addresses, sorted */
+    int32_t node;              /* the node, or NONE */
+} ref_memo;
 
 typedef struct cctx {
     cons_grammar *g;
     ms_err *err;
     const json_t *root;       /* the schema $ref resolves against */
     const json_t *refs[MAX_SCHEMA_DEPTH];
-    int n_refs;               /* $ref targets being compiled (cycle check) */
+    int n_refs;               /* $ref targets being expanded, outermost first */
+    int merge_base;           /* refs[merge_base ..]: those an allOf being merged entered */
+    int rec_limit;            /* a target may be on refs[] this many times; one more gives NONE */
+    int cut;                  /* 1 once some NONE came from rec_limit */
+    int limit;                /* 1 if the error is a size limit (a smaller rec_limit may fit) */
+    ref_memo *memo;
+    int n_memo, cap_memo;
     int32_t any, any_obj, str, num, integer; /* shared nodes, -1 until made */
 } cctx;
 
@@ -57,8 +79,20 @@ static int pool_grow(cctx *c, void **p, int32_t *cap, int32_t need, size_t elem)
          ? -1                                                                                      \
          : ((c)->g->n_##field += (count), (c)->g->n_##field - (count)))
 
+/* A size-limit error: c->limit tells the recursion search (build_grammar) to
+ * settle for fewer expansions. Returns -1. */
+static int limit_err(cctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int limit_err(cctx *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (c->err) vsnprintf(c->err->msg, sizeof c->err->msg, fmt, ap);
+    va_end(ap);
+    c->limit = 1;
+    return -1;
+}
+
 static int32_t new_node(cctx *c, gram_kind kind) {
-    if (c->g->n_nodes >= MAX_NODES) return ms_err_set(c->err, "json_schema: schema too large (over %d nodes)", MAX_NODES);
+    if (c->g->n_nodes >= MAX_NODES) return limit_err(c, "json_schema: schema too large (over %d nodes)", MAX_NODES);
     int32_t i = POOL_ADD(c, nodes, 1);
     if (i < 0) return -1;
     gram_node *n = &c->g->nodes[i];
@@ -119,7 +153,7 @@ static int32_t lit_trie(cctx *c, lit_in *lits, int n) {
         for (uint32_t d = l + 1; d <= lits[k].len; d++) {
             if (c->g->n_lits >= MAX_LITS) {
                 free(path);
-                return ms_err_set(c->err, "json_schema: schema too large (literals)");
+                return limit_err(c, "json_schema: schema too large (literals)");
             }
             int32_t t = POOL_ADD(c, lits, 1);
             if (t < 0) {
@@ -194,7 +228,7 @@ static int32_t make_number(cctx *c, int integer) {
 static int32_t make_dfa(cctx *c, const rdfa *d) {
     cons_grammar *g = c->g;
     if (g->n_dfa + d->n > MAX_DFA_STATES)
-        return ms_err_set(c->err, "json_schema: patterns, formats and bounds need over %d automaton states", MAX_DFA_STATES);
+        return limit_err(c, "json_schema: patterns, formats and bounds need over %d automaton states", MAX_DFA_STATES);
     int32_t base = g->n_dfa, n = g->n_dfa + d->n;
     int32_t *next = realloc(g->dfa_next, (size_t)n * 256 * sizeof *next);
     if (next) g->dfa_next = next;
@@ -380,8 +414,8 @@ static int32_t make_seq(cctx *c, const seq_part *parts, int n_parts) {
 static int check_min_lens(cctx *c) {
     for (int32_t i = 0; i < c->g->n_nodes; i++)
         if (c->g->nodes[i].min_len > MAX_MIN_LEN)
-            return ms_err_set(c->err, "json_schema: a value the schema allows is at least %u bytes long (at most %u "
-                                      "are supported)", c->g->nodes[i].min_len, MAX_MIN_LEN);
+            return limit_err(c, "json_schema: a value the schema allows is at least %u bytes long (at most %u are "
+                                "supported)", c->g->nodes[i].min_len, MAX_MIN_LEN);
     return 0;
 }
 
@@ -402,8 +436,7 @@ static int32_t make_root(cctx *c, int32_t value, int ws) {
         first_add(n, '\r');
     }
     if (n->depth > GRAM_MAX_DEPTH)
-        return ms_err_set(c->err, "json_schema: nesting needs %u levels; at most %d are supported", n->depth,
-                          GRAM_MAX_DEPTH);
+        return limit_err(c, "json_schema: nesting needs %u levels; at most %d are supported", n->depth, GRAM_MAX_DEPTH);
     return check_min_lens(c) < 0 ? -1 : i;
 }
 
@@ -488,6 +521,13 @@ static int value_has_type(const json_t *v, uint32_t types) {
 
 static int32_t compile(cctx *c, const json_t *s, int depth);
 
+/* Appends alternative a to alts[*n] unless it is NONE; -1 if a is an error. */
+static int add_alt(int32_t *alts, int *n, int32_t a) {
+    if (a == -1) return -1;
+    if (a != NONE) alts[(*n)++] = a;
+    return 0;
+}
+
 /* enum / const: the allowed values as literal text (jansson's compact form). */
 static int32_t compile_enum(cctx *c, const json_t *s, uint32_t types) {
     const json_t *e = json_object_get(s, "enum"), *k = json_object_get(s, "const");
@@ -538,28 +578,87 @@ static const json_t *resolve_ref(cctx *c, const char *ref) {
     return name ? json_object_get(json_object_get(c->root, kind), key) : NULL;
 }
 
-/* The target of s's "$ref", pushed on the stack of targets being expanded (the
- * caller pops it: c->n_refs--), or NULL with err (not a string, not resolvable,
- * or already on the stack: recursive). */
-static const json_t *ref_enter(cctx *c, const json_t *s) {
+/* The target of s's "$ref", or NULL with err (not a string, not resolvable). */
+static const json_t *ref_target(cctx *c, const json_t *s) {
     const char *ref = json_string_value(json_object_get(s, "$ref"));
     if (!ref) return ms_err_set(c->err, "json_schema: '$ref' must be a string"), NULL;
     const json_t *t = resolve_ref(c, ref);
     if (!t)
-        return ms_err_set(c->err, "json_schema: $ref '%s' is not supported (only #/$defs/NAME and #/definitions/NAME "
-                                  "of the top schema)", ref), NULL;
-    for (int i = 0; i < c->n_refs; i++)
-        if (c->refs[i] == t) return ms_err_set(c->err, "json_schema: recursive $ref '%s' is not supported", ref), NULL;
-    c->refs[c->n_refs++] = t;
+        ms_err_set(c->err, "json_schema: $ref '%s' is not supported (only #, #/$defs/NAME and #/definitions/NAME of the "
+                           "top schema)", ref);
     return t;
 }
 
+/* Times t is on the stack of targets being expanded, from refs[from] on. */
+static int ref_count(const cctx *c, const json_t *t, int from) {
+    int n = 0;
+    for (int i = from; i < c->n_refs; i++) n += c->refs[i] == t;
+    return n;
+}
+
+/* Pushes t on that stack (the caller pops it). 0, or -1 with a limit error. */
+static int ref_push(cctx *c, const json_t *t) {
+    if (c->n_refs == MAX_SCHEMA_DEPTH) return limit_err(c, "json_schema: schema nested too deeply");
+    c->refs[c->n_refs++] = t;
+    return 0;
+}
+
+static int ptr_cmp(const void *a, const void *b) {
+    uintptr_t x = (uintptr_t) * (const json_t *const *)a, y = (uintptr_t) * (const json_t *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The stack of targets, sorted, into sig[0 .. c->n_refs). */
+static void ref_signature(const cctx *c, const json_t **sig) {
+    memcpy(sig, c->refs, (size_t)c->n_refs * sizeof *sig);
+    qsort(sig, (size_t)c->n_refs, sizeof *sig, ptr_cmp);
+}
+
+static const ref_memo *memo_find(const cctx *c, const json_t *const *sig) {
+    for (int i = 0; i < c->n_memo; i++)
+        if (c->memo[i].n == c->n_refs && !memcmp(c->memo[i].stack, sig, (size_t)c->n_refs * sizeof *sig))
+            return &c->memo[i];
+    return NULL;
+}
+
+/* Remembers node for sig; 0, or -1 with err. */
+static int memo_add(cctx *c, const json_t *const *sig, int32_t node) {
+    if (c->n_memo == c->cap_memo) {
+        int cap = c->cap_memo ? 2 * c->cap_memo : 16;
+        ref_memo *m = realloc(c->memo, (size_t)cap * sizeof *m);
+        if (!m) return ms_err_set(c->err, "json_schema: out of memory");
+        c->memo = m;
+        c->cap_memo = cap;
+    }
+    const json_t **copy = malloc((size_t)c->n_refs * sizeof *copy);
+    if (!copy) return ms_err_set(c->err, "json_schema: out of memory");
+    memcpy(copy, sig, (size_t)c->n_refs * sizeof *copy);
+    c->memo[c->n_memo++] = (ref_memo){c->n_refs, copy, node};
+    return 0;
+}
+
+static void memo_free(cctx *c) {
+    for (int i = 0; i < c->n_memo; i++) free(c->memo[i].stack);
+    free(c->memo);
+    c->memo = NULL;
+    c->n_memo = c->cap_memo = 0;
+}
+
+/* A recursive target is expanded again while it is on the stack fewer than
+ * rec_limit times; then it is NONE. An expansion made before with the same
+ * stack is shared (ref_memo). */
 static int32_t compile_ref(cctx *c, const json_t *s, int depth) {
     if (json_is_string(json_object_get(s, "$ref")) && count_constraints(s, "$ref", "$ref"))
         return ms_err_set(c->err, "json_schema: '$ref' next to other keywords is not supported");
-    const json_t *t = ref_enter(c, s);
+    const json_t *t = ref_target(c, s);
     if (!t) return -1;
-    int32_t r = compile(c, t, depth + 1);
+    if (ref_count(c, t, 0) >= c->rec_limit) return c->cut = 1, NONE;
+    if (ref_push(c, t) < 0) return -1;
+    const json_t *sig[MAX_SCHEMA_DEPTH];
+    ref_signature(c, sig);
+    const ref_memo *m = memo_find(c, sig);
+    int32_t r = m ? m->node : compile(c, t, depth + 1);
+    if (!m && r != -1 && memo_add(c, sig, r) < 0) r = -1;
     c->n_refs--;
     return r;
 }
@@ -573,9 +672,10 @@ static int32_t compile_anyof(cctx *c, const json_t *s, int depth) {
     if (!json_is_array(alts) || n == 0 || n > 64)
         return ms_err_set(c->err, "json_schema: '%s' must be an array of 1 to 64 schemas", kw);
     int32_t nodes[64];
+    int m = 0;
     for (size_t i = 0; i < n; i++)
-        if ((nodes[i] = compile(c, json_array_get(alts, i), depth + 1)) < 0) return -1;
-    return make_union(c, nodes, (int)n, kw);
+        if (add_alt(nodes, &m, compile(c, json_array_get(alts, i), depth + 1)) < 0) return -1;
+    return m ? make_union(c, nodes, m, kw) : NONE;
 }
 
 /* "format" values enforced, as full-match patterns (others are ignored). */
@@ -723,7 +823,7 @@ static int32_t compile_tuple(cctx *c, const json_t *tuple, uint32_t lo, uint32_t
     parts[np++] = SP_TEXT("[");
     for (size_t i = 0; i < n; i++) {
         int32_t it = compile(c, json_array_get(tuple, i), depth + 1);
-        if (it < 0) return -1;
+        if (it < 0) return it; /* an error, or NONE: so is the tuple */
         if (i) parts[np++] = SP_TEXT(",");
         parts[np++] = SP_NODE(it);
     }
@@ -739,6 +839,9 @@ static int32_t compile_array(cctx *c, const json_t *s, int depth) {
     const json_t *tuple = json_object_get(s, "prefixItems") ? json_object_get(s, "prefixItems") : json_is_array(items) ? items : NULL;
     if (tuple) return compile_tuple(c, tuple, lo, hi, depth);
     int32_t it = items ? compile(c, items, depth + 1) : make_any(c);
+    const int empty = it == NONE; /* items without a value: only [] */
+    if (empty && lo > 0) return NONE;
+    if (empty) it = make_any(c), hi = 0;
     int32_t i = it < 0 ? -1 : new_node(c, G_ARRAY);
     if (i < 0) return -1;
     gram_node *n = &c->g->nodes[i];
@@ -747,7 +850,7 @@ static int32_t compile_array(cctx *c, const json_t *s, int depth) {
     n->lo = lo;
     n->hi = hi;
     n->min_len = sat_add(2, lo ? sat_add(sat_mul(lo, in->min_len), lo - 1) : 0);
-    n->depth = 1 + in->depth;
+    n->depth = empty ? 1 : 1 + in->depth;
     first_add(n, '[');
     return i;
 }
@@ -830,23 +933,35 @@ static int32_t compile_object(cctx *c, const json_t *s, int depth) {
     if (collect_props(c, s, in, &n) < 0) goto out;
     if (n == 0 && !json_is_false(addl)) {
         int32_t val = json_is_object(addl) ? compile(c, addl, depth + 1) : -1;
-        node = json_is_object(addl) && val < 0 ? -1 : make_any_object(c, val);
-        goto out;
+        if (val != NONE) { /* NONE: values without a value, so only {} (below) */
+            node = json_is_object(addl) && val < 0 ? -1 : make_any_object(c, val);
+            goto out;
+        }
     }
-    int32_t base = POOL_ADD(c, props, n);
-    if (base < 0) goto out;
+    int32_t vals[MAX_PROPS];
+    int kept = 0; /* properties with a value; an optional one without (NONE) is never written */
     for (int j = 0; j < n; j++) {
         int32_t v = in[j].schema ? compile(c, in[j].schema, depth + 1) : make_any(c);
+        if (v == -1 || (v == NONE && in[j].required)) {
+            node = v;
+            goto out;
+        }
+        if (v == NONE) continue;
         json_t *js = json_string(in[j].name);
-        keys[j] = js ? json_dumps(js, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+        keys[kept] = js ? json_dumps(js, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
         json_decref(js);
-        if (v < 0) goto out;
-        if (!keys[j]) {
+        if (!keys[kept]) {
             ms_err_set(c->err, "json_schema: out of memory");
             goto out;
         }
-        c->g->props[base + j] = (gram_prop){.node = v, .key_len = (uint32_t)strlen(keys[j]), .required = (uint8_t)in[j].required};
+        in[kept] = in[j];
+        vals[kept++] = v;
     }
+    n = kept;
+    int32_t base = POOL_ADD(c, props, n);
+    if (base < 0) goto out;
+    for (int j = 0; j < n; j++)
+        c->g->props[base + j] = (gram_prop){.node = vals[j], .key_len = (uint32_t)strlen(keys[j]), .required = (uint8_t)in[j].required};
     uint32_t tail = 1, depth_max = 0;
     for (int j = n; j-- > 0;) {
         gram_prop *p = &c->g->props[base + j];
@@ -957,18 +1072,24 @@ static int merge_keyword(cctx *c, json_t *acc, const char *k, const json_t *v, c
     return ms_err_set(c->err, "json_schema: 'allOf' parts with different '%s' are not supported", k);
 }
 
-/* s with its allOf parts merged in (a new schema without allOf), or NULL with err. */
-static json_t *merge_allof(cctx *c, const json_t *s, int depth) {
+/* s with its allOf parts merged in (a new schema without allOf) in *out; 0,
+ * 1 (NONE: a part is a recursive target at its limit) or -1 with err. The
+ * targets the parts' $refs entered stay on c->refs (the caller pops them). */
+static int merge_allof(cctx *c, const json_t *s, int depth, json_t **out) {
     json_t *acc = json_object();
-    if (acc && merge_part(c, acc, s, depth) == 0) return acc;
-    if (!acc) ms_err_set(c->err, "json_schema: out of memory");
-    json_decref(acc);
-    return NULL;
+    int outer = c->merge_base;
+    c->merge_base = c->n_refs;
+    int rc = acc ? merge_part(c, acc, s, depth) : ms_err_set(c->err, "json_schema: out of memory");
+    c->merge_base = outer;
+    if (rc == 0) *out = acc;
+    else json_decref(acc);
+    return rc;
 }
 
-/* Merges one allOf part (its own allOf and $ref resolved first) into acc. */
+/* Merges one allOf part (its own allOf and $ref resolved first) into acc: 0,
+ * 1 (NONE) or -1 with err. A target this merge entered already adds nothing. */
 static int merge_part(cctx *c, json_t *acc, const json_t *part, int depth) {
-    if (depth > MAX_SCHEMA_DEPTH) return ms_err_set(c->err, "json_schema: schema nested too deeply");
+    if (depth > MAX_SCHEMA_DEPTH) return limit_err(c, "json_schema: schema nested too deeply");
     if (json_is_true(part)) return 0;
     if (!json_is_object(part)) return ms_err_set(c->err, "json_schema: an 'allOf' part must be a schema object");
     if (check_keywords(c, part) < 0) return -1;
@@ -976,25 +1097,32 @@ static int merge_part(cctx *c, json_t *acc, const json_t *part, int depth) {
     if (inner && (!json_is_array(inner) || json_array_size(inner) == 0 || json_array_size(inner) > 64))
         return ms_err_set(c->err, "json_schema: 'allOf' must be an array of 1 to 64 schemas");
     if (json_object_get(part, "$ref")) {
-        const json_t *t = ref_enter(c, part);
-        int rc = t ? merge_part(c, acc, t, depth + 1) : -1;
-        if (t) c->n_refs--;
-        if (rc < 0) return -1;
+        const json_t *t = ref_target(c, part);
+        if (!t) return -1;
+        if (ref_count(c, t, 0) >= c->rec_limit && !ref_count(c, t, c->merge_base)) return c->cut = 1, 1;
+        int rc = ref_count(c, t, c->merge_base) ? 0 : ref_push(c, t) < 0 ? -1 : merge_part(c, acc, t, depth + 1);
+        if (rc) return rc;
     }
     if (json_object_get(part, "properties") && merge_properties(c, acc, part) < 0) return -1;
     const char *k;
     json_t *v;
     json_object_foreach((json_t *)part, k, v) if (merge_keyword(c, acc, k, v, part) < 0) return -1;
-    for (size_t i = 0; i < json_array_size(inner); i++)
-        if (merge_part(c, acc, json_array_get(inner, i), depth + 1) < 0) return -1;
+    for (size_t i = 0; i < json_array_size(inner); i++) {
+        int rc = merge_part(c, acc, json_array_get(inner, i), depth + 1);
+        if (rc) return rc;
+    }
     return 0;
 }
 
+/* The merged schema is compiled with the targets its parts entered still on
+ * the stack: a $ref back to one of them inside is recursion. */
 static int32_t compile_allof(cctx *c, const json_t *s, int depth) {
-    json_t *m = merge_allof(c, s, depth);
-    if (!m) return -1;
-    int32_t r = compile(c, m, depth + 1);
+    const int base = c->n_refs;
+    json_t *m = NULL;
+    int rc = merge_allof(c, s, depth, &m);
+    int32_t r = rc < 0 ? -1 : rc > 0 ? NONE : compile(c, m, depth + 1);
     json_decref(m);
+    c->n_refs = base;
     return r;
 }
 
@@ -1014,7 +1142,7 @@ static uint32_t infer_types(const json_t *s) {
 }
 
 static int32_t compile(cctx *c, const json_t *s, int depth) {
-    if (depth > MAX_SCHEMA_DEPTH) return ms_err_set(c->err, "json_schema: schema nested too deeply");
+    if (depth > MAX_SCHEMA_DEPTH) return limit_err(c, "json_schema: schema nested too deeply");
     if (json_is_true(s)) return make_any(c);
     if (json_is_false(s)) return ms_err_set(c->err, "json_schema: schema false (matches nothing) is not supported");
     if (!json_is_object(s)) return ms_err_set(c->err, "json_schema: a schema must be an object or a boolean");
@@ -1032,12 +1160,12 @@ static int32_t compile(cctx *c, const json_t *s, int depth) {
     if (types & T_NUM) types &= ~(uint32_t)T_INT;
     int32_t alts[6];
     int n = 0;
-    if ((types & T_OBJ) && (alts[n++] = compile_object(c, s, depth)) < 0) return -1;
-    if ((types & T_ARR) && (alts[n++] = compile_array(c, s, depth)) < 0) return -1;
-    if ((types & T_STR) && (alts[n++] = compile_string(c, s)) < 0) return -1;
-    if ((types & (T_NUM | T_INT)) && (alts[n++] = compile_number(c, s, !(types & T_NUM))) < 0) return -1;
-    if ((types & (T_BOOL | T_NULL)) && (alts[n++] = make_tfn(c, types)) < 0) return -1;
-    return make_union(c, alts, n, "type");
+    if ((types & T_OBJ) && add_alt(alts, &n, compile_object(c, s, depth)) < 0) return -1;
+    if ((types & T_ARR) && add_alt(alts, &n, compile_array(c, s, depth)) < 0) return -1;
+    if ((types & T_STR) && add_alt(alts, &n, compile_string(c, s)) < 0) return -1;
+    if ((types & (T_NUM | T_INT)) && add_alt(alts, &n, compile_number(c, s, !(types & T_NUM))) < 0) return -1;
+    if ((types & (T_BOOL | T_NULL)) && add_alt(alts, &n, make_tfn(c, types)) < 0) return -1;
+    return n ? make_union(c, alts, n, "type") : NONE;
 }
 
 /* ---- public: building grammars -------------------------------------------------- */
@@ -1047,6 +1175,7 @@ static cons_grammar *grammar_new(cctx *c, const json_t *root, ms_err *err) {
     c->err = err;
     c->root = root;
     c->any = c->any_obj = c->str = c->num = c->integer = -1;
+    c->rec_limit = 1;
     c->g = calloc(1, sizeof *c->g);
     if (!c->g) ms_err_set(err, "json_schema: out of memory");
     return c->g;
@@ -1065,16 +1194,51 @@ void cons_grammar_free(cons_grammar *g) {
     free(g);
 }
 
-cons_grammar *cons_grammar_json(const json_t *schema, ms_err *err) {
-    cctx c;
-    if (!grammar_new(&c, schema, err)) return NULL;
-    int32_t v = schema ? compile(&c, schema, 0) : make_any_object(&c, -1);
-    if (v < 0 || (c.g->root = make_root(&c, v, 1)) < 0) {
-        cons_grammar_free(c.g);
-        return NULL;
-    }
-    return c.g;
+/* The error for a schema compiled to NONE with rec_limit 1: no value at all
+ * (a value with a target twice on one path can lose the outer one). */
+static int no_value_err(cctx *c) {
+    return ms_err_set(c->err, "json_schema: no finite value matches (every value needs another level of a recursive $ref)");
 }
+
+/* Builds a grammar with build(c, arg) (its root node, or -1 with err),
+ * expanding recursive $ref targets as often as the limits allow: rec_limit 1,
+ * 2, ... MAX_RECURSION while some recursion was cut (NONE) and the grammar
+ * still fits (nodes, matcher frames, automaton states); the last that fitted
+ * is kept. An error at rec_limit 1, or one that is not a size limit, is the
+ * answer. */
+typedef int32_t (*build_fn)(cctx *c, const void *arg);
+
+static cons_grammar *build_grammar(build_fn build, const void *arg, ms_err *err) {
+    cons_grammar *best = NULL;
+    for (int k = 1; k <= MAX_RECURSION; k++) {
+        ms_err e = {{0}};
+        cctx c;
+        int32_t root = grammar_new(&c, NULL, &e) ? (c.rec_limit = k, build(&c, arg)) : -1;
+        memo_free(&c);
+        if (root < 0) {
+            cons_grammar_free(c.g);
+            if (best && c.limit) break;
+            cons_grammar_free(best);
+            if (err) *err = e;
+            return NULL;
+        }
+        c.g->root = root;
+        cons_grammar_free(best);
+        best = c.g;
+        if (!c.cut) break;
+    }
+    return best;
+}
+
+static int32_t build_json(cctx *c, const void *arg) {
+    const json_t *schema = arg;
+    c->root = schema;
+    int32_t v = schema ? compile(c, schema, 0) : make_any_object(c, -1);
+    if (v == NONE) return no_value_err(c);
+    return v < 0 ? -1 : make_root(c, v, 1);
+}
+
+cons_grammar *cons_grammar_json(const json_t *schema, ms_err *err) { return build_grammar(build_json, schema, err); }
 
 static int check_choices(const char *const *choices, int n, ms_err *err) {
     if (n < 1) return ms_err_set(err, "choice: at least one choice is needed");
@@ -1150,6 +1314,7 @@ static int32_t make_tool_switch(cctx *c, const char *const *names, const json_t 
     for (int i = 0; i < n_tools; i++) {
         c->root = params[i];
         int32_t args = params[i] ? compile(c, params[i], 0) : make_any_object(c, -1);
+        if (args == NONE) args = no_value_err(c);
         if (args < 0) {
             ms_err_prefix(c->err, "tool '%s' parameters", names[i]);
             goto out;
@@ -1188,38 +1353,45 @@ out:
 /* V3: CALLS_BEGIN (CALL_BEGIN "function" SEP tool) repeated with "\n" between, CALLS_END.
  * V3.1: CALLS_BEGIN CALL_BEGIN tool repeated with CALL_BEGIN between, CALLS_END
  * (the repeat's separator is the next call's opening marker). */
-cons_grammar *cons_grammar_tool_calls(const char *const *names, const json_t *const *params, int n_tools,
-                                      int parallel, cons_tool_format format, ms_err *err) {
-    if (check_tool_names(names, n_tools, err) < 0) return NULL;
-    const int v31 = format == CONS_TOOLS_V31;
-    cctx c;
-    if (!grammar_new(&c, NULL, err)) return NULL;
-    int32_t sw = make_tool_switch(&c, names, params, n_tools, format);
+typedef struct tools_in {
+    const char *const *names;
+    const json_t *const *params;
+    int n_tools, parallel;
+    cons_tool_format format;
+} tools_in;
+
+static int32_t build_tools(cctx *c, const void *arg) {
+    const tools_in *t = arg;
+    const int v31 = t->format == CONS_TOOLS_V31;
+    int32_t sw = make_tool_switch(c, t->names, t->params, t->n_tools, t->format);
     seq_part call[] = {SP_MK(GRAM_MK_CALL_BEGIN), SP_TEXT("function"), SP_MK(GRAM_MK_SEP), SP_NODE(sw)};
-    int32_t one = sw < 0 ? -1 : v31 ? sw : make_seq(&c, call, 4);
-    int32_t rep = one < 0 ? -1 : new_node(&c, G_REPEAT);
-    int32_t sep = rep < 0 ? -1 : POOL_ADD(&c, syms, 1);
+    int32_t one = sw < 0 ? -1 : v31 ? sw : make_seq(c, call, 4);
+    int32_t rep = one < 0 ? -1 : new_node(c, G_REPEAT);
+    int32_t sep = rep < 0 ? -1 : POOL_ADD(c, syms, 1);
     if (sep >= 0) {
-        gram_node *r = &c.g->nodes[rep];
-        const gram_node *o = &c.g->nodes[one];
-        c.g->syms[sep] = v31 ? GRAM_SYM_MARKER + GRAM_MK_CALL_BEGIN : '\n';
+        gram_node *r = &c->g->nodes[rep];
+        const gram_node *o = &c->g->nodes[one];
+        c->g->syms[sep] = v31 ? GRAM_SYM_MARKER + GRAM_MK_CALL_BEGIN : '\n';
         r->child = one;
         r->list = sep;
         r->n = 1;
         r->lo = 1;
-        r->hi = parallel ? GRAM_INF : 1;
+        r->hi = t->parallel ? GRAM_INF : 1;
         r->min_len = o->min_len;
         r->depth = 1 + o->depth;
         first_or(r, o);
     }
     seq_part v3_top[] = {SP_MK(GRAM_MK_CALLS_BEGIN), SP_NODE(rep), SP_MK(GRAM_MK_CALLS_END)};
     seq_part v31_top[] = {SP_MK(GRAM_MK_CALLS_BEGIN), SP_MK(GRAM_MK_CALL_BEGIN), SP_NODE(rep), SP_MK(GRAM_MK_CALLS_END)};
-    int32_t all = sep < 0 ? -1 : v31 ? make_seq(&c, v31_top, 4) : make_seq(&c, v3_top, 3);
-    if (all < 0 || (c.g->root = make_root(&c, all, 0)) < 0) {
-        cons_grammar_free(c.g);
-        return NULL;
-    }
-    return c.g;
+    int32_t all = sep < 0 ? -1 : v31 ? make_seq(c, v31_top, 4) : make_seq(c, v3_top, 3);
+    return all < 0 ? -1 : make_root(c, all, 0);
+}
+
+cons_grammar *cons_grammar_tool_calls(const char *const *names, const json_t *const *params, int n_tools,
+                                      int parallel, cons_tool_format format, ms_err *err) {
+    if (check_tool_names(names, n_tools, err) < 0) return NULL;
+    tools_in t = {names, params, n_tools, parallel, format};
+    return build_grammar(build_tools, &t, err);
 }
 
 /* ---- validation -------------------------------------------------------------------- */

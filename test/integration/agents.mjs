@@ -39,7 +39,8 @@ const FORMATS = {
 };
 
 export function validate(s, v, path = '$', root = s) {
-  if (s.$ref !== undefined) {
+  if (s.$ref === '#') validate(root, v, path, root);
+  else if (s.$ref !== undefined) {
     const m = /^#\/(\$defs|definitions)\/(.+)$/.exec(s.$ref);
     if (!m || !root[m[1]] || !root[m[1]][m[2]]) throw new Error(`${path}: cannot resolve ${s.$ref}`);
     validate(root[m[1]][m[2]], v, path, root);
@@ -111,6 +112,9 @@ const S = {
   // pydantic's Tuple[int, str, float]
   tuple: { type: 'object', properties: { t: { type: 'array', prefixItems: [{ type: 'integer' }, { type: 'string', maxLength: 6 }, { type: 'number', minimum: 0.25, maximum: 0.5 }], minItems: 3, maxItems: 3 } }, required: ['t'] },
   // pydantic's shape for a described model field: allOf around a $ref
+  // recursive: a tree through "#" (OpenAI's UI example) and a linked list through $defs
+  tree: { type: 'object', properties: { name: { type: 'string', maxLength: 8 }, children: { type: 'array', items: { $ref: '#' }, maxItems: 2 } }, required: ['name', 'children'], additionalProperties: false },
+  linked: { $defs: { Node: { type: 'object', properties: { value: { type: 'integer' }, next: { anyOf: [{ $ref: '#/$defs/Node' }, { type: 'null' }] } }, required: ['value', 'next'] } }, $ref: '#/$defs/Node' },
   pydantic: { $defs: { Pet: { type: 'object', properties: { name: { type: 'string', maxLength: 10 }, kind: { enum: ['cat', 'dog'] } }, required: ['name', 'kind'], additionalProperties: false } }, type: 'object', properties: { pet: { allOf: [{ $ref: '#/$defs/Pet' }], description: 'the pet' }, count: { allOf: [{ type: 'integer' }, { minimum: 1 }, { maximum: 9 }] } }, required: ['pet', 'count'] },
 };
 const names = Object.keys(S);

@@ -107,9 +107,13 @@ Test(constrain, unsupported_keywords_are_named) {
     expect_error("{\"type\":\"array\",\"prefixItems\":[{\"type\":\"string\"}],\"minItems\":2}", "exactly its 1 items");
     expect_error("{\"type\":\"array\",\"prefixItems\":{}}", "'prefixItems' must be an array");
     expect_error("{\"$ref\":\"http://example.com/s.json\"}", "$ref 'http://example.com/s.json' is not supported");
-    expect_error("{\"$defs\":{\"n\":{\"type\":\"object\",\"properties\":{\"next\":{\"$ref\":\"#/$defs/n\"}}}},"
-                 "\"$ref\":\"#/$defs/n\"}",
-                 "recursive $ref");
+    expect_error("{\"$defs\":{\"n\":{\"type\":\"object\",\"properties\":{\"next\":{\"$ref\":\"#/$defs/n\"}},"
+                 "\"required\":[\"next\"]}},\"$ref\":\"#/$defs/n\"}",
+                 "no finite value");
+    expect_error("{\"$ref\":\"#\"}", "no finite value");
+    /* fine with one expansion (the inner alternative is dropped), two overlap */
+    expect_error("{\"$defs\":{\"n\":{\"anyOf\":[{\"$ref\":\"#/$defs/n\"},{\"type\":\"object\"}]}},\"$ref\":\"#/$defs/n\"}",
+                 "'anyOf' alternatives");
     expect_error("{\"anyOf\":[{\"type\":\"object\"},{\"type\":\"object\",\"properties\":{\"a\":{}}}]}",
                  "'anyOf' alternatives that can start with the same character");
     expect_error("{\"oneOf\":[{\"type\":\"integer\"},{\"type\":\"number\"}]}", "'oneOf' alternatives");
@@ -828,11 +832,109 @@ Test(constrain, validator) {
     cr_expect(!valid("{\"prefixItems\":[{\"type\":\"integer\"},{\"type\":\"string\"}]}", "[1,2]", why, sizeof why));
     cr_expect(!valid("{\"items\":[{\"type\":\"integer\"}],\"additionalItems\":false}", "[1,2]", why, sizeof why));
     cr_expect(strstr(why, "$[1]") || strstr(why, "item 1"), "%s", why);
+    const char *list = "{\"type\":\"object\",\"properties\":{\"n\":{\"anyOf\":[{\"$ref\":\"#\"},{\"type\":\"null\"}]}},"
+                       "\"required\":[\"n\"]}";
+    cr_expect(valid(list, "{\"n\":{\"n\":{\"n\":null}}}", why, sizeof why), "%s", why);
+    cr_expect(!valid(list, "{\"n\":{\"n\":{\"n\":1}}}", why, sizeof why));
     json_t *o = parse("{}"), *a = parse("[]");
     cr_expect(cons_json_validate(NULL, o, why, sizeof why));
     cr_expect(!cons_json_validate(NULL, a, NULL, 0));
     json_decref(o);
     json_decref(a);
+}
+
+/* ---- recursive $ref ------------------------------------------------------------------ */
+
+static const char *const rec_schemas[] = {
+    /* a tree through "#" (OpenAI's UI example) */
+    "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":3},\"children\":{\"type\":"
+    "\"array\",\"items\":{\"$ref\":\"#\"},\"maxItems\":3}},\"required\":[\"name\",\"children\"],"
+    "\"additionalProperties\":false}",
+    /* a linked list: next is a node or null */
+    "{\"$defs\":{\"node\":{\"type\":\"object\",\"properties\":{\"v\":{\"type\":\"integer\"},\"next\":{\"anyOf\":"
+    "[{\"$ref\":\"#/$defs/node\"},{\"type\":\"null\"}]}},\"required\":[\"v\",\"next\"]}},\"$ref\":\"#/$defs/node\"}",
+    /* mutual recursion */
+    "{\"$defs\":{\"a\":{\"type\":\"object\",\"properties\":{\"b\":{\"$ref\":\"#/$defs/b\"}}},\"b\":{\"type\":"
+    "\"array\",\"items\":{\"$ref\":\"#/$defs/a\"},\"maxItems\":2}},\"$ref\":\"#/$defs/a\"}",
+    /* a binary tree: two recursive refs a level, so the node limit decides the depth */
+    "{\"$defs\":{\"t\":{\"type\":\"object\",\"properties\":{\"k\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":"
+    "9},\"l\":{\"$ref\":\"#/$defs/t\"},\"r\":{\"$ref\":\"#/$defs/t\"}},\"required\":[\"k\"]}},\"$ref\":\"#/$defs/t\"}",
+    /* pydantic: an Optional["N"] field with a description (allOf around the $ref) */
+    "{\"$defs\":{\"N\":{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"boolean\"},\"child\":{\"anyOf\":[{"
+    "\"allOf\":[{\"$ref\":\"#/$defs/N\"}],\"description\":\"c\"},{\"type\":\"null\"}]}},\"required\":[\"x\","
+    "\"child\"]}},\"$ref\":\"#/$defs/N\"}",
+    /* a recursive property in additionalProperties (a nested dictionary) */
+    "{\"$defs\":{\"d\":{\"type\":\"object\",\"additionalProperties\":{\"anyOf\":[{\"$ref\":\"#/$defs/d\"},{\"type\":"
+    "\"integer\"}]}}},\"$ref\":\"#/$defs/d\"}",
+};
+
+/* Random walks: the validator (which follows $ref as deep as the value goes)
+ * accepts each output; the mask equals the reference along the way. */
+Test(constrain, recursive_ref_walks, .init = setup, .fini = teardown) {
+    for (size_t k = 0; k < sizeof rec_schemas / sizeof *rec_schemas; k++) {
+        cons_grammar *g = grammar(rec_schemas[k]);
+        for (int b = 0; b < 4; b++) {
+            char what[96];
+            const int budget = (int[]){1, 40, 120, 300}[b];
+            snprintf(what, sizeof what, "recursive schema %zu budget %d", k, budget);
+            char *text = walk(g, 0, (walk_opts){budget, 5000 + 10 * k + (uint64_t)b, b == 1 ? 2 : 0}, what);
+            check_json(rec_schemas[k], text, what);
+            free(text);
+        }
+        cons_grammar_free(g);
+    }
+}
+
+/* s = prefix^n + leaf + suffix^n. */
+static char *nest(const char *prefix, const char *leaf, const char *suffix, int n) {
+    size_t len = strlen(leaf) + (size_t)n * (strlen(prefix) + strlen(suffix)) + 1;
+    char *s = malloc(len);
+    s[0] = 0;
+    for (int i = 0; i < n; i++) strcat(s, prefix);
+    strcat(s, leaf);
+    for (int i = 0; i < n; i++) strcat(s, suffix);
+    return s;
+}
+
+/* The recursion goes as deep as the limits allow, and no deeper: a tree (two
+ * frames a level) to the matcher's 32 frames, a list to 16 expansions. */
+Test(constrain, recursive_ref_depth, .init = setup, .fini = teardown) {
+    const struct {
+        int schema, depth;
+        char expect;
+    } cases[] = {{0, 1, 'A'}, {0, 5, 'A'}, {0, 15, 'A'}, {0, 16, 'R'}, {0, 40, 'R'}, /* frames: 2 a level */
+                 {1, 1, 'A'}, {1, 16, 'A'}, {1, 17, 'R'},                             /* MAX_RECURSION */
+                 {4, 14, 'A'}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *doc = cases[i].schema == 0   ? nest("{\"name\":\"a\",\"children\":[", "{\"name\":\"b\",\"children\":[]}", "]}", cases[i].depth - 1)
+                    : cases[i].schema == 1 ? nest("{\"v\":1,\"next\":", "null", "}", cases[i].depth)
+                                           : nest("{\"x\":true,\"child\":", "null", "}", cases[i].depth);
+        char got = feed(rec_schemas[cases[i].schema], 0, doc, strlen(doc));
+        cr_expect_eq(got, cases[i].expect, "schema %d depth %d: %c, expected %c", cases[i].schema, cases[i].depth, got,
+                     cases[i].expect);
+        json_t *s = parse(rec_schemas[cases[i].schema]), *v = parse(doc);
+        cr_expect(cons_json_validate(s, v, NULL, 0), "the validator accepts depth %d", cases[i].depth);
+        json_decref(s);
+        json_decref(v);
+        free(doc);
+    }
+}
+
+/* Tool parameters may be recursive too. */
+Test(constrain, recursive_tool_parameters, .init = setup, .fini = teardown) {
+    json_t *p = parse(rec_schemas[1]);
+    const char *names[] = {"walk"};
+    const json_t *params[] = {p};
+    ms_err err = {{0}};
+    cons_grammar *g = cons_grammar_tool_calls(names, params, 1, 0, CONS_TOOLS_V3, &err);
+    cr_assert(g, "%s", err.msg);
+    cons_grammar_free(g);
+    json_t *bad = parse("{\"$ref\":\"#\"}");
+    params[0] = bad;
+    cr_expect(!cons_grammar_tool_calls(names, params, 1, 0, CONS_TOOLS_V3, &err));
+    cr_expect(strstr(err.msg, "tool 'walk' parameters") && strstr(err.msg, "no finite value"), "%s", err.msg);
+    json_decref(bad);
+    json_decref(p);
 }
 
 /* ---- guided choice ---------------------------------------------------------------- */
