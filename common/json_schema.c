@@ -1087,7 +1087,7 @@ static int merge_allof(cctx *c, const json_t *s, int depth, json_t **out) {
 }
 
 /* Merges one allOf part (its own allOf and $ref resolved first) into acc: 0,
- * 1 (NONE) or -1 with err. A target this merge entered already adds nothing. */
+ * 1 (NONE) or -1 with err. */
 static int merge_part(cctx *c, json_t *acc, const json_t *part, int depth) {
     if (depth > MAX_SCHEMA_DEPTH) return limit_err(c, "json_schema: schema nested too deeply");
     if (json_is_true(part)) return 0;
@@ -1099,9 +1099,11 @@ static int merge_part(cctx *c, json_t *acc, const json_t *part, int depth) {
     if (json_object_get(part, "$ref")) {
         const json_t *t = ref_target(c, part);
         if (!t) return -1;
-        if (ref_count(c, t, 0) >= c->rec_limit && !ref_count(c, t, c->merge_base)) return c->cut = 1, 1;
-        int rc = ref_count(c, t, c->merge_base) ? 0 : ref_push(c, t) < 0 ? -1 : merge_part(c, acc, t, depth + 1);
-        if (rc) return rc;
+        if (!ref_count(c, t, c->merge_base)) { /* a target this merge entered already adds nothing */
+            if (ref_count(c, t, 0) >= c->rec_limit) return c->cut = 1, 1;
+            int rc = ref_push(c, t) < 0 ? -1 : merge_part(c, acc, t, depth + 1);
+            if (rc) return rc;
+        }
     }
     if (json_object_get(part, "properties") && merge_properties(c, acc, part) < 0) return -1;
     const char *k;

@@ -843,6 +843,25 @@ Test(constrain, validator) {
     json_decref(a);
 }
 
+/* Walks each schema at four budgets, checking every output with the validator:
+ * the second budget compares the mask with the reference every check_every
+ * steps; think_last: the fourth walk starts before "</think>". */
+static void walk_each(const char *label, const char *const *schemas, size_t n, const int budgets[4], uint64_t seed,
+                      int think_last, int check_every) {
+    for (size_t k = 0; k < n; k++) {
+        cons_grammar *g = grammar(schemas[k]);
+        for (int b = 0; b < 4; b++) {
+            char what[96];
+            const int think = think_last && b == 3;
+            snprintf(what, sizeof what, "%s %zu budget %d", label, k, budgets[b]);
+            char *text = walk(g, think, (walk_opts){budgets[b], seed + 10 * k + (uint64_t)b, b == 1 ? check_every : 0}, what);
+            check_json(schemas[k], json_part(text, think, what), what);
+            free(text);
+        }
+        cons_grammar_free(g);
+    }
+}
+
 /* ---- recursive $ref ------------------------------------------------------------------ */
 
 static const char *const rec_schemas[] = {
@@ -871,18 +890,7 @@ static const char *const rec_schemas[] = {
 /* Random walks: the validator (which follows $ref as deep as the value goes)
  * accepts each output; the mask equals the reference along the way. */
 Test(constrain, recursive_ref_walks, .init = setup, .fini = teardown) {
-    for (size_t k = 0; k < sizeof rec_schemas / sizeof *rec_schemas; k++) {
-        cons_grammar *g = grammar(rec_schemas[k]);
-        for (int b = 0; b < 4; b++) {
-            char what[96];
-            const int budget = (int[]){1, 40, 120, 300}[b];
-            snprintf(what, sizeof what, "recursive schema %zu budget %d", k, budget);
-            char *text = walk(g, 0, (walk_opts){budget, 5000 + 10 * k + (uint64_t)b, b == 1 ? 2 : 0}, what);
-            check_json(rec_schemas[k], text, what);
-            free(text);
-        }
-        cons_grammar_free(g);
-    }
+    walk_each("recursive schema", rec_schemas, sizeof rec_schemas / sizeof *rec_schemas, (const int[]){1, 40, 120, 300}, 5000, 0, 2);
 }
 
 /* s = prefix^n + leaf + suffix^n. */
@@ -981,17 +989,7 @@ static const char *const dfa_schemas[] = {
  * for the pattern / format, arithmetic for the bounds) accepts; the mask equals
  * the one-token reference along the way. */
 Test(constrain, pattern_format_bound_walks, .init = setup, .fini = teardown) {
-    for (size_t k = 0; k < sizeof dfa_schemas / sizeof *dfa_schemas; k++) {
-        cons_grammar *g = grammar(dfa_schemas[k]);
-        for (int b = 0; b < 4; b++) {
-            char what[96];
-            snprintf(what, sizeof what, "dfa schema %zu budget %d", k, (int[]){1, 24, 64, 200}[b]);
-            char *text = walk(g, b == 3, (walk_opts){(int[]){1, 24, 64, 200}[b], 3000 + 10 * k + (uint64_t)b, b == 1 ? 3 : 0}, what);
-            check_json(dfa_schemas[k], json_part(text, b == 3, what), what);
-            free(text);
-        }
-        cons_grammar_free(g);
-    }
+    walk_each("dfa schema", dfa_schemas, sizeof dfa_schemas / sizeof *dfa_schemas, (const int[]){1, 24, 64, 200}, 3000, 1, 3);
 }
 
 /* guided_regex: raw text matching the whole pattern, checked by glibc's POSIX
