@@ -726,15 +726,21 @@ static oai_ctx parse_ctx(http_server *h) {
 }
 
 /* kind: OAI_CHAT or OAI_COMPLETION; responses: a /v1/responses body (chat underneath). */
-static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c, conn_state *cs, oai_kind kind,
-                                       int responses) {
+/* Parses the request: from b when the route has parsed the body already, else from the bytes. */
+static int parse_generate(http_server *h, conn_state *cs, const json_t *b, oai_kind kind, int responses,
+                          oai_request *req, oai_error *e) {
+    oai_ctx ctx = parse_ctx(h);
+    const char *body = cs->body ? cs->body : "";
+    if (b) return responses ? oai_responses_parse_json(b, &ctx, req, e) : oai_parse_request_json(kind, b, &ctx, req, e);
+    return responses ? oai_responses_parse(body, cs->len, &ctx, req, e) : oai_parse_request(kind, body, cs->len, &ctx, req, e);
+}
+
+static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c, conn_state *cs, const json_t *b,
+                                       oai_kind kind, int responses) {
     oai_error e;
     if (not_ready_error(h, &e)) return queue_error(c, cs, &e);
-    oai_ctx ctx = parse_ctx(h);
     oai_request req;
-    const char *body = cs->body ? cs->body : "";
-    if ((responses ? oai_responses_parse(body, cs->len, &ctx, &req, &e) : oai_parse_request(kind, body, cs->len, &ctx, &req, &e)) != 0)
-        return queue_error(c, cs, &e);
+    if (parse_generate(h, cs, b, kind, responses, &req, &e) != 0) return queue_error(c, cs, &e);
     if (req.ignored[0]) serve_log_request(h->cfg.log_json, "warn", cs->request_id, "ignored request fields: %s", req.ignored);
     gen_job *j = job_create(h, c, cs, &req);
     if (!j) {
@@ -952,7 +958,9 @@ static int check_model_field(http_server *h, json_t *b, oai_error *e) {
 static json_t *load_body(conn_state *cs, oai_error *e) {
     json_error_t je;
     json_t *b = json_loadb(cs->body ? cs->body : "", cs->len, JSON_REJECT_DUPLICATES, &je);
-    if (!b) oai_error_set(e, 400, "invalid_request_error", NULL, "invalid_json", "Invalid JSON body: %s", je.text);
+    if (!b)
+        oai_error_set(e, 400, "invalid_request_error", NULL, "invalid_json", "Invalid JSON body: %s (line %d, column %d)",
+                      je.text, je.line, je.column);
     else if (!json_is_object(b)) {
         json_decref(b);
         b = NULL;
@@ -969,14 +977,16 @@ static enum MHD_Result handle_invocations(http_server *h, struct MHD_Connection 
     if (!b) return queue_error(c, cs, &e);
     int chat = json_object_get(b, "messages") != NULL, completion = json_object_get(b, "prompt") != NULL;
     int responses = json_object_get(b, "input") != NULL;
-    json_decref(b);
     if (chat + completion + responses != 1) {
+        json_decref(b);
         oai_error_set(&e, 400, "invalid_request_error", NULL, NULL,
                       "/invocations needs one of 'messages' (chat completion), 'prompt' (completion) or 'input' "
                       "(Responses API)");
         return queue_error(c, cs, &e);
     }
-    return handle_generate(h, c, cs, completion ? OAI_COMPLETION : OAI_CHAT, responses);
+    enum MHD_Result r = handle_generate(h, c, cs, b, completion ? OAI_COMPLETION : OAI_CHAT, responses);
+    json_decref(b);
+    return r;
 }
 
 static int opt_bool(json_t *b, const char *name, int dflt, int *out, oai_error *e) {
@@ -1125,9 +1135,9 @@ static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_s
     char id_buf[128];
     find_route(url, &path_id, id_buf);
     switch (cs->rt->id) {
-    case R_CHAT: return handle_generate(h, c, cs, OAI_CHAT, 0);
-    case R_COMPLETIONS: return handle_generate(h, c, cs, OAI_COMPLETION, 0);
-    case R_RESPONSES: return handle_generate(h, c, cs, OAI_CHAT, 1);
+    case R_CHAT: return handle_generate(h, c, cs, NULL, OAI_CHAT, 0);
+    case R_COMPLETIONS: return handle_generate(h, c, cs, NULL, OAI_COMPLETION, 0);
+    case R_RESPONSES: return handle_generate(h, c, cs, NULL, OAI_CHAT, 1);
     case R_MODELS: return handle_models(h, c, cs, NULL);
     case R_MODEL: return handle_models(h, c, cs, path_id);
     case R_RESPONSE: return handle_response(h, c, cs, path_id);

@@ -407,11 +407,15 @@ int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_re
     if (!b)
         return oai_error_set(err, 400, BAD, NULL, "invalid_json", "Invalid JSON body: %s (line %d, column %d)", je.text,
                              je.line, je.column);
+    int rc = oai_responses_parse_json(b, ctx, r, err);
+    json_decref(b);
+    return rc;
+}
+
+int oai_responses_parse_json(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    memset(r, 0, sizeof *r);
     json_t *history = NULL;
-    if (json_is_object(b) && previous_history(b, ctx, &history, err)) {
-        json_decref(b);
-        return -1;
-    }
+    if (json_is_object(b) && previous_history(b, ctx, &history, err)) return -1;
     json_t *chat = oai_responses_to_chat(b, history, err);
     json_decref(history);
     int rc = -1;
@@ -427,7 +431,6 @@ int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_re
         rc = 0;
     }
     json_decref(chat);
-    json_decref(b);
     return rc;
 }
 

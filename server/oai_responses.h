@@ -71,6 +71,8 @@ json_t *oai_responses_to_chat(const json_t *body, const json_t *history, oai_err
  * r->resp_echo the fields the Response object echoes; when it is to be stored,
  * r->resp_store with r->resp_history and r->resp_items). 0, or -1 with err. */
 int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_request *r, oai_error *err);
+/* The same for a body already parsed (b is only read). */
+int oai_responses_parse_json(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err);
 
 /* What a stored response keeps (r->resp_store): the conversation it ended
  * (r->resp_history plus the assistant's answer in c as a chat message), and

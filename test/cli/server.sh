@@ -89,6 +89,13 @@ post /invocations '{"model":"tiny-v3","input":"Hi","max_output_tokens":2}' "$TMP
     fail "/invocations: $(cat "$TMP/inv1.json") $(cat "$TMP/inv2.json") $(cat "$TMP/inv3.json")"
 expect_error 400 null /invocations '{"model":"tiny-v3","max_tokens":2}'
 expect_error 400 null /invocations '{"model":"tiny-v3","input":"Hi","prompt":"Hi"}'
+# the routed body is parsed once and checked as its route checks it
+expect_error 400 null /invocations '{"model":"tiny-v3","prompt":'
+grep -q '"code":"invalid_json"' "$TMP/err.json" || fail "/invocations truncated JSON: $(cat "$TMP/err.json")"
+expect_error 400 temperature /invocations '{"model":"tiny-v3","prompt":"Hi","temperature":"hot"}'
+expect_error 404 model /invocations '{"model":"nope","input":"Hi"}'
+st=$(post /invocations '{"model":"tiny-v3","prompt":"Hi","max_tokens":2,"stream":true}' "$TMP/inv4.txt")
+[ "$st" = 200 ] && grep -q '^data: \[DONE\]' "$TMP/inv4.txt" || fail "/invocations streaming: $st $(head -c 300 "$TMP/inv4.txt")"
 # a misspelled parameter is not lost silently: the log names it (as vLLM's)
 post /v1/completions '{"model":"tiny-v3","prompt":"Hi","max_tokens":1,"max_token":5}' "$TMP/ign.json" > /dev/null
 grep -q "ignored request fields: max_token" "$TMP/main.err" || fail "ignored field not logged: $(tail -3 "$TMP/main.err")"
