@@ -346,6 +346,7 @@ typedef struct sig_state {
     atomic_int loading;
     atomic_int signo;
     atomic_int fatal;       /* an expert-parallel rank failed (engine thread) */
+    atomic_int quit;        /* the server is stopping: a wake-up of the signal thread ends it */
 } sig_state;
 
 /* sched_config.on_fatal: the server stops; the message is logged here. */
@@ -360,6 +361,7 @@ static void *signal_thread(void *arg) {
     sig_state *ss = arg;
     int sig = 0;
     while (sigwait(&ss->set, &sig) != 0) {}
+    if (atomic_load(&ss->quit)) return NULL;
     atomic_store(&ss->signo, sig);
     if (atomic_load(&ss->loading)) {
         fprintf(stderr, "mlaserve serve: %s during loading, exiting\n", strsignal(sig));
@@ -431,7 +433,48 @@ static chat_template_variant template_variant(const serve_args *a, const tokeniz
     return src ? chat_template_detect(src) : CHAT_TEMPLATE_V3;
 }
 
-static int serve(const serve_args *ap, const kv_size *kvp) {
+/* Blocks SIGINT and SIGTERM in this thread and every thread created from here
+ * on, and starts the thread that waits for them. 0, or -1 with a message. */
+static int signals_start(sig_state *ss, pthread_t *tid) {
+    sigemptyset(&ss->set);
+    sigaddset(&ss->set, SIGINT);
+    sigaddset(&ss->set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &ss->set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    sem_init(&ss->stop, 0, 0);
+    atomic_store(&ss->loading, 1);
+    atomic_store(&ss->signo, 0);
+    atomic_store(&ss->fatal, 0);
+    atomic_store(&ss->quit, 0);
+    if (pthread_create(tid, NULL, signal_thread, ss) == 0) return 0;
+    sem_destroy(&ss->stop);
+    fprintf(stderr, "mlaserve serve: cannot start the signal thread\n");
+    return -1;
+}
+
+/* Ends the signal thread — woken with quit set if no signal came (a
+ * signal to a thread that has already ended does nothing) — and joins it. */
+static void signals_stop(sig_state *ss, pthread_t tid) {
+    atomic_store(&ss->quit, 1);
+    pthread_kill(tid, SIGTERM);
+    pthread_join(tid, NULL);
+    sem_destroy(&ss->stop);
+}
+
+static int serve_until_stopped(const serve_args *ap, const kv_size *kvp, sig_state *ss);
+
+static int serve(const serve_args *a, const kv_size *kv) {
+    sig_state ss;
+    pthread_t sig_tid;
+    if (signals_start(&ss, &sig_tid) != 0) return CLI_FAIL;
+    int rc = serve_until_stopped(a, kv, &ss);
+    signals_stop(&ss, sig_tid);
+    return rc;
+}
+
+/* Starts HTTP (it answers /health while the model loads), loads the model,
+ * serves until a signal or an engine failure, then drains and frees it all. */
+static int serve_until_stopped(const serve_args *ap, const kv_size *kvp, sig_state *ss) {
     serve_args a = *ap;
     kv_size kv = *kvp;
     char dirbuf[PATH_MAX];
@@ -439,23 +482,6 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     size_t dl = strlen(dirbuf);
     while (dl > 1 && dirbuf[dl - 1] == '/') dirbuf[--dl] = 0;
     const char *name = a.n_served_names ? a.served_names[0] : basename(dirbuf);
-
-    /* every thread created from here on inherits the blocked signals; the signal thread waits for them */
-    sig_state ss;
-    sigemptyset(&ss.set);
-    sigaddset(&ss.set, SIGINT);
-    sigaddset(&ss.set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &ss.set, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    sem_init(&ss.stop, 0, 0);
-    atomic_store(&ss.loading, 1);
-    atomic_store(&ss.signo, 0);
-    atomic_store(&ss.fatal, 0);
-    pthread_t sig_tid;
-    if (pthread_create(&sig_tid, NULL, signal_thread, &ss) != 0) {
-        fprintf(stderr, "mlaserve serve: cannot start the signal thread\n");
-        return CLI_FAIL;
-    }
 
     ms_err err = {{0}};
     http_config hc = {.host = a.host, .port = (int)a.port, .api_keys = (const char *const *)a.keys, .n_api_keys = a.n_keys,
@@ -487,7 +513,7 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     m = ranks.m[0];
     if (engine_config(&a.sc, &kv, &ranks, &err) != 0) goto done;
     a.sc.on_fatal = on_engine_fatal;
-    a.sc.fatal_ctx = &ss;
+    a.sc.fatal_ctx = ss;
     if (!(s = m->ep ? sched_create_ep(ranks.m, ranks.n_ranks, tok, &a.sc, &err) : sched_create(m, tok, &a.sc, &err))) goto done;
     if (ranks.nnodes > 1 && !(remote = ep_remote_open(s, ranks.nnodes, ranks.n_ranks, ranks.node_ipv4, ranks.control_port,
                                                        ranks.timeout_ms, &err)))
@@ -496,16 +522,16 @@ static int serve(const serve_args *ap, const kv_size *kvp) {
     chat_template_variant variant = template_variant(&a, tok);
     http_engine he = {s, tok, m->cfg.vocab_size, vocab, variant};
     http_set_engine(h, &he);
-    atomic_store(&ss.loading, 0);
+    atomic_store(&ss->loading, 0);
     banner(&a, name, m, s, http_port(h), n_threads, ranks.device_name, variant);
 
-    while (sem_wait(&ss.stop) != 0 && errno == EINTR) {}
-    if (atomic_load(&ss.fatal)) { /* the requests already ended with the error: let their answers go out */
+    while (sem_wait(&ss->stop) != 0 && errno == EINTR) {}
+    if (atomic_load(&ss->fatal)) { /* the requests already ended with the error: let their answers go out */
         http_drain(h, 2000);
         ms_err_set(&err, "stopped after an expert-parallel rank failed");
         goto done;
     }
-    serve_log(a.log_json, "INFO", "%s: draining (up to %lds for in-flight requests)", strsignal(atomic_load(&ss.signo)),
+    serve_log(a.log_json, "INFO", "%s: draining (up to %lds for in-flight requests)", strsignal(atomic_load(&ss->signo)),
               a.drain_timeout_s);
     int cancelled = http_drain(h, (int)a.drain_timeout_s * 1000);
     if (cancelled) serve_log(a.log_json, "WARN", "%d request(s) cancelled at the drain timeout", cancelled);
