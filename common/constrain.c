@@ -122,14 +122,17 @@ static int hex_val(int c) {
 /* ---- remaining cost of a frame ----------------------------------------------------- */
 
 static uint32_t rem_object(const cons_grammar *g, const gram_node *n, const cframe *f) {
-    if (n->flags & G_ANYKEYS) {
-        uint32_t v = g->nodes[n->child].min_len;
+    if (n->flags & G_ANYKEYS) { /* f->a: pairs begun; fewer than n->lo need more ",KEY:VALUE" */
+        uint32_t v = g->nodes[n->child].min_len, k = g->nodes[n->child2].min_len;
+        uint32_t a = f->a + (f->ph == OB_ACOMMA || f->ph == OB_OPEN), pair = k + 1 + v + 1;
+        uint32_t more = a < n->lo ? (n->lo - a) * pair : 0;
         switch (f->ph) {
         case OB_START: return n->min_len;
-        case OB_AKEY: return v + 2;
-        case OB_ACOLON: return v + 1;
-        case OB_ACOMMA: return g->nodes[n->child2].min_len + v + 2;
-        default: return 1; /* OPEN, AVAL: '}' */
+        case OB_OPEN: return n->lo ? k + v + 2 + more : 1;
+        case OB_AKEY: return v + 2 + more;
+        case OB_ACOLON: return v + 1 + more;
+        case OB_ACOMMA: return k + v + 2 + more;
+        default: return 1 + more; /* AVAL: '}' */
         }
     }
     const gram_prop *p = f->a ? &g->props[n->list + (int32_t)f->a - 1] : NULL;
@@ -266,6 +269,8 @@ static int obj_key_step(const cons_grammar *g, cframe *f, int sym) {
 static int obj_key_start(const cons_grammar *g, mstate *s, cframe *f, const gram_node *n, int sym) {
     if (sym != '"') return R_REJ;
     if (n->flags & G_ANYKEYS) {
+        if (f->a >= n->hi) return R_REJ; /* maxProperties */
+        f->a++;
         f->ph = OB_AKEY;
         return push(g, s, n->child2);
     }
@@ -300,7 +305,7 @@ static int step_object(const cons_grammar *g, mstate *s, cframe *f, const gram_n
     }
     if (f->ph == OB_OPEN) return obj_key_start(g, s, f, n, sym);
     if (sym != ',') return R_REJ;
-    int more = (n->flags & G_ANYKEYS) ? s->depth < GRAM_MAX_DEPTH : g->idx[n->win + (int32_t)f->a] >= 0;
+    int more = (n->flags & G_ANYKEYS) ? s->depth < GRAM_MAX_DEPTH && f->a < n->hi : g->idx[n->win + (int32_t)f->a] >= 0;
     if (!more) return R_REJ;
     f->ph = OB_ACOMMA;
     return R_OK;

@@ -82,7 +82,14 @@ void cons_vocab_free(cons_vocab *v);
  * always, optional ones when the model chooses, and no other keys (also when
  * additionalProperties is true or absent: the output is still valid).
  * {"type":"object"} alone is any object; additionalProperties given as a schema
- * without properties is any keys with values of that schema. Whitespace: at most
+ * without properties is any keys with values of that schema. propertyNames (a
+ * schema of strings) limits such a map's keys, and leaves out a declared
+ * property whose name it refuses (a required one: no value). maxProperties
+ * caps a map's pairs; minProperties 1 makes a map, or an object of optional
+ * properties, write at least one. Other counts are errors: minProperties above
+ * 1 on a map (the grammar does not keep a map's keys distinct — a model may
+ * repeat a key, which parsers read as one), above the required count on
+ * declared properties, or maxProperties below their number. Whitespace: at most
  * 32 bytes of " \t\n\r" before the value and around each ':' ',' '{' '}' '['
  * ']'; none after the value. Nesting deeper than 32 matcher frames is rejected
  * (for schema-less values, "{" and "[" are refused beyond that depth). */

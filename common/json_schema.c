@@ -262,22 +262,34 @@ static int32_t make_tfn(cctx *c, uint32_t types) {
 
 static int32_t make_any(cctx *c);
 
-/* An object of any keys (strings) whose values match val (-1: any value). */
-static int32_t make_any_object(cctx *c, int32_t val) {
-    if (val < 0 && c->any_obj >= 0) return c->any_obj;
-    if (c->str < 0 && (c->str = make_string(c, 0, GRAM_INF)) < 0) return -1;
+/* An object of lo..hi pairs whose keys match key (a string node; -1: any
+ * string) and values val (-1: any value). The count is of pairs written: the
+ * grammar does not keep keys distinct (compile_object refuses a lo above 1). */
+static int32_t make_map(cctx *c, int32_t val, int32_t key, uint32_t lo, uint32_t hi) {
+    const int any = val < 0 && key < 0 && lo == 0 && hi == GRAM_INF;
+    if (key < 0 && c->str < 0 && (c->str = make_string(c, 0, GRAM_INF)) < 0) return -1;
+    if (key < 0) key = c->str;
     int32_t i = new_node(c, G_OBJECT);
     if (i < 0) return -1;
-    if (val < 0) c->any_obj = i;
+    if (any) c->any_obj = i; /* before make_any, which comes back here for its object */
     if (val < 0 && (val = make_any(c)) < 0) return -1;
     gram_node *n = &c->g->nodes[i];
+    const uint32_t pair = sat_add(sat_add(c->g->nodes[key].min_len, 1), c->g->nodes[val].min_len);
     n->flags = G_ANYKEYS;
     n->child = val;
-    n->child2 = c->str;
-    n->min_len = 2;
+    n->child2 = key;
+    n->lo = lo;
+    n->hi = hi;
+    n->min_len = sat_add(2, lo ? sat_add(sat_mul(lo, pair), lo - 1) : 0);
     n->depth = val == c->any ? 1 : 1 + (c->g->nodes[val].depth > 1 ? c->g->nodes[val].depth : 1);
     first_add(n, '{');
     return i;
+}
+
+/* An object of any keys (strings) whose values match val (-1: any value). */
+static int32_t make_any_object(cctx *c, int32_t val) {
+    if (val < 0 && c->any_obj >= 0) return c->any_obj;
+    return make_map(c, val, -1, 0, GRAM_INF);
 }
 
 /* Any JSON value. Its object/array alternatives recurse into it; they count as one
@@ -448,7 +460,7 @@ static const char *const kw_supported[] = {"type",     "properties", "required",
                                            "oneOf",    "$ref",       "pattern",   "minimum",
                                            "maximum",  "exclusiveMinimum",        "exclusiveMaximum",
                                            "multipleOf", "allOf",   "prefixItems", "additionalItems",
-                                           NULL};
+                                           "minProperties", "maxProperties", "propertyNames", NULL};
 static const char *const kw_ignored[] = {"title",    "description", "default",    "examples", "format",
                                          "$schema",  "$id",         "$comment",   "$defs",    "definitions",
                                          "readOnly", "writeOnly",   "deprecated", "strict",   NULL};
@@ -918,10 +930,42 @@ static int build_windows(cctx *c, int32_t node, const char *const *keys, int n) 
     return 0;
 }
 
+/* propertyNames as the key node of a map: any string when absent; NONE when no
+ * string matches; a 400 when it allows values other than strings. */
+static int32_t compile_key(cctx *c, const json_t *pn, int depth) {
+    int32_t key = !pn || json_is_true(pn) ? -1 : json_is_false(pn) ? NONE : compile(c, pn, depth + 1);
+    if (key == -1 && pn && !json_is_true(pn)) return -1;
+    if (key == -1 || key == c->any) return c->str >= 0 ? c->str : (c->str = make_string(c, 0, GRAM_INF));
+    if (key == NONE) return NONE;
+    const gram_node *k = &c->g->nodes[key];
+    for (int b = 0; b < 256; b++)
+        if (b != '"' && (k->first[b >> 3] >> (b & 7) & 1))
+            return ms_err_set(c->err, "json_schema: 'propertyNames' must describe strings only (keys are strings)");
+    return k->first_mk ? ms_err_set(c->err, "json_schema: 'propertyNames' must describe strings only (keys are strings)") : key;
+}
+
+/* An object without declared properties: a map of keys to additionalProperties. */
+static int32_t compile_map(cctx *c, const json_t *s, const json_t *addl, uint32_t lo, uint32_t hi, int depth) {
+    if (lo > 1)
+        return ms_err_set(c->err, "json_schema: 'minProperties' above 1 on an object without declared properties is not "
+                          "supported (the grammar cannot keep its keys distinct)");
+    int32_t key = compile_key(c, json_object_get(s, "propertyNames"), depth);
+    int32_t val = key == -1 ? -1 : json_is_object(addl) ? compile(c, addl, depth + 1) : make_any(c);
+    if (key == -1 || val == -1) return -1;
+    if (key == NONE || val == NONE) /* no pair can be written: only {} */
+        return lo ? NONE : make_map(c, make_any(c), -1, 0, 0);
+    return make_map(c, val, key, lo, hi);
+}
+
+static int key_matches(const cctx *c, const json_t *pn, const char *name);
+
 static int32_t compile_object(cctx *c, const json_t *s, int depth) {
-    const json_t *addl = json_object_get(s, "additionalProperties");
+    const json_t *addl = json_object_get(s, "additionalProperties"), *pn = json_object_get(s, "propertyNames");
     if (addl && !json_is_boolean(addl) && !json_is_object(addl))
         return ms_err_set(c->err, "json_schema: 'additionalProperties' must be a boolean or a schema");
+    uint32_t lo, hi;
+    if (get_count(c, s, "minProperties", 0, &lo) < 0 || get_count(c, s, "maxProperties", GRAM_INF, &hi) < 0) return -1;
+    if (lo > hi) return ms_err_set(c->err, "json_schema: 'minProperties' %u is above 'maxProperties' %u", lo, hi);
     prop_in *in = malloc(MAX_PROPS * sizeof *in);
     char **keys = calloc(MAX_PROPS, sizeof *keys);
     int n = 0;
@@ -932,21 +976,21 @@ static int32_t compile_object(cctx *c, const json_t *s, int depth) {
     }
     if (collect_props(c, s, in, &n) < 0) goto out;
     if (n == 0 && !json_is_false(addl)) {
-        int32_t val = json_is_object(addl) ? compile(c, addl, depth + 1) : -1;
-        if (val != NONE) { /* NONE: values without a value, so only {} (below) */
-            node = json_is_object(addl) && val < 0 ? -1 : make_any_object(c, val);
-            goto out;
-        }
+        node = compile_map(c, s, addl, lo, hi, depth);
+        goto out;
     }
+    if (pn && compile_key(c, pn, depth) == -1) goto out; /* its errors, as for a map's */
     int32_t vals[MAX_PROPS];
-    int kept = 0; /* properties with a value; an optional one without (NONE) is never written */
+    int kept = 0, n_req = 0; /* properties with a value; an optional one without (NONE) is never written */
     for (int j = 0; j < n; j++) {
-        int32_t v = in[j].schema ? compile(c, in[j].schema, depth + 1) : make_any(c);
-        if (v == -1 || (v == NONE && in[j].required)) {
-            node = v;
+        int ok = pn ? key_matches(c, pn, in[j].name) : 1; /* a name propertyNames refuses: as if without a value */
+        int32_t v = !ok ? NONE : in[j].schema ? compile(c, in[j].schema, depth + 1) : make_any(c);
+        if (ok < 0 || v == -1 || (v == NONE && in[j].required)) {
+            node = ok < 0 ? -1 : v;
             goto out;
         }
         if (v == NONE) continue;
+        n_req += in[j].required;
         json_t *js = json_string(in[j].name);
         keys[kept] = js ? json_dumps(js, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
         json_decref(js);
@@ -958,6 +1002,15 @@ static int32_t compile_object(cctx *c, const json_t *s, int depth) {
         vals[kept++] = v;
     }
     n = kept;
+    if (lo > (n_req > 1 ? (uint32_t)n_req : 1) || hi < (uint32_t)n) {
+        ms_err_set(c->err, "json_schema: 'minProperties' above the required properties' count (other than 1), or "
+                   "'maxProperties' below the number of properties, is not supported");
+        goto out;
+    }
+    if (lo > (uint32_t)n) { /* minProperties 1 and no property with a value */
+        node = NONE;
+        goto out;
+    }
     int32_t base = POOL_ADD(c, props, n);
     if (base < 0) goto out;
     for (int j = 0; j < n; j++)
@@ -978,7 +1031,7 @@ static int32_t compile_object(cctx *c, const json_t *s, int depth) {
         goto out;
     }
     gram_node *nd = &c->g->nodes[node];
-    int has_req = tail > 1;
+    int has_req = tail > 1 || lo > 0; /* minProperties 1: '}' only once a property is written */
     nd->head = has_req ? c->g->lits[c->g->idx[nd->win]].min_rem : 1;
     nd->min_len = sat_add(1, nd->head);
     nd->depth = 1 + depth_max;
@@ -992,8 +1045,8 @@ out:
 
 /* ---- allOf: its parts merged into one schema ---------------------------------------- */
 
-static const char *const kw_lower[] = {"minimum", "minLength", "minItems", NULL}; /* merged: the larger */
-static const char *const kw_upper[] = {"maximum", "maxLength", "maxItems", NULL}; /* merged: the smaller */
+static const char *const kw_lower[] = {"minimum", "minLength", "minItems", "minProperties", NULL}; /* merged: the larger */
+static const char *const kw_upper[] = {"maximum", "maxLength", "maxItems", "maxProperties", NULL}; /* merged: the smaller */
 
 static int merge_part(cctx *c, json_t *acc, const json_t *part, int depth);
 
@@ -1131,7 +1184,8 @@ static int32_t compile_allof(cctx *c, const json_t *s, int depth) {
 /* Types implied by the keywords present when "type" is absent (0: any value). */
 static uint32_t infer_types(const json_t *s) {
     uint32_t t = 0;
-    if (json_object_get(s, "properties") || json_object_get(s, "required") || json_object_get(s, "additionalProperties"))
+    if (json_object_get(s, "properties") || json_object_get(s, "required") || json_object_get(s, "additionalProperties") ||
+        json_object_get(s, "minProperties") || json_object_get(s, "maxProperties") || json_object_get(s, "propertyNames"))
         t |= T_OBJ;
     if (json_object_get(s, "items") || json_object_get(s, "minItems") || json_object_get(s, "maxItems") ||
         json_object_get(s, "prefixItems"))
@@ -1476,9 +1530,18 @@ static int validate_bounds(vctx *v, const json_t *s, double x) {
     return 1;
 }
 
+/* The key name against propertyNames. */
+static int validate_key(vctx *v, const json_t *pn, const char *name) {
+    json_t *k = json_string(name);
+    int ok = k && validate_at(v, pn, k, ".%s (the key)", name, 0);
+    json_decref(k);
+    return ok;
+}
+
 static int validate_object(vctx *v, const json_t *s, const json_t *x) {
     const json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
-    const json_t *addl = json_object_get(s, "additionalProperties");
+    const json_t *addl = json_object_get(s, "additionalProperties"), *pn = json_object_get(s, "propertyNames");
+    if (!validate_count(v, s, "minProperties", "maxProperties", json_object_size(x))) return 0;
     for (size_t i = 0; i < json_array_size(req); i++) {
         const char *k = json_string_value(json_array_get(req, i));
         if (k && !json_object_get(x, k)) return vfail(v, "required property '%s' is missing", k);
@@ -1490,6 +1553,7 @@ static int validate_object(vctx *v, const json_t *s, const json_t *x) {
         if (!ps && json_is_false(addl)) return vfail(v, "property '%s' is not allowed", k);
         if (!ps && json_is_object(addl)) ps = addl;
         if (ps && !validate_at(v, ps, val, ".%s", k, 0)) return 0;
+        if (pn && !validate_key(v, pn, k)) return 0;
     }
     return 1;
 }
@@ -1560,6 +1624,17 @@ static int validate(vctx *v, const json_t *s, const json_t *x) {
         if (ok) ok = validate_typed(v, s, x);
     }
     v->depth--;
+    return ok;
+}
+
+/* 1 when the key name matches propertyNames pn (the document's $refs resolve
+ * against the root being compiled), 0 when not, -1 when out of memory. */
+static int key_matches(const cctx *c, const json_t *pn, const char *name) {
+    json_t *k = json_string(name);
+    vctx v = {.root = c->root, .path = "$"};
+    int ok = k ? validate(&v, pn, k) : -1;
+    if (!k) ms_err_set(c->err, "json_schema: out of memory");
+    json_decref(k);
     return ok;
 }
 

@@ -3,7 +3,9 @@
 #   sh scripts/sanitize.sh asan   builds everything with ASan + UBSan (build-asan/)
 #                                 and runs the whole suite (scripts/run-tests.sh)
 #   sh scripts/sanitize.sh tsan   builds the engine/scheduler/kernel/tokenizer
-#                                 tests with TSan (build-tsan/) and runs them
+#                                 tests with TSan (build-tsan/) and runs them,
+#                                 then test/cli/server.sh against a TSan server
+#                                 (MLASERVE_TSAN_NO_SERVER=1: not that)
 # Every sanitizer writes its reports to files (log_path) in a fresh directory,
 # so a report from anywhere — a Criterion worker, a forked test child, a
 # server started by a CLI test — is seen; any report fails the run, whether or
@@ -87,6 +89,18 @@ tsan)
         nice -n 19 timeout 1800 "$b" ${MLASERVE_TSAN_ARGS:-} || { rc=1; echo "FAILED: $b"; }
         echo "$b: $(elapsed "$t0")"
     done
+    # The server itself under TSan (HTTP threads, the engine thread, the signal
+    # thread, the idle-connection reaper) through server.sh's real clients.
+    if [ -z "${MLASERVE_TSAN_NO_SERVER:-}" ]; then
+        t0=$(date +%s)
+        echo "== test/cli/server.sh with build-tsan/mlaserve (TSan)"
+        if nice -n 19 $MAKE MODE=tsan -j2 build-tsan/mlaserve; then
+            MLASERVE_BIN=$ROOT/build-tsan/mlaserve nice -n 19 sh test/cli/server.sh || { rc=1; echo "FAILED: server.sh (TSan)"; }
+        else
+            rc=1
+        fi
+        echo "server.sh (TSan): $(elapsed "$t0")"
+    fi
     check_logs || rc=1
     exit $rc
     ;;

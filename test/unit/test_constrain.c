@@ -945,6 +945,78 @@ Test(constrain, recursive_tool_parameters, .init = setup, .fini = teardown) {
     json_decref(p);
 }
 
+/* ---- property counts and names -------------------------------------------------------- */
+
+static const char *const prop_schemas[] = {
+    /* keys by pattern, at most 3 pairs */
+    "{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"},\"propertyNames\":{\"pattern\":"
+    "\"^[a-z]{1,3}$\"},\"maxProperties\":3}",
+    /* pydantic's dict[Literal['x','y','z'], bool] = Field(min_length=1) */
+    "{\"type\":\"object\",\"additionalProperties\":{\"type\":\"boolean\"},\"propertyNames\":{\"enum\":[\"x\","
+    "\"y\",\"z\"]},\"minProperties\":1}",
+    /* an update with at least one field */
+    "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"type\":\"string\","
+    "\"maxLength\":4}},\"minProperties\":1,\"additionalProperties\":false}",
+    /* a declared name propertyNames refuses is never written; keys through a $ref */
+    "{\"$defs\":{\"k\":{\"type\":\"string\",\"pattern\":\"^[a-z]+$\"}},\"type\":\"object\",\"properties\":{"
+    "\"ok\":{\"type\":\"integer\"},\"Bad\":{\"type\":\"integer\"}},\"propertyNames\":{\"$ref\":\"#/$defs/k\"}}",
+    /* maps of maps, two pairs each at most; an empty map only */
+    "{\"type\":\"object\",\"properties\":{\"m\":{\"type\":\"object\",\"additionalProperties\":{\"type\":"
+    "\"object\",\"maxProperties\":2},\"maxProperties\":2},\"e\":{\"type\":\"object\",\"maxProperties\":0}},"
+    "\"required\":[\"m\",\"e\"]}",
+};
+
+/* Random walks: every output has its counts and key names (the validator). */
+Test(constrain, property_count_and_name_walks, .init = setup, .fini = teardown) {
+    walk_each("property schema", prop_schemas, sizeof prop_schemas / sizeof *prop_schemas, (const int[]){1, 30, 80, 200},
+              7000, 1, 2);
+}
+
+/* The exact limits, fed byte by byte; the validator agrees. */
+Test(constrain, property_count_and_name_limits, .init = setup, .fini = teardown) {
+    const struct {
+        int schema;
+        const char *doc;
+        char expect;
+    } cases[] = {{0, "{\"a\":1,\"bc\":2,\"def\":3}", 'A'}, {0, "{\"a\":1,\"b\":2,\"c\":3,\"d\":4}", 'R'},
+                 {0, "{\"abcd\":1}", 'R'},                       {0, "{\"A\":1}", 'R'},
+                 {0, "{}", 'A'},                                 {1, "{}", 'R'},
+                 {1, "{\"y\":true}", 'A'},                       {1, "{\"w\":true}", 'R'},
+                 {2, "{}", 'R'},                                 {2, "{\"b\":\"x\"}", 'A'},
+                 {2, "{\"a\":1,\"b\":\"\"}", 'A'},                {3, "{\"ok\":1}", 'A'},
+                 {3, "{\"Bad\":1}", 'R'},                        {3, "{}", 'A'},
+                 {4, "{\"m\":{\"p\":{},\"q\":{\"r\":1,\"s\":2}},\"e\":{}}", 'A'},
+                 {4, "{\"m\":{\"p\":{\"r\":1,\"s\":2,\"t\":3}},\"e\":{}}", 'R'},
+                 {4, "{\"m\":{},\"e\":{\"x\":1}}", 'R'}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *schema = prop_schemas[cases[i].schema], *doc = cases[i].doc;
+        char got = feed(schema, 0, doc, strlen(doc));
+        cr_expect_eq(got, cases[i].expect, "schema %d, %s: %c, expected %c", cases[i].schema, doc, got, cases[i].expect);
+        json_t *js = parse(schema), *v = parse(doc);
+        cr_expect_eq(cons_json_validate(js, v, NULL, 0), cases[i].expect == 'A', "the validator on schema %d, %s",
+                     cases[i].schema, doc);
+        json_decref(js);
+        json_decref(v);
+    }
+}
+
+Test(constrain, property_count_and_name_errors) {
+    expect_error("{\"type\":\"object\",\"minProperties\":2}", "keep its keys distinct");
+    expect_error("{\"type\":\"object\",\"properties\":{\"a\":{},\"b\":{}},\"maxProperties\":1}",
+                 "'maxProperties' below the number of properties");
+    expect_error("{\"type\":\"object\",\"properties\":{\"a\":{},\"b\":{}},\"required\":[\"a\"],\"minProperties\":2}",
+                 "'minProperties' above the required");
+    expect_error("{\"type\":\"object\",\"minProperties\":3,\"maxProperties\":2}", "'minProperties' 3 is above 'maxProperties' 2");
+    expect_error("{\"type\":\"object\",\"maxProperties\":-1}", "'maxProperties' must be a non-negative integer");
+    expect_error("{\"type\":\"object\",\"propertyNames\":{\"type\":\"integer\"}}", "strings only");
+    expect_error("{\"type\":\"object\",\"propertyNames\":{\"enum\":[\"a\",1]}}", "strings only");
+    expect_error("{\"type\":\"object\",\"propertyNames\":{\"uniqueItems\":true}}", "'uniqueItems'");
+    expect_error("{\"type\":\"object\",\"propertyNames\":false,\"minProperties\":1}", "no finite value");
+    expect_error("{\"type\":\"object\",\"properties\":{\"A\":{}},\"required\":[\"A\"],\"propertyNames\":{"
+                 "\"pattern\":\"^[a-z]+$\"}}",
+                 "no finite value");
+}
+
 /* ---- guided choice ---------------------------------------------------------------- */
 
 /* ---- patterns, formats, bounds (common/regex_dfa.h in the grammar) ---- */
