@@ -262,13 +262,15 @@ static int32_t make_tfn(cctx *c, uint32_t types) {
 
 static int32_t make_any(cctx *c);
 
+/* Any string (one shared node). */
+static int32_t any_string(cctx *c) { return c->str >= 0 ? c->str : (c->str = make_string(c, 0, GRAM_INF)); }
+
 /* An object of lo..hi pairs whose keys match key (a string node; -1: any
  * string) and values val (-1: any value). The count is of pairs written: the
  * grammar does not keep keys distinct (compile_object refuses a lo above 1). */
 static int32_t make_map(cctx *c, int32_t val, int32_t key, uint32_t lo, uint32_t hi) {
     const int any = val < 0 && key < 0 && lo == 0 && hi == GRAM_INF;
-    if (key < 0 && c->str < 0 && (c->str = make_string(c, 0, GRAM_INF)) < 0) return -1;
-    if (key < 0) key = c->str;
+    if (key < 0 && (key = any_string(c)) < 0) return -1;
     int32_t i = new_node(c, G_OBJECT);
     if (i < 0) return -1;
     if (any) c->any_obj = i; /* before make_any, which comes back here for its object */
@@ -933,15 +935,17 @@ static int build_windows(cctx *c, int32_t node, const char *const *keys, int n) 
 /* propertyNames as the key node of a map: any string when absent; NONE when no
  * string matches; a 400 when it allows values other than strings. */
 static int32_t compile_key(cctx *c, const json_t *pn, int depth) {
-    int32_t key = !pn || json_is_true(pn) ? -1 : json_is_false(pn) ? NONE : compile(c, pn, depth + 1);
-    if (key == -1 && pn && !json_is_true(pn)) return -1;
-    if (key == -1 || key == c->any) return c->str >= 0 ? c->str : (c->str = make_string(c, 0, GRAM_INF));
-    if (key == NONE) return NONE;
+    if (!pn || json_is_true(pn)) return any_string(c);
+    if (json_is_false(pn)) return NONE;
+    int32_t key = compile(c, pn, depth + 1);
+    if (key < 0) return key; /* an error, or NONE */
+    if (key == c->any) return any_string(c);
+    gram_node quote = {0};
+    first_add(&quote, '"');
     const gram_node *k = &c->g->nodes[key];
-    for (int b = 0; b < 256; b++)
-        if (b != '"' && (k->first[b >> 3] >> (b & 7) & 1))
-            return ms_err_set(c->err, "json_schema: 'propertyNames' must describe strings only (keys are strings)");
-    return k->first_mk ? ms_err_set(c->err, "json_schema: 'propertyNames' must describe strings only (keys are strings)") : key;
+    if (k->first_mk || memcmp(k->first, quote.first, sizeof quote.first))
+        return ms_err_set(c->err, "json_schema: 'propertyNames' must describe strings only (keys are strings)");
+    return key;
 }
 
 /* An object without declared properties: a map of keys to additionalProperties. */
@@ -953,7 +957,7 @@ static int32_t compile_map(cctx *c, const json_t *s, const json_t *addl, uint32_
     int32_t val = key == -1 ? -1 : json_is_object(addl) ? compile(c, addl, depth + 1) : make_any(c);
     if (key == -1 || val == -1) return -1;
     if (key == NONE || val == NONE) /* no pair can be written: only {} */
-        return lo ? NONE : make_map(c, make_any(c), -1, 0, 0);
+        return lo ? NONE : make_map(c, -1, -1, 0, 0);
     return make_map(c, val, key, lo, hi);
 }
 
@@ -983,10 +987,10 @@ static int32_t compile_object(cctx *c, const json_t *s, int depth) {
     int32_t vals[MAX_PROPS];
     int kept = 0, n_req = 0; /* properties with a value; an optional one without (NONE) is never written */
     for (int j = 0; j < n; j++) {
-        int ok = pn ? key_matches(c, pn, in[j].name) : 1; /* a name propertyNames refuses: as if without a value */
-        int32_t v = !ok ? NONE : in[j].schema ? compile(c, in[j].schema, depth + 1) : make_any(c);
-        if (ok < 0 || v == -1 || (v == NONE && in[j].required)) {
-            node = ok < 0 ? -1 : v;
+        const int named = !pn || key_matches(c, pn, in[j].name); /* a name propertyNames refuses: as if without a value */
+        int32_t v = !named ? NONE : in[j].schema ? compile(c, in[j].schema, depth + 1) : make_any(c);
+        if (v == -1 || (v == NONE && in[j].required)) {
+            node = v;
             goto out;
         }
         if (v == NONE) continue;
@@ -1628,14 +1632,10 @@ static int validate(vctx *v, const json_t *s, const json_t *x) {
 }
 
 /* 1 when the key name matches propertyNames pn (the document's $refs resolve
- * against the root being compiled), 0 when not, -1 when out of memory. */
+ * against the root being compiled), else 0. */
 static int key_matches(const cctx *c, const json_t *pn, const char *name) {
-    json_t *k = json_string(name);
     vctx v = {.root = c->root, .path = "$"};
-    int ok = k ? validate(&v, pn, k) : -1;
-    if (!k) ms_err_set(c->err, "json_schema: out of memory");
-    json_decref(k);
-    return ok;
+    return validate_key(&v, pn, name);
 }
 
 int cons_json_validate(const json_t *schema, const json_t *value, char *why, size_t why_len) {

@@ -956,12 +956,8 @@ static int check_model_field(http_server *h, json_t *b, oai_error *e) {
 }
 
 static json_t *load_body(conn_state *cs, oai_error *e) {
-    json_error_t je;
-    json_t *b = json_loadb(cs->body ? cs->body : "", cs->len, JSON_REJECT_DUPLICATES, &je);
-    if (!b)
-        oai_error_set(e, 400, "invalid_request_error", NULL, "invalid_json", "Invalid JSON body: %s (line %d, column %d)",
-                      je.text, je.line, je.column);
-    else if (!json_is_object(b)) {
+    json_t *b = oai_parse_body(cs->body ? cs->body : "", cs->len, e);
+    if (b && !json_is_object(b)) {
         json_decref(b);
         b = NULL;
         oai_error_set(e, 400, "invalid_request_error", NULL, "invalid_json", "The request body must be a JSON object");

@@ -402,11 +402,8 @@ static json_t *conversation(const json_t *b, const json_t *chat) {
 
 int oai_responses_parse(const char *body, size_t len, const oai_ctx *ctx, oai_request *r, oai_error *err) {
     memset(r, 0, sizeof *r);
-    json_error_t je;
-    json_t *b = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-    if (!b)
-        return oai_error_set(err, 400, BAD, NULL, "invalid_json", "Invalid JSON body: %s (line %d, column %d)", je.text,
-                             je.line, je.column);
+    json_t *b = oai_parse_body(body, len, err);
+    if (!b) return -1;
     int rc = oai_responses_parse_json(b, ctx, r, err);
     json_decref(b);
     return rc;

@@ -618,14 +618,20 @@ void oai_unread_fields(const json_t *b, int (*known)(const char *name, const voi
 
 static int known_for_kind(const char *k, const void *kind) { return known_field(k, *(const oai_kind *)kind); }
 
-int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx *ctx, oai_request *r,
-                      oai_error *err) {
+json_t *oai_parse_body(const char *body, size_t len, oai_error *err) {
     json_error_t je;
     json_t *b = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-    if (!b) {
-        memset(r, 0, sizeof *r);
+    if (!b)
         oai_error_set(err, 400, BAD, NULL, "invalid_json", "Invalid JSON body: %s (line %d, column %d)", je.text, je.line,
                       je.column);
+    return b;
+}
+
+int oai_parse_request(oai_kind kind, const char *body, size_t len, const oai_ctx *ctx, oai_request *r,
+                      oai_error *err) {
+    json_t *b = oai_parse_body(body, len, err);
+    if (!b) {
+        memset(r, 0, sizeof *r);
         return -1;
     }
     int rc = oai_parse_request_json(kind, b, ctx, r, err);

@@ -129,6 +129,11 @@ int oai_parse_request_json(oai_kind kind, const json_t *body, const oai_ctx *ctx
  * when the constraint cannot be created. */
 int oai_sched_request(const oai_request *r, int choice, uint64_t base_seed, sched_request *out, ms_err *err);
 
+/* The request body parsed (duplicate keys refused), or NULL with a 400
+ * invalid_json naming the line and column. Any JSON value: the parsers check
+ * for an object. */
+json_t *oai_parse_body(const char *body, size_t len, oai_error *err);
+
 /* body's member `name`, or NULL when it is absent or JSON null (OpenAI clients
  * send null for "not set"). */
 json_t *oai_field(const json_t *body, const char *name);
