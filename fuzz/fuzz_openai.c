@@ -39,6 +39,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 static json_t *fuzz_history(void *cls, const char *id) {
     (void)cls;
     if (strncmp(id, "resp_", 5)) return NULL;
+    if (!strncmp(id, "resp_run", 8)) return json_null(); /* stored without an answer: a background one running */
     return json_pack("[{s:s,s:s},{s:s,s:n,s:[{s:s,s:s,s:{s:s,s:s}}]},{s:s,s:s,s:s}]", "role", "user", "content", "Hi",
                      "role", "assistant", "content", "tool_calls", "id", "call_1", "type", "function", "function", "name",
                      "f", "arguments", "{}", "role", "tool", "tool_call_id", "call_1", "content", "ok");
@@ -103,6 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             FUZZ_CHECK(r.n_prompts == 1 && r.n == 1 && json_is_object(r.resp_echo), "a Responses request is one chat choice");
             FUZZ_CHECK(!r.resp_store || (json_is_array(r.resp_history) && json_is_array(r.resp_items)),
                        "a stored request without its conversation or items");
+            FUZZ_CHECK(!r.resp_background || (r.resp_store && !r.stream), "background unstored or streamed");
             check_responses_output(&r, tok);
         }
         FUZZ_CHECK(r.n_prompts >= 1 && r.n_prompts <= OAI_MAX_PROMPTS, "%d prompts", r.n_prompts);

@@ -90,16 +90,19 @@ tsan)
         echo "$b: $(elapsed "$t0")"
     done
     # The server itself under TSan (HTTP threads, the engine thread, the signal
-    # thread, the idle-connection reaper) through server.sh's real clients.
+    # thread, the idle-connection reaper, background-response runners) through
+    # server.sh's and responses.sh's real clients.
     if [ -z "${MLASERVE_TSAN_NO_SERVER:-}" ]; then
-        t0=$(date +%s)
-        echo "== test/cli/server.sh with build-tsan/mlaserve (TSan)"
         if nice -n 19 $MAKE MODE=tsan -j2 build-tsan/mlaserve; then
-            MLASERVE_BIN=$ROOT/build-tsan/mlaserve nice -n 19 sh test/cli/server.sh || { rc=1; echo "FAILED: server.sh (TSan)"; }
+            for s in server responses; do
+                t0=$(date +%s)
+                echo "== test/cli/$s.sh with build-tsan/mlaserve (TSan)"
+                MLASERVE_BIN=$ROOT/build-tsan/mlaserve nice -n 19 sh test/cli/$s.sh || { rc=1; echo "FAILED: $s.sh (TSan)"; }
+                echo "$s.sh (TSan): $(elapsed "$t0")"
+            done
         else
             rc=1
         fi
-        echo "server.sh (TSan): $(elapsed "$t0")"
     fi
     check_logs || rc=1
     exit $rc

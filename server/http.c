@@ -10,6 +10,7 @@
 #include "server/http.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -38,6 +39,7 @@
 #include "server/version.h"
 
 #define STREAM_POLL_MS 100     /* wait slice between client-disconnect checks (one stream) */
+#define BG_CANCEL_WAIT_S 10   /* POST /v1/responses/{id}/cancel waits this long for the runner to stop */
 #define MULTI_POLL_MS 5        /* the same with n > 1 streams read round-robin */
 #define SSE_BLOCK_BYTES 65536
 #define REQUEST_ID_MAX 64      /* X-Request-Id values longer than this (or not printable) are replaced */
@@ -79,8 +81,14 @@ static void log_json_fields(const char *level, const char *request_id, const cha
     json_decref(o);
 }
 
-/* One line: text "TS LEVEL [request_id] msg" or JSON {"ts","level","request_id"?,"msg"}. */
-static void log_line(int json, const char *level, const char *request_id, const char *msg) {
+/* One line: text "TS LEVEL [request_id] msg" or JSON {"ts","level","request_id"?,"msg"}; the
+ * level as callers spell it, upper case in text, lower case in JSON (as the access log). */
+static void log_line(int json, const char *level_in, const char *request_id, const char *msg) {
+    char level[16];
+    size_t n = 0;
+    for (; level_in[n] && n < sizeof level - 1; n++)
+        level[n] = (char)(json ? tolower((unsigned char)level_in[n]) : toupper((unsigned char)level_in[n]));
+    level[n] = 0;
     if (json) {
         log_json_fields(level, request_id, msg, NULL);
         return;
@@ -133,11 +141,17 @@ struct http_server {
     serving_metrics metrics;
     conn_guard *guard;       /* request-head deadline (slowloris) */
     resp_store *store;       /* stored Responses (--responses-store), NULL: none */
+    /* background responses: their registry (cancel / delete find a runner by
+     * id) and how many runner threads are alive (http_stop waits for none) */
+    pthread_mutex_t bg_mu;
+    pthread_cond_t bg_cv;    /* signalled when a runner stores its final Response or ends */
+    struct bg_entry *bg;     /* running ones */
+    int bg_threads;
 };
 
 typedef enum {
     R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_HEALTH_GENERATE, R_READY, R_METRICS, R_TOKENIZE, R_DETOKENIZE,
-    R_VERSION, R_PING, R_INVOCATIONS, R_RESPONSES, R_RESPONSE, R_RESPONSE_ITEMS
+    R_VERSION, R_PING, R_INVOCATIONS, R_RESPONSES, R_RESPONSE, R_RESPONSE_ITEMS, R_RESPONSE_CANCEL
 } route_id;
 
 typedef struct route {
@@ -270,10 +284,20 @@ typedef struct gen_choice {
     finish_reason finish;
 } gen_choice;
 
+/* A background response while its runner generates (under h->bg_mu). */
+typedef struct bg_entry {
+    char id[64];
+    atomic_int cancel;       /* POST .../cancel or DELETE asked: the runner cancels at its next poll slice */
+    int forget;              /* DELETE: the runner stores nothing more */
+    struct bg_entry *next;
+} bg_entry;
+
 typedef struct gen_job {
     http_server *h;
-    struct MHD_Connection *conn;
+    struct MHD_Connection *conn; /* NULL for a background response (nobody waits on a connection) */
     conn_state *cs;          /* touched only from the handler / stream reader (it dies in on_completed) */
+    conn_state own_cs;       /* background: cs points here (the request's id and counters, kept) */
+    bg_entry *bg;            /* background: its registry entry until the final Response is stored */
     oai_request req;
     gen_choice *ch;
     int n_ch, n_done;
@@ -390,8 +414,9 @@ static int job_check_client(gen_job *j) {
     double t = now_s();
     if (t - j->t_checked < STREAM_POLL_MS / 1e3) return 0;
     j->t_checked = t;
-    int gone = client_gone(j->conn);
-    if ((gone || atomic_load(&j->h->abort_all)) && !j->cancelled) job_cancel(j);
+    int gone = j->conn && client_gone(j->conn);
+    int asked = j->bg && atomic_load(&j->bg->cancel); /* a background response: cancel or DELETE */
+    if ((gone || asked || atomic_load(&j->h->abort_all)) && !j->cancelled) job_cancel(j);
     return gone;
 }
 
@@ -704,6 +729,137 @@ static enum MHD_Result generate_streaming(gen_job *j, conn_state *cs) {
     return ret;
 }
 
+/* ---- background responses (POST /v1/responses with "background": true) ----
+ * The handler stores the Response as "queued" and answers it; a detached
+ * runner thread then reads the engine's events through the same event
+ * machine, stores "in_progress" at the first event and the final Response
+ * (completed, incomplete, failed or cancelled) at the end. Clients poll
+ * GET /v1/responses/{id}; POST .../cancel and DELETE reach the runner through
+ * its registry entry. Stores go through bg_store (under bg_mu) so a DELETE
+ * is never undone by a later store. */
+
+static bg_entry *bg_find(http_server *h, const char *id) {
+    bg_entry *e = h->bg;
+    while (e && strcmp(e->id, id)) e = e->next;
+    return e;
+}
+
+/* Takes e out of the registry (under bg_mu) and frees it. */
+static void bg_unlink(http_server *h, bg_entry *e) {
+    bg_entry **p = &h->bg;
+    while (*p != e) p = &(*p)->next;
+    *p = e->next;
+    free(e);
+}
+
+/* Stores response for the runner's entry unless DELETE forgot it; then, when
+ * last, unlinks the entry (cancel waiters read the store once it is gone). */
+static void bg_store(gen_job *j, const json_t *response, const json_t *history, int last) {
+    http_server *h = j->h;
+    json_t *items = oai_responses_items(&j->req, j->id);
+    pthread_mutex_lock(&h->bg_mu);
+    if (!j->bg->forget && (!response || !items || resp_store_put(h->store, j->id, response, history, items) != 0))
+        serve_log_request(h->cfg.log_json, "warn", j->cs->request_id, "background response %s not stored (out of "
+                          "memory or too large)", j->id);
+    if (last) {
+        bg_unlink(h, j->bg);
+        j->bg = NULL;
+        pthread_cond_broadcast(&h->bg_cv);
+    }
+    pthread_mutex_unlock(&h->bg_mu);
+    json_decref(items);
+}
+
+/* The runner's end: the final Response stored (with its conversation when
+ * it has an answer to continue from), the entry gone. */
+static void bg_finish(gen_job *j) {
+    json_t *resp = oai_resp_stream_final(j->rs);
+    if (!resp) resp = oai_resp_stream_pending(j->rs, &j->req, "failed"); /* out of memory in the event machine */
+    const char *status = json_string_value(json_object_get(resp, "status"));
+    int answered = status && (!strcmp(status, "completed") || !strcmp(status, "incomplete"));
+    json_t *history = answered ? oai_responses_history(&j->req, &j->ch[0].acc) : NULL;
+    if (j->failed)
+        serve_log_request(j->h->cfg.log_json, "error", j->cs->request_id, "engine failed background response %s: %s",
+                          j->id, j->error);
+    serve_log_request(j->h->cfg.log_json, "INFO", j->cs->request_id, "background response %s %s: %d output tokens",
+                      j->id, status ? status : "failed", job_completion_tokens(j));
+    bg_store(j, resp, history, 1);
+    json_decref(history);
+    json_decref(resp);
+}
+
+static void *bg_main(void *arg) {
+    gen_job *j = arg;
+    http_server *h = j->h;
+    sched_event ev;
+    int which, started = 0;
+    while (j->n_done < j->n_ch) {
+        job_check_client(j);
+        if (!job_next(j, &which, &ev)) continue;
+        if (!started) {
+            started = 1;
+            json_t *running = oai_resp_stream_pending(j->rs, &j->req, "in_progress");
+            bg_store(j, running, NULL, 0);
+            json_decref(running);
+        }
+        json_decref(oai_resp_stream_event(j->rs, &j->req, &j->ch[which].acc, h->tok, &ev));
+        free(ev.text);
+        job_note(j, which, &ev);
+        if (ev.finish != FINISH_NONE) log_choice_warning(j, which);
+    }
+    bg_finish(j);
+    job_free(j);
+    pthread_mutex_lock(&h->bg_mu);
+    h->bg_threads--;
+    pthread_cond_broadcast(&h->bg_cv);
+    pthread_mutex_unlock(&h->bg_mu);
+    return NULL;
+}
+
+/* Answers the queued Response and leaves the submitted job to a runner (or,
+ * when none can start, cancels it: 503). */
+static enum MHD_Result generate_background(gen_job *j, conn_state *cs) {
+    http_server *h = j->h;
+    struct MHD_Connection *c = j->conn;
+    j->own_cs = *cs;
+    j->own_cs.body = NULL;
+    j->cs = &j->own_cs;
+    j->conn = NULL;
+    json_t *queued = oai_resp_stream_pending(j->rs, &j->req, "queued");
+    json_t *items = oai_responses_items(&j->req, j->id);
+    bg_entry *e = calloc(1, sizeof *e);
+    pthread_mutex_lock(&h->bg_mu);
+    /* history null until it ends: previous_response_id on it is a 400 meanwhile */
+    int ok = e && queued && items && resp_store_put(h->store, j->id, queued, NULL, items) == 0;
+    if (ok) {
+        snprintf(e->id, sizeof e->id, "%s", j->id);
+        e->next = h->bg, h->bg = e, j->bg = e;
+        h->bg_threads++;
+    }
+    pthread_mutex_unlock(&h->bg_mu);
+    json_decref(items);
+    pthread_t t;
+    if (ok && pthread_create(&t, NULL, bg_main, j) == 0) {
+        pthread_detach(t); /* j is the runner's now */
+        return queue_json(c, cs, 200, queued);
+    }
+    if (ok) { /* no thread: undo the registration */
+        pthread_mutex_lock(&h->bg_mu);
+        bg_unlink(h, e);
+        h->bg_threads--;
+        resp_store_delete(h->store, j->id);
+        pthread_mutex_unlock(&h->bg_mu);
+    } else {
+        free(e);
+    }
+    j->bg = NULL;
+    json_decref(queued);
+    job_free(j); /* cancels the submitted streams */
+    oai_error err;
+    oai_error_set(&err, 503, "service_unavailable", NULL, NULL, "could not start the background response (out of memory)");
+    return queue_error(c, cs, &err);
+}
+
 static int not_ready_error(http_server *h, oai_error *e) {
     if (atomic_load(&h->draining))
         return oai_error_set(e, 503, "service_unavailable", NULL, "shutting_down", "The server is shutting down");
@@ -760,6 +916,7 @@ static enum MHD_Result handle_generate(http_server *h, struct MHD_Connection *c,
         job_free(j);
         return queue_error(c, cs, &e);
     }
+    if (j->req.resp_background) return generate_background(j, cs);
     return j->req.stream ? generate_streaming(j, cs) : generate_blocking(j, cs);
 }
 
@@ -805,13 +962,52 @@ static enum MHD_Result response_not_found(struct MHD_Connection *c, conn_state *
     return queue_error(c, cs, &e);
 }
 
+/* DELETE: forgets it; a background response still running is cancelled and stores nothing more. */
+static int forget_response(http_server *h, const char *id) {
+    pthread_mutex_lock(&h->bg_mu);
+    bg_entry *e = bg_find(h, id);
+    if (e) {
+        e->forget = 1;
+        atomic_store(&e->cancel, 1);
+    }
+    int found = resp_store_delete(h->store, id) || e;
+    pthread_mutex_unlock(&h->bg_mu);
+    return found;
+}
+
 static enum MHD_Result handle_response(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *id) {
     if (!strcmp(cs->method, "DELETE")) {
-        if (!h->store || !resp_store_delete(h->store, id)) return response_not_found(c, cs, id);
+        if (!h->store || !forget_response(h, id)) return response_not_found(c, cs, id);
         return queue_json(c, cs, 200, json_pack("{s:s,s:s,s:b}", "id", id, "object", "response", "deleted", 1));
     }
     json_t *resp = NULL;
     if (!h->store || !resp_store_get(h->store, id, &resp, NULL, NULL)) return response_not_found(c, cs, id);
+    return queue_json(c, cs, 200, resp);
+}
+
+/* POST /v1/responses/{id}/cancel: a running background response is
+ * cancelled and answered once its runner stored it "cancelled" (or, should
+ * the engine not end it within BG_CANCEL_WAIT_S, as it stands); a finished
+ * background one is answered as it is; others are a 400, as OpenAI's. */
+static enum MHD_Result handle_response_cancel(http_server *h, struct MHD_Connection *c, conn_state *cs, const char *id) {
+    if (!h->store) return response_not_found(c, cs, id);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += BG_CANCEL_WAIT_S;
+    pthread_mutex_lock(&h->bg_mu);
+    bg_entry *e = bg_find(h, id);
+    if (e) atomic_store(&e->cancel, 1);
+    while (bg_find(h, id) && pthread_cond_timedwait(&h->bg_cv, &h->bg_mu, &until) != ETIMEDOUT) {}
+    pthread_mutex_unlock(&h->bg_mu);
+    json_t *resp = NULL;
+    if (!resp_store_get(h->store, id, &resp, NULL, NULL)) return response_not_found(c, cs, id);
+    if (!json_is_true(json_object_get(resp, "background"))) {
+        json_decref(resp);
+        oai_error e2;
+        oai_error_set(&e2, 400, "invalid_request_error", "response_id", NULL,
+                      "Only responses created with 'background': true can be cancelled");
+        return queue_error(c, cs, &e2);
+    }
     return queue_json(c, cs, 200, resp);
 }
 
@@ -1098,6 +1294,7 @@ static const route *find_route(const char *url, const char **path_id, char id_bu
     static const route model_route = {"/v1/models/{id}", R_MODEL, "GET", 1};
     static const route response_route = {"/v1/responses/{id}", R_RESPONSE, "GET, DELETE", 1};
     static const route items_route = {"/v1/responses/{id}/input_items", R_RESPONSE_ITEMS, "GET", 1};
+    static const route cancel_route = {"/v1/responses/{id}/cancel", R_RESPONSE_CANCEL, "POST", 1};
     *path_id = NULL;
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
         if (!strcmp(url, routes[i].path)) return &routes[i];
@@ -1108,11 +1305,11 @@ static const route *find_route(const char *url, const char **path_id, char id_bu
     if (strncmp(url, "/v1/responses/", 14) || !url[14]) return NULL;
     const char *id = url + 14, *slash = strchr(id, '/');
     size_t n = slash ? (size_t)(slash - id) : strlen(id);
-    if (n == 0 || n >= 128 || (slash && strcmp(slash, "/input_items"))) return NULL;
+    if (n == 0 || n >= 128 || (slash && strcmp(slash, "/input_items") && strcmp(slash, "/cancel"))) return NULL;
     memcpy(id_buf, id, n);
     id_buf[n] = 0;
     *path_id = id_buf;
-    return slash ? &items_route : &response_route;
+    return !slash ? &response_route : !strcmp(slash, "/cancel") ? &cancel_route : &items_route;
 }
 
 /* method is one of the route's ("GET" or "GET, DELETE"). */
@@ -1138,6 +1335,7 @@ static enum MHD_Result dispatch(http_server *h, struct MHD_Connection *c, conn_s
     case R_MODEL: return handle_models(h, c, cs, path_id);
     case R_RESPONSE: return handle_response(h, c, cs, path_id);
     case R_RESPONSE_ITEMS: return handle_response_items(h, c, cs, path_id);
+    case R_RESPONSE_CANCEL: return handle_response_cancel(h, c, cs, path_id);
     case R_HEALTH:
     case R_PING: return queue_json(c, cs, 200, json_pack("{s:s}", "status", "ok"));
     case R_INVOCATIONS: return handle_invocations(h, c, cs);
@@ -1381,6 +1579,8 @@ static void server_free(http_server *h) {
     metrics_destroy(&h->metrics);
     conn_guard_stop(h->guard);
     resp_store_free(h->store);
+    pthread_cond_destroy(&h->bg_cv);
+    pthread_mutex_destroy(&h->bg_mu);
     free(h);
 }
 
@@ -1411,6 +1611,8 @@ http_server *http_start(const http_config *cfg, ms_err *err) {
         return NULL;
     }
     metrics_init(&h->metrics);
+    pthread_mutex_init(&h->bg_mu, NULL);
+    pthread_cond_init(&h->bg_cv, NULL);
     h->cfg = *cfg;
     h->cfg.api_keys = NULL; /* not kept: only their digests */
     if (h->cfg.idle_timeout_s <= 0) h->cfg.idle_timeout_s = HTTP_DEFAULT_IDLE_TIMEOUT_S;
@@ -1489,5 +1691,8 @@ void http_stop(http_server *h) {
     if (!h) return;
     atomic_store(&h->abort_all, 1);
     if (h->daemon) MHD_stop_daemon(h->daemon);
+    pthread_mutex_lock(&h->bg_mu); /* background runners end at their next poll slice (abort_all) */
+    while (h->bg_threads > 0) pthread_cond_wait(&h->bg_cv, &h->bg_mu);
+    pthread_mutex_unlock(&h->bg_mu);
     server_free(h);
 }

@@ -20,12 +20,11 @@ static const char *const pass_through[] = {
 static const char *const responses_fields[] = {
     "input", "instructions", "max_output_tokens", "tools", "tool_choice", "text", "metadata", "reasoning", "store",
     "include", "truncation", "stream_options", "service_tier", "prompt_cache_key", "safety_identifier",
-    "previous_response_id", "top_logprobs", NULL};
+    "previous_response_id", "top_logprobs", "background", NULL};
 
 /* Fields whose meaning this server cannot give: refused, never ignored. */
 static const char *const refused[][2] = {
     {"conversation", "conversations are not stored by this server: send the whole conversation in 'input'"},
-    {"background", "background responses are not supported"},
     {"prompt", "prompt templates are not supported: send 'input' (and 'instructions')"},
     {"max_tool_calls", "'max_tool_calls' is not supported"},
 };
@@ -379,6 +378,35 @@ static int previous_history(const json_t *b, const oai_ctx *ctx, json_t **histor
         return oai_error_set(err, 404, BAD, "previous_response_id", "previous_response_not_found",
                              "Previous response with id '%.80s' not found (stored responses live in one server "
                              "process, the oldest evicted first)", id);
+    if (!json_is_array(*history)) { /* a background response still running, or one that failed or was cancelled */
+        json_decref(*history);
+        *history = NULL;
+        return oai_error_set(err, 400, BAD, "previous_response_id", "previous_response_not_completed",
+                             "Previous response '%.80s' has no answer to continue from (a background response that "
+                             "is still queued or in progress, or one that failed or was cancelled)", id);
+    }
+    return 0;
+}
+
+/* background: true answers "queued" at once and generates afterwards; the
+ * client polls GET /v1/responses/{id} (or cancels), so the response must be
+ * stored, and it is not streamed. 0, or -1 with err. */
+static int background_of(const json_t *b, const oai_ctx *ctx, oai_request *r, oai_error *err) {
+    json_t *v = oai_field(b, "background");
+    if (v && !json_is_boolean(v)) return oai_error_set(err, 400, BAD, "background", NULL, "'background' must be a boolean");
+    if (!json_is_true(v)) return 0;
+    if (!ctx->resp_history)
+        return oai_error_set(err, 400, BAD, "background", "unsupported_parameter",
+                             "'background': this server stores no responses (--responses-store 0), so a background "
+                             "response could never be read back");
+    if (!r->resp_store)
+        return oai_error_set(err, 400, BAD, "store", NULL,
+                             "'background' needs 'store': true (the response is read back with GET /v1/responses/{id})");
+    if (r->stream)
+        return oai_error_set(err, 400, BAD, "background", "unsupported_parameter",
+                             "'background' with 'stream': not supported by this server; poll GET /v1/responses/{id} "
+                             "instead, or stream without 'background'");
+    r->resp_background = 1;
     return 0;
 }
 
@@ -425,7 +453,9 @@ int oai_responses_parse_json(const json_t *b, const oai_ctx *ctx, oai_request *r
         r->resp_echo = echo_fields(b, r->resp_store);
         if (r->resp_store) r->resp_history = conversation(b, chat), r->resp_items = input_items(b);
         oai_unread_fields(b, responses_known, NULL, r->ignored, sizeof r->ignored);
-        rc = 0;
+        rc = background_of(b, ctx, r, err);
+        if (rc == 0 && r->resp_background) json_object_set_new(r->resp_echo, "background", json_true());
+        if (rc != 0) oai_request_free(r);
     }
     json_decref(chat);
     return rc;
@@ -542,6 +572,10 @@ void oai_resp_stream_free(oai_resp_stream *s) {
 }
 
 json_t *oai_resp_stream_final(const oai_resp_stream *s) { return s->final ? json_incref(s->final) : NULL; }
+
+json_t *oai_resp_stream_pending(const oai_resp_stream *s, const oai_request *r, const char *status) {
+    return response_object(r, s->id, s->created, status, NULL, json_array(), NULL);
+}
 
 /* Appends {"type", "sequence_number", ...fields (stolen object)} to events. */
 static void emit(oai_resp_stream *s, json_t *events, const char *type, json_t *fields) {

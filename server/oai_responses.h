@@ -31,7 +31,8 @@
  *   previous_response_id  the stored conversation it ended (ctx->resp_history,
  *                        server/resp_store.h) goes between the instructions
  *                        (which are not carried over, as OpenAI) and input;
- *                        404 when it is not stored
+ *                        404 when it is not stored, 400 when it has no
+ *                        answer (a background one running, failed, cancelled)
  *   store                (default true) keep this one for previous_response_id
  *                        and GET /v1/responses/{id}, when the server stores
  *   metadata, reasoning, include ["reasoning.encrypted_content"],
@@ -40,7 +41,10 @@
  *   has the field).
  *   include ["message.output_text.logprobs"] or top_logprobs (0..20): the
  *                        message's tokens' logprobs (chat's logprobs underneath)
- *   conversation, background, prompt, other include values,
+ *   background           true: r->resp_background (server/http.c answers the
+ *                        Response "queued" at once and generates afterwards);
+ *                        needs the response stored; not with stream (400)
+ *   conversation, prompt, other include values,
  *   truncation "auto": 400 (not supported).
  * Output items, in order: a reasoning item (when reasoning is parsed and
  * returned and there was some), a message with one output_text part (when
@@ -109,6 +113,9 @@ int oai_resp_stream_init(oai_resp_stream *s, const char *id, long created);
 void oai_resp_stream_free(oai_resp_stream *s);
 /* The whole Response after the terminal event (new reference), else NULL. */
 json_t *oai_resp_stream_final(const oai_resp_stream *s);
+/* The Response before it ends: status ("queued" or "in_progress"), no output
+ * yet, usage null (what a background response reads as while it runs). */
+json_t *oai_resp_stream_pending(const oai_resp_stream *s, const oai_request *r, const char *status);
 
 /* The opening events: response.created and response.in_progress. New array. */
 json_t *oai_resp_stream_begin(oai_resp_stream *s, const oai_request *r);

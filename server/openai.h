@@ -108,6 +108,7 @@ typedef struct oai_request {
     const cons_vocab *vocab;   /* from the ctx, for the per-choice constraint */
     int responses;             /* a /v1/responses request (server/oai_responses.h): output always split */
     int resp_store;            /* responses: to be stored (store asked, and the server stores) */
+    int resp_background;       /* responses: background: true (answered "queued", run after the answer) */
     json_t *resp_echo;         /* responses: the fields the Response object echoes (owned), else NULL */
     json_t *resp_history;      /* responses: the conversation's chat messages, instructions left out (owned) */
     json_t *resp_items;        /* responses: the request's input items, as sent (owned) */

@@ -4,7 +4,8 @@
 # with DeepSeek-V3's template (text, streaming events, the SDK's stream
 # helper, function calls and their history, text.format, typed errors) and one
 # with DeepSeek-R1's (reasoning items); stored responses (previous_response_id,
-# retrieve, input_items, delete; refused with --responses-store 0); then the raw
+# retrieve, input_items, delete; background: queued, polled, cancelled; refused
+# with --responses-store 0); then the raw
 # wire format with curl: named SSE events, no [DONE], 405, the ignored-field
 # warning. Needs
 # MLASERVE_BIN, MLASERVE_TEST_MODELS, node and node_modules/openai.

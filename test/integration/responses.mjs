@@ -297,6 +297,66 @@ if (mode === 'v3') {
     assert.deepEqual(plain.output[0].content[0].logprobs, [], 'not asked: empty');
   });
 
+  // Polls a background response until it leaves queued / in_progress.
+  const settle = async (id) => {
+    for (let t0 = Date.now(); Date.now() - t0 < 120_000;) {
+      const r = await client.responses.retrieve(id);
+      if (!['queued', 'in_progress'].includes(r.status)) return r;
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    throw new Error(`${id} still running after 120 s`);
+  };
+
+  await check('background: answered queued, polled to the foreground answer', async () => {
+    const params = { model, input: story, max_output_tokens: 24, temperature: 0, metadata: { job: 'bg' } };
+    const fg = await client.responses.create(params);
+    const q = await client.responses.create({ ...params, background: true });
+    assert.equal(q.status, 'queued');
+    assert.equal(q.background, true);
+    assert.deepEqual(q.output, []);
+    assert.equal(q.usage, null);
+    assert.deepEqual(q.metadata, { job: 'bg' });
+    const done = await settle(q.id);
+    assert.equal(done.id, q.id);
+    assert.equal(done.background, true);
+    assert.equal(done.status, fg.status);
+    assert.equal(done.output_text, fg.output_text, 'greedy: the same text as the foreground request');
+    assert.equal(done.usage.input_tokens, fg.usage.input_tokens);
+    assert.equal(done.usage.output_tokens, fg.usage.output_tokens);
+    const items = await client.responses.inputItems.list(q.id);
+    assert.equal(items.data.length, 1);
+    // it ended with an answer: a follow-up continues from it, as from a foreground one
+    const next = { model, input: 'And then?', max_output_tokens: 8, temperature: 0 };
+    const a = await client.responses.create({ ...next, previous_response_id: q.id });
+    const b = await client.responses.create({ ...next, previous_response_id: fg.id });
+    assert.equal(a.output_text, b.output_text);
+    assert.equal(a.usage.input_tokens, b.usage.input_tokens);
+  });
+
+  await check('background: cancel stops it, delete forgets a running one', async () => {
+    const long = { model, input: story, max_output_tokens: 3000, ignore_eos: true, background: true };
+    const q = await client.responses.create(long);
+    const c = await client.responses.cancel(q.id);
+    assert.equal(c.id, q.id);
+    assert.equal(c.status, 'cancelled');
+    assert.ok(c.usage.output_tokens < 3000, `${c.usage.output_tokens} tokens`);
+    const bare = ({ output_text, ...r }) => r; // the SDK adds output_text to create / retrieve answers only
+    assert.deepEqual(bare(await client.responses.retrieve(q.id)), bare(c), 'stored as cancelled');
+    assert.deepEqual(await client.responses.cancel(q.id), c, 'cancelling again answers it as it is');
+    await assert.rejects(client.responses.create({ model, input: 'x', max_output_tokens: 2, previous_response_id: q.id }),
+      (e) => e instanceof OpenAI.BadRequestError && e.param === 'previous_response_id');
+    const fg = await client.responses.create({ model, input: 'x', max_output_tokens: 2 });
+    await assert.rejects(client.responses.cancel(fg.id), OpenAI.BadRequestError, 'only background responses are cancelled');
+    await assert.rejects(client.responses.cancel('resp_0123456789abcdef01234567'), OpenAI.NotFoundError);
+    const d = await client.responses.create(long);
+    await client.responses.delete(d.id);
+    await assert.rejects(client.responses.retrieve(d.id), OpenAI.NotFoundError);
+    await new Promise((res) => setTimeout(res, 500)); // its runner has seen the cancel by now, and stored nothing
+    await assert.rejects(client.responses.retrieve(d.id), OpenAI.NotFoundError);
+    await assert.rejects(client.responses.create({ ...long, stream: true }), (e) => e instanceof OpenAI.BadRequestError && e.param === 'background');
+    await assert.rejects(client.responses.create({ ...long, store: false }), (e) => e instanceof OpenAI.BadRequestError && e.param === 'store');
+  });
+
   const bad = async (params, Err, param) => {
     await assert.rejects(client.responses.create({ model, input: 'hi', ...params }), (e) => {
       assert.ok(e instanceof Err, `${e.constructor.name}: ${e.message}`);
@@ -324,6 +384,11 @@ if (mode === 'v3') {
 }
 
 if (mode === 'r1') {
+  await check('background is refused where nothing is stored', async () => {
+    await assert.rejects(client.responses.create({ model, input: 'hi', max_output_tokens: 2, background: true }),
+      (e) => e instanceof OpenAI.BadRequestError && e.param === 'background');
+  });
+
   await check('reasoning item equals chat reasoning_content', async () => {
     const r = await client.responses.create({ model, input: story, max_output_tokens: 40, temperature: 0 });
     const c = await chat(story, { max_completion_tokens: 40 });

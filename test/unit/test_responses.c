@@ -122,7 +122,7 @@ Test(responses, errors_name_responses_parameters) {
     expect_error(RESP(",\"instructions\":5"), 400, "instructions");
     expect_error(RESP(",\"previous_response_id\":\"resp_1\""), 400, "previous_response_id");
     expect_error(RESP(",\"conversation\":\"c\""), 400, "conversation");
-    expect_error(RESP(",\"background\":true"), 400, "background");
+    expect_error(RESP(",\"background\":true"), 400, "background"); /* this ctx stores nothing */
     expect_error(RESP(",\"top_logprobs\":21"), 400, "top_logprobs");
     expect_error(RESP(",\"truncation\":\"auto\""), 400, "truncation");
     expect_error(RESP(",\"include\":[\"file_search_call.results\"]"), 400, "include");
@@ -323,6 +323,7 @@ Test(responses, echoed_fields) {
 
 static json_t *fake_history(void *cls, const char *id) {
     (void)cls;
+    if (!strcmp(id, "resp_running")) return json_null(); /* stored without an answer (background, unfinished) */
     if (strcmp(id, "resp_known")) return NULL;
     return json_loads("[{\"role\":\"user\",\"content\":\"A\"},{\"role\":\"assistant\",\"content\":\"X\"}]", 0, NULL);
 }
@@ -394,6 +395,54 @@ Test(responses, unknown_previous_response_is_404) {
     cr_expect_eq(parse_stored(RESP(",\"previous_response_id\":7"), &r, &e), -1);
     cr_expect_eq(e.status, 400);
     cr_expect_str_eq(e.param, "previous_response_id");
+}
+
+/* background: true is kept (and echoed) when the response is stored and not
+ * streamed; previous_response_id naming a stored response without an answer
+ * is a 400. */
+Test(responses, background_needs_store_and_no_stream) {
+    oai_request r;
+    oai_error e;
+    cr_assert_eq(parse_stored(RESP(",\"background\":true"), &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.resp_background, 1);
+    cr_expect(json_is_true(json_object_get(r.resp_echo, "background")));
+    cr_expect_str_eq(r.ignored, "", "background is read, not ignored");
+    oai_request_free(&r);
+    cr_assert_eq(parse_stored(RESP(",\"background\":false"), &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.resp_background, 0);
+    cr_expect_null(json_object_get(r.resp_echo, "background"), "false: the envelope's own false stands");
+    oai_request_free(&r);
+    cr_assert_eq(parse_stored(RESP(",\"background\":null"), &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.resp_background, 0);
+    oai_request_free(&r);
+    const struct {
+        const char *body, *param;
+    } bad[] = {
+        {RESP(",\"background\":true,\"store\":false"), "store"},
+        {RESP(",\"background\":true,\"stream\":true"), "background"},
+        {RESP(",\"background\":1"), "background"},
+        {RESP(",\"background\":\"yes\""), "background"},
+        {RESP(",\"previous_response_id\":\"resp_running\""), "previous_response_id"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_expect_eq(parse_stored(bad[i].body, &r, &e), -1, "accepted: %s", bad[i].body);
+        cr_expect_eq(e.status, 400, "%s: %d", bad[i].body, e.status);
+        cr_expect_str_eq(e.param, bad[i].param, "%s: param %s (%s)", bad[i].body, e.param, e.message);
+    }
+    /* the queued Response a background request is answered with */
+    oai_resp_stream s;
+    cr_assert_eq(parse_stored(RESP(",\"background\":true,\"metadata\":{\"k\":\"v\"}"), &r, &e), 0, "%s", e.message);
+    cr_assert_eq(oai_resp_stream_init(&s, "resp_00ff", 7), 0);
+    json_t *q = oai_resp_stream_pending(&s, &r, "queued");
+    cr_expect_str_eq(json_string_value(json_object_get(q, "status")), "queued");
+    cr_expect_str_eq(json_string_value(json_object_get(q, "id")), "resp_00ff");
+    cr_expect(json_is_true(json_object_get(q, "background")));
+    cr_expect_eq(json_array_size(json_object_get(q, "output")), 0);
+    cr_expect(json_is_null(json_object_get(q, "usage")));
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(q, "metadata"), "k")), "v");
+    json_decref(q);
+    oai_resp_stream_free(&s);
+    oai_request_free(&r);
 }
 
 /* Logprobs go with the message's text only: reasoning tokens (and the
