@@ -298,6 +298,7 @@ typedef struct gen_job {
     conn_state *cs;          /* touched only from the handler / stream reader (it dies in on_completed) */
     conn_state own_cs;       /* background: cs points here (the request's id and counters, kept) */
     bg_entry *bg;            /* background: its registry entry until the final Response is stored */
+    json_t *items;           /* responses: its input items as stored (made at the first store), else NULL */
     oai_request req;
     gen_choice *ch;
     int n_ch, n_done;
@@ -356,6 +357,7 @@ static void job_free(gen_job *j) {
     free(j->echo);
     if (j->rs) oai_resp_stream_free(j->rs);
     free(j->rs);
+    json_decref(j->items);
     free(j->ch);
     free(j->out);
     oai_request_free(&j->req);
@@ -523,17 +525,35 @@ static gen_job *job_create(http_server *h, struct MHD_Connection *c, conn_state 
     return j;
 }
 
+/* 1 when the Response has an answer a follow-up can continue from (completed or incomplete). */
+static int answered(const json_t *response) {
+    const char *status = json_string_value(json_object_get(response, "status"));
+    return status && (!strcmp(status, "completed") || !strcmp(status, "incomplete"));
+}
+
+/* The conversation an answered Response ended (new reference), else NULL. */
+static json_t *history_of(gen_job *j, const json_t *response) {
+    return answered(response) ? oai_responses_history(&j->req, &j->ch[0].acc) : NULL;
+}
+
+/* Stores j's Response with its input items and, when answered, its
+ * conversation (history). 0, or -1 with a warning (out of memory, too large). */
+static int put_response(gen_job *j, const json_t *response, const json_t *history) {
+    if (!j->items) j->items = oai_responses_items(&j->req, j->id);
+    if (response && j->items && (history || !answered(response)) &&
+        resp_store_put(j->h->store, j->id, response, history, j->items) == 0)
+        return 0;
+    serve_log_request(j->h->cfg.log_json, "warn", j->cs->request_id, "response %s not stored (out of memory or too large)",
+                      j->id);
+    return -1;
+}
+
 /* Keeps a finished Response (completed or incomplete) when it asked to be stored. */
 static void store_response(gen_job *j, const json_t *response) {
-    const char *status = json_string_value(json_object_get(response, "status"));
-    if (!j->req.resp_store || !j->h->store || !status || (strcmp(status, "completed") && strcmp(status, "incomplete")))
-        return;
-    json_t *history = oai_responses_history(&j->req, &j->ch[0].acc), *items = oai_responses_items(&j->req, j->id);
-    if (!history || !items || resp_store_put(j->h->store, j->id, response, history, items) != 0)
-        serve_log_request(j->h->cfg.log_json, "warn", j->cs->request_id, "response %s not stored (out of memory or too large)",
-                          j->id);
+    if (!j->req.resp_store || !j->h->store || !answered(response)) return;
+    json_t *history = history_of(j, response);
+    put_response(j, response, history);
     json_decref(history);
-    json_decref(items);
 }
 
 /* Non-streaming: collect everything, then answer once. */
@@ -744,30 +764,21 @@ static bg_entry *bg_find(http_server *h, const char *id) {
     return e;
 }
 
-/* Takes e out of the registry (under bg_mu) and frees it. */
-static void bg_unlink(http_server *h, bg_entry *e) {
-    bg_entry **p = &h->bg;
-    while (*p != e) p = &(*p)->next;
-    *p = e->next;
-    free(e);
-}
-
 /* Stores response for the runner's entry unless DELETE forgot it; then, when
- * last, unlinks the entry (cancel waiters read the store once it is gone). */
+ * last, unlinks and frees the entry (cancel waiters read the store once it is gone). */
 static void bg_store(gen_job *j, const json_t *response, const json_t *history, int last) {
     http_server *h = j->h;
-    json_t *items = oai_responses_items(&j->req, j->id);
     pthread_mutex_lock(&h->bg_mu);
-    if (!j->bg->forget && (!response || !items || resp_store_put(h->store, j->id, response, history, items) != 0))
-        serve_log_request(h->cfg.log_json, "warn", j->cs->request_id, "background response %s not stored (out of "
-                          "memory or too large)", j->id);
+    if (!j->bg->forget) put_response(j, response, history);
     if (last) {
-        bg_unlink(h, j->bg);
+        bg_entry **p = &h->bg;
+        while (*p != j->bg) p = &(*p)->next;
+        *p = j->bg->next;
+        free(j->bg);
         j->bg = NULL;
         pthread_cond_broadcast(&h->bg_cv);
     }
     pthread_mutex_unlock(&h->bg_mu);
-    json_decref(items);
 }
 
 /* The runner's end: the final Response stored (with its conversation when
@@ -776,8 +787,7 @@ static void bg_finish(gen_job *j) {
     json_t *resp = oai_resp_stream_final(j->rs);
     if (!resp) resp = oai_resp_stream_pending(j->rs, &j->req, "failed"); /* out of memory in the event machine */
     const char *status = json_string_value(json_object_get(resp, "status"));
-    int answered = status && (!strcmp(status, "completed") || !strcmp(status, "incomplete"));
-    json_t *history = answered ? oai_responses_history(&j->req, &j->ch[0].acc) : NULL;
+    json_t *history = history_of(j, resp);
     if (j->failed)
         serve_log_request(j->h->cfg.log_json, "error", j->cs->request_id, "engine failed background response %s: %s",
                           j->id, j->error);
@@ -826,32 +836,27 @@ static enum MHD_Result generate_background(gen_job *j, conn_state *cs) {
     j->cs = &j->own_cs;
     j->conn = NULL;
     json_t *queued = oai_resp_stream_pending(j->rs, &j->req, "queued");
-    json_t *items = oai_responses_items(&j->req, j->id);
     bg_entry *e = calloc(1, sizeof *e);
+    pthread_t t;
+    /* Registered under the lock the runner's stores take: it cannot store
+     * before the entry is in. No history until it ends: previous_response_id
+     * on it is a 400 meanwhile. */
     pthread_mutex_lock(&h->bg_mu);
-    /* history null until it ends: previous_response_id on it is a 400 meanwhile */
-    int ok = e && queued && items && resp_store_put(h->store, j->id, queued, NULL, items) == 0;
+    int ok = e && queued && put_response(j, queued, NULL) == 0;
     if (ok) {
         snprintf(e->id, sizeof e->id, "%s", j->id);
-        e->next = h->bg, h->bg = e, j->bg = e;
-        h->bg_threads++;
+        j->bg = e;
+        if ((ok = pthread_create(&t, NULL, bg_main, j) == 0)) {
+            e->next = h->bg, h->bg = e; /* j is the runner's now */
+            h->bg_threads++;
+            pthread_detach(t);
+        } else {
+            resp_store_delete(h->store, j->id);
+        }
     }
     pthread_mutex_unlock(&h->bg_mu);
-    json_decref(items);
-    pthread_t t;
-    if (ok && pthread_create(&t, NULL, bg_main, j) == 0) {
-        pthread_detach(t); /* j is the runner's now */
-        return queue_json(c, cs, 200, queued);
-    }
-    if (ok) { /* no thread: undo the registration */
-        pthread_mutex_lock(&h->bg_mu);
-        bg_unlink(h, e);
-        h->bg_threads--;
-        resp_store_delete(h->store, j->id);
-        pthread_mutex_unlock(&h->bg_mu);
-    } else {
-        free(e);
-    }
+    if (ok) return queue_json(c, cs, 200, queued);
+    free(e);
     j->bg = NULL;
     json_decref(queued);
     job_free(j); /* cancels the submitted streams */

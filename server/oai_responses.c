@@ -587,10 +587,8 @@ static void emit(oai_resp_stream *s, json_t *events, const char *type, json_t *f
 
 json_t *oai_resp_stream_begin(oai_resp_stream *s, const oai_request *r) {
     json_t *events = json_array();
-    emit(s, events, "response.created",
-         json_pack("{s:o}", "response", response_object(r, s->id, s->created, "in_progress", NULL, json_array(), NULL)));
-    emit(s, events, "response.in_progress",
-         json_pack("{s:o}", "response", response_object(r, s->id, s->created, "in_progress", NULL, json_array(), NULL)));
+    emit(s, events, "response.created", json_pack("{s:o}", "response", oai_resp_stream_pending(s, r, "in_progress")));
+    emit(s, events, "response.in_progress", json_pack("{s:o}", "response", oai_resp_stream_pending(s, r, "in_progress")));
     return events;
 }
 
